@@ -1,0 +1,55 @@
+# circuit: container network management for runc. `just --list` shows the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+export UV_PYTHON_DOWNLOADS := "never"
+
+debs := "containernetworking-plugins iptables nftables runc busybox-static iperf3 iproute2 util-linux procps qemu-system-x86 linux-image-amd64 ipvsadm"
+
+default:
+    @just --list
+
+# Install Debian packages (apt-get) and the Python workspace (uv) into .venv
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=$(for p in {{debs}}; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || echo "$p"; done)
+    if [ -n "$missing" ]; then
+        echo "installing: $missing"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+    uv sync --quiet --reinstall-package circuit
+
+# Show the main job: a bridge network, two containers, connect, ping, list
+demo: setup
+    scripts/demo.sh
+
+# All tiers: unit, integration, kernel
+test: setup
+    just test-unit
+    just test-integration
+    just test-kernel
+
+# Unit tests: no root, no kernel objects
+test-unit:
+    uv run --no-sync pytest -m unit tests/unit
+
+# Integration tests: root, Debian's CNI plugins and runc, in throwaway network namespaces
+test-integration:
+    uv run --no-sync pytest -m integration tests/integration
+
+# Kernel tests: IPVS, netem, ipvlan (Debian's stock kernel in a VM where the host lacks them)
+test-kernel:
+    #!/usr/bin/env bash
+    set -uo pipefail
+    uv run --no-sync pytest -m kernel tests/kernel; rc=$?
+    if [ $rc -eq 5 ]; then echo "kernel tier: no kernel tests yet (issue 6 brings the VM runner)"; rc=0; fi
+    exit $rc
+
+# ruff over the whole workspace
+lint:
+    uv run --no-sync ruff check .
+
+# Benchmarks against the raw anchors (plugins executed directly)
+bench: setup
+    uv run --no-sync python bench/connect.py

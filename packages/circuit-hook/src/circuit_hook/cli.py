@@ -1,0 +1,90 @@
+"""circuit-hook: a runc OCI hook that attaches a container to networks on start, detaches on stop.
+
+Usage:
+  circuit-hook [attach | detach]
+  circuit-hook (-h | --help)
+
+Reads the container's OCI state JSON on stdin. With a pid (prestart, createRuntime) it attaches;
+with status "stopped" (poststop) it detaches. `attach` / `detach` force the phase.
+Also reached as `circuit hook ...`, and as plain `circuit` with the state on stdin.
+
+Networks, the first that is set wins:
+  CNI_CONF=PATH            a .conf/.conflist: the network is created if absent, reused if identical
+  CIRCUIT_NETWORK=A,B      existing networks, attached in order as eth0, eth1, ...
+  annotation circuit.networks=A,B in the container's config.json
+CNI_PATH (colon-separated) says where the plugins are.
+"""
+
+import json
+import os
+import sys
+
+from circuit_common import cli
+from circuit_common.config import GLOBAL_HELP
+from circuit_common.errors import InvalidInput, NotFound
+from circuit_common.proc import process
+from circuit_common.validate import check_name
+from circuit_net.networks import Networks
+from circuit_net.target import Target
+
+MAX_STATE = 1 << 20
+
+
+def read_state(stream) -> dict:
+    """The OCI state from stdin, refused beyond 1 MiB or when it is not a state object."""
+    data = stream.buffer.read(MAX_STATE + 1)
+    if len(data) > MAX_STATE:
+        raise InvalidInput("OCI state on stdin is larger than 1 MiB; is this really a runc hook?")
+    try:
+        state = json.loads(data)
+    except ValueError:
+        raise InvalidInput("stdin is not the OCI state JSON that runc passes to hooks") from None
+    if not isinstance(state, dict) or "id" not in state:
+        raise InvalidInput("OCI state on stdin has no container 'id'")
+    check_name(state["id"], "container id")
+    return state
+
+
+def wanted_networks(nets: Networks, state: dict, env=os.environ) -> list[str]:
+    """The networks to attach, from CNI_CONF, CIRCUIT_NETWORK or the circuit.networks annotation."""
+    if env.get("CNI_CONF"):
+        return [nets.create(env["CNI_CONF"])["name"]]
+    names = env.get("CIRCUIT_NETWORK") or (state.get("annotations") or {}).get("circuit.networks")
+    if not names:
+        raise InvalidInput("no network for the hook: set CNI_CONF or CIRCUIT_NETWORK in the "
+                           "hook's env, or the annotation circuit.networks")
+    return [check_name(n.strip(), "network name") for n in names.split(",") if n.strip()]
+
+
+def attach(nets: Networks, state: dict) -> None:
+    """Attach the container to each wanted network; on any failure detach all, then fail."""
+    proc = process(int(state.get("pid") or 0))
+    if proc is None:
+        raise NotFound(f"container {state['id']}: no process with PID {state.get('pid')}")
+    target = Target(state["id"], state["id"], proc)
+    names = wanted_networks(nets, state)
+    for name in names:
+        nets.get(name)  # every network must exist before anything is attached
+    nets.detach_container(target.container_id)  # a repeated start replaces, never duplicates
+    try:
+        for name in names:
+            nets.connect(name, target)
+    except BaseException:
+        nets.detach_container(target.container_id)
+        raise
+
+
+def handle(argv: list[str], ctx: cli.Context) -> int:
+    a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv)
+    state = read_state(sys.stdin)
+    nets = Networks(ctx)
+    stopping = state.get("status") == "stopped" or not state.get("pid")
+    if a["attach"] or (not a["detach"] and not stopping):
+        attach(nets, state)
+    else:
+        nets.detach_container(state["id"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(handle, argv)

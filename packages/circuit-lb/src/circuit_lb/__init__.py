@@ -1,0 +1,1 @@
+"""circuit-lb: IPVS load-balancer services and targets."""

@@ -1,0 +1,229 @@
+"""Running CNI plugins as the spec and libcni do: chains, prevResult, capabilities, cache format.
+
+Helpers are named for their contract, after libcni: load_netconf, find_plugin, exec_plugin,
+add_chain / del_chain (symmetric), check_chain, gc_chain, cache_entry.
+"""
+
+import base64
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+
+from circuit_common.errors import InvalidInput, NotFound, PluginError
+from circuit_common.validate import NAME_RE, check_name
+
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+CAPABILITIES = ("ips", "mac", "portMappings", "bandwidth")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def at_least(version: str, minimum: str) -> bool:
+    return _version_tuple(version) >= _version_tuple(minimum)
+
+
+def load_netconf(data: bytes, source: str, name: str | None = None) -> dict:
+    """A validated network config list from .conf or .conflist bytes (a .conf becomes a list)."""
+    try:
+        conf = json.loads(data)
+    except ValueError as e:
+        raise InvalidInput(f"{source} is not valid JSON: {e}") from None
+    if not isinstance(conf, dict):
+        raise InvalidInput(f"{source} must hold a JSON object, not {type(conf).__name__}")
+    if "plugins" in conf:
+        netconf = dict(conf)
+        plugins = conf["plugins"]
+        if not isinstance(plugins, list) or not plugins:
+            raise InvalidInput(f"{source}: 'plugins' must be a non-empty list")
+    else:
+        netconf = {k: conf[k] for k in ("cniVersion", "name") if k in conf}
+        plugins = [{k: v for k, v in conf.items() if k not in ("cniVersion", "name")}]
+    netconf["plugins"] = plugins
+    if name is not None:
+        netconf["name"] = name
+    if "name" not in netconf:
+        raise InvalidInput(f"{source} has no 'name'; add one or pass --name")
+    check_name(netconf["name"], "network name")
+    version = netconf.get("cniVersion")
+    if version not in SUPPORTED_VERSIONS:
+        raise InvalidInput(f"{source}: cniVersion {version!r} is not supported; "
+                           f"use one of {', '.join(SUPPORTED_VERSIONS)}")
+    for i, plugin in enumerate(plugins):
+        if not isinstance(plugin, dict) or "type" not in plugin:
+            raise InvalidInput(f"{source}: plugin {i + 1} has no 'type'")
+        kind = plugin["type"]
+        if not isinstance(kind, str) or not NAME_RE.fullmatch(kind):
+            raise InvalidInput(f"{source}: plugin type {kind!r} must be a plain plugin name "
+                               "(no '/' or '..'): the plugin is looked up in the CNI path")
+    return netconf
+
+
+def find_plugin(kind: str, cni_path: list[str]) -> str:
+    """The executable for plugin type kind in the CNI path."""
+    for directory in cni_path:
+        candidate = os.path.join(directory, kind)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise NotFound(f"CNI plugin {kind!r} not found in {':'.join(cni_path)}; install it "
+                   "(Debian: containernetworking-plugins) or point --cni-path / CNI_PATH at it")
+
+
+@dataclass
+class Runtime:
+    """One attachment's runtime parameters (libcni's RuntimeConf)."""
+
+    container_id: str
+    netns: str
+    ifname: str
+    args: list[tuple[str, str]] = field(default_factory=list)
+    capability_args: dict = field(default_factory=dict)
+
+
+@dataclass
+class Plugins:
+    """How to execute plugins: where they are and how long they may take."""
+
+    cni_path: list[str]
+    timeout: float = 60.0
+
+    def environ(self, command: str, rt: Runtime | None) -> dict[str, str]:
+        env = {"CNI_COMMAND": command, "CNI_PATH": ":".join(self.cni_path),
+               "PATH": os.environ.get("PATH", DEFAULT_PATH)}
+        if rt is not None:
+            env.update(CNI_CONTAINERID=rt.container_id, CNI_NETNS=rt.netns, CNI_IFNAME=rt.ifname,
+                       CNI_ARGS=";".join(f"{k}={v}" for k, v in rt.args))
+        return env
+
+    def exec_plugin(self, kind: str, command: str, conf: dict, rt: Runtime | None) -> dict | None:
+        """Run one plugin command; its parsed stdout, or PluginError with the plugin's message."""
+        path = find_plugin(kind, self.cni_path)
+        try:
+            proc = subprocess.run([path], input=json.dumps(conf).encode(), capture_output=True,
+                                  env=self.environ(command, rt), timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise PluginError(f"plugin {kind} timed out after {self.timeout:g}s "
+                              f"during {command}") from None
+        out = proc.stdout.strip()
+        if proc.returncode != 0:
+            raise PluginError(f"plugin {kind} failed during {command}: "
+                              f"{_error_message(out, proc.stderr)}")
+        if not out:
+            return None
+        try:
+            return json.loads(out)
+        except ValueError:
+            raise PluginError(f"plugin {kind} returned something that is not JSON during "
+                              f"{command}: {out[:200]!r}") from None
+
+    def supported_versions(self, kind: str) -> list[str]:
+        """The spec versions a plugin says it supports (CNI VERSION command)."""
+        reply = self.exec_plugin(kind, "VERSION", {"cniVersion": "0.3.0"}, None) or {}
+        return list(reply.get("supportedVersions", []))
+
+
+def _error_message(stdout: bytes, stderr: bytes) -> str:
+    try:
+        err = json.loads(stdout)
+        msg = str(err.get("msg") or "no message")
+        if err.get("details"):
+            msg += f": {err['details']}"
+        return f"{msg} (CNI error code {err.get('code', '?')})"
+    except (ValueError, AttributeError):
+        lines = (stdout or stderr).decode(errors="replace").strip().splitlines()
+        panics = [line for line in lines if line.startswith("panic:")]
+        if panics:
+            return f"the plugin crashed: {panics[0]}"
+        return lines[-1] if lines else "exited with no message"
+
+
+def plugin_conf(netconf: dict, plugin: dict, prev_result: dict | None, rt: Runtime) -> dict:
+    """The stdin of one plugin in a chain: name, version, prevResult, declared runtimeConfig."""
+    conf = dict(plugin)
+    conf["name"] = netconf["name"]
+    conf["cniVersion"] = netconf["cniVersion"]
+    if prev_result is not None:
+        conf["prevResult"] = prev_result
+    declared = plugin.get("capabilities") or {}
+    runtime = {k: v for k, v in rt.capability_args.items() if declared.get(k)}
+    if runtime:
+        conf["runtimeConfig"] = runtime
+    return conf
+
+
+def declared_capabilities(netconf: dict) -> set[str]:
+    return {k for p in netconf["plugins"] for k, v in (p.get("capabilities") or {}).items() if v}
+
+
+def add_chain(plugins: Plugins, netconf: dict, rt: Runtime) -> dict:
+    """ADD through the whole chain; on any failure DEL the chain, then raise the plugin's error."""
+    result = None
+    try:
+        for plugin in netconf["plugins"]:
+            result = plugins.exec_plugin(plugin["type"], "ADD",
+                                         plugin_conf(netconf, plugin, result, rt), rt)
+        if result is None:
+            raise PluginError(f"network {netconf['name']}: the chain returned no result")
+    except BaseException:
+        del_chain(plugins, netconf, rt, result, best_effort=True)
+        raise
+    return result
+
+
+def del_chain(plugins: Plugins, netconf: dict, rt: Runtime, cached: dict | None,
+              best_effort: bool = False) -> None:
+    """DEL through the chain in reverse with the cached result (prevResult from 0.4.0 on)."""
+    prev = cached if at_least(netconf["cniVersion"], "0.4.0") else None
+    first_error = None
+    for plugin in reversed(netconf["plugins"]):
+        try:
+            plugins.exec_plugin(plugin["type"], "DEL", plugin_conf(netconf, plugin, prev, rt), rt)
+        except PluginError as e:
+            first_error = first_error or e
+    if first_error is not None and not best_effort:
+        raise first_error
+
+
+def check_chain(plugins: Plugins, netconf: dict, rt: Runtime, cached: dict) -> None:
+    """CHECK through the chain with the cached result."""
+    for plugin in netconf["plugins"]:
+        plugins.exec_plugin(plugin["type"], "CHECK", plugin_conf(netconf, plugin, cached, rt), rt)
+
+
+def gc_chain(plugins: Plugins, netconf: dict, valid: list[dict]) -> None:
+    """GC (spec 1.1.0) through the chain, naming the attachments that must be kept."""
+    for plugin in netconf["plugins"]:
+        conf = dict(plugin, name=netconf["name"], cniVersion=netconf["cniVersion"])
+        conf["cni.dev/valid-attachments"] = valid
+        plugins.exec_plugin(plugin["type"], "GC", conf, None)
+
+
+def cache_entry(netconf: dict, rt: Runtime, result: dict) -> dict:
+    """libcni's cached result (kind cniCacheV1) for one attachment."""
+    return {
+        "kind": "cniCacheV1",
+        "containerId": rt.container_id,
+        "config": base64.b64encode(json.dumps(netconf).encode()).decode(),
+        "ifName": rt.ifname,
+        "networkName": netconf["name"],
+        "netns": rt.netns,
+        "cniArgs": [list(kv) for kv in rt.args],
+        "capabilityArgs": rt.capability_args,
+        "result": result,
+    }
+
+
+def result_ips(result: dict) -> list[str]:
+    """The addresses (CIDR) of a result, any spec version from 0.3.0."""
+    return [ip["address"] for ip in result.get("ips", []) if "address" in ip]
+
+
+def result_mac(result: dict, ifname: str) -> str | None:
+    """The MAC of the container-side interface ifname in a result."""
+    for iface in result.get("interfaces", []):
+        if iface.get("name") == ifname and iface.get("sandbox"):
+            return iface.get("mac")
+    return None

@@ -1,0 +1,292 @@
+"""CNI networks and their attachments in the state store, and the operations on them.
+
+State:  networks/<name>.json                    the network's config list
+        attachments/<network>/<cid>@<ifname>.json  libcni's cache entry (cniCacheV1) of one
+                                                 attachment, plus a "circuit" object (pid, ...)
+"""
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from circuit_common.cli import Context
+from circuit_common.errors import Conflict, InvalidInput, NotFound, StateCorrupt
+from circuit_common.proc import interfaces
+from circuit_common.validate import check_ifname, check_name
+
+from . import cni
+from .target import Target
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class Listing:
+    """Records that could be read, and one message per record that could not."""
+
+    records: list
+    errors: list[str]
+
+
+class Networks:
+    """The networks of one state store."""
+
+    def __init__(self, ctx: Context):
+        self.store = ctx.store
+        self.settings = ctx.settings
+        self.plugins = cni.Plugins(ctx.settings.cni_path, ctx.settings.plugin_timeout)
+
+    # -- paths and reads --------------------------------------------------------------------
+
+    def network_path(self, name: str) -> Path:
+        return self.store.path("networks", f"{check_name(name, 'network name')}.json")
+
+    def attachment_dir(self, name: str) -> Path:
+        return self.store.path("attachments", check_name(name, "network name"))
+
+    def attachment_path(self, name: str, container_id: str, ifname: str) -> Path:
+        return self.attachment_dir(name) / f"{container_id}@{ifname}.json"
+
+    def get(self, name: str) -> dict:
+        record = self.store.read(self.network_path(name))
+        if record is None:
+            raise NotFound(f"no network named {name!r} (see 'circuit network list')")
+        return record
+
+    def all(self) -> Listing:
+        """Every network record; unreadable ones are reported, not fatal."""
+        listing = Listing([], [])
+        for path in self.store.records(self.store.path("networks")):
+            try:
+                listing.records.append(self.store.read(path))
+            except StateCorrupt as e:
+                listing.errors.append(str(e))
+        return listing
+
+    def attachments(self, name: str) -> Listing:
+        """The attachment records of one network, in a stable order."""
+        listing = Listing([], [])
+        for path in self.store.records(self.attachment_dir(name)):
+            try:
+                listing.records.append(self.store.read(path))
+            except StateCorrupt as e:
+                listing.errors.append(str(e))
+        return listing
+
+    # -- networks ---------------------------------------------------------------------------
+
+    def create(self, source: str, name: str | None = None) -> dict:
+        """Store a validated network from a .conf/.conflist; an identical re-create is a no-op."""
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise InvalidInput(f"cannot read network config {source}: {e.strerror}") from None
+        netconf = cni.load_netconf(data, source, name)
+        self.check_plugins(netconf)
+        with self.store.lock("network", netconf["name"]):
+            path = self.network_path(netconf["name"])
+            existing = self.store.read(path)
+            if existing is not None:
+                if existing["config"] != netconf:
+                    raise Conflict(f"network {netconf['name']!r} exists with a different config; "
+                                   "delete it first or choose another --name")
+                return existing
+            record = {"name": netconf["name"], "config": netconf, "source": str(source),
+                      "created": now()}
+            self.store.write(path, record)
+            return record
+
+    def check_plugins(self, netconf: dict) -> None:
+        """Every plugin of the chain exists and supports the config's cniVersion."""
+        version = netconf["cniVersion"]
+        for kind in dict.fromkeys(p["type"] for p in netconf["plugins"]):
+            supported = self.plugins.supported_versions(kind)
+            if supported and version not in supported:
+                raise InvalidInput(f"plugin {kind} does not support cniVersion {version}; "
+                                   f"it supports {', '.join(supported)}")
+
+    def delete(self, name: str, force: bool = False) -> list[dict]:
+        """Remove a network; with force, disconnect its containers first. Returns those."""
+        with self.store.lock("network", name):
+            network = self.get(name)
+            attached = self.attachments(name)
+            if attached.errors:
+                raise StateCorrupt(attached.errors[0])
+            if attached.records and not force:
+                ids = ", ".join(a["containerId"] for a in attached.records)
+                raise Conflict(f"network {name} is in use by {len(attached.records)} "
+                               f"container(s): {ids}; disconnect them or use --force")
+            for attachment in attached.records:
+                self._detach(network, attachment)
+            self.store.remove(self.network_path(name))
+            return attached.records
+
+    # -- attachments ------------------------------------------------------------------------
+
+    def connect(self, name: str, target: Target, ifname: str | None = None,
+                ip: str | None = None, mac: str | None = None,
+                args: tuple[tuple[str, str], ...] = ()) -> dict:
+        """ADD the target to a network through the whole chain and cache the result."""
+        with self.store.lock("network", name):
+            network = self.get(name)
+            for attachment in self.attachments(name).records:
+                if target.matches(attachment):
+                    raise Conflict(f"container {target.label} is already connected to network "
+                                   f"{name} (as {attachment['ifName']}); disconnect it first")
+            return self._attach(network, target, ifname, ip, mac, list(args))
+
+    def _attach(self, network: dict, target: Target, ifname: str | None, ip: str | None,
+                mac: str | None, args: list[tuple[str, str]]) -> dict:
+        netconf = network["config"]
+        ifname = check_ifname(ifname) if ifname else first_free_ifname(target)
+        if ifname in interfaces(target.process.pid):
+            raise Conflict(f"container {target.label} already has an interface {ifname}; "
+                           "choose another with --ifname")
+        capability_args, extra_args = runtime_args(netconf, ip, mac)
+        rt = cni.Runtime(target.container_id, target.netns, ifname, args + extra_args,
+                         capability_args)
+        if not rt.netns:
+            raise NotFound(f"container {target.label} has exited")
+        result = cni.add_chain(self.plugins, netconf, rt)
+        try:
+            if ip and not any(a.split("/")[0] == ip.split("/")[0] for a in cni.result_ips(result)):
+                raise InvalidInput(f"network {network['name']} did not assign the requested IP "
+                                   f"{ip}; its IPAM must accept a requested address")
+            record = cni.cache_entry(netconf, rt, result)
+            record["circuit"] = {"pid": target.process.pid,
+                                 "start_time": target.process.start_time,
+                                 "target": target.label, "created": now()}
+            self.store.write(self.attachment_path(network["name"], rt.container_id, ifname),
+                             record)
+        except BaseException:
+            self._detach(network, cni.cache_entry(netconf, rt, result), netns=rt.netns,
+                         best_effort=True)
+            raise
+        return record
+
+    def disconnect(self, name: str, target: Target) -> list[dict]:
+        """DEL every attachment of the target on a network, in reverse chain order."""
+        with self.store.lock("network", name):
+            network = self.get(name)
+            mine = [a for a in self.attachments(name).records if target.matches(a)]
+            if not mine:
+                raise NotFound(f"container {target.label} is not connected to network {name}")
+            for attachment in mine:
+                self._detach(network, attachment, netns=target.netns)
+            return mine
+
+    def detach_container(self, container_id: str) -> list[tuple[str, dict]]:
+        """Release every attachment of a container id on every network (netns may be gone)."""
+        released = []
+        for network in self.all().records:
+            name = network["name"]
+            if not any(a["containerId"] == container_id
+                       for a in self.attachments(name).records):
+                continue
+            with self.store.lock("network", name):
+                for attachment in self.attachments(name).records:
+                    if attachment["containerId"] == container_id:
+                        self._detach(network, attachment)
+                        released.append((name, attachment))
+        return released
+
+    def _detach(self, network: dict, attachment: dict, netns: str | None = None,
+                best_effort: bool = False) -> None:
+        """DEL one attachment with its cached result, then drop its record."""
+        if netns is None:
+            netns = attachment_netns(attachment)
+        rt = cni.Runtime(attachment["containerId"], netns, attachment["ifName"],
+                         [tuple(kv) for kv in attachment.get("cniArgs", [])],
+                         attachment.get("capabilityArgs") or {})
+        cni.del_chain(self.plugins, network["config"], rt, attachment.get("result"), best_effort)
+        self.store.remove(self.attachment_path(network["name"], rt.container_id, rt.ifname))
+
+    def check(self, name: str, target: Target) -> list[dict]:
+        """CNI CHECK of the target's attachments with their cached results."""
+        network = self.get(name)
+        netconf = network["config"]
+        if not cni.at_least(netconf["cniVersion"], "0.4.0"):
+            raise InvalidInput(f"CHECK needs cniVersion 0.4.0 or later; network {name} uses "
+                               f"{netconf['cniVersion']}")
+        mine = [a for a in self.attachments(name).records if target.matches(a)]
+        if not mine:
+            raise NotFound(f"container {target.label} is not connected to network {name}")
+        if netconf.get("disableCheck"):
+            return mine
+        for attachment in mine:
+            rt = cni.Runtime(attachment["containerId"], target.netns, attachment["ifName"],
+                             [tuple(kv) for kv in attachment.get("cniArgs", [])],
+                             attachment.get("capabilityArgs") or {})
+            cni.check_chain(self.plugins, netconf, rt, attachment["result"])
+        return mine
+
+    def gc(self) -> Iterator[tuple[str, dict]]:
+        """DEL attachments whose container is gone; GC for 1.1.0 networks. Yields what went."""
+        for network in self.all().records:
+            name = network["name"]
+            with self.store.lock("network", name):
+                kept = []
+                for attachment in self.attachments(name).records:
+                    if attachment_netns(attachment):
+                        kept.append(attachment)
+                        continue
+                    self._detach(network, attachment, netns="")
+                    yield name, attachment
+                if cni.at_least(network["config"]["cniVersion"], "1.1.0") \
+                        and not network["config"].get("disableGC"):
+                    valid = [{"containerID": a["containerId"], "ifname": a["ifName"]}
+                             for a in kept]
+                    cni.gc_chain(self.plugins, network["config"], valid)
+
+
+def attachment_netns(attachment: dict) -> str:
+    """The netns of an attachment's container while it runs, else ""."""
+    from circuit_common.proc import Process
+
+    meta = attachment["circuit"]
+    proc = Process(meta["pid"], meta["start_time"])
+    return proc.netns if proc.alive() else ""
+
+
+def first_free_ifname(target: Target) -> str:
+    """The first ethN that is not yet an interface in the target's netns."""
+    taken = interfaces(target.process.pid)
+    n = 0
+    while f"eth{n}" in taken:
+        n += 1
+    return f"eth{n}"
+
+
+def runtime_args(netconf: dict, ip: str | None,
+                 mac: str | None) -> tuple[dict, list[tuple[str, str]]]:
+    """runtimeConfig for --ip / --mac, and CNI_ARGS for what no plugin declares a capability."""
+    declared = cni.declared_capabilities(netconf)
+    capability_args: dict = {}
+    args: list[tuple[str, str]] = []
+    if ip:
+        if "ips" in declared:
+            capability_args["ips"] = [ip]
+        else:
+            args.append(("IP", ip.split("/")[0]))
+    if mac:
+        if "mac" in declared:
+            capability_args["mac"] = mac
+        else:
+            args.append(("MAC", mac))
+    return capability_args, ([("IgnoreUnknown", "1"), *args] if args else [])
+
+
+def parse_cni_args(text: str | None) -> list[tuple[str, str]]:
+    """K=V;K=V from --args as a list of pairs."""
+    pairs = []
+    for item in filter(None, (text or "").split(";")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise InvalidInput(f"bad --args item {item!r}: use KEY=VALUE;KEY=VALUE")
+        pairs.append((key, value))
+    return pairs
+

@@ -1,0 +1,69 @@
+"""TARGET on the command line: a PID or a runc container id, pinned so PID reuse cannot fool us."""
+
+import json
+import subprocess
+from dataclasses import dataclass
+
+from circuit_common.errors import NotFound
+from circuit_common.proc import Process, process
+from circuit_common.validate import check_name
+
+
+@dataclass(frozen=True)
+class Target:
+    """A container as circuit keys it: its CNI container id and, while it runs, its process."""
+
+    container_id: str
+    label: str
+    process: Process | None = None
+
+    @property
+    def netns(self) -> str:
+        """The netns path while the very process runs, else "" (CNI DEL with the netns gone)."""
+        return self.process.netns if self.process and self.process.alive() else ""
+
+    def matches(self, attachment: dict) -> bool:
+        """Whether an attachment record belongs to this container."""
+        if attachment["containerId"] == self.container_id:
+            return True
+        if not self.label.isdigit() or attachment["circuit"]["pid"] != int(self.label):
+            return False
+        # A running PID names only its own attachments; a PID that is gone names its stale ones.
+        return (self.process is None
+                or attachment["circuit"]["start_time"] == self.process.start_time)
+
+
+def pid_container_id(proc: Process) -> str:
+    """A container id for a bare PID that a later process with the same PID cannot share."""
+    return f"pid{proc.pid}-{proc.start_time}"
+
+
+def runc_pid(container: str, runc_root: str | None) -> int | None:
+    """The init PID of a runc container, None when runc knows no such running container."""
+    cmd = ["runc"] + (["--root", runc_root] if runc_root else []) + ["state", container]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=10)
+    except FileNotFoundError:
+        raise NotFound(f"{container!r} is not a PID and runc is not installed") from None
+    if proc.returncode != 0:
+        return None
+    state = json.loads(proc.stdout)
+    return state.get("pid") if state.get("status") in ("created", "running") else None
+
+
+def resolve(target: str, runc_root: str | None = None, must_run: bool = True) -> Target:
+    """The Target named on the command line; NotFound when it must run and does not."""
+    if target.isdigit():
+        proc = process(int(target))
+        if proc is None:
+            if must_run:
+                raise NotFound(f"no process with PID {target}; give the PID of a running "
+                               "container or its runc id")
+            return Target(container_id="", label=target)
+        return Target(pid_container_id(proc), target, proc)
+    check_name(target, "container id")
+    pid = runc_pid(target, runc_root)
+    proc = process(pid) if pid else None
+    if proc is None and must_run:
+        raise NotFound(f"no running runc container {target!r} (see 'runc list')")
+    return Target(target, target, proc)

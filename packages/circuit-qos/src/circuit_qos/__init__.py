@@ -1,0 +1,1 @@
+"""circuit-qos: rate, ceiling and delay for circuit networks and container interfaces."""

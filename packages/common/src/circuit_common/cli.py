@@ -1,0 +1,72 @@
+"""The one error-to-exit-code policy and the command-line plumbing every tool uses."""
+
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+from .config import Settings, load_settings, split_global_options
+from .errors import CircuitError, UsageError
+from .store import Store
+
+INTERNAL_ERROR = 70
+
+
+@dataclass
+class Context:
+    """What a command handler gets: the merged settings and the state store."""
+
+    settings: Settings
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.settings.state_dir, self.settings.lock_timeout)
+
+
+def parse(doc: str, argv: list[str]) -> dict:
+    """docopt over argv; a malformed line becomes one UsageError line naming the right usage."""
+    from docopt import DocoptExit, docopt
+
+    try:
+        return docopt(doc, argv=argv, default_help=True)
+    except DocoptExit:
+        raise UsageError(_usage_hint(doc, argv)) from None
+
+
+def _usage_hint(doc: str, argv: list[str]) -> str:
+    usage = doc.split("Usage:", 1)[1].split("\n\n", 1)[0]
+    lines = [u.strip() for u in usage.strip().splitlines()]
+    prog = lines[0].split()[0]
+    words = [a for a in argv if not a.startswith("-")]
+    matches = [u for u in lines if words and u.split()[1:2] == words[:1]]
+    if matches:
+        return f"bad arguments; usage: {matches[0]}  (see {prog} --help)"
+    if words:
+        return f"unknown command {words[0]!r}; see {prog} --help"
+    return f"missing command; see {prog} --help"
+
+
+def run(handler: Callable[[list[str], Context], int | None], argv: list[str] | None = None) -> int:
+    """Run a tool's handler under the shared policy: CircuitError → one line and its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        options, rest = split_global_options(argv)
+        ctx = Context(load_settings(options))
+        return handler(rest, ctx) or 0
+    except CircuitError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"circuit: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug in circuit, not the user's mistake
+        if debug:
+            traceback.print_exc()
+        print(f"circuit: internal error: {e!r} (run again with --debug for the traceback)",
+              file=sys.stderr)
+        return INTERNAL_ERROR

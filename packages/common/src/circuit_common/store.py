@@ -1,0 +1,153 @@
+"""The state directory: JSON records written atomically, and fcntl locks between processes.
+
+Layout below the root (see docs/architecture.md):
+    locks/store.lock            store-wide lock (shared by object locks, exclusive for lock_all)
+    locks/<kind>.<name>.lock    one lock per object (network, service)
+    <tool's own records>        e.g. networks/<name>.json, attachments/<network>/<cid>@<if>.json
+"""
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import LockTimeout, StateCorrupt
+
+SCHEMA_VERSION = 1
+
+
+class Store:
+    """Records and locks under one root directory."""
+
+    def __init__(self, root: Path, lock_timeout: float = 30.0):
+        self.root = Path(root)
+        self.lock_timeout = lock_timeout
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create directory and any missing parent up to the root, each 0700."""
+        if directory.is_dir():
+            return
+        if directory != self.root and self.root in directory.parents:
+            self._ensure_dir(directory.parent)
+        else:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+    # -- records ---------------------------------------------------------------------------
+
+    def read(self, path: Path) -> dict | None:
+        """The record at path, None when it does not exist; StateCorrupt when unreadable."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StateCorrupt(f"cannot read state record {path}: {e.strerror}") from None
+        try:
+            record = json.loads(data)
+        except ValueError as e:
+            raise StateCorrupt(f"state record {path} is not valid JSON ({e}); "
+                               "remove or repair it") from None
+        if not isinstance(record, dict) or record.get("schema") != SCHEMA_VERSION:
+            raise StateCorrupt(f"state record {path} has no schema {SCHEMA_VERSION}; "
+                               "it was not written by this version of circuit")
+        return record
+
+    def write(self, path: Path, record: dict) -> None:
+        """Replace the record at path atomically: temp file, fsync, rename, fsync of the dir."""
+        directory = path.parent
+        self._ensure_dir(directory)
+        body = json.dumps({"schema": SCHEMA_VERSION, **record}, indent=2, sort_keys=True) + "\n"
+        tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        self._fsync_dir(directory)
+
+    def remove(self, path: Path) -> bool:
+        """Delete the record at path; False when it was already gone."""
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        self._fsync_dir(path.parent)
+        return True
+
+    def records(self, directory: Path) -> Iterator[Path]:
+        """Paths of the records in directory, sorted; temp files are never listed."""
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(".json") and not name.startswith("."):
+                yield directory / name
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- locks -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, kind: str, name: str) -> Iterator[None]:
+        """Hold the exclusive lock of one object (and the store lock shared)."""
+        with self._flock("store.lock", fcntl.LOCK_SH, "the state store"), \
+                self._flock(f"{kind}.{name}.lock", fcntl.LOCK_EX, f"{kind} {name}"):
+            yield
+
+    @contextlib.contextmanager
+    def lock_all(self) -> Iterator[None]:
+        """Hold the whole store exclusively, for operations that span objects."""
+        with self._flock("store.lock", fcntl.LOCK_EX, "the state store"):
+            yield
+
+    @contextlib.contextmanager
+    def _flock(self, filename: str, mode: int, what: str) -> Iterator[None]:
+        locks = self.path("locks")
+        self._ensure_dir(locks)
+        path = locks / filename
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self._acquire(fd, mode, what, path)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def _acquire(self, fd: int, mode: int, what: str, path: Path) -> None:
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"timed out after {self.lock_timeout:g}s waiting for the lock on {what} "
+                    f"({path}); another circuit process holds it")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)

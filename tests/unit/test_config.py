@@ -1,0 +1,46 @@
+"""Settings: option over environment over config file over default."""
+
+import pytest
+from circuit_common.config import load_settings, split_global_options
+from circuit_common.errors import InvalidInput
+
+
+def test_defaults_without_a_config_file(tmp_path):
+    s = load_settings({}, env={"CIRCUIT_CONFIG": str(tmp_path / "none.toml")})
+    assert str(s.state_dir) == "/var/lib/circuit"
+    assert s.cni_path == ["/usr/lib/cni", "/opt/cni/bin"]
+    assert s.lock_timeout == 30
+
+
+def test_precedence(tmp_path):
+    conf = tmp_path / "circuit.toml"
+    conf.write_text('state_dir = "/from/file"\ncni_path = ["/a", "/b"]\nlock_timeout = 5\n')
+    env = {"CIRCUIT_CONFIG": str(conf)}
+    s = load_settings({}, env=env)
+    assert (str(s.state_dir), s.cni_path, s.lock_timeout) == ("/from/file", ["/a", "/b"], 5)
+    env |= {"CIRCUIT_STATE_DIR": "/from/env", "CNI_PATH": "/c:/d"}
+    s = load_settings({}, env=env)
+    assert (str(s.state_dir), s.cni_path) == ("/from/env", ["/c", "/d"])
+    s = load_settings({"state": "/from/option", "cni_path": "/e", "lock_timeout": "2"}, env=env)
+    assert (str(s.state_dir), s.cni_path, s.lock_timeout) == ("/from/option", ["/e"], 2)
+
+
+def test_bad_config_file_is_one_clear_error(tmp_path):
+    conf = tmp_path / "circuit.toml"
+    conf.write_text("state_dir = ")
+    with pytest.raises(InvalidInput, match="cannot read config file"):
+        load_settings({}, env={"CIRCUIT_CONFIG": str(conf)})
+    conf.write_text("stat_dir = '/x'")
+    with pytest.raises(InvalidInput, match="unknown key 'stat_dir'"):
+        load_settings({}, env={"CIRCUIT_CONFIG": str(conf)})
+    with pytest.raises(InvalidInput, match="lock timeout"):
+        load_settings({"lock_timeout": "soon"}, env={"CIRCUIT_CONFIG": str(tmp_path / "x")})
+
+
+def test_global_options_stand_anywhere():
+    found, rest = split_global_options(
+        ["--state", "/s", "list", "--cni-path=/p", "--debug", "--", "--state"])
+    assert found == {"state": "/s", "cni_path": "/p", "debug": True}
+    assert rest == ["list", "--", "--state"]
+    with pytest.raises(InvalidInput, match="--state needs a value"):
+        split_global_options(["list", "--state"])

@@ -1,0 +1,106 @@
+"""The state store: atomic writes, locks between processes, clear errors on bad records."""
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+from circuit_common.errors import LockTimeout, StateCorrupt
+from circuit_common.store import Store
+
+INCREMENT = """
+import sys
+from pathlib import Path
+from circuit_common.store import Store
+store = Store(Path(sys.argv[1]), lock_timeout=60)
+path = store.path("networks", "counter.json")
+for _ in range(int(sys.argv[2])):
+    with store.lock("network", "counter"):
+        record = store.read(path)
+        store.write(path, {"count": record["count"] + 1})
+"""
+
+
+def test_write_is_private_and_readable(tmp_path):
+    store = Store(tmp_path / "state")
+    path = store.path("networks", "a.json")
+    store.write(path, {"name": "a"})
+    assert store.read(path) == {"schema": 1, "name": "a"}
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o700
+    assert store.read(store.path("networks", "missing.json")) is None
+    assert [p.name for p in store.records(path.parent)] == ["a.json"]
+
+
+def test_twenty_processes_updating_one_record_lose_no_update(tmp_path):
+    store = Store(tmp_path)
+    path = store.path("networks", "counter.json")
+    store.write(path, {"count": 0})
+    procs = [subprocess.Popen([sys.executable, "-c", INCREMENT, str(tmp_path), "10"])
+             for _ in range(20)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 20
+    assert store.read(path)["count"] == 200
+    assert [p.name for p in path.parent.iterdir()] == ["counter.json"]
+
+
+def test_a_process_killed_mid_write_leaves_the_old_record(tmp_path):
+    store = Store(tmp_path)
+    path = store.path("networks", "a.json")
+    store.write(path, {"version": "old"})
+    killer = f"""
+import os, signal
+from pathlib import Path
+from circuit_common import store as s
+def die(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+s.os.replace = die   # killed after the temp file is written, before it takes the record's place
+s.Store(Path({str(tmp_path)!r})).write(Path({str(path)!r}), {{"version": "new" * 10000}})
+"""
+    proc = subprocess.run([sys.executable, "-c", killer])
+    assert proc.returncode == -signal.SIGKILL
+    assert store.read(path)["version"] == "old"
+    assert [p.name for p in store.records(path.parent)] == ["a.json"]
+
+
+def test_a_corrupt_record_names_the_file(tmp_path):
+    store = Store(tmp_path)
+    path = store.path("networks", "bad.json")
+    store.write(path, {})
+    path.write_text('{"schema": 1, "name": ')
+    with pytest.raises(StateCorrupt, match=r"networks/bad.json is not valid JSON"):
+        store.read(path)
+    path.write_text('{"name": "x"}')
+    with pytest.raises(StateCorrupt, match=r"bad.json has no schema 1"):
+        store.read(path)
+
+
+def test_lock_timeout_names_what_was_locked(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from pathlib import Path
+from circuit_common.store import Store
+with Store(Path({str(tmp_path)!r})).lock("network", "busy"):
+    print("locked", flush=True)
+    time.sleep(30)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        store = Store(tmp_path, lock_timeout=0.3)
+        start = time.monotonic()
+        with pytest.raises(LockTimeout, match=r"0\.3s waiting for the lock on network busy"), \
+                store.lock("network", "busy"):
+            pass
+        assert 0.3 <= time.monotonic() - start < 2
+        with store.lock("network", "other"):  # other objects are not blocked
+            pass
+        with pytest.raises(LockTimeout, match="the state store"), store.lock_all():
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with Store(tmp_path, lock_timeout=0.3).lock("network", "busy"):
+        pass  # released when its holder died
