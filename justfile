@@ -39,12 +39,12 @@ test-integration:
     uv run --no-sync pytest -m integration tests/integration
 
 # Kernel tests: IPVS, netem, ipvlan (Debian's stock kernel in a VM where the host lacks them)
-test-kernel:
-    #!/usr/bin/env bash
-    set -uo pipefail
-    uv run --no-sync pytest -m kernel tests/kernel; rc=$?
-    if [ $rc -eq 5 ]; then echo "kernel tier: no kernel tests yet (issue 6 brings the VM runner)"; rc=0; fi
-    exit $rc
+test-kernel *ARGS:
+    scripts/test-kernel {{ARGS}}
+
+# A shell in the kernel tier's VM, for debugging (type `exit` to leave)
+vm-shell:
+    PATH="$PWD/.venv/bin:$PATH" vng --run "$(ls -v /boot/vmlinuz-* | tail -n 1)" --disable-kvm --cpus 2 --memory 4G
 
 # ruff over the whole workspace
 lint:

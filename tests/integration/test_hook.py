@@ -4,7 +4,7 @@ import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import bridge_conf, documented_hooks, snapshot
+from harness import bridge_conf, documented_hooks, snapshot
 
 
 def hooks(start_phase: str, env: dict) -> dict:

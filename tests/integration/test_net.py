@@ -4,7 +4,7 @@ import json
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import bridge_conf, snapshot, wait_for
+from harness import bridge_conf, snapshot, wait_for
 
 
 def peers(host, network):

@@ -1,0 +1,272 @@
+"""Network test harness shared by the integration and kernel tiers: a throwaway "host" netns per
+test, containers as processes (or runc containers) in netns of their own, circuit run inside the
+host netns with a temporary state dir; everything removed on every path."""
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CIRCUIT = str(ROOT / ".venv" / "bin" / "circuit")
+PREFIX = "ctest-"
+
+
+def sh(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=check, **kw)
+
+
+def root_links() -> set[str]:
+    lines = sh("ip", "-o", "link").stdout.splitlines()
+    return {line.split(": ")[1].split("@")[0] for line in lines}
+
+
+def netns_names() -> set[str]:
+    return {line.split()[0] for line in sh("ip", "netns", "list").stdout.splitlines() if line}
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file below directory but the lock files, with its content."""
+    if not directory.exists():
+        return {}
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and "locks" not in p.parts}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leak_check():
+    """Fail the run if the tests leave namespaces or root-namespace links behind."""
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root")
+    links_before, ns_before = root_links(), netns_names()
+    yield
+    leaked_runc = [c for c in sh("runc", "list", "-q").stdout.split() if c.startswith(PREFIX)]
+    assert not leaked_runc, f"tests left runc containers {leaked_runc}"
+    leaked_ns = {n for n in netns_names() - ns_before if n.startswith(PREFIX)}
+    leaked_links = root_links() - links_before
+    assert not leaked_ns and not leaked_links, \
+        f"tests left namespaces {leaked_ns} and root links {leaked_links}"
+
+
+class Container:
+    """A process in a netns of its own, as runc would give a container."""
+
+    def __init__(self, args=("busybox", "sleep", "3600")):
+        self.popen = subprocess.Popen(["unshare", "--net", "--", *map(str, args)],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        self.pid = self.popen.pid
+        deadline = time.monotonic() + 5
+        while os.readlink(f"/proc/{self.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            assert time.monotonic() < deadline, "unshare did not make a netns"
+            time.sleep(0.01)
+
+    def run(self, *cmd, check=True, **kw) -> subprocess.CompletedProcess:
+        return sh("nsenter", f"--net=/proc/{self.pid}/ns/net", *cmd, check=check, **kw)
+
+    def ping(self, ip: str, count: int = 1) -> bool:
+        return self.run("busybox", "ping", "-c", count, "-W", "2", ip, check=False).returncode == 0
+
+    def links(self) -> set[str]:
+        return {line.split(": ")[1].split("@")[0]
+                for line in self.run("ip", "-o", "link").stdout.splitlines()}
+
+    def addresses(self, ifname: str = "eth0") -> list[str]:
+        out = self.run("ip", "-j", "-4", "addr", "show", "dev", ifname).stdout
+        return [a["local"] for link in json.loads(out) for a in link["addr_info"]]
+
+    def kill(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+
+class Host:
+    """A throwaway netns standing in for the machine, with circuit's state in a temp dir."""
+
+    def __init__(self, tmp: Path):
+        self.name = PREFIX + secrets.token_hex(4)
+        self.tmp = tmp
+        self.state = tmp / "state"
+        self.ipam = tmp / "ipam"
+        self.containers: list[Container] = []
+        sh("ip", "netns", "add", self.name)
+        sh("ip", "-n", self.name, "link", "set", "lo", "up")
+
+    def run(self, *cmd, check=True, **kw) -> subprocess.CompletedProcess:
+        return sh("nsenter", f"--net=/run/netns/{self.name}", *cmd, check=check, **kw)
+
+    def circuit(self, *args, check=True, env=None, **kw) -> subprocess.CompletedProcess:
+        full_env = {k: v for k, v in os.environ.items() if k != "CNI_PATH"} | (env or {})
+        proc = self.run(CIRCUIT, "--state", self.state, *args, check=False, env=full_env, **kw)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"circuit {' '.join(map(str, args))} failed "
+                                 f"({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def container(self, args=("busybox", "sleep", "3600")) -> Container:
+        c = Container(args)
+        self.containers.append(c)
+        return c
+
+    def conf(self, conf: dict, filename: str | None = None) -> Path:
+        """Write a network config, keeping host-local's reservations in this test's temp dir."""
+        conf = json.loads(json.dumps(conf))
+        for plugin in conf.get("plugins", [conf]):
+            if plugin.get("ipam", {}).get("type") == "host-local":
+                plugin["ipam"]["dataDir"] = str(self.ipam)
+        path = self.tmp / (filename or f"{conf['name']}.conf")
+        path.write_text(json.dumps(conf))
+        return path
+
+    def reserved_ips(self, network: str) -> set[str]:
+        directory = self.ipam / network
+        if not directory.exists():
+            return set()
+        return {p.name for p in directory.iterdir() if p.name[0].isdigit()}
+
+    def close(self) -> None:
+        for c in self.containers:
+            c.kill()
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+@pytest.fixture
+def host(tmp_path):
+    h = Host(tmp_path)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def bridge_conf(name="sandbox", bridge="cni0", subnet="10.100.10.0/24", version="0.3.0"):
+    """The seed README's bridge network."""
+    return {"cniVersion": version, "name": name, "type": "bridge", "bridge": bridge,
+            "ipMasq": True, "isGateway": True,
+            "ipam": {"type": "host-local", "subnet": subnet, "routes": [{"dst": "0.0.0.0/0"}]}}
+
+
+def wait_for(predicate, timeout=5.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+
+
+BUSYBOX_APPLETS = ("sh", "sleep", "ping", "ip", "httpd", "nc", "wget", "cat", "ifconfig")
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory) -> Path:
+    """A read-only busybox-static root filesystem shared by every test container."""
+    root = tmp_path_factory.mktemp("rootfs")
+    for d in ("bin", "proc", "sys", "dev", "tmp", "etc", "www"):
+        (root / d).mkdir()
+    busybox = root / "bin" / "busybox"
+    busybox.write_bytes(Path("/bin/busybox").read_bytes())
+    busybox.chmod(0o755)
+    for applet in BUSYBOX_APPLETS:
+        (root / "bin" / applet).symlink_to("busybox")
+    return root
+
+
+def runc_config(rootfs: Path, args: list[str], hooks: dict | None = None,
+                annotations: dict | None = None) -> dict:
+    """`runc spec`, made non-interactive, with the given process and hooks."""
+    config = _spec()
+    config["process"]["terminal"] = False
+    config["process"]["args"] = args
+    config["process"]["capabilities"] = {k: [*v, "CAP_NET_RAW"]
+                                         for k, v in config["process"]["capabilities"].items()}
+    config["root"] = {"path": str(rootfs), "readonly": True}
+    if hooks:
+        config["hooks"] = hooks
+    if annotations:
+        config["annotations"] = annotations
+    return config
+
+
+def _spec() -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        sh("runc", "spec", "--bundle", d)
+        return json.loads((Path(d) / "config.json").read_text())
+
+
+def documented_hooks(start_phase: str, env: dict) -> dict:
+    """The hooks section of docs/runc-hooks.md, with this checkout's circuit and env overrides."""
+    text = (ROOT / "docs" / "runc-hooks.md").read_text()
+    hooks = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])["hooks"]
+    hooks[start_phase] = hooks.pop("createRuntime")
+    for entries in hooks.values():
+        for entry in entries:
+            entry["path"] = CIRCUIT
+            merged = dict(e.split("=", 1) for e in entry["env"]) | {
+                k: str(v) for k, v in env.items()}
+            entry["env"] = [f"{k}={v}" for k, v in merged.items() if v]
+    return hooks
+
+
+class Runc:
+    """runc containers started in a host netns, so their hooks run there; deleted by id."""
+
+    def __init__(self, host: Host, rootfs: Path):
+        self.host = host
+        self.rootfs = rootfs
+        self.ids: list[str] = []
+
+    def run(self, name: str, hooks: dict | None = None, args=("sleep", "3600"),
+            annotations: dict | None = None, check=True) -> subprocess.CompletedProcess:
+        """`runc run -d`, stdio to files (never pipes: runc hands them to the container)."""
+        cid = f"{PREFIX}{secrets.token_hex(3)}-{name}"
+        bundle = self.host.tmp / "bundles" / cid
+        bundle.mkdir(parents=True)
+        (bundle / "config.json").write_text(json.dumps(
+            runc_config(self.rootfs, list(args), hooks, annotations)))
+        self.ids.append(cid)
+        with open(bundle / "stderr", "w+") as err:
+            code = subprocess.call(
+                ["nsenter", f"--net=/run/netns/{self.host.name}", "runc", "run", "-d",
+                 "--bundle", str(bundle), cid],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            err.seek(0)
+            proc = subprocess.CompletedProcess([cid], code, cid, err.read())
+        if check and code != 0:
+            raise AssertionError(f"runc run {cid} failed: {proc.stderr}")
+        return proc
+
+    def pid(self, cid: str) -> int:
+        return json.loads(sh("runc", "state", cid).stdout)["pid"]
+
+    def container(self, cid: str) -> Container:
+        """The running container as a Container (its netns entered through its PID)."""
+        c = Container.__new__(Container)
+        c.pid, c.popen = self.pid(cid), None
+        return c
+
+    def delete(self, cid: str) -> subprocess.CompletedProcess:
+        return self.host.run("runc", "delete", "--force", cid, check=False)
+
+    def close(self) -> None:
+        for cid in self.ids:
+            if sh("runc", "state", cid, check=False).returncode == 0:
+                self.delete(cid)
+
+
+@pytest.fixture
+def runc(host, rootfs):
+    r = Runc(host, rootfs)
+    try:
+        yield r
+    finally:
+        r.close()
