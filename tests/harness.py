@@ -270,3 +270,30 @@ def runc(host, rootfs):
         yield r
     finally:
         r.close()
+
+
+def iperf_mbit(host: Host, server: Container, reverse: bool = False, seconds: int = 2) -> float:
+    """Mbit/s of one TCP stream between the host netns and an iperf3 server in a container:
+    host → container, or container → host with reverse."""
+    ip = server.addresses()[0]
+    args = ["iperf3", "-c", ip, "-t", seconds, "-O", 1, "-J", *(["-R"] if reverse else [])]
+    for _ in range(50):  # the server may still be starting
+        proc = host.run(*args, check=False, timeout=seconds + 20)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+        time.sleep(0.1)
+    raise AssertionError(f"iperf3 to {ip} failed: {proc.stdout[-300:]}")
+
+
+def host_veth(host: Host, network: str, pid: int) -> str:
+    """The host-side veth of a container's attachment, from circuit's inspect."""
+    attachment = next(a for a in json.loads(host.circuit("network", "inspect", network).stdout)
+                      ["attachments"] if a["pid"] == pid)
+    return next(i["name"] for i in attachment["result"]["interfaces"]
+                if not i.get("sandbox") and i["name"].startswith("veth"))
+
+
+def min_rtt(container: Container, ip: str, count: int = 5) -> float:
+    """The smallest ping RTT in ms from a container to ip."""
+    out = container.run("busybox", "ping", "-c", count, "-i", "0.2", "-W", "2", ip).stdout
+    return float(out.split("min/avg/max = ")[1].split("/")[0])

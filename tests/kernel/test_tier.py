@@ -1,23 +1,8 @@
 """Proof of the kernel tier: netem, ipvlan and IPVS work with circuit-made networks."""
 
-import re
 import sys
 
-from harness import bridge_conf
-
-
-def min_rtt(container, ip: str, count: int = 5) -> float:
-    out = container.run("busybox", "ping", "-c", count, "-i", "0.2", "-W", "2", ip).stdout
-    return float(re.search(r"min/avg/max = ([\d.]+)/", out).group(1))
-
-
-def host_veth(host, network: str, pid: int) -> str:
-    import json
-
-    attachment = next(a for a in json.loads(host.circuit("network", "inspect", network).stdout)
-                      ["attachments"] if a["pid"] == pid)
-    return next(i["name"] for i in attachment["result"]["interfaces"] if not i.get("sandbox")
-                and i["name"].startswith("veth"))
+from harness import bridge_conf, host_veth, min_rtt
 
 
 def test_netem_delay_on_a_bridge_veth_raises_ping_rtt_by_50ms(host):

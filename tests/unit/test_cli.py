@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from circuit_common.output import render_table
 
 BIN = Path(sys.executable).parent

@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import pytest
+
 from circuit_common.errors import InvalidInput, NotFound, PluginError
 from circuit_net import cni
 

@@ -1,6 +1,7 @@
 """Settings: option over environment over config file over default."""
 
 import pytest
+
 from circuit_common.config import load_settings, split_global_options
 from circuit_common.errors import InvalidInput
 

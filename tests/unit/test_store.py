@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+
 from circuit_common.errors import LockTimeout, StateCorrupt
 from circuit_common.store import Store
 

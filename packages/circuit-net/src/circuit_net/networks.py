@@ -8,6 +8,7 @@ State:  networks/<name>.json                    the network's config list
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 
 from circuit_common.cli import Context
@@ -17,6 +18,11 @@ from circuit_common.validate import check_ifname, check_name
 
 from . import cni
 from .target import Target
+
+# Tools that keep a per-network policy for attachments, in <state>/<dir>/<network>.json: their
+# module's attached() / detached() run for each attach and detach on such a network, and the
+# module is imported only then (QoS loads pyroute2; a network without QoS never does).
+EXTENSIONS = {"qos": "circuit_qos.policy"}
 
 
 def now() -> str:
@@ -122,6 +128,8 @@ class Networks:
                                f"container(s): {ids}; disconnect them or use --force")
             for attachment in attached.records:
                 self._detach(network, attachment)
+            for directory in EXTENSIONS:
+                self.store.remove(self.store.path(directory, f"{name}.json"))
             self.store.remove(self.network_path(name))
             return attached.records
 
@@ -162,6 +170,7 @@ class Networks:
                                  "target": target.label, "created": now()}
             self.store.write(self.attachment_path(network["name"], rt.container_id, ifname),
                              record)
+            self._notify("attached", network, record)
         except BaseException:
             self._detach(network, cni.cache_entry(netconf, rt, result), netns=rt.netns,
                          best_effort=True)
@@ -203,7 +212,13 @@ class Networks:
                          [tuple(kv) for kv in attachment.get("cniArgs", [])],
                          attachment.get("capabilityArgs") or {})
         cni.del_chain(self.plugins, network["config"], rt, attachment.get("result"), best_effort)
+        self._notify("detached", network, attachment)
         self.store.remove(self.attachment_path(network["name"], rt.container_id, rt.ifname))
+
+    def _notify(self, event: str, network: dict, attachment: dict) -> None:
+        for directory, module in EXTENSIONS.items():
+            if self.store.path(directory, f"{network['name']}.json").exists():
+                getattr(import_module(module), event)(self, network, attachment)
 
     def check(self, name: str, target: Target) -> list[dict]:
         """CNI CHECK of the target's attachments with their cached results."""

@@ -1,34 +1,168 @@
-"""circuit-qos: quality of service for circuit networks and container interfaces.
+"""circuit-qos: rate, ceiling and delay for a network's containers, with live counters.
 
 Usage:
-  circuit-qos set [--rate R] [--ceiling C] [--delay D] [--container TARGET | --interface IFACE]
-                  NETWORK
-  circuit-qos reset [--container TARGET | --interface IFACE] NETWORK
+  circuit-qos set [--rate R] [--ceiling C] [--delay D] [--buffer B] [--cbuffer B]
+                  [--priority P] [--container TARGET] [--interface IFACE] NETWORK
+  circuit-qos reset [--container TARGET] [--interface IFACE] NETWORK
   circuit-qos show NETWORK [--format FMT]
   circuit-qos restore
   circuit-qos (-h | --help)
 
-Also reached as `circuit network qos ...`. Not implemented yet: see issue 5.
+Also reached as `circuit network qos ...`. A network's policy shapes every container on it, now
+and later, in both directions; --container or --interface sets one attachment's own policy.
+`set` again changes only the values given. See docs/qos.md.
 
 Options:
-  --rate R           guaranteed rate (kbit/s, or 5mbit, 800kbit)
-  --ceiling C        maximum rate
-  --delay D          added latency (50ms, 1s, 500us)
-  --container TARGET one container's attachment (PID or runc id)
-  --interface IFACE  one host-side interface
-  --format FMT       table or json [default: table]
+  --rate R            guaranteed rate: kbit/s when a bare number (5000), or 5mbit, 800kbit
+  --ceiling C         maximum rate when there is spare bandwidth (default: the rate)
+  --delay D           latency added on the way into the container: 50ms, 1s, 500us
+  --buffer B          HTB burst in bytes (15k)
+  --cbuffer B         HTB ceiling burst in bytes
+  --priority P        HTB class priority 0..7
+  --container TARGET  one container's attachment (PID or runc id)
+  --interface IFACE   one attachment by its host-side interface
+  --format FMT        table or json [default: table]
 """
 
-from circuit_common import cli
+import copy
+
+from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
-from circuit_common.errors import CircuitError
+from circuit_common.errors import InvalidInput
+from circuit_net.networks import Networks, attachment_netns
+from circuit_net.target import resolve
+
+from . import policy as qos
+from .units import format_delay, format_rate, parse_delay, parse_rate, parse_size
+
+
+def changes_from(a: dict) -> dict:
+    """The policy values given on the command line, parsed and checked."""
+    changes = {}
+    if a["--rate"] is not None:
+        changes["rate"] = parse_rate(a["--rate"])
+    if a["--ceiling"] is not None:
+        changes["ceil"] = parse_rate(a["--ceiling"])
+    if a["--delay"] is not None:
+        changes["delay"] = parse_delay(a["--delay"])
+    for option, field in (("--buffer", "buffer"), ("--cbuffer", "cbuffer")):
+        if a[option] is not None:
+            changes[field] = parse_size(a[option])
+    if a["--priority"] is not None:
+        if not a["--priority"].isdigit():
+            raise InvalidInput(f"priority must be 0..7, not {a['--priority']!r}")
+        changes["priority"] = int(a["--priority"])
+    if not changes:
+        raise InvalidInput("nothing to set: give --rate, --ceiling or --delay")
+    return changes
+
+
+def describe(policy: dict | None) -> str:
+    if not policy:
+        return "unshaped"
+    parts = []
+    if "rate" in policy:
+        parts.append(f"rate {format_rate(policy['rate'])} ceil {format_rate(policy['ceil'])}")
+    if "delay" in policy:
+        parts.append(f"delay {format_delay(policy['delay'])}")
+    return " ".join(parts)
 
 
 def handle(argv: list[str], ctx: cli.Context) -> int:
     a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv)
+    nets = Networks(ctx)
     if a["restore"]:
-        return 0  # no QoS state exists yet
-    raise CircuitError("qos is not implemented yet in this version of circuit")
+        return restore(nets)
+    name = a["NETWORK"]
+    if a["show"]:
+        return show(nets, name, output.check_format(a["--format"]))
+    if a["--container"] and a["--interface"]:
+        raise InvalidInput("give --container or --interface, not both")
+    changes = changes_from(a) if a["set"] else None
+    from pyroute2 import IPRoute
+
+    with nets.store.lock("network", name):
+        nets.get(name)
+        with IPRoute() as ipr:
+            target = resolve(a["--container"], ctx.settings.runc_root, must_run=False) \
+                if a["--container"] else None
+            chosen = qos.select(nets, name, target, a["--interface"], ipr)
+            old = qos.load(nets, name)
+            new = copy.deepcopy(old)
+            scoped = target is not None or a["--interface"] is not None
+            if a["set"]:
+                if scoped:
+                    for attachment in chosen:
+                        new["attachments"][qos.key(attachment)] = qos.merge(
+                            qos.effective(old, attachment), changes)
+                else:
+                    new["network"] = qos.merge(old["network"], changes)
+                if "delay" in changes:
+                    from .tc import probe_netem
+
+                    probe_netem(ipr)
+            elif scoped:
+                for attachment in chosen:
+                    new["attachments"].pop(qos.key(attachment), None)
+            else:
+                new = {"network": None, "attachments": {}}
+            qos.apply_all(ipr, chosen, old, new)
+            qos.save(nets, name, new)
+    print(f"qos {'configured' if a['set'] else 'reset'} for {name}")
+    return 0
+
+
+def show(nets: Networks, name: str, fmt: str) -> int:
+    """The network's policy and each attachment's policy and live counters."""
+    from pyroute2 import IPRoute
+
+    from .tc import counters
+
+    nets.get(name)
+    record = qos.load(nets, name)
+    rows = []
+    with IPRoute() as ipr:
+        for attachment in nets.attachments(name).records:
+            veth = qos.host_veth(ipr, attachment) if attachment_netns(attachment) else None
+            rows.append({"container_id": attachment["containerId"],
+                         "target": attachment["circuit"]["target"],
+                         "ifname": attachment["ifName"], "interface": veth,
+                         "policy": qos.effective(record, attachment),
+                         "own_policy": qos.key(attachment) in record["attachments"],
+                         "counters": counters(ipr, veth) if veth else {}})
+    if fmt == "json":
+        output.emit_json({"network": name, "policy": record["network"], "attachments": rows})
+        return 0
+    print(f"network {name}: {describe(record['network'])}")
+    table = []
+    for row in rows:
+        for direction in ("in", "out"):
+            c = row["counters"].get(direction, {})
+            table.append((row["target"], row["interface"] or "-", direction,
+                          describe(row["policy"]) if direction == "in" else "",
+                          c.get("bytes", "-"), c.get("packets", "-"), c.get("drops", "-"),
+                          c.get("overlimits", "-")))
+    output.emit(output.render_table(["container", "interface", "dir", "policy", "bytes",
+                                     "packets", "drops", "overlimits"], table, min_width=10))
+    return 0
+
+
+def restore(nets: Networks) -> int:
+    """Re-apply every stored policy to the attachments whose containers still run."""
+    from pyroute2 import IPRoute
+
+    directory = nets.store.path("qos")
+    names = [p.stem for p in nets.store.records(directory)]
+    if not names:
+        return 0
+    with IPRoute() as ipr:
+        for name in names:
+            with nets.store.lock("network", name):
+                record = qos.load(nets, name)
+                attachments = nets.attachments(name).records
+                qos.apply_all(ipr, attachments, record, record)
+            print(f"qos restored for {name}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,138 @@
+"""QoS policies in the state store and their application to attachments.
+
+State: qos/<network>.json  {"network": {policy} | null, "attachments": {"<cid>@<ifname>": {policy}}}
+A policy is {"rate", "ceil" (bit/s), "delay" (µs), "buffer", "cbuffer" (bytes), "priority"}.
+The network's policy applies to every attachment, present and future; an attachment's own
+policy (--container / --interface) replaces it for that attachment.
+"""
+
+import contextlib
+
+from circuit_common.errors import InvalidInput, NotFound
+from circuit_net.networks import Networks, attachment_netns
+
+FIELDS = ("rate", "ceil", "delay", "buffer", "cbuffer", "priority")
+
+
+def policy_path(nets: Networks, name: str):
+    return nets.store.path("qos", f"{name}.json")
+
+
+def load(nets: Networks, name: str) -> dict:
+    return nets.store.read(policy_path(nets, name)) or {"network": None, "attachments": {}}
+
+
+def save(nets: Networks, name: str, record: dict) -> None:
+    if record["network"] is None and not record["attachments"]:
+        nets.store.remove(policy_path(nets, name))
+    else:
+        nets.store.write(policy_path(nets, name), {"network": record["network"],
+                                                   "attachments": record["attachments"]})
+
+
+def key(attachment: dict) -> str:
+    return f"{attachment['containerId']}@{attachment['ifName']}"
+
+
+def merge(old: dict | None, changes: dict) -> dict:
+    """A policy with changes applied over old; refused when it makes no sense."""
+    policy = {k: v for k, v in {**(old or {}), **changes}.items() if v is not None}
+    if "ceil" in changes and "rate" not in policy:
+        raise InvalidInput("--ceiling needs a --rate (now or set before)")
+    if "rate" in changes and "ceil" not in changes:
+        policy["ceil"] = policy["rate"]  # a rate alone is a flat rate
+    if "rate" in policy and policy.get("ceil", policy["rate"]) < policy["rate"]:
+        raise InvalidInput(f"ceiling ({policy['ceil'] // 1000} kbit/s) is below the rate "
+                           f"({policy['rate'] // 1000} kbit/s); the ceiling is the maximum")
+    if not 0 <= policy.get("priority", 0) <= 7:
+        raise InvalidInput(f"priority must be 0..7, not {policy['priority']}")
+    if not policy:
+        raise InvalidInput("nothing to set: give --rate, --ceiling or --delay")
+    return policy
+
+
+def effective(record: dict, attachment: dict) -> dict | None:
+    return record["attachments"].get(key(attachment)) or record["network"]
+
+
+def host_veth(ipr, attachment: dict) -> str:
+    """The host-side veth of an attachment, from its cached CNI result."""
+    for iface in attachment["result"].get("interfaces", []):
+        if iface.get("sandbox"):
+            continue
+        link = ipr.link_lookup(ifname=iface["name"])
+        if link and ipr.link("get", index=link[0])[0].get_nested(
+                "IFLA_LINKINFO", "IFLA_INFO_KIND") == "veth":
+            return iface["name"]
+    raise InvalidInput(f"attachment {key(attachment)} has no host-side veth: QoS needs a "
+                       "veth-based network (bridge, ptp)")
+
+
+def apply(ipr, attachment: dict, policy: dict | None) -> None:
+    """Make one attachment's shaping match policy (None: unshaped)."""
+    from . import tc
+
+    if not attachment_netns(attachment):
+        return  # the container has exited: its veth is gone with it
+    veth = host_veth(ipr, attachment)
+    if policy is None:
+        tc.teardown_shaping(ipr, veth)
+    else:
+        tc.setup_shaping(ipr, veth, tc.Shape(**{k: policy.get(k) for k in FIELDS}))
+
+
+def apply_all(ipr, attachments: list[dict], old: dict, new: dict) -> None:
+    """Apply new to every attachment; if one fails, put back old on those already changed."""
+    done = []
+    try:
+        for attachment in attachments:
+            done.append(attachment)
+            apply(ipr, attachment, effective(new, attachment))
+    except BaseException:
+        for attachment in done:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                apply(ipr, attachment, effective(old, attachment))
+        raise
+
+
+def select(nets: Networks, name: str, container=None, interface: str | None = None,
+           ipr=None) -> list[dict]:
+    """The attachments of a network that --container / --interface name (all when neither)."""
+    attachments = nets.attachments(name).records
+    if container is not None:
+        chosen = [a for a in attachments if container.matches(a)]
+        if not chosen:
+            raise NotFound(f"container {container.label} is not connected to network {name}")
+        return chosen
+    if interface is not None:
+        chosen = [a for a in attachments
+                  if attachment_netns(a) and host_veth(ipr, a) == interface]
+        if not chosen:
+            raise NotFound(f"no attachment of network {name} has host interface {interface}")
+        return chosen
+    return attachments
+
+
+# -- called by circuit-net for each attach and detach on a network that has a QoS policy ------
+
+def attached(nets: Networks, network: dict, attachment: dict) -> None:
+    """Shape a new attachment by its network's policy."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        apply(ipr, attachment, effective(load(nets, network["name"]), attachment))
+
+
+def detached(nets: Networks, network: dict, attachment: dict) -> None:
+    """Remove what shaping left beside the veth (its IFB device), and its own policy."""
+    from pyroute2 import IPRoute
+
+    from . import tc
+
+    with IPRoute() as ipr:
+        for iface in attachment["result"].get("interfaces", []):
+            if not iface.get("sandbox"):
+                tc.remove_ifb(ipr, iface["name"])
+    record = load(nets, network["name"])
+    if record["attachments"].pop(key(attachment), None) is not None:
+        save(nets, network["name"], record)

@@ -1,0 +1,56 @@
+"""Rates, sizes and times as users write them, as tc(8) reads them."""
+
+import re
+
+from circuit_common.errors import InvalidInput
+
+RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12,
+              "bps": 8, "kbps": 8 * 10**3, "mbps": 8 * 10**6, "gbps": 8 * 10**9}
+TIME_UNITS = {"us": 1, "usec": 1, "ms": 1000, "msec": 1000, "s": 10**6, "sec": 10**6}
+SIZE_UNITS = {"b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2}
+NUMBER = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*")
+
+
+def _parse(text: str, units: dict[str, int], bare: str | None, what: str, example: str) -> int:
+    match = NUMBER.fullmatch(str(text))
+    if not match:
+        raise InvalidInput(f"invalid {what} {text!r}: give a positive number with a unit, "
+                           f"e.g. {example}")
+    number, unit = float(match.group(1)), match.group(2).lower() or bare
+    if unit is None:
+        raise InvalidInput(f"{what} {text!r} needs a unit, e.g. {example}")
+    if unit not in units:
+        raise InvalidInput(f"unknown unit {match.group(2)!r} in {what} {text!r}; use one of "
+                           f"{', '.join(units)}")
+    value = round(number * units[unit])
+    if value <= 0:
+        raise InvalidInput(f"{what} must be greater than zero, not {text!r}")
+    return value
+
+
+def parse_rate(text: str) -> int:
+    """Bits per second; a bare number is kbit/s (the seed's `--rate 5000` is 5 Mbit/s)."""
+    return _parse(text, RATE_UNITS, "kbit", "rate", "5000 (kbit/s), 5mbit, 800kbit, 1gbit")
+
+
+def parse_delay(text: str) -> int:
+    """Microseconds, from 50ms, 1s or 500us."""
+    return _parse(text, TIME_UNITS, None, "delay", "50ms, 1s, 500us")
+
+
+def parse_size(text: str) -> int:
+    """Bytes; a bare number is bytes (HTB burst)."""
+    return _parse(text, SIZE_UNITS, "b", "buffer size", "15k, 1600")
+
+
+def format_rate(bps: int) -> str:
+    for unit, factor in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
+        if bps >= factor and bps % factor == 0:
+            return f"{bps // factor}{unit}"
+    return f"{bps}bit"
+
+
+def format_delay(us: int) -> str:
+    if us % 1000 == 0:
+        return f"{us // 1000}ms" if us < 10**6 or us % 10**6 else f"{us // 10**6}s"
+    return f"{us}us"

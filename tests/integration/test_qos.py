@@ -1,0 +1,142 @@
+"""circuit-qos with real traffic: iperf3 through HTB shaping in both directions."""
+
+import json
+
+from harness import bridge_conf, host_veth, iperf_mbit, snapshot
+
+IPERF = ("iperf3", "-s")
+
+
+def qdiscs(host) -> str:
+    return host.run("tc", "qdisc", "show").stdout
+
+
+def ifbs(host) -> list[str]:
+    return [line for line in host.run("ip", "-o", "link").stdout.splitlines() if ": cq" in line]
+
+
+def shaped(mbit: float, low: float = 4.5, high: float = 6.3) -> bool:
+    return low <= mbit <= high
+
+
+def test_rate_and_ceiling_shape_both_directions_and_reset_restores(host):
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    server = host.container(IPERF)
+    host.circuit("network", "connect", server.pid, "sandbox")
+    assert iperf_mbit(host, server) > 100 and iperf_mbit(host, server, reverse=True) > 100
+
+    out = host.circuit("network", "qos", "set", "--rate", "5000", "--ceiling", "6000", "sandbox")
+    assert out.stdout == "qos configured for sandbox\n"
+    into, out_of = iperf_mbit(host, server), iperf_mbit(host, server, reverse=True)
+    assert shaped(into) and shaped(out_of), (into, out_of)
+
+    shown = json.loads(host.circuit("network", "qos", "show", "sandbox", "--format", "json").stdout)
+    counters = shown["attachments"][0]["counters"]
+    assert counters["in"]["bytes"] > 1_000_000 and counters["out"]["bytes"] > 1_000_000
+    assert shown["policy"] == {"rate": 5_000_000, "ceil": 6_000_000}
+    iperf_mbit(host, server, seconds=1)
+    again = json.loads(host.circuit("network", "qos", "show", "sandbox", "--format", "json")
+                       .stdout)["attachments"][0]["counters"]
+    assert again["in"]["bytes"] > counters["in"]["bytes"]
+    assert again["in"]["packets"] > counters["in"]["packets"]
+    table = host.circuit("network", "qos", "show", "sandbox").stdout
+    assert "rate 5mbit ceil 6mbit" in table and host_veth(host, "sandbox", server.pid) in table
+
+    out = host.circuit("network", "qos", "reset", "sandbox")
+    assert out.stdout == "qos reset for sandbox\n"
+    assert iperf_mbit(host, server) > 100 and iperf_mbit(host, server, reverse=True) > 100
+    assert "htb" not in qdiscs(host) and "ingress" not in qdiscs(host) and ifbs(host) == []
+
+
+def test_new_containers_are_shaped_and_one_container_can_differ(host):
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    first = host.container(IPERF)
+    host.circuit("network", "connect", first.pid, "sandbox")
+    host.circuit("network", "qos", "set", "--rate", "5000", "--ceiling", "6000", "sandbox")
+    later = host.container(IPERF)
+    host.circuit("network", "connect", later.pid, "sandbox")
+    assert shaped(iperf_mbit(host, later)) and shaped(iperf_mbit(host, later, reverse=True))
+
+    host.circuit("network", "qos", "set", "--container", first.pid, "--rate", "2mbit", "sandbox")
+    assert shaped(iperf_mbit(host, first), 1.6, 2.15)
+    assert shaped(iperf_mbit(host, first, reverse=True), 1.6, 2.15)
+    assert shaped(iperf_mbit(host, later))
+
+    host.circuit("network", "qos", "reset", "--container", first.pid, "sandbox")
+    assert shaped(iperf_mbit(host, first))
+    host.circuit("network", "disconnect", later.pid, "sandbox")
+    assert len(ifbs(host)) == 1  # the disconnected container's IFB went with it
+
+
+def test_second_set_changes_values_in_place_and_restore_reapplies(host):
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    server = host.container(IPERF)
+    host.circuit("network", "connect", server.pid, "sandbox")
+    host.circuit("network", "qos", "set", "--rate", "5000", "sandbox")
+    host.circuit("network", "qos", "set", "--rate", "2000", "sandbox")
+    veth = host_veth(host, "sandbox", server.pid)
+    assert "rate 2Mbit" in host.run("tc", "class", "show", "dev", veth).stdout
+    assert shaped(iperf_mbit(host, server), 1.6, 2.15)
+
+    host.run("tc", "qdisc", "del", "dev", veth, "root")  # as if the host had rebooted
+    host.run("tc", "qdisc", "del", "dev", veth, "ingress")
+    out = host.circuit("restore").stdout
+    assert "qos restored for sandbox" in out
+    assert shaped(iperf_mbit(host, server), 1.6, 2.15)
+    assert shaped(iperf_mbit(host, server, reverse=True), 1.6, 2.15)
+
+
+def test_bad_input_changes_neither_kernel_nor_state(host):
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    c = host.container()
+    host.circuit("network", "connect", c.pid, "sandbox")
+    host.circuit("network", "qos", "set", "--rate", "3000", "sandbox")
+    cases = [
+        (["--rate", "6000", "--ceiling", "5000"], "below the rate"),
+        (["--rate", "0"], "greater than zero"),
+        (["--rate", "-5"], "invalid rate"),
+        (["--rate", "5furlongs"], "unknown unit 'furlongs'"),
+        (["--delay", "50"], "needs a unit"),
+        (["--rate", "1mbit", "--container", "999999999"], "not connected"),
+        (["--rate", "1mbit", "--container", c.pid, "--interface", "veth0"], "not both"),
+        (["--rate", "1mbit", "--interface", "nosuch0"], "no attachment"),
+        (["--priority", "9"], "0..7"),
+        ([], "nothing to set"),
+    ]
+    before, kernel = snapshot(host.state), qdiscs(host)
+    for args, message in cases:
+        proc = host.circuit("network", "qos", "set", *args, "sandbox", check=False)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
+        assert snapshot(host.state) == before and qdiscs(host) == kernel, args
+    proc = host.circuit("network", "qos", "set", "--rate", "1mbit", "nosuch", check=False)
+    assert proc.returncode == 4 and "no network named 'nosuch'" in proc.stderr
+
+
+def test_delay_without_netem_is_refused_with_nothing_half_applied(host):
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    c = host.container()
+    host.circuit("network", "connect", c.pid, "sandbox")
+    before, kernel = snapshot(host.state), qdiscs(host)
+    proc = host.circuit("network", "qos", "set", "--rate", "5000", "--delay", "50ms", "sandbox",
+                        check=False)
+    if proc.returncode == 0:  # this kernel has netem: the kernel tier covers the delay itself
+        assert "netem" in qdiscs(host)
+        return
+    assert proc.returncode == 8 and "no netem qdisc (sch_netem)" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+    assert snapshot(host.state) == before and qdiscs(host) == kernel and ifbs(host) == []
+
+
+def test_the_hook_shapes_a_runc_container_by_its_network_policy(host, runc):
+    from harness import documented_hooks
+
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    host.circuit("network", "qos", "set", "--rate", "5000", "--ceiling", "6000", "sandbox")
+    env = {"CNI_CONF": "", "CIRCUIT_NETWORK": "sandbox", "CIRCUIT_STATE_DIR": host.state}
+    cid = runc.run("shaped", documented_hooks("createRuntime", env)).stdout
+    veth = host_veth(host, "sandbox", runc.pid(cid))
+    assert "rate 5Mbit ceil 6Mbit" in host.run("tc", "class", "show", "dev", veth).stdout
+    assert len(ifbs(host)) == 1
+    runc.delete(cid)
+    assert ifbs(host) == []

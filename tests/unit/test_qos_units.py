@@ -1,0 +1,45 @@
+"""QoS values as users write them, and how a second `set` merges."""
+
+import pytest
+
+from circuit_common.errors import InvalidInput
+from circuit_qos.policy import merge
+from circuit_qos.units import format_delay, format_rate, parse_delay, parse_rate, parse_size
+
+
+@pytest.mark.parametrize(("text", "bps"), [("5000", 5_000_000), ("5mbit", 5_000_000),
+                                           ("800kbit", 800_000), ("1gbit", 10**9),
+                                           ("1.5mbit", 1_500_000), ("100kbps", 800_000)])
+def test_rates(text, bps):
+    assert parse_rate(text) == bps
+
+
+@pytest.mark.parametrize(("text", "us"), [("50ms", 50_000), ("1s", 10**6), ("500us", 500)])
+def test_delays(text, us):
+    assert parse_delay(text) == us
+
+
+@pytest.mark.parametrize(("call", "text", "message"), [
+    (parse_rate, "0", "greater than zero"), (parse_rate, "-1", "invalid rate"),
+    (parse_rate, "5parsecs", "unknown unit"), (parse_delay, "50", "needs a unit"),
+    (parse_delay, "fast", "invalid delay"), (parse_size, "1q", "unknown unit")])
+def test_refused(call, text, message):
+    with pytest.raises(InvalidInput, match=message):
+        call(text)
+
+
+def test_formats():
+    assert (format_rate(5_000_000), format_rate(1_500_000)) == ("5mbit", "1500kbit")
+    assert (format_delay(50_000), format_delay(2 * 10**6), format_delay(500)) == (
+        "50ms", "2s", "500us")
+
+
+def test_merge_combines_rate_and_delay_and_a_rate_alone_is_flat():
+    policy = merge(None, {"rate": 5_000_000, "ceil": 6_000_000})
+    policy = merge(policy, {"delay": 50_000})
+    assert policy == {"rate": 5_000_000, "ceil": 6_000_000, "delay": 50_000}
+    assert merge(policy, {"rate": 2_000_000})["ceil"] == 2_000_000
+    with pytest.raises(InvalidInput, match="below the rate"):
+        merge(policy, {"ceil": 1_000_000})
+    with pytest.raises(InvalidInput, match="needs a --rate"):
+        merge(None, {"ceil": 1_000_000})
