@@ -18,7 +18,7 @@ setup:
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
     fi
-    uv sync --quiet --reinstall-package circuit
+    uv sync --quiet --compile-bytecode --reinstall-package circuit
 
 # Show the main job: a bridge network, two containers, connect, ping, list
 demo: setup

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -65,8 +66,12 @@ class Container:
             assert time.monotonic() < deadline, "unshare did not make a netns"
             time.sleep(0.01)
 
+    @property
+    def netns(self) -> str:
+        return f"/proc/{self.pid}/ns/net"
+
     def run(self, *cmd, check=True, **kw) -> subprocess.CompletedProcess:
-        return sh("nsenter", f"--net=/proc/{self.pid}/ns/net", *cmd, check=check, **kw)
+        return sh("nsenter", f"--net={self.netns}", *cmd, check=check, **kw)
 
     def ping(self, ip: str, count: int = 1) -> bool:
         return self.run("busybox", "ping", "-c", count, "-W", "2", ip, check=False).returncode == 0
@@ -97,12 +102,23 @@ class Host:
         sh("ip", "netns", "add", self.name)
         sh("ip", "-n", self.name, "link", "set", "lo", "up")
 
+    @property
+    def netns(self) -> str:
+        return f"/run/netns/{self.name}"
+
     def run(self, *cmd, check=True, **kw) -> subprocess.CompletedProcess:
         return sh("nsenter", f"--net=/run/netns/{self.name}", *cmd, check=check, **kw)
 
+    fork_circuit = False  # the kernel tier sets it: see run_forked
+
     def circuit(self, *args, check=True, env=None, **kw) -> subprocess.CompletedProcess:
         full_env = {k: v for k, v in os.environ.items() if k != "CNI_PATH"} | (env or {})
-        proc = self.run(CIRCUIT, "--state", self.state, *args, check=False, env=full_env, **kw)
+        argv = [str(a) for a in ("--state", self.state, *args)]
+        if self.fork_circuit:
+            proc = run_forked(f"/run/netns/{self.name}", lambda: dispatcher().main(argv),
+                              full_env, kw.get("input"))
+        else:
+            proc = self.run(CIRCUIT, *argv, check=False, env=full_env, **kw)
         if check and proc.returncode != 0:
             raise AssertionError(f"circuit {' '.join(map(str, args))} failed "
                                  f"({proc.returncode}): {proc.stderr}")
@@ -297,3 +313,98 @@ def min_rtt(container: Container, ip: str, count: int = 5) -> float:
     """The smallest ping RTT in ms from a container to ip."""
     out = container.run("busybox", "ping", "-c", count, "-i", "0.2", "-W", "2", ip).stdout
     return float(out.split("min/avg/max = ")[1].split("/")[0])
+
+
+def run_forked(netns: str, main, env: dict | None = None, stdin: str | None = None
+               ) -> subprocess.CompletedProcess:
+    """main() in a fork of this (warm) process that entered netns, with its own stdio and
+    environment; its return value is the exit code. The kernel tier runs `circuit` so (the real
+    dispatcher's main, without a new interpreter) because under QEMU's emulation each
+    interpreter start costs seconds; every other tier runs .venv/bin/circuit as a process."""
+    import ctypes
+    import io
+    import threading
+
+    pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 99
+        try:
+            fd = os.open(netns, os.O_RDONLY)
+            if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                raise OSError(ctypes.get_errno(), "setns")
+            for target, (read_end, write_end) in enumerate(pipes):
+                os.dup2(read_end if target == 0 else write_end, target)
+            for fd in {fd for pair in pipes for fd in pair}:
+                os.close(fd)
+            sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+            sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False))
+            sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False))
+            if env is not None:
+                os.environ.clear()
+                os.environ.update(env)
+            code = main() or 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    for i, (read_end, write_end) in enumerate(pipes):
+        os.close(write_end if i else read_end)
+    out: dict[int, bytes] = {}
+
+    def drain(i: int, fd: int) -> None:
+        with os.fdopen(fd, "rb") as f:
+            out[i] = f.read()
+
+    readers = [threading.Thread(target=drain, args=(i, pipes[i][0])) for i in (1, 2)]
+    for t in readers:
+        t.start()
+    with os.fdopen(pipes[0][1], "wb") as f:
+        f.write((stdin or "").encode())
+    for t in readers:
+        t.join()
+    _, status = os.waitpid(pid, 0)
+    return subprocess.CompletedProcess(netns, os.waitstatus_to_exitcode(status),
+                                      out[1].decode(), out[2].decode())
+
+
+def http_get_bodies(netns: str, url_host: str, count: int, port: int = 80) -> list[str]:
+    """The bodies of count HTTP/1.0 GETs of / from inside netns (one fork for all)."""
+    import socket
+
+    def fetch():
+        for _ in range(count):
+            with socket.create_connection((url_host, port), timeout=5) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            print(data.split(b"\r\n\r\n", 1)[1].decode().strip(), flush=True)
+
+    proc = run_forked(netns, fetch)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+def dispatcher():
+    """bin/circuit loaded as a module (once)."""
+    global _DISPATCHER
+    if _DISPATCHER is None:
+        from importlib.machinery import SourceFileLoader
+        from importlib.util import module_from_spec, spec_from_loader
+
+        loader = SourceFileLoader("circuit_dispatcher", str(ROOT / "bin" / "circuit"))
+        _DISPATCHER = module_from_spec(spec_from_loader(loader.name, loader))
+        loader.exec_module(_DISPATCHER)
+    return _DISPATCHER
+
+
+_DISPATCHER = None

@@ -10,30 +10,139 @@ Usage:
   circuit-lb restore
   circuit-lb (-h | --help)
 
-Also reached as `circuit lb ...`. Not implemented yet: see issue 7.
+Also reached as `circuit lb ...`. ADDR and TARGET are IP:PORT ([IPv6]:PORT). TARGET `-` reads
+targets from stdin, one per line: `TARGET [WEIGHT]`. See docs/lb.md.
 
 Options:
-  --scheduler S          rr, wrr, lc, wlc, ... [default: rr]
+  --scheduler S          rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, ... [default: rr]
   --protocol P           tcp or udp [default: tcp]
-  --persistent SECONDS   send one client to one target for this long
+  --persistent SECONDS   send each client to the same target for this long
   --weight W             target weight 0..65535 [default: 1]
   --forward F            masq, route or tunnel [default: masq]
   --details              show targets
-  --stats                show connections, packets and bytes
+  --stats                show connections, packets and bytes from the kernel
   --format FMT           table or json [default: table]
   -q                     names only
 """
 
-from circuit_common import cli
+import sys
+
+from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
-from circuit_common.errors import CircuitError
+from circuit_common.errors import InvalidInput, StateCorrupt
+
+from .address import Endpoint, parse_endpoint
+from .services import Services, check_weight
+
+
+def read_targets(words: list[str]) -> list[tuple[Endpoint, int | None]]:
+    """TARGET words, with `-` standing for `TARGET [WEIGHT]` lines on stdin."""
+    targets = []
+    for word in words:
+        if word != "-":
+            targets.append((parse_endpoint(word, "target"), None))
+            continue
+        for number, line in enumerate(sys.stdin, 1):
+            fields = line.split("#", 1)[0].split()
+            if not fields:
+                continue
+            if len(fields) > 2:
+                raise InvalidInput(f"stdin line {number}: use TARGET [WEIGHT], not {line!r}")
+            weight = check_weight(fields[1]) if len(fields) == 2 else None
+            targets.append((parse_endpoint(fields[0], f"target on stdin line {number}"),
+                            weight))
+    if not targets:
+        raise InvalidInput("no targets given")
+    return targets
+
+
+def persistent_seconds(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) == 0:
+        raise InvalidInput(f"invalid --persistent {value!r}: give a number of seconds")
+    return int(value)
 
 
 def handle(argv: list[str], ctx: cli.Context) -> int:
     a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv)
-    if a["restore"]:
-        return 0  # no load-balancer state exists yet
-    raise CircuitError("lb is not implemented yet in this version of circuit")
+    services = Services(ctx)
+    name = a["NAME"]
+    if a["create"]:
+        services.create(name, parse_endpoint(a["ADDR"]), a["--scheduler"], a["--protocol"],
+                        persistent_seconds(a["--persistent"]))
+        print(f"service {name} created")
+    elif a["add"]:
+        services.add(name, read_targets(a["TARGET"]), check_weight(a["--weight"]),
+                     a["--forward"])
+        print(f"service {name} updated")
+    elif a["remove"]:
+        services.remove(name, [where for where, _ in read_targets(a["TARGET"])])
+        print(f"service {name} updated")
+    elif a["delete"]:
+        services.delete(name)
+        print(f"service {name} removed")
+    elif a["clear"]:
+        for removed in services.clear():
+            print(f"service {removed} removed")
+    elif a["list"]:
+        return list_services(services, a)
+    elif a["restore"]:
+        for restored in services.restore():
+            print(f"service {restored} restored")
+    return 0
+
+
+def list_services(services: Services, a: dict) -> int:
+    from . import kernel
+
+    fmt = output.check_format(a["--format"])
+    kernel.ensure_ipvs()
+    records, errors = services.all()
+    errors += [f"{line}; run `circuit restore`" for line in services.drift(records)]
+    stats = {}
+    if a["--stats"]:
+        with kernel.ipvs() as sock:
+            stats = {r["name"]: kernel.stats(sock, r) for r in records}
+    for error in errors:
+        print(f"circuit: {error}", file=sys.stderr)
+    if a["-q"]:
+        output.emit_names([r["name"] for r in records])
+    elif fmt == "json":
+        output.emit_json([{**r, "stats": stats.get(r["name"])} if a["--stats"] else r
+                          for r in records])
+    else:
+        headers = ["name", "addr", "protocol", "scheduler"]
+        if a["--stats"]:
+            headers += ["conns", "inpkts", "outpkts", "inbytes", "outbytes"]
+        rows, details = [], {}
+        for i, r in enumerate(records):
+            where = str(Endpoint(r["addr"], r["port"]))
+            row = [r["name"], where, r["protocol"], r["scheduler"]]
+            if a["--stats"]:
+                row += counter_cells(stats[r["name"]]["service"])
+            rows.append(row)
+            if a["--details"] or a["--stats"]:
+                details[i] = [target_line(t, stats.get(r["name"]), a["--stats"])
+                              for t in r["targets"]]
+        output.emit(output.render_table(headers, rows, details))
+    corrupt = any("not valid JSON" in e or "schema" in e for e in errors)
+    return StateCorrupt.exit_code if corrupt else 0
+
+
+def counter_cells(counters: dict) -> list:
+    return [counters.get(k, 0) for k in ("connections", "packets_in", "packets_out",
+                                          "bytes_in", "bytes_out")]
+
+
+def target_line(target: dict, stats: dict | None, with_stats: bool) -> str:
+    where = str(Endpoint(target["addr"], target["port"]))
+    line = f"  -> {where:<22} {target['forward']:<7} weight {target['weight']}"
+    if with_stats:
+        counters = (stats or {}).get("targets", {}).get(where, {})
+        line += "  conns {} inpkts {} outpkts {} inbytes {} outbytes {}".format(
+            *counter_cells(counters))
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

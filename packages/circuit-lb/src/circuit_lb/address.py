@@ -1,0 +1,41 @@
+"""ADDR:PORT as users write it: 192.168.100.235:80 or [2001:db8::1]:80."""
+
+import ipaddress
+from dataclasses import dataclass
+
+from circuit_common.errors import InvalidInput
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """An IP address and a port."""
+
+    ip: str
+    port: int
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_address(self.ip).version
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if self.version == 6 else f"{self.ip}:{self.port}"
+
+
+def parse_endpoint(text: str, what: str = "address") -> Endpoint:
+    """An Endpoint from ADDR:PORT, refused with one clear line when malformed."""
+    host, sep, port = str(text).rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""  # a bare IPv6 address needs brackets around it
+    try:
+        if not sep:
+            raise ValueError
+        ip = ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise InvalidInput(f"invalid {what} {text!r}: use ADDR:PORT, e.g. 192.168.100.235:80 "
+                           "or [2001:db8::1]:80") from None
+    if not 1 <= number <= 65535:
+        raise InvalidInput(f"invalid port {port} in {what} {text!r}: use 1-65535")
+    return Endpoint(str(ip), number)

@@ -1,0 +1,125 @@
+"""circuit-lb with real traffic through IPVS: busybox httpd backends on a circuit bridge."""
+
+import json
+import socket
+import sys
+from collections import Counter
+
+from harness import bridge_conf, http_get_bodies, run_forked, snapshot
+
+VIP = "10.100.99.1"
+UDP_ANSWER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5353))
+while True:
+    data, peer = s.recvfrom(100)
+    s.sendto(sys.argv[1].encode(), peer)
+"""
+
+
+def ask_udp() -> None:
+    """Four UDP questions to the VIP, each from a new socket (a new port: a new connection)."""
+    for _ in range(4):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(b"who?", (VIP, 5353))
+            print(s.recv(100).decode(), flush=True)
+
+
+def start_backends(host, tmp_path, names):
+    """One busybox httpd per name, serving its own name, on the sandbox network."""
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    ips = {}
+    for name in names:
+        www = tmp_path / name
+        www.mkdir()
+        (www / "index.html").write_text(f"{name}\n")
+        c = host.container(("busybox", "httpd", "-f", "-p", "80", "-h", www))
+        host.circuit("network", "connect", c.pid, "sandbox")
+        ips[name] = c.addresses()[0]
+    return ips
+
+
+def fetch(netns: str, count: int) -> Counter:
+    """Who answered count HTTP requests to the VIP from netns, as a Counter of names."""
+    return Counter(http_get_bodies(netns, VIP, count))
+
+
+def test_round_robin_removal_hairpin_stats_and_restore(host, tmp_path):
+    ips = start_backends(host, tmp_path, ["alpha", "beta", "gamma"])
+    assert host.circuit("lb", "create", "web", f"{VIP}:80").stdout == "service web created\n"
+    out = host.circuit("lb", "add", "web", *(f"{ip}:80" for ip in ips.values()))
+    assert out.stdout == "service web updated\n"
+    assert fetch(host.netns, 30) == {"alpha": 10, "beta": 10, "gamma": 10}
+
+    host.circuit("lb", "remove", "web", f"{ips['gamma']}:80")
+    assert set(fetch(host.netns, 10)) == {"alpha", "beta"}
+
+    client = host.container()  # on the same bridge as the backends: the hairpin case
+    host.circuit("network", "connect", client.pid, "sandbox")
+    assert set(fetch(client.netns, 4)) == {"alpha", "beta"}
+
+    listed = host.circuit("lb", "list", "--details", "--stats").stdout
+    assert listed.splitlines()[0].split()[:4] == ["NAME", "ADDR", "PROTOCOL", "SCHEDULER"]
+    assert f"web                 {VIP}:80" in listed
+    assert f"  -> {ips['alpha']}:80" in listed and "masq" in listed and "weight 1" in listed
+    stats = json.loads(host.circuit("lb", "list", "--stats", "--format", "json").stdout)[0]
+    # IPVS sums its per-CPU counters every 2 s: the last few connections may not show yet
+    assert stats["stats"]["service"]["connections"] >= 40
+
+    host.run("ipvsadm", "-C")  # someone clears the kernel's table
+    drift = host.circuit("lb", "list")
+    assert "missing from the kernel" in drift.stderr and "circuit restore" in drift.stderr
+    assert "service web restored" in host.circuit("restore").stdout
+    assert host.circuit("lb", "list").stderr == ""
+    assert fetch(host.netns, 4) == {"alpha": 2, "beta": 2}
+
+    before = snapshot(host.state)
+    kernel = host.run("ipvsadm", "-Ln").stdout
+    for args, message in [
+        (["create", "bad", "10.100.99.2:80", "--scheduler", "nosuch"], "not available"),
+        (["create", "bad", "10.100.99.2"], "use ADDR:PORT"),
+        (["create", "bad", "10.100.99.2:70000"], "invalid port"),
+        (["create", "web", "10.100.99.3:80"], "exists already"),
+        (["create", "twin", f"{VIP}:80"], "already balances"),
+        (["add", "nosuch", f"{ips['alpha']}:80"], "no service named"),
+        (["add", "web", f"{ips['alpha']}:80", "--weight", "70000"], "0..65535"),
+        (["add", "web", "10.1.1.1:http"], "use ADDR:PORT"),
+        (["remove", "web", "10.1.1.1:80"], "not in service web"),
+    ]:
+        proc = host.circuit("lb", *args, check=False)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
+        assert snapshot(host.state) == before and host.run("ipvsadm", "-Ln").stdout == kernel
+
+    assert host.circuit("lb", "delete", "web").stdout == "service web removed\n"
+    assert "TCP" not in host.run("ipvsadm", "-Ln").stdout
+    assert VIP not in host.run("ip", "addr", "show", "dev", "lo").stdout
+
+
+def test_weighted_round_robin_from_stdin_and_persistence(host, tmp_path):
+    ips = start_backends(host, tmp_path, ["alpha", "beta", "gamma"])
+    host.circuit("lb", "create", "wrr", f"{VIP}:80", "--scheduler", "wrr")
+    lines = f"{ips['alpha']}:80 3\n{ips['beta']}:80 1\n# comment\n{ips['gamma']}:80\n"
+    host.circuit("lb", "add", "wrr", "-", input=lines)
+    assert fetch(host.netns, 30) == {"alpha": 18, "beta": 6, "gamma": 6}
+
+    host.circuit("lb", "delete", "wrr")
+    host.circuit("lb", "create", "sticky", f"{VIP}:80", "--persistent", "60")
+    host.circuit("lb", "add", "sticky", *(f"{ip}:80" for ip in ips.values()))
+    assert len(fetch(host.netns, 6)) == 1  # one client, one backend
+
+
+def test_udp_service_answers(host):
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    names = {}
+    for name in ("alpha", "beta"):
+        # Debian's busybox-static nc has no UDP mode: a Python responder stands in for it.
+        c = host.container((sys.executable, "-c", UDP_ANSWER, name))
+        host.circuit("network", "connect", c.pid, "sandbox")
+        names[c.addresses()[0]] = name
+    host.circuit("lb", "create", "dns", f"{VIP}:5353", "--protocol", "udp")
+    host.circuit("lb", "add", "dns", *(f"{ip}:5353" for ip in names))
+    answers = run_forked(host.netns, ask_udp).stdout.split()
+    assert sorted(answers) == ["alpha", "alpha", "beta", "beta"]
