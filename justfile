@@ -40,7 +40,7 @@ test-integration:
 
 # Kernel tests: IPVS, netem, ipvlan (Debian's stock kernel in a VM where the host lacks them)
 test-kernel *ARGS:
-    scripts/test-kernel {{ARGS}}
+    scripts/kernel-vm python -m pytest -m kernel tests/kernel -p no:cacheprovider {{ARGS}}
 
 # A shell in the kernel tier's VM, for debugging (type `exit` to leave)
 vm-shell:
@@ -50,6 +50,9 @@ vm-shell:
 lint:
     uv run --no-sync ruff check .
 
-# Benchmarks against the raw anchors (plugins executed directly)
+# Benchmarks against the raw anchors, ratios in one run (see bench/README.md)
 bench: setup
-    uv run --no-sync python bench/connect.py
+    .venv/bin/python bench/hook.py
+    .venv/bin/python bench/connect.py
+    .venv/bin/python bench/qos.py
+    scripts/kernel-vm python bench/lb.py

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# `just demo`: circuit's main job on this machine, inside a throwaway network namespace.
-# Everything it makes (namespace, containers, state, IPAM files) is removed on exit.
+# `just demo`: circuit's main job on this machine, inside a throwaway network namespace:
+# two busybox runc containers attached by circuit's hook, a ping between them, QoS, and a
+# load balancer where the kernel has IPVS. Everything it makes is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CIRCUIT="$PWD/.venv/bin/circuit"
+repo=$PWD
+CIRCUIT="$repo/.venv/bin/circuit"
 work=$(mktemp -d /tmp/circuit-demo.XXXXXX)
 host="circuit-demo-$$"
-pids=()
+ids=()
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for id in "${ids[@]}"; do nsenter --net="/run/netns/$host" runc delete --force "$id" 2>/dev/null || true; done
     ip netns del "$host" 2>/dev/null || true
     rm -rf "$work"
 }
@@ -17,7 +19,7 @@ ip netns add "$host"
 ip -n "$host" link set lo up
 in_host() { nsenter --net="/run/netns/$host" "$@"; }
 say() { printf '\n$> %s\n' "$*"; }
-run() { say "$@"; in_host "$CIRCUIT" --state "$work/state" "${@:2}"; }
+circuit() { say circuit "$@"; in_host "$CIRCUIT" --state "$work/state" "$@"; }
 
 cat > "$work/sandbox.conf" <<JSON
 {
@@ -35,17 +37,64 @@ cat > "$work/sandbox.conf" <<JSON
     }
 }
 JSON
-echo "A throwaway network namespace ($host) stands in for this machine."
-run circuit network create "$work/sandbox.conf"
-for _ in 1 2; do
-    unshare --net -- busybox sleep 600 </dev/null >/dev/null 2>&1 &
-    pids+=($!)
+
+# A busybox rootfs and two bundles whose createRuntime/poststop hooks run circuit
+# (the hooks section of docs/runc-hooks.md).
+mkdir -p "$work/rootfs/bin" "$work/rootfs"/{proc,sys,dev,tmp,etc,www}
+cp /bin/busybox "$work/rootfs/bin/"
+for applet in sh sleep ping httpd ip; do ln -s busybox "$work/rootfs/bin/$applet"; done
+for name in web-00 web-01; do
+    mkdir -p "$work/$name"
+    echo "$name" > "$work/$name/index.html"
+    (cd "$work/$name" && runc spec)
+    .venv/bin/python - "$work" "$name" "$CIRCUIT" <<'PY'
+import json, sys
+work, name, circuit = sys.argv[1:]
+path = f"{work}/{name}/config.json"
+config = json.load(open(path))
+config["process"].update(terminal=False, args=["httpd", "-f", "-p", "80", "-h", "/www"])
+config["process"]["capabilities"] = {k: v + ["CAP_NET_RAW"]
+                                     for k, v in config["process"]["capabilities"].items()}
+config["root"] = {"path": f"{work}/rootfs", "readonly": True}
+config["mounts"].append({"destination": "/www", "type": "bind", "source": f"{work}/{name}",
+                         "options": ["bind", "ro"]})
+hook = {"path": circuit, "env": [f"CNI_CONF={work}/sandbox.conf", "CNI_PATH=/usr/lib/cni",
+                                 f"CIRCUIT_STATE_DIR={work}/state",
+                                 "PATH=/bin:/usr/bin:/usr/sbin:/sbin"]}
+config["hooks"] = {"createRuntime": [hook], "poststop": [hook]}
+json.dump(config, open(path, "w"), indent=2)
+PY
 done
-sleep 0.2
-run circuit network connect "${pids[0]}" sandbox
-run circuit network connect "${pids[1]}" sandbox
-run circuit network list
-say "nsenter --net=/proc/${pids[0]}/ns/net ping -c 3 10.100.10.3"
-nsenter --net="/proc/${pids[0]}/ns/net" busybox ping -c 3 10.100.10.3
-run circuit network disconnect "${pids[0]}" sandbox
-run circuit network delete sandbox --force
+
+echo "A throwaway network namespace ($host) stands in for this machine."
+for name in web-00 web-01; do
+    say runc run -d --bundle "$work/$name" "$name"
+    in_host runc run -d --bundle "$work/$name" "$name" </dev/null >/dev/null 2>&1
+    ids+=("$name")
+done
+say runc list
+runc list | grep -E "^ID|web-0"
+circuit network list
+say "runc exec web-00 ping -c 3 10.100.10.3"
+runc exec web-00 ping -c 3 10.100.10.3
+
+circuit network qos set --rate 5000 --ceiling 6000 sandbox
+circuit network qos show sandbox
+
+if modprobe -q ip_vs 2>/dev/null && [ -e /proc/net/ip_vs ]; then
+    circuit lb create demo 10.100.99.1:80
+    circuit lb add demo 10.100.10.2:80 10.100.10.3:80
+    circuit lb list --details
+    say "wget -q -O - http://10.100.99.1/  (four times)"
+    for _ in 1 2 3 4; do in_host timeout 5 busybox wget -q -O - http://10.100.99.1/; done
+    circuit lb delete demo
+else
+    echo
+    echo "Load balancing skipped: this kernel ($(uname -r)) has no IPVS."
+    echo "(The kernel tier tests it on Debian's stock kernel: just test-kernel.)"
+fi
+
+say runc delete --force web-00 web-01
+for name in web-00 web-01; do in_host runc delete --force "$name"; done
+ids=()
+circuit network list

@@ -184,7 +184,12 @@ BUSYBOX_APPLETS = ("sh", "sleep", "ping", "ip", "httpd", "nc", "wget", "cat", "i
 @pytest.fixture(scope="session")
 def rootfs(tmp_path_factory) -> Path:
     """A read-only busybox-static root filesystem shared by every test container."""
-    root = tmp_path_factory.mktemp("rootfs")
+    return make_rootfs(tmp_path_factory.mktemp("rootfs"))
+
+
+def make_rootfs(root: Path) -> Path:
+    """A busybox-static root filesystem in root."""
+    root.mkdir(exist_ok=True)
     for d in ("bin", "proc", "sys", "dev", "tmp", "etc", "www"):
         (root / d).mkdir()
     busybox = root / "bin" / "busybox"

@@ -1,0 +1,97 @@
+"""runc run -d → container answers ping: circuit's hook against a shell hook running bridge."""
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from harness import CIRCUIT, Host, Runc, bridge_conf, sh
+
+RUNS = 20
+IP = "10.100.10.2"  # host-local's range holds this one address, freed after every run
+ANCHOR_HOOK = """#!/bin/sh
+# The anchor: the bridge plugin executed directly from a runc hook.
+state=$(cat)
+id=$(echo "$state" | sed -n 's/.*"id": *"\\([^"]*\\)".*/\\1/p')
+pid=$(echo "$state" | sed -n 's/.*"pid": *\\([0-9]*\\).*/\\1/p')
+cmd=ADD; netns=/proc/$pid/ns/net
+case "$state" in *'"status": *"stopped"'*|*'"status":"stopped"'*) cmd=DEL; netns="";; esac
+CNI_COMMAND=$cmd CNI_CONTAINERID=$id CNI_NETNS=$netns CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni \\
+    /usr/lib/cni/bridge < {conf} > /dev/null
+"""
+
+
+def one_address_conf(host: Host) -> Path:
+    conf = bridge_conf()
+    conf["ipam"] = {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}],
+                    "ranges": [[{"subnet": "10.100.10.0/24", "rangeStart": IP, "rangeEnd": IP}]]}
+    return host.conf(conf)
+
+
+def time_to_ping(host: Host, runc: Runc, hooks: dict) -> float:
+    start = time.monotonic()
+    cid = runc.run("bench", hooks).stdout
+    while sh("nsenter", f"--net={host.netns}", "busybox", "ping", "-c", "1", "-W", "1", IP,
+             check=False).returncode != 0:
+        pass
+    elapsed = time.monotonic() - start
+    runc.delete(cid)
+    return elapsed * 1000
+
+
+def hook_peak_rss_mb(host: Host, runc: Runc, conf: Path) -> float:
+    """Peak RSS of one `circuit` hook attach, run as runc would (state on stdin)."""
+    cid = runc.run("rss").stdout
+    state = json.dumps({"ociVersion": "1.0.2", "id": cid, "pid": runc.pid(cid),
+                        "status": "created"})
+    env = {"CNI_CONF": str(conf), "CIRCUIT_STATE_DIR": str(host.state), "PATH": "/usr/bin:/bin"}
+    subprocess.run(["nsenter", f"--net={host.netns}", CIRCUIT], input=state.encode(), env=env,
+                   check=True)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    runc.delete(cid)
+    subprocess.run(["nsenter", f"--net={host.netns}", CIRCUIT, "hook", "detach"],
+                   input=state.encode(), env=env, check=True)
+    return peak
+
+
+def main() -> int:
+    from harness import documented_hooks
+
+    with tempfile.TemporaryDirectory() as tmp:
+        host = Host(Path(tmp))
+        rootfs = Path(tmp) / "rootfs"
+        try:
+            from harness import make_rootfs
+
+            make_rootfs(rootfs)
+            runc = Runc(host, rootfs)
+            conf = one_address_conf(host)
+            anchor = Path(tmp) / "anchor-hook"
+            anchor.write_text(ANCHOR_HOOK.format(conf=conf))
+            anchor.chmod(0o755)
+            entry = {"path": str(anchor), "env": ["PATH=/usr/bin:/bin:/usr/sbin:/sbin"]}
+            anchor_hooks = {"createRuntime": [entry], "poststop": [entry]}
+            circuit_hooks = documented_hooks("createRuntime", {
+                "CNI_CONF": conf, "CIRCUIT_STATE_DIR": host.state})
+            times = {"anchor": [], "circuit": []}
+            for _ in range(RUNS):  # interleaved, so drift hits both alike
+                times["anchor"].append(time_to_ping(host, runc, anchor_hooks))
+                times["circuit"].append(time_to_ping(host, runc, circuit_hooks))
+            rss = hook_peak_rss_mb(host, runc, conf)
+            runc.close()
+        finally:
+            host.close()
+    a, c = statistics.median(times["anchor"]), statistics.median(times["circuit"])
+    print(f"runc run -d → ping, median of {RUNS}: shell hook running bridge {a:.0f} ms, "
+          f"circuit hook {c:.0f} ms: circuit adds {c - a:+.0f} ms (budget +50 ms)")
+    print(f"circuit hook peak RSS: {rss:.1f} MB (budget 40 MB)")
+    return 0 if c - a <= 50 and rss <= 40 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
