@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import CIRCUIT, Host, Runc, bridge_conf, sh
+from harness import CIRCUIT, Host, Runc, bridge_conf, documented_hooks, make_rootfs, sh
 
 RUNS = 20
 IP = "10.100.10.2"  # host-local's range holds this one address, freed after every run
@@ -49,7 +49,8 @@ def hook_peak_rss_mb(host: Host, runc: Runc, conf: Path) -> float:
     cid = runc.run("rss").stdout
     state = json.dumps({"ociVersion": "1.0.2", "id": cid, "pid": runc.pid(cid),
                         "status": "created"})
-    env = {"CNI_CONF": str(conf), "CIRCUIT_STATE_DIR": str(host.state), "PATH": "/usr/bin:/bin"}
+    env = {"CNI_CONF": str(conf), "CIRCUIT_STATE_DIR": str(host.state),
+           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     subprocess.run(["nsenter", f"--net={host.netns}", CIRCUIT], input=state.encode(), env=env,
                    check=True)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -60,16 +61,10 @@ def hook_peak_rss_mb(host: Host, runc: Runc, conf: Path) -> float:
 
 
 def main() -> int:
-    from harness import documented_hooks
-
     with tempfile.TemporaryDirectory() as tmp:
         host = Host(Path(tmp))
-        rootfs = Path(tmp) / "rootfs"
+        runc = Runc(host, make_rootfs(Path(tmp) / "rootfs"))
         try:
-            from harness import make_rootfs
-
-            make_rootfs(rootfs)
-            runc = Runc(host, rootfs)
             conf = one_address_conf(host)
             anchor = Path(tmp) / "anchor-hook"
             anchor.write_text(ANCHOR_HOOK.format(conf=conf))
@@ -83,8 +78,8 @@ def main() -> int:
                 times["anchor"].append(time_to_ping(host, runc, anchor_hooks))
                 times["circuit"].append(time_to_ping(host, runc, circuit_hooks))
             rss = hook_peak_rss_mb(host, runc, conf)
-            runc.close()
         finally:
+            runc.close()
             host.close()
     a, c = statistics.median(times["anchor"]), statistics.median(times["circuit"])
     print(f"runc run -d → ping, median of {RUNS}: shell hook running bridge {a:.0f} ms, "

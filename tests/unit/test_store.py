@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,19 +28,19 @@ for _ in range(int(sys.argv[2])):
 
 def test_write_is_private_and_readable(tmp_path):
     store = Store(tmp_path / "state")
-    path = store.path("networks", "a.json")
+    path = Path(store.path("networks", "a.json"))
     store.write(path, {"name": "a"})
     assert store.read(path) == {"schema": 1, "name": "a"}
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o700
     assert store.read(store.path("networks", "missing.json")) is None
-    assert [p.name for p in store.records(path.parent)] == ["a.json"]
+    assert [Path(p).name for p in store.records(path.parent)] == ["a.json"]
 
 
 def test_twenty_processes_updating_one_record_lose_no_update(tmp_path):
     store = Store(tmp_path)
-    path = store.path("networks", "counter.json")
+    path = Path(store.path("networks", "counter.json"))
     store.write(path, {"count": 0})
     procs = [subprocess.Popen([sys.executable, "-c", INCREMENT, str(tmp_path), "10"])
              for _ in range(20)]
@@ -50,7 +51,7 @@ def test_twenty_processes_updating_one_record_lose_no_update(tmp_path):
 
 def test_a_process_killed_mid_write_leaves_the_old_record(tmp_path):
     store = Store(tmp_path)
-    path = store.path("networks", "a.json")
+    path = Path(store.path("networks", "a.json"))
     store.write(path, {"version": "old"})
     killer = f"""
 import os, signal
@@ -64,12 +65,12 @@ s.Store(Path({str(tmp_path)!r})).write(Path({str(path)!r}), {{"version": "new" *
     proc = subprocess.run([sys.executable, "-c", killer])
     assert proc.returncode == -signal.SIGKILL
     assert store.read(path)["version"] == "old"
-    assert [p.name for p in store.records(path.parent)] == ["a.json"]
+    assert [Path(p).name for p in store.records(path.parent)] == ["a.json"]
 
 
 def test_a_corrupt_record_names_the_file(tmp_path):
     store = Store(tmp_path)
-    path = store.path("networks", "bad.json")
+    path = Path(store.path("networks", "bad.json"))
     store.write(path, {})
     path.write_text('{"schema": 1, "name": ')
     with pytest.raises(StateCorrupt, match=r"networks/bad.json is not valid JSON"):

@@ -75,7 +75,9 @@ def attach(nets: Networks, state: dict) -> None:
 
 
 def handle(argv: list[str], ctx: cli.Context) -> int:
-    a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv)
+    # runc calls the hook without arguments: spare it docopt on every container start
+    a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv) if argv else {"attach": False,
+                                                                     "detach": False}
     state = read_state(sys.stdin)
     nets = Networks(ctx)
     stopping = state.get("status") == "stopped" or not state.get("pid")

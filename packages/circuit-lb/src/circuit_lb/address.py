@@ -1,17 +1,15 @@
 """ADDR:PORT as users write it: 192.168.100.235:80 or [2001:db8::1]:80."""
 
 import ipaddress
-from dataclasses import dataclass
+from collections import namedtuple
 
 from circuit_common.errors import InvalidInput
 
 
-@dataclass(frozen=True, order=True)
-class Endpoint:
+class Endpoint(namedtuple("Endpoint", "ip port")):
     """An IP address and a port."""
 
-    ip: str
-    port: int
+    __slots__ = ()
 
     @property
     def version(self) -> int:

@@ -4,11 +4,10 @@ Helpers are named for their contract, after libcni: load_netconf, find_plugin, e
 add_chain / del_chain (symmetric), check_chain, gc_chain, cache_entry.
 """
 
-import base64
+import binascii
 import json
 import os
 import subprocess
-from dataclasses import dataclass, field
 
 from circuit_common.errors import InvalidInput, NotFound, PluginError
 from circuit_common.validate import NAME_RE, check_name
@@ -72,23 +71,24 @@ def find_plugin(kind: str, cni_path: list[str]) -> str:
                    "(Debian: containernetworking-plugins) or point --cni-path / CNI_PATH at it")
 
 
-@dataclass
 class Runtime:
     """One attachment's runtime parameters (libcni's RuntimeConf)."""
 
-    container_id: str
-    netns: str
-    ifname: str
-    args: list[tuple[str, str]] = field(default_factory=list)
-    capability_args: dict = field(default_factory=dict)
+    def __init__(self, container_id: str, netns: str, ifname: str,
+                 args: list[tuple[str, str]] | None = None, capability_args: dict | None = None):
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.args = list(args or [])
+        self.capability_args = dict(capability_args or {})
 
 
-@dataclass
 class Plugins:
     """How to execute plugins: where they are and how long they may take."""
 
-    cni_path: list[str]
-    timeout: float = 60.0
+    def __init__(self, cni_path: list[str], timeout: float = 60.0):
+        self.cni_path = cni_path
+        self.timeout = timeout
 
     def environ(self, command: str, rt: Runtime | None) -> dict[str, str]:
         env = {"CNI_COMMAND": command, "CNI_PATH": ":".join(self.cni_path),
@@ -206,7 +206,7 @@ def cache_entry(netconf: dict, rt: Runtime, result: dict) -> dict:
     return {
         "kind": "cniCacheV1",
         "containerId": rt.container_id,
-        "config": base64.b64encode(json.dumps(netconf).encode()).decode(),
+        "config": binascii.b2a_base64(json.dumps(netconf).encode(), newline=False).decode(),
         "ifName": rt.ifname,
         "networkName": netconf["name"],
         "netns": rt.netns,

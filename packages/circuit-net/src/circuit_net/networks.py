@@ -5,11 +5,11 @@ State:  networks/<name>.json                    the network's config list
                                                  attachment, plus a "circuit" object (pid, ...)
 """
 
+import os
 import time
+from collections import namedtuple
 from collections.abc import Iterator
-from dataclasses import dataclass
 from importlib import import_module
-from pathlib import Path
 
 from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound, StateCorrupt
@@ -29,12 +29,8 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-@dataclass
-class Listing:
-    """Records that could be read, and one message per record that could not."""
-
-    records: list
-    errors: list[str]
+# Records that could be read, and one message per record that could not.
+Listing = namedtuple("Listing", "records errors")
 
 
 class Networks:
@@ -47,14 +43,14 @@ class Networks:
 
     # -- paths and reads --------------------------------------------------------------------
 
-    def network_path(self, name: str) -> Path:
+    def network_path(self, name: str) -> str:
         return self.store.path("networks", f"{check_name(name, 'network name')}.json")
 
-    def attachment_dir(self, name: str) -> Path:
+    def attachment_dir(self, name: str) -> str:
         return self.store.path("attachments", check_name(name, "network name"))
 
-    def attachment_path(self, name: str, container_id: str, ifname: str) -> Path:
-        return self.attachment_dir(name) / f"{container_id}@{ifname}.json"
+    def attachment_path(self, name: str, container_id: str, ifname: str) -> str:
+        return os.path.join(self.attachment_dir(name), f"{container_id}@{ifname}.json")
 
     def get(self, name: str) -> dict:
         record = self.store.read(self.network_path(name))
@@ -92,9 +88,12 @@ class Networks:
         except OSError as e:
             raise InvalidInput(f"cannot read network config {source}: {e.strerror}") from None
         netconf = cni.load_netconf(data, source, name)
+        path = self.network_path(netconf["name"])
+        existing = self.store.read(path)
+        if existing is not None and existing["config"] == netconf:
+            return existing  # every start of a hooked container comes here: keep it cheap
         self.check_plugins(netconf)
         with self.store.lock("network", netconf["name"]):
-            path = self.network_path(netconf["name"])
             existing = self.store.read(path)
             if existing is not None:
                 if existing["config"] != netconf:
@@ -217,7 +216,7 @@ class Networks:
 
     def _notify(self, event: str, network: dict, attachment: dict) -> None:
         for directory, module in EXTENSIONS.items():
-            if self.store.path(directory, f"{network['name']}.json").exists():
+            if self.store.exists(self.store.path(directory, f"{network['name']}.json")):
                 getattr(import_module(module), event)(self, network, attachment)
 
     def check(self, name: str, target: Target) -> list[dict]:

@@ -2,20 +2,17 @@
 
 import json
 import subprocess
-from dataclasses import dataclass
+from collections import namedtuple
 
 from circuit_common.errors import NotFound
 from circuit_common.proc import Process, process
 from circuit_common.validate import check_name
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(namedtuple("Target", "container_id label process", defaults=(None,))):
     """A container as circuit keys it: its CNI container id and, while it runs, its process."""
 
-    container_id: str
-    label: str
-    process: Process | None = None
+    __slots__ = ()
 
     @property
     def netns(self) -> str:

@@ -25,6 +25,7 @@ Options:
 """
 
 import copy
+import os
 
 from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
@@ -152,7 +153,7 @@ def restore(nets: Networks) -> int:
     from pyroute2 import IPRoute
 
     directory = nets.store.path("qos")
-    names = [p.stem for p in nets.store.records(directory)]
+    names = [os.path.basename(p)[:-len(".json")] for p in nets.store.records(directory)]
     if not names:
         return 0
     with IPRoute() as ipr:

@@ -12,7 +12,7 @@ setup_shaping / teardown_shaping are the symmetric pair; counters reads the live
 
 import errno
 import hashlib
-from dataclasses import dataclass
+from collections import namedtuple
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -28,16 +28,8 @@ ETH_P_ALL = 0x0003
 UNLIMITED = 100 * 10**9  # bit/s: the class rate when only a delay is set
 
 
-@dataclass(frozen=True)
-class Shape:
-    """What to apply to one attachment (rates in bit/s, delay in µs, sizes in bytes)."""
-
-    rate: int | None = None
-    ceil: int | None = None
-    delay: int | None = None
-    buffer: int | None = None
-    cbuffer: int | None = None
-    priority: int | None = None
+# What to apply to one attachment (rates in bit/s, delay in µs, sizes in bytes).
+Shape = namedtuple("Shape", "rate ceil delay buffer cbuffer priority", defaults=(None,) * 6)
 
 
 def ifb_name(veth: str) -> str:

@@ -1,9 +1,7 @@
 """The one error-to-exit-code policy and the command-line plumbing every tool uses."""
 
 import sys
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cached_property
 
 from .config import Settings, load_settings, split_global_options
@@ -13,11 +11,11 @@ from .store import Store
 INTERNAL_ERROR = 70
 
 
-@dataclass
 class Context:
     """What a command handler gets: the merged settings and the state store."""
 
-    settings: Settings
+    def __init__(self, settings: Settings):
+        self.settings = settings
 
     @cached_property
     def store(self) -> Store:
@@ -57,7 +55,7 @@ def run(handler: Callable[[list[str], Context], int | None], argv: list[str] | N
         return handler(rest, ctx) or 0
     except CircuitError as e:
         if debug:
-            traceback.print_exc()
+            print_traceback()
         print(f"circuit: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -66,7 +64,14 @@ def run(handler: Callable[[list[str], Context], int | None], argv: list[str] | N
         return 0
     except Exception as e:  # a bug in circuit, not the user's mistake
         if debug:
-            traceback.print_exc()
+            print_traceback()
         print(f"circuit: internal error: {e!r} (run again with --debug for the traceback)",
               file=sys.stderr)
         return INTERNAL_ERROR
+
+
+def print_traceback() -> None:
+    """The current exception's traceback on stderr (--debug): traceback loads only then."""
+    import traceback
+
+    traceback.print_exc()

@@ -1,8 +1,6 @@
 """Settings from /etc/circuit/circuit.toml, the environment and global options (rising order)."""
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from .errors import InvalidInput
 
@@ -19,16 +17,16 @@ GLOBAL_HELP = """Global options (anywhere on the line):
   --debug             show tracebacks"""
 
 
-@dataclass
 class Settings:
     """What every tool needs to know about its environment."""
 
-    state_dir: Path = Path(DEFAULT_STATE_DIR)
-    cni_path: list[str] = field(default_factory=lambda: list(DEFAULT_CNI_PATH))
-    lock_timeout: float = 30.0
-    plugin_timeout: float = 60.0
-    runc_root: str | None = None
-    debug: bool = False
+    def __init__(self):
+        self.state_dir = DEFAULT_STATE_DIR
+        self.cni_path = list(DEFAULT_CNI_PATH)
+        self.lock_timeout = 30.0
+        self.plugin_timeout = 60.0
+        self.runc_root: str | None = None
+        self.debug = False
 
 
 def split_global_options(argv: list[str]) -> tuple[dict[str, str | bool], list[str]]:
@@ -86,8 +84,8 @@ def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
     if unknown:
         raise InvalidInput(f"unknown key {sorted(unknown)[0]!r} in config file {path}")
     s = Settings()
-    s.state_dir = Path(options.get("state") or env.get("CIRCUIT_STATE_DIR")
-                       or conf.get("state_dir") or DEFAULT_STATE_DIR)
+    s.state_dir = str(options.get("state") or env.get("CIRCUIT_STATE_DIR")
+                      or conf.get("state_dir") or DEFAULT_STATE_DIR)
     cni_path = options.get("cni_path") or env.get("CNI_PATH")
     if cni_path:
         s.cni_path = [p for p in str(cni_path).split(":") if p]

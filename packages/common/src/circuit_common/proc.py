@@ -1,14 +1,12 @@
 """Facts about processes read from /proc: identity that survives PID reuse, and their netns."""
 
-from dataclasses import dataclass
+from collections import namedtuple
 
 
-@dataclass(frozen=True)
-class Process:
+class Process(namedtuple("Process", "pid start_time")):
     """A process pinned by its PID and its start time (clock ticks since boot)."""
 
-    pid: int
-    start_time: int
+    __slots__ = ()
 
     @property
     def netns(self) -> str:

@@ -11,10 +11,8 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from .errors import LockTimeout, StateCorrupt
 
@@ -24,26 +22,28 @@ SCHEMA_VERSION = 1
 class Store:
     """Records and locks under one root directory."""
 
-    def __init__(self, root: Path, lock_timeout: float = 30.0):
-        self.root = Path(root)
+    def __init__(self, root: str, lock_timeout: float = 30.0):
+        self.root = os.fspath(root)
         self.lock_timeout = lock_timeout
 
-    def path(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
 
-    def _ensure_dir(self, directory: Path) -> None:
+    def _ensure_dir(self, directory: str) -> None:
         """Create directory and any missing parent up to the root, each 0700."""
-        if directory.is_dir():
+        if os.path.isdir(directory):
             return
-        if directory != self.root and self.root in directory.parents:
-            self._ensure_dir(directory.parent)
+        parent = os.path.dirname(directory)
+        if directory != self.root and directory.startswith(self.root + os.sep):
+            self._ensure_dir(parent)
         else:
-            directory.parent.mkdir(parents=True, exist_ok=True)
-        directory.mkdir(mode=0o700, exist_ok=True)
+            os.makedirs(parent, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
 
     # -- records ---------------------------------------------------------------------------
 
-    def read(self, path: Path) -> dict | None:
+    def read(self, path: str) -> dict | None:
         """The record at path, None when it does not exist; StateCorrupt when unreadable."""
         try:
             with open(path, "rb") as f:
@@ -62,12 +62,12 @@ class Store:
                                "it was not written by this version of circuit")
         return record
 
-    def write(self, path: Path, record: dict) -> None:
+    def write(self, path: str, record: dict) -> None:
         """Replace the record at path atomically: temp file, fsync, rename, fsync of the dir."""
-        directory = path.parent
+        directory, name = os.path.split(os.fspath(path))
         self._ensure_dir(directory)
         body = json.dumps({"schema": SCHEMA_VERSION, **record}, indent=2, sort_keys=True) + "\n"
-        tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w") as f:
@@ -77,20 +77,23 @@ class Store:
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                os.unlink(tmp)
             raise
         self._fsync_dir(directory)
 
-    def remove(self, path: Path) -> bool:
+    def remove(self, path: str) -> bool:
         """Delete the record at path; False when it was already gone."""
         try:
-            path.unlink()
+            os.unlink(path)
         except FileNotFoundError:
             return False
-        self._fsync_dir(path.parent)
+        self._fsync_dir(os.path.dirname(os.fspath(path)))
         return True
 
-    def records(self, directory: Path) -> Iterator[Path]:
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def records(self, directory: str) -> Iterator[str]:
         """Paths of the records in directory, sorted; temp files are never listed."""
         try:
             names = sorted(os.listdir(directory))
@@ -98,10 +101,10 @@ class Store:
             return
         for name in names:
             if name.endswith(".json") and not name.startswith("."):
-                yield directory / name
+                yield os.path.join(directory, name)
 
     @staticmethod
-    def _fsync_dir(directory: Path) -> None:
+    def _fsync_dir(directory: str) -> None:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
@@ -127,7 +130,7 @@ class Store:
     def _flock(self, filename: str, mode: int, what: str) -> Iterator[None]:
         locks = self.path("locks")
         self._ensure_dir(locks)
-        path = locks / filename
+        path = os.path.join(locks, filename)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             self._acquire(fd, mode, what, path)
@@ -135,7 +138,7 @@ class Store:
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    def _acquire(self, fd: int, mode: int, what: str, path: Path) -> None:
+    def _acquire(self, fd: int, mode: int, what: str, path: str) -> None:
         deadline = time.monotonic() + self.lock_timeout
         pause = 0.001
         while True:
