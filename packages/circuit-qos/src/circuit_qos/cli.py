@@ -82,12 +82,15 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     changes = changes_from(a) if a["set"] else None
     from pyroute2 import IPRoute
 
+    from .tc import Links
+
     with nets.store.lock("network", name):
         nets.get(name)
         with IPRoute() as ipr:
+            links = Links(ipr)
             target = resolve(a["--container"], ctx.settings.runc_root, must_run=False) \
                 if a["--container"] else None
-            chosen = qos.select(nets, name, target, a["--interface"], ipr)
+            chosen = qos.select(nets, name, target, a["--interface"], links)
             old = qos.load(nets, name)
             new = copy.deepcopy(old)
             scoped = target is not None or a["--interface"] is not None
@@ -107,7 +110,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
                     new["attachments"].pop(qos.key(attachment), None)
             else:
                 new = {"network": None, "attachments": {}}
-            qos.apply_all(ipr, chosen, old, new)
+            qos.apply_all(links, chosen, old, new)
             qos.save(nets, name, new)
     print(f"qos {'configured' if a['set'] else 'reset'} for {name}")
     return 0
@@ -117,20 +120,21 @@ def show(nets: Networks, name: str, fmt: str) -> int:
     """The network's policy and each attachment's policy and live counters."""
     from pyroute2 import IPRoute
 
-    from .tc import counters
+    from .tc import Links, counters
 
     nets.get(name)
     record = qos.load(nets, name)
     rows = []
     with IPRoute() as ipr:
+        links = Links(ipr)
         for attachment in nets.attachments(name).records:
-            veth = qos.host_veth(ipr, attachment) if attachment_netns(attachment) else None
+            veth = qos.host_veth(links, attachment) if attachment_netns(attachment) else None
             rows.append({"container_id": attachment["containerId"],
                          "target": attachment["circuit"]["target"],
                          "ifname": attachment["ifName"], "interface": veth,
                          "policy": qos.effective(record, attachment),
                          "own_policy": qos.key(attachment) in record["attachments"],
-                         "counters": counters(ipr, veth) if veth else {}})
+                         "counters": counters(links, veth) if veth else {}})
     if fmt == "json":
         output.emit_json({"network": name, "policy": record["network"], "attachments": rows})
         return 0
@@ -152,16 +156,19 @@ def restore(nets: Networks) -> int:
     """Re-apply every stored policy to the attachments whose containers still run."""
     from pyroute2 import IPRoute
 
+    from .tc import Links
+
     directory = nets.store.path("qos")
     names = [os.path.basename(p)[:-len(".json")] for p in nets.store.records(directory)]
     if not names:
         return 0
     with IPRoute() as ipr:
+        links = Links(ipr)
         for name in names:
             with nets.store.lock("network", name):
                 record = qos.load(nets, name)
                 attachments = nets.attachments(name).records
-                qos.apply_all(ipr, attachments, record, record)
+                qos.apply_all(links, attachments, record, record)
             print(f"qos restored for {name}")
     return 0
 

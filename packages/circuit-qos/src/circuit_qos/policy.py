@@ -55,48 +55,50 @@ def effective(record: dict, attachment: dict) -> dict | None:
     return record["attachments"].get(key(attachment)) or record["network"]
 
 
-def host_veth(ipr, attachment: dict) -> str:
+def host_veth(links, attachment: dict) -> str:
     """The host-side veth of an attachment, from its cached CNI result."""
     for iface in attachment["result"].get("interfaces", []):
-        if iface.get("sandbox"):
-            continue
-        link = ipr.link_lookup(ifname=iface["name"])
-        if link and ipr.link("get", index=link[0])[0].get_nested(
-                "IFLA_LINKINFO", "IFLA_INFO_KIND") == "veth":
+        if not iface.get("sandbox") and links.kind(iface["name"]) == "veth":
             return iface["name"]
     raise InvalidInput(f"attachment {key(attachment)} has no host-side veth: QoS needs a "
                        "veth-based network (bridge, ptp)")
 
 
-def apply(ipr, attachment: dict, policy: dict | None) -> None:
+def shape(policy: dict | None):
+    from .tc import Shape
+
+    return None if policy is None else Shape(**{k: policy.get(k) for k in FIELDS})
+
+
+def apply(links, attachment: dict, policy: dict | None, previous: dict | None = None) -> None:
     """Make one attachment's shaping match policy (None: unshaped)."""
     from . import tc
 
     if not attachment_netns(attachment):
         return  # the container has exited: its veth is gone with it
-    veth = host_veth(ipr, attachment)
+    veth = host_veth(links, attachment)
     if policy is None:
-        tc.teardown_shaping(ipr, veth)
+        tc.teardown_shaping(links, veth)
     else:
-        tc.setup_shaping(ipr, veth, tc.Shape(**{k: policy.get(k) for k in FIELDS}))
+        tc.setup_shaping(links, veth, shape(policy), shape(previous))
 
 
-def apply_all(ipr, attachments: list[dict], old: dict, new: dict) -> None:
+def apply_all(links, attachments: list[dict], old: dict, new: dict) -> None:
     """Apply new to every attachment; if one fails, put back old on those already changed."""
     done = []
     try:
         for attachment in attachments:
             done.append(attachment)
-            apply(ipr, attachment, effective(new, attachment))
+            apply(links, attachment, effective(new, attachment), effective(old, attachment))
     except BaseException:
         for attachment in done:
             with contextlib.suppress(Exception):  # the first error is the one to report
-                apply(ipr, attachment, effective(old, attachment))
+                apply(links, attachment, effective(old, attachment), effective(new, attachment))
         raise
 
 
 def select(nets: Networks, name: str, container=None, interface: str | None = None,
-           ipr=None) -> list[dict]:
+           links=None) -> list[dict]:
     """The attachments of a network that --container / --interface name (all when neither)."""
     attachments = nets.attachments(name).records
     if container is not None:
@@ -106,7 +108,7 @@ def select(nets: Networks, name: str, container=None, interface: str | None = No
         return chosen
     if interface is not None:
         chosen = [a for a in attachments
-                  if attachment_netns(a) and host_veth(ipr, a) == interface]
+                  if attachment_netns(a) and host_veth(links, a) == interface]
         if not chosen:
             raise NotFound(f"no attachment of network {name} has host interface {interface}")
         return chosen
@@ -119,8 +121,10 @@ def attached(nets: Networks, network: dict, attachment: dict) -> None:
     """Shape a new attachment by its network's policy."""
     from pyroute2 import IPRoute
 
+    from .tc import Links
+
     with IPRoute() as ipr:
-        apply(ipr, attachment, effective(load(nets, network["name"]), attachment))
+        apply(Links(ipr), attachment, effective(load(nets, network["name"]), attachment))
 
 
 def detached(nets: Networks, network: dict, attachment: dict) -> None:
@@ -130,9 +134,10 @@ def detached(nets: Networks, network: dict, attachment: dict) -> None:
     from . import tc
 
     with IPRoute() as ipr:
+        links = tc.Links(ipr)
         for iface in attachment["result"].get("interfaces", []):
             if not iface.get("sandbox"):
-                tc.remove_ifb(ipr, iface["name"])
+                links.delete(tc.ifb_name(iface["name"]))
     record = load(nets, network["name"])
     if record["attachments"].pop(key(attachment), None) is not None:
         save(nets, network["name"], record)

@@ -37,9 +37,32 @@ def ifb_name(veth: str) -> str:
     return "cq" + hashlib.sha1(veth.encode()).hexdigest()[:12]
 
 
-def _index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+class Links:
+    """The netns's links by name, from one dump (a lookup per name would dump them all again)."""
+
+    def __init__(self, ipr: IPRoute):
+        self.ipr = ipr
+        self.by_name = {link.get_attr("IFLA_IFNAME"): (
+            link["index"], link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+            for link in ipr.get_links()}
+
+    def index(self, name: str) -> int | None:
+        return self.by_name.get(name, (None, None))[0]
+
+    def kind(self, name: str) -> str | None:
+        return self.by_name.get(name, (None, None))[1]
+
+    def add_ifb(self, name: str) -> int:
+        self.ipr.link("add", ifname=name, kind="ifb")
+        index = self.ipr.link("get", ifname=name)[0]["index"]
+        self.by_name[name] = (index, "ifb")
+        return index
+
+    def delete(self, name: str) -> None:
+        index = self.index(name)
+        if index is not None:
+            _ignore((errno.ENODEV,), self.ipr.link, "del", index=index)
+            del self.by_name[name]
 
 
 def _ignore(errnos, call, *args, **kwargs):
@@ -51,13 +74,10 @@ def _ignore(errnos, call, *args, **kwargs):
         return None
 
 
-def _htb(ipr: IPRoute, index: int, shape: Shape, rate: int, delay: int | None) -> None:
+def _htb(ipr: IPRoute, index: int, shape: Shape, rate: int, delay: int | None,
+         had_delay: bool) -> None:
     """HTB root, a default class at rate borrowing up to ceil, netem below it for a delay."""
     _ignore((errno.EEXIST,), ipr.tc, "add", "htb", index, ROOT, default=CLASS & 0xFFFF)
-    current = [q for q in ipr.tc("dump", index=index) if q["parent"] == 0xFFFFFFFF]
-    if current and current[0].get_attr("TCA_KIND") != "htb":
-        ipr.tc("del", index=index, handle=0, parent=0xFFFFFFFF)
-        ipr.tc("add", "htb", index, ROOT, default=CLASS & 0xFFFF)
     ceil = max(shape.ceil or rate, rate)
     options = {"rate": f"{rate}bit", "ceil": f"{ceil}bit", "prio": shape.priority or 0}
     if shape.buffer:
@@ -69,61 +89,54 @@ def _htb(ipr: IPRoute, index: int, shape: Shape, rate: int, delay: int | None) -
     ipr.tc("replace-class", "htb", index, CLASS, parent=PARENT, **options)
     if delay:
         ipr.tc("replace", "netem", index, NETEM, parent=CLASS, delay=delay, limit=100000)
-    else:
+    elif had_delay:
         _ignore((errno.ENOENT, errno.EINVAL), ipr.tc, "del", "netem", index, NETEM,
                 parent=CLASS)
 
 
-def setup_shaping(ipr: IPRoute, veth: str, shape: Shape) -> None:
+def setup_shaping(links: Links, veth: str, shape: Shape, previous: Shape | None = None) -> None:
     """Make veth's qdiscs match shape: rate both ways, delay into the container."""
-    index = _index(ipr, veth)
+    ipr, index = links.ipr, links.index(veth)
     if index is None:
         raise NotFound(f"interface {veth} does not exist")
+    had_delay = bool(previous and previous.delay)
     try:
-        _htb(ipr, index, shape, shape.rate or UNLIMITED, shape.delay)
+        _htb(ipr, index, shape, shape.rate or UNLIMITED, shape.delay, had_delay)
         if shape.rate:
-            _redirect_ingress(ipr, index, veth, shape)
+            _redirect_ingress(links, index, veth, shape)
         else:
-            _teardown_ingress(ipr, index, veth)
+            _teardown_ingress(links, index, veth)
     except NetlinkError as e:
         raise _explain(e, shape) from None
 
 
-def _redirect_ingress(ipr: IPRoute, index: int, veth: str, shape: Shape) -> None:
-    ifb = ifb_name(veth)
-    ifb_index = _index(ipr, ifb)
+def _redirect_ingress(links: Links, index: int, veth: str, shape: Shape) -> None:
+    ipr, ifb = links.ipr, ifb_name(veth)
+    ifb_index = links.index(ifb)
     if ifb_index is None:
-        ipr.link("add", ifname=ifb, kind="ifb")
-        ifb_index = _index(ipr, ifb)
-    ipr.link("set", index=ifb_index, state="up")
-    _htb(ipr, ifb_index, shape, shape.rate, None)
+        ifb_index = links.add_ifb(ifb)
+        ipr.link("set", index=ifb_index, state="up")
+    _htb(ipr, ifb_index, shape, shape.rate, None, False)
     if _ignore((errno.EEXIST,), ipr.tc, "add", "ingress", index, INGRESS) is not None:
         ipr.tc("add-filter", "u32", index, parent=INGRESS, prio=1, protocol=ETH_P_ALL, target=CLASS,
                keys=["0x0/0x0+0"], action={"kind": "mirred", "direction": "egress",
                                            "action": "redirect", "ifindex": ifb_index})
 
 
-def _teardown_ingress(ipr: IPRoute, index: int | None, veth: str) -> None:
+def _teardown_ingress(links: Links, index: int | None, veth: str) -> None:
     if index is not None:
-        _ignore((errno.ENOENT, errno.EINVAL, errno.ENODEV), ipr.tc, "del", "ingress", index,
-                INGRESS)
-    remove_ifb(ipr, veth)
+        _ignore((errno.ENOENT, errno.EINVAL, errno.ENODEV), links.ipr.tc, "del", "ingress",
+                index, INGRESS)
+    links.delete(ifb_name(veth))
 
 
-def remove_ifb(ipr: IPRoute, veth: str) -> None:
-    """Delete the IFB device of veth, if there is one."""
-    ifb_index = _index(ipr, ifb_name(veth))
-    if ifb_index is not None:
-        _ignore((errno.ENODEV,), ipr.link, "del", index=ifb_index)
-
-
-def teardown_shaping(ipr: IPRoute, veth: str) -> None:
+def teardown_shaping(links: Links, veth: str) -> None:
     """Remove all circuit added for veth; a veth that is already gone leaves only its IFB."""
-    index = _index(ipr, veth)
+    index = links.index(veth)
     if index is not None:
-        _ignore((errno.ENOENT, errno.EINVAL, errno.ENODEV), ipr.tc, "del", index=index,
+        _ignore((errno.ENOENT, errno.EINVAL, errno.ENODEV), links.ipr.tc, "del", index=index,
                 handle=0, parent=0xFFFFFFFF)
-    _teardown_ingress(ipr, index, veth)
+    _teardown_ingress(links, index, veth)
 
 
 def _explain(e: NetlinkError, shape: Shape) -> Exception:
@@ -133,14 +146,14 @@ def _explain(e: NetlinkError, shape: Shape) -> Exception:
     return KernelUnsupported(f"tc failed: {e.args[1] if len(e.args) > 1 else e}")
 
 
-def counters(ipr: IPRoute, veth: str) -> dict[str, dict]:
+def counters(links: Links, veth: str) -> dict[str, dict]:
     """Live statistics of the shaping class in each direction ("in" to the container, "out")."""
     found = {}
     for direction, device in (("in", veth), ("out", ifb_name(veth))):
-        index = _index(ipr, device)
+        index = links.index(device)
         if index is None:
             continue
-        for cls in ipr.get_classes(index=index):
+        for cls in links.ipr.get_classes(index=index):
             if cls["handle"] == CLASS:
                 stats = cls.get_attr("TCA_STATS2")
                 basic = stats.get_attr("TCA_STATS_BASIC") if stats else {}
@@ -159,7 +172,7 @@ def probe_netem(ipr: IPRoute) -> None:
     scratch = f"cqprobe{os.getpid() % 100000}"
     ipr.link("add", ifname=scratch, kind="ifb")
     try:
-        ipr.tc("add", "netem", _index(ipr, scratch), NETEM, delay=1000)
+        ipr.tc("add", "netem", ipr.link("get", ifname=scratch)[0]["index"], NETEM, delay=1000)
     except NetlinkError as e:
         raise _explain(e, Shape(delay=1)) from None
     finally:
