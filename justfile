@@ -52,7 +52,7 @@ lint:
 
 # Benchmarks against the raw anchors, ratios in one run (see bench/README.md)
 bench: setup
-    .venv/bin/python bench/hook.py
-    .venv/bin/python bench/connect.py
-    .venv/bin/python bench/qos.py
-    scripts/kernel-vm python bench/lb.py
+    -.venv/bin/python bench/hook.py
+    -.venv/bin/python bench/connect.py
+    -.venv/bin/python bench/qos.py
+    -scripts/kernel-vm python bench/lb.py
