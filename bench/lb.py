@@ -23,9 +23,7 @@ def timed(call) -> float:
 
 
 def main() -> int:
-    targets = [f"10.{200 + i // 65536}.{i // 256 % 256}.{i % 256 + 1 if i % 256 < 255 else 1}:80"
-               for i in range(TARGETS)]
-    targets = list(dict.fromkeys(targets))
+    targets = [f"10.{200 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}:80" for i in range(TARGETS)]
     rules = f"-A -t {VIP} -s rr\n" + "".join(f"-a -t {VIP} -r {t} -m -w 1\n" for t in targets)
     stdin = "".join(f"{t} 1\n" for t in targets)
     times: dict[str, list[float]] = {k: [] for k in ("restore", "add", "ln", "list")}
