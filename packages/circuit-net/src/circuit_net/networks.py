@@ -211,7 +211,11 @@ class Networks:
                          [tuple(kv) for kv in attachment.get("cniArgs", [])],
                          attachment.get("capabilityArgs") or {})
         cni.del_chain(self.plugins, network["config"], rt, attachment.get("result"), best_effort)
-        self._notify("detached", network, attachment)
+        try:
+            self._notify("detached", network, attachment)
+        except Exception:
+            if not best_effort:  # a rollback must not hide the error that caused it
+                raise
         self.store.remove(self.attachment_path(network["name"], rt.container_id, rt.ifname))
 
     def _notify(self, event: str, network: dict, attachment: dict) -> None:
