@@ -56,15 +56,21 @@ def leak_check():
 class Container:
     """A process in a netns of its own, as runc would give a container."""
 
-    def __init__(self, args=("busybox", "sleep", "3600")):
-        self.popen = subprocess.Popen(["unshare", "--net", "--", *map(str, args)],
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
-        self.pid = self.popen.pid
+    def __init__(self, pid: int, popen: subprocess.Popen | None = None):
+        self.pid = pid
+        self.popen = popen  # set when the test started the process and must end it
+
+    @classmethod
+    def spawn(cls, args=("busybox", "sleep", "3600")) -> "Container":
+        """args in a new netns, started by the test (killed by its PID at the end)."""
+        popen = subprocess.Popen(["unshare", "--net", "--", *map(str, args)],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 5
-        while os.readlink(f"/proc/{self.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+        while os.readlink(f"/proc/{popen.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
             assert time.monotonic() < deadline, "unshare did not make a netns"
             time.sleep(0.01)
+        return cls(popen.pid, popen)
 
     @property
     def netns(self) -> str:
@@ -125,7 +131,7 @@ class Host:
         return proc
 
     def container(self, args=("busybox", "sleep", "3600")) -> Container:
-        c = Container(args)
+        c = Container.spawn(args)
         self.containers.append(c)
         return c
 
@@ -271,9 +277,7 @@ class Runc:
 
     def container(self, cid: str) -> Container:
         """The running container as a Container (its netns entered through its PID)."""
-        c = Container.__new__(Container)
-        c.pid, c.popen = self.pid(cid), None
-        return c
+        return Container(self.pid(cid))
 
     def delete(self, cid: str) -> subprocess.CompletedProcess:
         return self.host.run("runc", "delete", "--force", cid, check=False)

@@ -13,7 +13,7 @@ from importlib import import_module
 
 from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound, StateCorrupt
-from circuit_common.proc import interfaces
+from circuit_common.proc import Process, interfaces
 from circuit_common.validate import check_ifname, check_name
 
 from . import cni
@@ -220,7 +220,7 @@ class Networks:
 
     def _notify(self, event: str, network: dict, attachment: dict) -> None:
         for directory, module in EXTENSIONS.items():
-            if self.store.exists(self.store.path(directory, f"{network['name']}.json")):
+            if os.path.exists(self.store.path(directory, f"{network['name']}.json")):
                 getattr(import_module(module), event)(self, network, attachment)
 
     def check(self, name: str, target: Target) -> list[dict]:
@@ -263,8 +263,6 @@ class Networks:
 
 def attachment_netns(attachment: dict) -> str:
     """The netns of an attachment's container while it runs, else ""."""
-    from circuit_common.proc import Process
-
     meta = attachment["circuit"]
     proc = Process(meta["pid"], meta["start_time"])
     return proc.netns if proc.alive() else ""

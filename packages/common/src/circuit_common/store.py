@@ -90,9 +90,6 @@ class Store:
         self._fsync_dir(os.path.dirname(os.fspath(path)))
         return True
 
-    def exists(self, path: str) -> bool:
-        return os.path.exists(path)
-
     def records(self, directory: str) -> Iterator[str]:
         """Paths of the records in directory, sorted; temp files are never listed."""
         try:
