@@ -9,7 +9,7 @@ import re
 import time
 
 from circuit_common.cli import Context
-from circuit_common.errors import Conflict, InvalidInput, NotFound, StateCorrupt
+from circuit_common.errors import Conflict, InvalidInput, NotFound
 from circuit_common.validate import check_name
 
 from . import kernel
@@ -48,13 +48,8 @@ class Services:
         return record
 
     def all(self) -> tuple[list[dict], list[str]]:
-        records, errors = [], []
-        for path in self.store.records(self.store.path("services")):
-            try:
-                records.append(self.store.read(path))
-            except StateCorrupt as e:
-                errors.append(str(e))
-        return records, errors
+        """Every service record, and one message per record that could not be read."""
+        return self.store.read_all(self.store.path("services"))
 
     def _save_and_sync(self, record: dict | None, name: str) -> None:
         if record is None:

@@ -7,13 +7,13 @@ State:  networks/<name>.json                    the network's config list
 
 import os
 import time
-from collections import namedtuple
 from collections.abc import Iterator
 from importlib import import_module
 
 from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound, StateCorrupt
 from circuit_common.proc import Process, interfaces
+from circuit_common.store import Listing
 from circuit_common.validate import check_ifname, check_name
 
 from . import cni
@@ -27,10 +27,6 @@ EXTENSIONS = {"qos": "circuit_qos.policy"}
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-# Records that could be read, and one message per record that could not.
-Listing = namedtuple("Listing", "records errors")
 
 
 class Networks:
@@ -60,23 +56,11 @@ class Networks:
 
     def all(self) -> Listing:
         """Every network record; unreadable ones are reported, not fatal."""
-        listing = Listing([], [])
-        for path in self.store.records(self.store.path("networks")):
-            try:
-                listing.records.append(self.store.read(path))
-            except StateCorrupt as e:
-                listing.errors.append(str(e))
-        return listing
+        return self.store.read_all(self.store.path("networks"))
 
     def attachments(self, name: str) -> Listing:
         """The attachment records of one network, in a stable order."""
-        listing = Listing([], [])
-        for path in self.store.records(self.attachment_dir(name)):
-            try:
-                listing.records.append(self.store.read(path))
-            except StateCorrupt as e:
-                listing.errors.append(str(e))
-        return listing
+        return self.store.read_all(self.attachment_dir(name))
 
     # -- networks ---------------------------------------------------------------------------
 

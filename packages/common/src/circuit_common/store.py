@@ -12,11 +12,15 @@ import fcntl
 import json
 import os
 import time
+from collections import namedtuple
 from collections.abc import Iterator
 
 from .errors import LockTimeout, StateCorrupt
 
 SCHEMA_VERSION = 1
+
+# Records that could be read, and one message per record that could not.
+Listing = namedtuple("Listing", "records errors")
 
 
 class Store:
@@ -99,6 +103,20 @@ class Store:
         for name in names:
             if name.endswith(".json") and not name.startswith("."):
                 yield os.path.join(directory, name)
+
+    def read_all(self, directory: str) -> "Listing":
+        """Every record in directory; an unreadable one is reported in errors, not fatal, and
+        one that another process removed after the listing is simply not there."""
+        listing = Listing([], [])
+        for path in self.records(directory):
+            try:
+                record = self.read(path)
+            except StateCorrupt as e:
+                listing.errors.append(str(e))
+                continue
+            if record is not None:
+                listing.records.append(record)
+        return listing
 
     @staticmethod
     def _fsync_dir(directory: str) -> None:
