@@ -1,9 +1,11 @@
 """Kernel tier (IPVS, netem, ipvlan), run by scripts/test-kernel, often under QEMU's emulation:
 circuit runs as a fork of this warm process (harness.run_forked), its modules loaded once here."""
 
-import pyroute2
+from importlib import import_module
+
 import pytest
 
+import circuit_common.netlink  # first: pyroute2's modules then load without its __init__
 import circuit_hook.cli
 import circuit_lb.cli
 import circuit_net.cli
@@ -11,8 +13,10 @@ import circuit_qos.cli
 
 from harness import Host, dispatcher, host, leak_check  # noqa: F401  (fixtures)
 
-WARM = (circuit_hook.cli, circuit_lb.cli, circuit_net.cli, circuit_qos.cli, pyroute2,
-        dispatcher())
+PYROUTE2_USED = ("pyroute2.netlink.generic.ipvs", "pyroute2.netlink.rtnl.ifaddrmsg",
+                 "pyroute2.netlink.rtnl.ifinfmsg", "pyroute2.netlink.rtnl.tcmsg")
+WARM = (circuit_common.netlink, circuit_hook.cli, circuit_lb.cli, circuit_net.cli,
+        circuit_qos.cli, dispatcher(), *map(import_module, PYROUTE2_USED))
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ import socket
 import sys
 from collections import Counter
 
-from harness import bridge_conf, http_get_bodies, run_forked, snapshot
+from harness import bridge_conf, http_get_bodies, run_forked, snapshot, wait_for
 
 VIP = "10.100.99.1"
 UDP_ANSWER = """
@@ -123,3 +123,37 @@ def test_udp_service_answers(host):
     host.circuit("lb", "add", "dns", *(f"{ip}:5353" for ip in names))
     answers = run_forked(host.netns, ask_udp).stdout.split()
     assert sorted(answers) == ["alpha", "alpha", "beta", "beta"]
+
+
+def test_ipv6_service_balances_and_restores(host, tmp_path):
+    conf = bridge_conf()
+    conf["ipMasq"] = False
+    conf["ipam"] = {"type": "host-local", "ranges": [[{"subnet": "fd10:100::/64"}]],
+                    "routes": [{"dst": "::/0"}]}
+    host.circuit("network", "create", host.conf(conf))
+    backends = {}
+    for name in ("alpha", "beta"):
+        www = tmp_path / name
+        www.mkdir()
+        (www / "index.html").write_text(f"{name}\n")
+        c = host.container(("busybox", "httpd", "-f", "-p", "80", "-h", www))
+        host.circuit("network", "connect", c.pid, "sandbox")
+        out = c.run("ip", "-j", "-6", "addr", "show", "dev", "eth0", "scope", "global").stdout
+        backends[name] = json.loads(out)[0]["addr_info"][0]["local"]
+    assert wait_for(lambda: "tentative" not in host.run("ip", "-6", "addr", "show").stdout)
+
+    vip = "fd10:99::1"
+    host.circuit("lb", "create", "web6", f"[{vip}]:80")
+    host.circuit("lb", "add", "web6", *(f"[{ip}]:80" for ip in backends.values()))
+    assert Counter(http_get_bodies(host.netns, vip, 4)) == {"alpha": 2, "beta": 2}
+    listed = host.circuit("lb", "list", "--details").stdout
+    assert f"[{vip}]:80" in listed and f"-> [{backends['alpha']}]:80" in listed
+
+    host.run("ipvsadm", "-C")
+    assert "service web6 restored" in host.circuit("restore").stdout
+    assert host.circuit("lb", "list").stderr == ""
+    assert Counter(http_get_bodies(host.netns, vip, 4)) == {"alpha": 2, "beta": 2}
+
+    host.circuit("lb", "delete", "web6")
+    assert "TCP" not in host.run("ipvsadm", "-Ln").stdout
+    assert vip not in host.run("ip", "addr", "show", "dev", "lo").stdout

@@ -103,7 +103,7 @@ def list_services(services: Services, a: dict) -> int:
     stats = {}
     if a["--stats"]:
         with kernel.ipvs() as sock:
-            stats = {r["name"]: kernel.stats(sock, r) for r in records}
+            stats = {r["name"]: sock.stats(r) for r in records}
     for error in errors:
         print(f"circuit: {error}", file=sys.stderr)
     if a["-q"]:

@@ -6,9 +6,11 @@ import errno
 import os
 import socket
 import subprocess
+import sys
 from contextlib import contextmanager
 
 from circuit_common.errors import InvalidInput, KernelUnsupported, NotFound
+from circuit_common.netlink import NETLINK_GENERIC, NETLINK_ROUTE, NLM_F_DUMP, Batch, family_id
 
 from .address import Endpoint
 
@@ -62,102 +64,134 @@ def _proc_endpoint(text: str) -> Endpoint:
 
 @contextmanager
 def ipvs():
-    """A pyroute2 IPVS socket; KernelUnsupported where the kernel has none."""
+    """An IPVS netlink connection; KernelUnsupported where the kernel has none."""
     ensure_ipvs()
-    from pyroute2 import IPVS
-
-    sock = IPVS()
+    connection = Ipvs()
     try:
-        yield sock
+        yield connection
     finally:
-        sock.close()
+        connection.batch.sock.close()
 
 
-def service_spec(service: dict):
-    from pyroute2 import IPVSService
+class Ipvs:
+    """IPVS requests, encoded with pyroute2's ipvsmsg and sent in batches: queue target
+    changes with set_target / del_target, then `commit()`."""
 
-    spec = {"addr": service["addr"], "port": service["port"],
-            "protocol": PROTOCOLS[service["protocol"]], "sched_name": service["scheduler"]}
-    if service.get("persistent"):
-        spec["flags"] = {"flags": PERSISTENT, "mask": 0xFFFFFFFF}
-        spec["timeout"] = service["persistent"]
-    return IPVSService(**spec)
+    def __init__(self):
+        self.batch = Batch(NETLINK_GENERIC)
+        self.family = family_id(self.batch, "IPVS")
+
+    def _message(self, command: int, service: dict, dest: dict | None = None):
+        from pyroute2.netlink.generic.ipvs import ipvsmsg
+
+        msg = ipvsmsg()
+        msg["cmd"] = command
+        msg["version"] = 1
+        msg["attrs"] = [("IPVS_CMD_ATTR_SERVICE", {"attrs": service_attrs(service,
+                                                                          full=dest is None)})]
+        if dest is not None:
+            msg["attrs"].append(("IPVS_CMD_ATTR_DEST", {"attrs": dest_attrs(dest)}))
+        msg["header"]["type"] = self.family
+        return msg
+
+    def _now(self, command: int, service: dict, flags: int = 0, ignore=()) -> None:
+        self.batch.add(self._message(command, service), flags, ignore)
+        self.commit()
+
+    def add_service(self, service: dict) -> None:
+        try:
+            self._now(IPVS_CMD_NEW_SERVICE, service, NLM_F_CREATE | NLM_F_EXCL)
+        except OSError as e:
+            raise netlink_error(e, service) from None
+
+    def set_service(self, service: dict) -> None:
+        try:
+            self._now(IPVS_CMD_SET_SERVICE, service, NLM_F_REPLACE)
+        except OSError as e:
+            raise netlink_error(e, service) from None
+
+    def del_service(self, service: dict) -> None:
+        self._now(IPVS_CMD_DEL_SERVICE, service, ignore=(errno.ESRCH, errno.ENOENT))
+
+    def set_target(self, service: dict, target: dict, exists: bool) -> None:
+        """Queue adding target, or changing its weight and forwarding when it exists."""
+        command = IPVS_CMD_SET_DEST if exists else IPVS_CMD_NEW_DEST
+        self.batch.add(self._message(command, service, target))
+
+    def del_target(self, service: dict, target: dict) -> None:
+        """Queue removing target; one that is not there counts as removed."""
+        self.batch.add(self._message(IPVS_CMD_DEL_DEST, service, target),
+                       ignore=(errno.ESRCH, errno.ENOENT))
+
+    def commit(self) -> None:
+        """Send what is queued; NetlinkError (an OSError) for the first refused request."""
+        self.batch.send()
+
+    def stats(self, service: dict) -> dict:
+        """Connections, packets and bytes of a service and of each target."""
+        def counters(nla) -> dict:
+            if nla is None:
+                return {}
+            return {"connections": nla.get("IPVS_STATS_ATTR_CONNS"),
+                    "packets_in": nla.get("IPVS_STATS_ATTR_INPKTS"),
+                    "packets_out": nla.get("IPVS_STATS_ATTR_OUTPKTS"),
+                    "bytes_in": nla.get("IPVS_STATS_ATTR_INBYTES"),
+                    "bytes_out": nla.get("IPVS_STATS_ATTR_OUTBYTES")}
+
+        found = {"service": {}, "targets": {}}
+        for msg in self.batch.query(self._message(IPVS_CMD_GET_SERVICE, service)):
+            found["service"] = counters(msg.get_nested("IPVS_CMD_ATTR_SERVICE",
+                                                       "IPVS_SVC_ATTR_STATS64"))
+        key = self._message(IPVS_CMD_GET_DEST, service)
+        key["attrs"] = [("IPVS_CMD_ATTR_SERVICE", {"attrs": service_attrs(service, full=False)})]
+        for msg in self.batch.query(key, NLM_F_DUMP):
+            dest = msg.get("IPVS_CMD_ATTR_DEST")
+            where = Endpoint(str(dest.get("IPVS_DEST_ATTR_ADDR")), dest.get("IPVS_DEST_ATTR_PORT"))
+            found["targets"][str(where)] = counters(dest.get("IPVS_DEST_ATTR_STATS64"))
+        return found
 
 
-def dest_spec(target: dict):
-    from pyroute2 import IPVSDest
-
-    return IPVSDest(addr=target["addr"], port=target["port"], weight=target["weight"],
-                    fwd_method=FORWARDS[target["forward"]])
+IPVS_CMD_NEW_SERVICE, IPVS_CMD_SET_SERVICE, IPVS_CMD_DEL_SERVICE, IPVS_CMD_GET_SERVICE = 1, 2, 3, 4
+IPVS_CMD_NEW_DEST, IPVS_CMD_SET_DEST, IPVS_CMD_DEL_DEST, IPVS_CMD_GET_DEST = 5, 6, 7, 8
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 
 
-def netlink_error(e, service: dict) -> Exception:
-    code = getattr(e, "code", None)
-    if code == errno.ENOENT:
+def service_attrs(service: dict, full: bool = True) -> list:
+    """The IPVS_SVC_ATTR_* of a service record: its key, and with full its settings too."""
+    family = socket.AF_INET6 if ":" in service["addr"] else socket.AF_INET
+    attrs = [("IPVS_SVC_ATTR_AF", family),
+             ("IPVS_SVC_ATTR_PROTOCOL", PROTOCOLS[service["protocol"]]),
+             ("IPVS_SVC_ATTR_ADDR", service["addr"]), ("IPVS_SVC_ATTR_PORT", service["port"])]
+    if full:
+        persistent = service.get("persistent") or 0
+        # The kernel reads the netmask raw: all ones for IPv4, a prefix length (128) in host
+        # byte order for IPv6, as ipvsadm sends it.
+        netmask = "255.255.255.255" if family == socket.AF_INET else socket.inet_ntoa(
+            (128).to_bytes(4, sys.byteorder))
+        attrs += [("IPVS_SVC_ATTR_SCHED_NAME", service["scheduler"]),
+                  ("IPVS_SVC_ATTR_FLAGS", {"flags": PERSISTENT if persistent else 0,
+                                           "mask": 0xFFFFFFFF}),
+                  ("IPVS_SVC_ATTR_TIMEOUT", persistent), ("IPVS_SVC_ATTR_NETMASK", netmask)]
+    return attrs
+
+
+def dest_attrs(target: dict) -> list:
+    family = socket.AF_INET6 if ":" in target["addr"] else socket.AF_INET
+    return [("IPVS_DEST_ATTR_ADDR_FAMILY", family), ("IPVS_DEST_ATTR_ADDR", target["addr"]),
+            ("IPVS_DEST_ATTR_PORT", target["port"]),
+            ("IPVS_DEST_ATTR_FWD_METHOD", FORWARDS[target["forward"]]),
+            ("IPVS_DEST_ATTR_WEIGHT", target["weight"]), ("IPVS_DEST_ATTR_U_THRESH", 0),
+            ("IPVS_DEST_ATTR_L_THRESH", 0)]
+
+
+def netlink_error(e: OSError, service: dict) -> Exception:
+    if e.errno == errno.ENOENT:
         return InvalidInput(f"scheduler {service['scheduler']!r} is not available in this "
                             "kernel (rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, ...)")
-    if code == errno.EEXIST:
+    if e.errno == errno.EEXIST:
         return InvalidInput(f"the kernel already has a service at {service['protocol']} "
                             f"{service['addr']}:{service['port']} (made outside circuit?)")
     return KernelUnsupported(f"IPVS refused the change: {e}")
-
-
-def add_service(sock, service: dict) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        sock.service("add", service=service_spec(service))
-    except NetlinkError as e:
-        raise netlink_error(e, service) from None
-
-
-def del_service(sock, service: dict) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        sock.service("del", service=service_spec(service))
-    except NetlinkError as e:
-        if e.code not in (errno.ESRCH, errno.ENOENT):
-            raise
-
-
-def set_target(sock, service: dict, target: dict, exists: bool) -> None:
-    sock.dest("set" if exists else "add", service=service_spec(service),
-              dest=dest_spec(target))
-
-
-def del_target(sock, service: dict, target: dict) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        sock.dest("del", service=service_spec(service), dest=dest_spec(target))
-    except NetlinkError as e:
-        if e.code not in (errno.ESRCH, errno.ENOENT):
-            raise
-
-
-def stats(sock, service: dict) -> dict:
-    """Connections, packets and bytes of a service and of each target, from the kernel."""
-
-    def counters(nla) -> dict:
-        if nla is None:
-            return {}
-        return {"connections": nla.get("IPVS_STATS_ATTR_CONNS"),
-                "packets_in": nla.get("IPVS_STATS_ATTR_INPKTS"),
-                "packets_out": nla.get("IPVS_STATS_ATTR_OUTPKTS"),
-                "bytes_in": nla.get("IPVS_STATS_ATTR_INBYTES"),
-                "bytes_out": nla.get("IPVS_STATS_ATTR_OUTBYTES")}
-
-    spec = service_spec(service)
-    found = {"service": {}, "targets": {}}
-    for msg in sock.service("get", service=spec):
-        found["service"] = counters(msg.get_nested("IPVS_CMD_ATTR_SERVICE",
-                                                   "IPVS_SVC_ATTR_STATS64"))
-    for msg in sock.dest("dump", service=spec):
-        dest = msg.get("IPVS_CMD_ATTR_DEST")
-        key = str(Endpoint(str(dest.get("IPVS_DEST_ATTR_ADDR")), dest.get("IPVS_DEST_ATTR_PORT")))
-        found["targets"][key] = counters(dest.get("IPVS_DEST_ATTR_STATS64"))
-    return found
 
 
 # -- the VIP made local, so that traffic to it reaches IPVS -------------------------------------
@@ -175,24 +209,29 @@ def vip_is_local(ip: str) -> bool:
 
 def add_vip(ip: str) -> None:
     """Put ip on lo as a host address (/32 or /128)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        ipr.addr("add", index=ipr.link_lookup(ifname="lo")[0], address=ip,
-                 prefixlen=128 if ":" in ip else 32)
+    _vip_request(ip, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
 
 
 def del_vip(ip: str) -> None:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
+    _vip_request(ip, RTM_DELADDR, ignore=(errno.EADDRNOTAVAIL,))
 
-    with IPRoute() as ipr:
-        try:
-            ipr.addr("del", index=ipr.link_lookup(ifname="lo")[0], address=ip,
-                     prefixlen=128 if ":" in ip else 32)
-        except NetlinkError as e:
-            if e.code != errno.EADDRNOTAVAIL:
-                raise
+
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+
+
+def _vip_request(ip: str, command: int, flags: int = 0, ignore=()) -> None:
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    msg = ifaddrmsg()
+    msg["family"] = family
+    msg["prefixlen"] = 128 if family == socket.AF_INET6 else 32
+    msg["index"] = socket.if_nametoindex("lo")
+    msg["attrs"] = [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)]
+    msg["header"]["type"] = command
+    with Batch(NETLINK_ROUTE) as batch:
+        batch.add(msg, flags, ignore)
+        batch.send()
 
 
 # -- SNAT for masq services ----------------------------------------------------------------------

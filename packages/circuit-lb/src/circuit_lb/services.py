@@ -79,14 +79,14 @@ class Services:
                       "vip_added": False, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                    time.gmtime())}
             with kernel.ipvs() as sock:
-                kernel.add_service(sock, record)
+                sock.add_service(record)
                 try:
                     if not kernel.vip_is_local(where.ip):
                         kernel.add_vip(where.ip)
                         record["vip_added"] = True
                     self._save_and_sync(record, name)
                 except BaseException:
-                    kernel.del_service(sock, record)
+                    sock.del_service(record)
                     if record["vip_added"]:
                         kernel.del_vip(where.ip)
                     raise
@@ -125,20 +125,21 @@ class Services:
     def _apply(self, record: dict, current: dict, wanted: dict) -> None:
         """Make the kernel's targets go from current to wanted; back to current on failure."""
         with kernel.ipvs() as sock:
-            done = []
+            touched = []
             try:
                 for where, target in wanted.items():
                     if current.get(where) != target:
-                        kernel.set_target(sock, record, target, exists=where in current)
-                        done.append(where)
+                        sock.set_target(record, target, exists=where in current)
+                        touched.append(where)
                 for where, target in current.items():
                     if where not in wanted:
-                        kernel.del_target(sock, record, target)
-                        done.append(where)
+                        sock.del_target(record, target)
+                        touched.append(where)
+                sock.commit()
                 record["targets"] = sorted(wanted.values(), key=lambda t: endpoint(t))
                 self._save_and_sync(record, record["name"])
             except BaseException:
-                self._rollback(sock, record, current, done)
+                self._rollback(sock, record, current, touched)
                 raise
 
     @staticmethod
@@ -147,9 +148,10 @@ class Services:
         seen = kernel.read_proc().get((record["protocol"], endpoint(record)), {"targets": {}})
         for where in touched:
             if where in current:
-                kernel.set_target(sock, record, current[where], exists=where in seen["targets"])
+                sock.set_target(record, current[where], exists=where in seen["targets"])
             elif where in seen["targets"]:
-                kernel.del_target(sock, record, placeholder(where))
+                sock.del_target(record, placeholder(where))
+        sock.commit()
         record["targets"] = list(current.values())
 
     def delete(self, name: str) -> None:
@@ -160,7 +162,7 @@ class Services:
 
     def _delete(self, record: dict) -> None:
         with kernel.ipvs() as sock:
-            kernel.del_service(sock, record)
+            sock.del_service(record)
         others = [s for s in self.all()[0] if s["name"] != record["name"]]
         if record["vip_added"] and not any(s["addr"] == record["addr"] for s in others):
             kernel.del_vip(record["addr"])
@@ -208,18 +210,18 @@ class Services:
                 for record in records:
                     seen = found.get((record["protocol"], endpoint(record)))
                     if seen is None:
-                        kernel.add_service(sock, record)
+                        sock.add_service(record)
                         seen = {"targets": {}}
                     elif seen["scheduler"] != record["scheduler"]:
-                        sock.service("set", service=kernel.service_spec(record))
+                        sock.set_service(record)
                     for target in record["targets"]:
                         where = endpoint(target)
                         if seen["targets"].get(where) != (target["forward"], target["weight"]):
-                            kernel.set_target(sock, record, target,
-                                              exists=where in seen["targets"])
+                            sock.set_target(record, target, exists=where in seen["targets"])
                     stored = {endpoint(t) for t in record["targets"]}
                     for where in seen["targets"].keys() - stored:
-                        kernel.del_target(sock, record, placeholder(where))
+                        sock.del_target(record, placeholder(where))
+                    sock.commit()
                     if record["vip_added"] and not kernel.vip_is_local(record["addr"]):
                         kernel.add_vip(record["addr"])
             kernel.sync_snat(records)

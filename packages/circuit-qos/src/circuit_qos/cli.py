@@ -80,14 +80,11 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     if a["--container"] and a["--interface"]:
         raise InvalidInput("give --container or --interface, not both")
     changes = changes_from(a) if a["set"] else None
-    from pyroute2 import IPRoute
-
     from .tc import Links
 
     with nets.store.lock("network", name):
         nets.get(name)
-        with IPRoute() as ipr:
-            links = Links(ipr)
+        with Links() as links:
             target = resolve(a["--container"], ctx.settings.runc_root, must_run=False) \
                 if a["--container"] else None
             chosen = qos.select(nets, name, target, a["--interface"], links)
@@ -104,7 +101,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
                 if "delay" in changes:
                     from .tc import probe_netem
 
-                    probe_netem(ipr)
+                    probe_netem(links)
             elif scoped:
                 for attachment in chosen:
                     new["attachments"].pop(qos.key(attachment), None)
@@ -118,15 +115,12 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
 
 def show(nets: Networks, name: str, fmt: str) -> int:
     """The network's policy and each attachment's policy and live counters."""
-    from pyroute2 import IPRoute
-
     from .tc import Links, counters
 
     nets.get(name)
     record = qos.load(nets, name)
     rows = []
-    with IPRoute() as ipr:
-        links = Links(ipr)
+    with Links() as links:
         for attachment in nets.attachments(name).records:
             veth = qos.host_veth(links, attachment) if attachment_netns(attachment) else None
             rows.append({"container_id": attachment["containerId"],
@@ -154,16 +148,13 @@ def show(nets: Networks, name: str, fmt: str) -> int:
 
 def restore(nets: Networks) -> int:
     """Re-apply every stored policy to the attachments whose containers still run."""
-    from pyroute2 import IPRoute
-
     from .tc import Links
 
     directory = nets.store.path("qos")
     names = [os.path.basename(p)[:-len(".json")] for p in nets.store.records(directory)]
     if not names:
         return 0
-    with IPRoute() as ipr:
-        links = Links(ipr)
+    with Links() as links:
         for name in names:
             with nets.store.lock("network", name):
                 record = qos.load(nets, name)

@@ -70,31 +70,31 @@ def shape(policy: dict | None):
     return None if policy is None else Shape(**{k: policy.get(k) for k in FIELDS})
 
 
-def apply(links, attachment: dict, policy: dict | None, previous: dict | None = None) -> None:
-    """Make one attachment's shaping match policy (None: unshaped)."""
+def apply_all(links, attachments: list[dict], old: dict, new: dict) -> None:
+    """Make every attachment's shaping match new, in one batch; if that fails, put back old."""
+    try:
+        _apply(links, attachments, new, old)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            _apply(links, attachments, old, new)
+        raise
+
+
+def _apply(links, attachments: list[dict], record: dict, previous: dict) -> None:
+    """Shape the attachments whose containers still run by record's policies (None:
+    unshaped), from previous's; a container that has exited took its veth with it."""
     from . import tc
 
-    if not attachment_netns(attachment):
-        return  # the container has exited: its veth is gone with it
-    veth = host_veth(links, attachment)
-    if policy is None:
-        tc.teardown_shaping(links, veth)
-    else:
-        tc.setup_shaping(links, veth, shape(policy), shape(previous))
-
-
-def apply_all(links, attachments: list[dict], old: dict, new: dict) -> None:
-    """Apply new to every attachment; if one fails, put back old on those already changed."""
-    done = []
-    try:
-        for attachment in attachments:
-            done.append(attachment)
-            apply(links, attachment, effective(new, attachment), effective(old, attachment))
-    except BaseException:
-        for attachment in done:
-            with contextlib.suppress(Exception):  # the first error is the one to report
-                apply(links, attachment, effective(old, attachment), effective(new, attachment))
-        raise
+    planned = [(host_veth(links, a), effective(record, a), effective(previous, a))
+               for a in attachments if attachment_netns(a)]
+    links.add_ifbs([tc.ifb_name(veth) for veth, policy, _ in planned
+                    if policy and policy.get("rate")])
+    for veth, policy, before in planned:
+        if policy is None:
+            tc.teardown_shaping(links, veth)
+        else:
+            tc.setup_shaping(links, veth, shape(policy), shape(before))
+    links.commit(delay=any(policy and policy.get("delay") for _, policy, _ in planned))
 
 
 def select(nets: Networks, name: str, container=None, interface: str | None = None,
@@ -119,25 +119,22 @@ def select(nets: Networks, name: str, container=None, interface: str | None = No
 
 def attached(nets: Networks, network: dict, attachment: dict) -> None:
     """Shape a new attachment by its network's policy."""
-    from pyroute2 import IPRoute
-
     from .tc import Links
 
-    with IPRoute() as ipr:
-        apply(Links(ipr), attachment, effective(load(nets, network["name"]), attachment))
+    record = load(nets, network["name"])
+    with Links() as links:
+        _apply(links, [attachment], record, {"network": None, "attachments": {}})
 
 
 def detached(nets: Networks, network: dict, attachment: dict) -> None:
     """Remove what shaping left beside the veth (its IFB device), and its own policy."""
-    from pyroute2 import IPRoute
-
     from . import tc
 
-    with IPRoute() as ipr:
-        links = tc.Links(ipr)
+    with tc.Links() as links:
         for iface in attachment["result"].get("interfaces", []):
             if not iface.get("sandbox"):
                 links.delete(tc.ifb_name(iface["name"]))
+        links.commit()
     record = load(nets, network["name"])
     if record["attachments"].pop(key(attachment), None) is not None:
         save(nets, network["name"], record)

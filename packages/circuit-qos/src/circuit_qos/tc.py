@@ -1,4 +1,4 @@
-"""Shaping one host-side veth with tc through pyroute2, in both directions.
+"""Shaping host-side veths with tc, in both directions, through pyroute2's tc messages.
 
 Into the container (egress of the veth):    htb 1: default 1:10 -> class 1:1 at the ceiling
                                             -> class 1:10 at the rate [-> netem 10:]
@@ -7,25 +7,35 @@ Out of the container (ingress of the veth): ingress ffff: -> u32 match-all -> mi
 As the CNI bandwidth plugin does, traffic leaving the container is shaped on an IFB device,
 because a qdisc can only shape what a device sends.
 
-setup_shaping / teardown_shaping are the symmetric pair; counters reads the live statistics.
+setup_shaping / teardown_shaping are the symmetric pair. They queue their requests on the
+Links' Batch, and `Links.commit()` sends what every attachment needs in a few system calls;
+IFB devices are made first (`Links.add_ifbs`), since the redirect names their index.
+counters reads the live statistics.
 """
 
 import errno
 import hashlib
+import socket
 from collections import namedtuple
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from circuit_common.errors import KernelUnsupported, NotFound
+from circuit_common.netlink import NETLINK_ROUTE, NLM_F_DUMP, Batch, NetlinkError
 
 ROOT = 0x10000  # 1:
 PARENT = 0x10001  # 1:1, at the ceiling: what class 1:10 may borrow up to
 CLASS = 0x10010  # 1:10, the default class: it catches all traffic
 NETEM = 0x100000  # 10:
 INGRESS = 0xFFFF0000  # ffff:
+FILTER = 0x80000800  # u32 800::800, the one match-all redirect filter
+TC_H_ROOT, TC_H_INGRESS = 0xFFFFFFFF, 0xFFFFFFF1
 ETH_P_ALL = 0x0003
 UNLIMITED = 100 * 10**9  # bit/s: the class rate when only a delay is set
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTCLASS, RTM_GETTCLASS, RTM_NEWTFILTER = 36, 37, 40, 42, 44
+CREATE = 0x400 | 0x200  # NLM_F_CREATE | NLM_F_EXCL
+REPLACE = 0x400 | 0x100  # NLM_F_CREATE | NLM_F_REPLACE
+IFF_UP = 0x1
+GONE = (errno.ENOENT, errno.EINVAL, errno.ENODEV)  # deleting what is not there
 
 
 # What to apply to one attachment (rates in bit/s, delay in µs, sizes in bytes).
@@ -38,13 +48,26 @@ def ifb_name(veth: str) -> str:
 
 
 class Links:
-    """The netns's links by name, from one dump (a lookup per name would dump them all again)."""
+    """The netns's links by name, from one dump, and the Batch that changes them."""
 
-    def __init__(self, ipr: IPRoute):
-        self.ipr = ipr
-        self.by_name = {link.get_attr("IFLA_IFNAME"): (
+    def __init__(self):
+        self.batch = Batch(NETLINK_ROUTE)
+        self.by_name = self._dump()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.batch.sock.close()
+
+    def _dump(self) -> dict[str, tuple[int, str | None]]:
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+        msg = ifinfmsg()
+        msg["header"]["type"] = RTM_GETLINK
+        return {link.get_attr("IFLA_IFNAME"): (
             link["index"], link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"))
-            for link in ipr.get_links()}
+            for link in self.batch.query(msg, NLM_F_DUMP)}
 
     def index(self, name: str) -> int | None:
         return self.by_name.get(name, (None, None))[0]
@@ -52,98 +75,121 @@ class Links:
     def kind(self, name: str) -> str | None:
         return self.by_name.get(name, (None, None))[1]
 
-    def add_ifb(self, name: str) -> int:
-        self.ipr.link("add", ifname=name, kind="ifb")
-        index = self.ipr.link("get", ifname=name)[0]["index"]
-        self.by_name[name] = (index, "ifb")
-        return index
+    def add_ifbs(self, names: list[str]) -> None:
+        """Make the IFB devices that do not exist yet, up, now."""
+        missing = [name for name in names if self.index(name) is None]
+        for name in missing:
+            self.batch.add(_link_message(RTM_NEWLINK, name, kind="ifb"), CREATE)
+        self.commit()
+        for name in missing:
+            self.by_name[name] = (socket.if_nametoindex(name), "ifb")
 
     def delete(self, name: str) -> None:
-        index = self.index(name)
-        if index is not None:
-            _ignore((errno.ENODEV,), self.ipr.link, "del", index=index)
+        """Queue removing a link (one that is gone already counts as removed)."""
+        if self.index(name) is not None:
+            self.batch.add(_link_message(RTM_DELLINK, name), ignore=(errno.ENODEV,))
             del self.by_name[name]
 
+    def commit(self, delay: bool = False) -> None:
+        """Send every queued request; KernelUnsupported for the first the kernel refused
+        (delay: a netem qdisc was among them)."""
+        try:
+            self.batch.send()
+        except NetlinkError as e:
+            raise explain(e, delay) from None
 
-def _ignore(errnos, call, *args, **kwargs):
-    try:
-        return call(*args, **kwargs)
-    except NetlinkError as e:
-        if e.code not in errnos:
-            raise
-        return None
+
+def _link_message(command: int, name: str, kind: str | None = None):
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    msg = ifinfmsg()
+    msg["header"]["type"] = command
+    msg["attrs"] = [("IFLA_IFNAME", name)]
+    if kind:
+        msg["flags"] = msg["change"] = IFF_UP
+        msg["attrs"].append(("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind)]}))
+    return msg
 
 
-def _htb(ipr: IPRoute, index: int, shape: Shape, rate: int, delay: int | None,
+def _tc_message(command: int, index: int, handle: int, parent: int, kind: str | None = None,
+                info: int = 0, **options):
+    """A tc message as pyroute2's IPRoute.tc builds it (its plugin encodes the options)."""
+    from pyroute2.netlink.rtnl.tcmsg import plugins, tcmsg
+
+    msg = tcmsg()
+    msg["header"]["type"] = command
+    msg["index"], msg["handle"], msg["parent"], msg["info"] = index, handle, parent, info
+    if kind is not None:
+        msg["attrs"] = [("TCA_KIND", kind)]
+        if options:
+            encode = (plugins[kind].get_class_parameters if command == RTM_NEWTCLASS
+                      else plugins[kind].get_parameters)
+            msg["attrs"].append(("TCA_OPTIONS", encode(options)))
+    return msg
+
+
+def _htb(batch: Batch, index: int, shape: Shape, rate: int, delay: int | None,
          had_delay: bool) -> None:
     """HTB root, a default class at rate borrowing up to ceil, netem below it for a delay."""
-    _ignore((errno.EEXIST,), ipr.tc, "add", "htb", index, ROOT, default=CLASS & 0xFFFF)
+    batch.add(_tc_message(RTM_NEWQDISC, index, ROOT, TC_H_ROOT, "htb", default=CLASS & 0xFFFF),
+              CREATE, ignore=(errno.EEXIST,))
     ceil = max(shape.ceil or rate, rate)
     options = {"rate": f"{rate}bit", "ceil": f"{ceil}bit", "prio": shape.priority or 0}
     if shape.buffer:
         options["burst"] = shape.buffer
     if shape.cbuffer:
         options["cburst"] = shape.cbuffer
-    ipr.tc("replace-class", "htb", index, PARENT, parent=ROOT, rate=f"{ceil}bit",
-           ceil=f"{ceil}bit")
-    ipr.tc("replace-class", "htb", index, CLASS, parent=PARENT, **options)
+    batch.add(_tc_message(RTM_NEWTCLASS, index, PARENT, ROOT, "htb", rate=f"{ceil}bit",
+                          ceil=f"{ceil}bit"), REPLACE)
+    batch.add(_tc_message(RTM_NEWTCLASS, index, CLASS, PARENT, "htb", **options), REPLACE)
     if delay:
-        ipr.tc("replace", "netem", index, NETEM, parent=CLASS, delay=delay, limit=100000)
+        batch.add(_tc_message(RTM_NEWQDISC, index, NETEM, CLASS, "netem", delay=delay,
+                              limit=100000), REPLACE)
     elif had_delay:
-        _ignore((errno.ENOENT, errno.EINVAL), ipr.tc, "del", "netem", index, NETEM,
-                parent=CLASS)
+        batch.add(_tc_message(RTM_DELQDISC, index, NETEM, CLASS), ignore=GONE)
 
 
 def setup_shaping(links: Links, veth: str, shape: Shape, previous: Shape | None = None) -> None:
-    """Make veth's qdiscs match shape: rate both ways, delay into the container."""
-    ipr, index = links.ipr, links.index(veth)
+    """Queue what makes veth's qdiscs match shape: rate both ways, delay into the container.
+    With a rate, the IFB device must exist (Links.add_ifbs)."""
+    index = links.index(veth)
     if index is None:
         raise NotFound(f"interface {veth} does not exist")
     had_delay = bool(previous and previous.delay)
-    try:
-        _htb(ipr, index, shape, shape.rate or UNLIMITED, shape.delay, had_delay)
-        if shape.rate:
-            _redirect_ingress(links, index, veth, shape)
-        else:
-            _teardown_ingress(links, index, veth)
-    except NetlinkError as e:
-        raise _explain(e, shape) from None
-
-
-def _redirect_ingress(links: Links, index: int, veth: str, shape: Shape) -> None:
-    ipr, ifb = links.ipr, ifb_name(veth)
-    ifb_index = links.index(ifb)
-    if ifb_index is None:
-        ifb_index = links.add_ifb(ifb)
-        ipr.link("set", index=ifb_index, state="up")
-    _htb(ipr, ifb_index, shape, shape.rate, None, False)
-    if _ignore((errno.EEXIST,), ipr.tc, "add", "ingress", index, INGRESS) is not None:
-        ipr.tc("add-filter", "u32", index, parent=INGRESS, prio=1, protocol=ETH_P_ALL, target=CLASS,
-               keys=["0x0/0x0+0"], action={"kind": "mirred", "direction": "egress",
-                                           "action": "redirect", "ifindex": ifb_index})
+    _htb(links.batch, index, shape, shape.rate or UNLIMITED, shape.delay, had_delay)
+    if not shape.rate:
+        _teardown_ingress(links, index, veth)
+        return
+    ifb_index = links.index(ifb_name(veth))
+    _htb(links.batch, ifb_index, shape, shape.rate, None, False)
+    links.batch.add(_tc_message(RTM_NEWQDISC, index, INGRESS, TC_H_INGRESS, "ingress"),
+                    CREATE, ignore=(errno.EEXIST,))
+    links.batch.add(_tc_message(
+        RTM_NEWTFILTER, index, FILTER, INGRESS, "u32", info=1 << 16 | socket.htons(ETH_P_ALL),
+        target=CLASS, keys=["0x0/0x0+0"], action={
+            "kind": "mirred", "direction": "egress", "action": "redirect",
+            "ifindex": ifb_index}), REPLACE)
 
 
 def _teardown_ingress(links: Links, index: int | None, veth: str) -> None:
     if index is not None:
-        _ignore((errno.ENOENT, errno.EINVAL, errno.ENODEV), links.ipr.tc, "del", "ingress",
-                index, INGRESS)
+        links.batch.add(_tc_message(RTM_DELQDISC, index, INGRESS, TC_H_INGRESS), ignore=GONE)
     links.delete(ifb_name(veth))
 
 
 def teardown_shaping(links: Links, veth: str) -> None:
-    """Remove all circuit added for veth; a veth that is already gone leaves only its IFB."""
+    """Queue removing all circuit added for veth; a veth already gone leaves only its IFB."""
     index = links.index(veth)
     if index is not None:
-        _ignore((errno.ENOENT, errno.EINVAL, errno.ENODEV), links.ipr.tc, "del", index=index,
-                handle=0, parent=0xFFFFFFFF)
+        links.batch.add(_tc_message(RTM_DELQDISC, index, 0, TC_H_ROOT), ignore=GONE)
     _teardown_ingress(links, index, veth)
 
 
-def _explain(e: NetlinkError, shape: Shape) -> Exception:
-    if shape.delay and e.code in (errno.ENOENT, errno.EOPNOTSUPP):
+def explain(e: NetlinkError, delay: bool) -> Exception:
+    if delay and e.errno in (errno.ENOENT, errno.EOPNOTSUPP):
         return KernelUnsupported("this kernel has no netem qdisc (sch_netem), so --delay cannot "
                                  "be applied; load sch_netem or use a kernel that has it")
-    return KernelUnsupported(f"tc failed: {e.args[1] if len(e.args) > 1 else e}")
+    return KernelUnsupported(f"tc failed: {e.strerror}")
 
 
 def counters(links: Links, veth: str) -> dict[str, dict]:
@@ -153,8 +199,8 @@ def counters(links: Links, veth: str) -> dict[str, dict]:
         index = links.index(device)
         if index is None:
             continue
-        for cls in links.ipr.get_classes(index=index):
-            if cls["handle"] == CLASS:
+        for cls in links.batch.query(_tc_message(RTM_GETTCLASS, index, 0, 0), NLM_F_DUMP):
+            if cls["handle"] == CLASS and cls["index"] == index:
                 stats = cls.get_attr("TCA_STATS2")
                 basic = stats.get_attr("TCA_STATS_BASIC") if stats else {}
                 queue = stats.get_attr("TCA_STATS_QUEUE") if stats else {}
@@ -165,15 +211,16 @@ def counters(links: Links, veth: str) -> dict[str, dict]:
     return found
 
 
-def probe_netem(ipr: IPRoute) -> None:
+def probe_netem(links: Links) -> None:
     """KernelUnsupported unless a netem qdisc can be made (on a scratch IFB device)."""
     import os
 
     scratch = f"cqprobe{os.getpid() % 100000}"
-    ipr.link("add", ifname=scratch, kind="ifb")
+    links.add_ifbs([scratch])
     try:
-        ipr.tc("add", "netem", ipr.link("get", ifname=scratch)[0]["index"], NETEM, delay=1000)
-    except NetlinkError as e:
-        raise _explain(e, Shape(delay=1)) from None
+        links.batch.add(_tc_message(RTM_NEWQDISC, links.index(scratch), NETEM, TC_H_ROOT,
+                                    "netem", delay=1000), CREATE)
+        links.commit(delay=True)
     finally:
-        ipr.link("del", ifname=scratch)
+        links.delete(scratch)
+        links.commit()
