@@ -24,6 +24,25 @@ case "$state" in *'"status": *"stopped"'*|*'"status":"stopped"'*) cmd=DEL; netns
 CNI_COMMAND=$cmd CNI_CONTAINERID=$id CNI_NETNS=$netns CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni \\
     /usr/lib/cni/bridge < {conf} > /dev/null
 """
+SHAPED_ANCHOR_HOOK = """#!/bin/sh
+# The shaped anchor: bridge, then bandwidth with bridge's result, executed directly.
+state=$(cat)
+id=$(echo "$state" | sed -n 's/.*"id": *"\\([^"]*\\)".*/\\1/p')
+pid=$(echo "$state" | sed -n 's/.*"pid": *\\([0-9]*\\).*/\\1/p')
+export CNI_CONTAINERID=$id CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni
+shaping='"cniVersion": "0.3.0", "name": "sandbox", "type": "bandwidth", "ingressRate": 5000000,
+    "ingressBurst": 50000, "egressRate": 5000000, "egressBurst": 50000'
+case "$state" in
+*'"status": *"stopped"'*|*'"status":"stopped"'*)
+    echo "{{$shaping}}" | CNI_COMMAND=DEL /usr/lib/cni/bandwidth
+    CNI_COMMAND=DEL /usr/lib/cni/bridge < {conf} > /dev/null;;
+*)
+    export CNI_NETNS=/proc/$pid/ns/net
+    result=$(CNI_COMMAND=ADD /usr/lib/cni/bridge < {conf})
+    echo "{{$shaping, \\"prevResult\\": $result}}" |
+        CNI_COMMAND=ADD /usr/lib/cni/bandwidth > /dev/null;;
+esac
+"""
 
 
 def one_address_conf(host: Host) -> Path:
@@ -60,30 +79,43 @@ def hook_peak_rss_mb(host: Host, runc: Runc, conf: Path) -> float:
     return peak
 
 
+def script_hooks(path: Path, text: str) -> dict:
+    path.write_text(text)
+    path.chmod(0o755)
+    entry = {"path": str(path), "env": ["PATH=/usr/bin:/bin:/usr/sbin:/sbin"]}
+    return {"createRuntime": [entry], "poststop": [entry]}
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         host = Host(Path(tmp))
         runc = Runc(host, make_rootfs(Path(tmp) / "rootfs"))
         try:
             conf = one_address_conf(host)
-            anchor = Path(tmp) / "anchor-hook"
-            anchor.write_text(ANCHOR_HOOK.format(conf=conf))
-            anchor.chmod(0o755)
-            entry = {"path": str(anchor), "env": ["PATH=/usr/bin:/bin:/usr/sbin:/sbin"]}
-            anchor_hooks = {"createRuntime": [entry], "poststop": [entry]}
+            anchor_hooks = script_hooks(Path(tmp) / "anchor-hook", ANCHOR_HOOK.format(conf=conf))
+            shaped_hooks = script_hooks(Path(tmp) / "shaped-anchor-hook",
+                                        SHAPED_ANCHOR_HOOK.format(conf=conf))
             circuit_hooks = documented_hooks("createRuntime", {
                 "CNI_CONF": conf, "CIRCUIT_STATE_DIR": host.state})
-            times = {"anchor": [], "circuit": []}
+            times = {k: [] for k in ("anchor", "circuit", "shaped anchor", "shaped circuit")}
             for _ in range(RUNS):  # interleaved, so drift hits both alike
                 times["anchor"].append(time_to_ping(host, runc, anchor_hooks))
                 times["circuit"].append(time_to_ping(host, runc, circuit_hooks))
             rss = hook_peak_rss_mb(host, runc, conf)
+            host.circuit("network", "qos", "set", "--rate", "5mbit", "sandbox")
+            for _ in range(RUNS):
+                times["shaped anchor"].append(time_to_ping(host, runc, shaped_hooks))
+                times["shaped circuit"].append(time_to_ping(host, runc, circuit_hooks))
         finally:
             runc.close()
             host.close()
-    a, c = statistics.median(times["anchor"]), statistics.median(times["circuit"])
+    m = {k: statistics.median(v) for k, v in times.items()}
+    a, c = m["anchor"], m["circuit"]
     print(f"runc run -d → ping, median of {RUNS}: shell hook running bridge {a:.0f} ms, "
           f"circuit hook {c:.0f} ms: circuit adds {c - a:+.0f} ms (budget +50 ms)")
+    sa, sc = m["shaped anchor"], m["shaped circuit"]
+    print(f"with a 5 Mbit/s QoS policy: shell hook running bridge + bandwidth {sa:.0f} ms, "
+          f"circuit hook {sc:.0f} ms: circuit adds {sc - sa:+.0f} ms")
     print(f"circuit hook peak RSS: {rss:.1f} MB (budget 40 MB)")
     return 0 if c - a <= 50 and rss <= 40 else 1
 

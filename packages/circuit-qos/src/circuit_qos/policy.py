@@ -117,12 +117,21 @@ def select(nets: Networks, name: str, container=None, interface: str | None = No
 
 # -- called by circuit-net for each attach and detach on a network that has a QoS policy ------
 
+def host_links(attachment: dict) -> list[str]:
+    """The host-side interfaces of an attachment and the IFB devices that would shape them."""
+    from .tc import ifb_name
+
+    names = [i["name"] for i in attachment["result"].get("interfaces", [])
+             if not i.get("sandbox")]
+    return names + [ifb_name(name) for name in names]
+
+
 def attached(nets: Networks, network: dict, attachment: dict) -> None:
     """Shape a new attachment by its network's policy."""
     from .tc import Links
 
     record = load(nets, network["name"])
-    with Links() as links:
+    with Links(host_links(attachment)) as links:
         _apply(links, [attachment], record, {"network": None, "attachments": {}})
 
 
@@ -130,10 +139,10 @@ def detached(nets: Networks, network: dict, attachment: dict) -> None:
     """Remove what shaping left beside the veth (its IFB device), and its own policy."""
     from . import tc
 
-    with tc.Links() as links:
-        for iface in attachment["result"].get("interfaces", []):
-            if not iface.get("sandbox"):
-                links.delete(tc.ifb_name(iface["name"]))
+    with tc.Links(host_links(attachment)) as links:
+        for name in host_links(attachment):
+            if links.kind(name) == "ifb":
+                links.delete(name)
         links.commit()
     record = load(nets, network["name"])
     if record["attachments"].pop(key(attachment), None) is not None:

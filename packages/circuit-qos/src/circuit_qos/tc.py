@@ -48,11 +48,20 @@ def ifb_name(veth: str) -> str:
 
 
 class Links:
-    """The netns's links by name, from one dump, and the Batch that changes them."""
+    """The netns's links by name and the Batch that changes them: all links (one dump), or
+    only those named (one get each, for one attachment on a host with many)."""
 
-    def __init__(self):
+    def __init__(self, names: list[str] | None = None):
         self.batch = Batch(NETLINK_ROUTE)
-        self.by_name = self._dump()
+        self.by_name = {}
+        if names is None:
+            self._learn(self.batch.query(_link_message(RTM_GETLINK), NLM_F_DUMP))
+        for name in names or ():
+            try:
+                self._learn(self.batch.query(_link_message(RTM_GETLINK, name)))
+            except NetlinkError as e:
+                if e.errno != errno.ENODEV:
+                    raise
 
     def __enter__(self):
         return self
@@ -60,14 +69,10 @@ class Links:
     def __exit__(self, *exc):
         self.batch.sock.close()
 
-    def _dump(self) -> dict[str, tuple[int, str | None]]:
-        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
-        msg = ifinfmsg()
-        msg["header"]["type"] = RTM_GETLINK
-        return {link.get_attr("IFLA_IFNAME"): (
-            link["index"], link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"))
-            for link in self.batch.query(msg, NLM_F_DUMP)}
+    def _learn(self, links: list) -> None:
+        for link in links:
+            self.by_name[link.get_attr("IFLA_IFNAME")] = (
+                link["index"], link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"))
 
     def index(self, name: str) -> int | None:
         return self.by_name.get(name, (None, None))[0]
@@ -99,12 +104,12 @@ class Links:
             raise explain(e, delay) from None
 
 
-def _link_message(command: int, name: str, kind: str | None = None):
+def _link_message(command: int, name: str | None = None, kind: str | None = None):
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
     msg = ifinfmsg()
     msg["header"]["type"] = command
-    msg["attrs"] = [("IFLA_IFNAME", name)]
+    msg["attrs"] = [("IFLA_IFNAME", name)] if name else []
     if kind:
         msg["flags"] = msg["change"] = IFF_UP
         msg["attrs"].append(("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind)]}))
