@@ -64,3 +64,52 @@ def test_send_reports_the_first_refusal_and_counts_ignored_ones_as_done():
             batch.add(delete_missing_link(), ignore=REFUSED)
         assert batch.send() == 3 * CHUNK + 1
         assert batch.send() == 0
+
+
+def test_template_copies_are_the_bytes_pyroute2_encodes():
+    import random
+
+    from circuit_common.netlink import Template
+    from circuit_lb import kernel
+
+    service = {"addr": "10.100.99.1", "port": 80, "protocol": "tcp", "scheduler": "rr"}
+    rng = random.Random(7)
+
+    def target(version: int) -> dict:
+        addr = (f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}"
+                if version == 4 else f"fd00::{rng.randrange(65536):x}")
+        return {"addr": addr, "port": rng.randrange(1, 65536), "weight": rng.randrange(65536),
+                "forward": rng.choice(("masq", "route"))}
+
+    for command in (kernel.IPVS_CMD_NEW_DEST, kernel.IPVS_CMD_DEL_DEST):
+        for version in (4, 6):
+            template = Template(kernel.message(30, command, service, target(version)), 0,
+                                kernel.TARGET_SLOTS)
+            for sequence in range(1, 50):
+                one = target(version)
+                expected = kernel.message(30, command, service, one)
+                expected["header"]["flags"] = 0x1  # NLM_F_REQUEST
+                expected["header"]["sequence_number"] = sequence
+                expected.encode()
+                assert template.copy(sequence, kernel.target_values(one)) == bytes(expected.data)
+
+
+def test_template_field_slots_and_wrong_sizes():
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    from circuit_common.netlink import Template
+
+    def qdisc(index):
+        msg = tcmsg()
+        msg["header"]["type"] = 36  # RTM_NEWQDISC
+        msg["index"], msg["handle"], msg["parent"] = index, 0x10000, 0xFFFFFFFF
+        msg["attrs"] = [("TCA_KIND", "htb")]
+        return msg
+
+    template = Template(qdisc(1), 0, {"index": ("index",)})
+    expected = qdisc(4242)
+    expected["header"]["flags"], expected["header"]["sequence_number"] = 0x1, 9
+    expected.encode()
+    assert template.copy(9, {"index": (4242).to_bytes(4, sys.byteorder)}) == bytes(expected.data)
+    with pytest.raises(ValueError):
+        template.copy(9, {"index": b"\x01"})

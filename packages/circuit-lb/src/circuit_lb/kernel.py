@@ -5,12 +5,20 @@ that brings masq replies back through the host (nftables table `circuit_lb`)."""
 import errno
 import os
 import socket
+import struct
 import subprocess
 import sys
 from contextlib import contextmanager
 
 from circuit_common.errors import InvalidInput, KernelUnsupported, NotFound
-from circuit_common.netlink import NETLINK_GENERIC, NETLINK_ROUTE, NLM_F_DUMP, Batch, family_id
+from circuit_common.netlink import (
+    NETLINK_GENERIC,
+    NETLINK_ROUTE,
+    NLM_F_DUMP,
+    Batch,
+    Template,
+    family_id,
+)
 
 from .address import Endpoint
 
@@ -80,19 +88,10 @@ class Ipvs:
     def __init__(self):
         self.batch = Batch(NETLINK_GENERIC)
         self.family = family_id(self.batch, "IPVS")
+        self.templates: dict[tuple, Template] = {}
 
     def _message(self, command: int, service: dict, dest: dict | None = None):
-        from pyroute2.netlink.generic.ipvs import ipvsmsg
-
-        msg = ipvsmsg()
-        msg["cmd"] = command
-        msg["version"] = 1
-        msg["attrs"] = [("IPVS_CMD_ATTR_SERVICE", {"attrs": service_attrs(service,
-                                                                          full=dest is None)})]
-        if dest is not None:
-            msg["attrs"].append(("IPVS_CMD_ATTR_DEST", {"attrs": dest_attrs(dest)}))
-        msg["header"]["type"] = self.family
-        return msg
+        return message(self.family, command, service, dest)
 
     def _now(self, command: int, service: dict, flags: int = 0, ignore=()) -> None:
         self.batch.add(self._message(command, service), flags, ignore)
@@ -115,13 +114,21 @@ class Ipvs:
 
     def set_target(self, service: dict, target: dict, exists: bool) -> None:
         """Queue adding target, or changing its weight and forwarding when it exists."""
-        command = IPVS_CMD_SET_DEST if exists else IPVS_CMD_NEW_DEST
-        self.batch.add(self._message(command, service, target))
+        self._queue_target(IPVS_CMD_SET_DEST if exists else IPVS_CMD_NEW_DEST, service, target)
 
     def del_target(self, service: dict, target: dict) -> None:
         """Queue removing target; one that is not there counts as removed."""
-        self.batch.add(self._message(IPVS_CMD_DEL_DEST, service, target),
-                       ignore=(errno.ESRCH, errno.ENOENT))
+        self._queue_target(IPVS_CMD_DEL_DEST, service, target, ignore=(errno.ESRCH, errno.ENOENT))
+
+    def _queue_target(self, command: int, service: dict, target: dict, ignore=()) -> None:
+        """A copy of the service's template for command, with target's values (thousands of
+        targets: pyroute2 encodes one message per command, service and IP version)."""
+        family = socket.AF_INET6 if ":" in target["addr"] else socket.AF_INET
+        key = (command, family, service["protocol"], service["addr"], service["port"])
+        if key not in self.templates:
+            self.templates[key] = Template(self._message(command, service, target), 0,
+                                           TARGET_SLOTS)
+        self.batch.add_copy(self.templates[key], target_values(target), ignore)
 
     def commit(self) -> None:
         """Send what is queued; NetlinkError (an OSError) for the first refused request."""
@@ -154,6 +161,32 @@ class Ipvs:
 IPVS_CMD_NEW_SERVICE, IPVS_CMD_SET_SERVICE, IPVS_CMD_DEL_SERVICE, IPVS_CMD_GET_SERVICE = 1, 2, 3, 4
 IPVS_CMD_NEW_DEST, IPVS_CMD_SET_DEST, IPVS_CMD_DEL_DEST, IPVS_CMD_GET_DEST = 5, 6, 7, 8
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
+TARGET_SLOTS = {name: ("IPVS_CMD_ATTR_DEST", f"IPVS_DEST_ATTR_{attr}") for name, attr in (
+    ("addr", "ADDR"), ("port", "PORT"), ("weight", "WEIGHT"), ("forward", "FWD_METHOD"))}
+
+
+def message(family: int, command: int, service: dict, dest: dict | None = None):
+    """An IPVS request (pyroute2's ipvsmsg) about service, or about its target dest."""
+    from pyroute2.netlink.generic.ipvs import ipvsmsg
+
+    msg = ipvsmsg()
+    msg["cmd"] = command
+    msg["version"] = 1
+    msg["attrs"] = [("IPVS_CMD_ATTR_SERVICE", {"attrs": service_attrs(service,
+                                                                      full=dest is None)})]
+    if dest is not None:
+        msg["attrs"].append(("IPVS_CMD_ATTR_DEST", {"attrs": dest_attrs(dest)}))
+    msg["header"]["type"] = family
+    return msg
+
+
+def target_values(target: dict) -> dict[str, bytes]:
+    """A target's values for the TARGET_SLOTS of a template, as the kernel reads them."""
+    family = socket.AF_INET6 if ":" in target["addr"] else socket.AF_INET
+    return {"addr": socket.inet_pton(family, target["addr"]),
+            "port": struct.pack("!H", target["port"]),
+            "weight": struct.pack("=I", target["weight"]),
+            "forward": struct.pack("=I", FORWARDS[target["forward"]])}
 
 
 def service_attrs(service: dict, full: bool = True) -> list:

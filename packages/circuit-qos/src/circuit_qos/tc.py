@@ -9,17 +9,19 @@ because a qdisc can only shape what a device sends.
 
 setup_shaping / teardown_shaping are the symmetric pair. They queue their requests on the
 Links' Batch, and `Links.commit()` sends what every attachment needs in a few system calls;
-IFB devices are made first (`Links.add_ifbs`), since the redirect names their index.
-counters reads the live statistics.
+IFB devices are made first (`Links.add_ifbs`), since the redirect names their index. Every
+attachment of a network gets the same requests but for its device: pyroute2 encodes each once
+(`Links.tc`), the others are copies with the device's index. counters reads live statistics.
 """
 
 import errno
 import hashlib
 import socket
+import struct
 from collections import namedtuple
 
 from circuit_common.errors import KernelUnsupported, NotFound
-from circuit_common.netlink import NETLINK_ROUTE, NLM_F_DUMP, Batch, NetlinkError
+from circuit_common.netlink import NETLINK_ROUTE, NLM_F_DUMP, Batch, NetlinkError, Template
 
 ROOT = 0x10000  # 1:
 PARENT = 0x10001  # 1:1, at the ceiling: what class 1:10 may borrow up to
@@ -27,6 +29,8 @@ CLASS = 0x10010  # 1:10, the default class: it catches all traffic
 NETEM = 0x100000  # 10:
 INGRESS = 0xFFFF0000  # ffff:
 FILTER = 0x80000800  # u32 800::800, the one match-all redirect filter
+MIRRED_IFINDEX = ("TCA_OPTIONS", "TCA_U32_ACT", "TCA_ACT_PRIO_1", "TCA_ACT_OPTIONS",
+                  "TCA_MIRRED_PARMS", "ifindex")
 TC_H_ROOT, TC_H_INGRESS = 0xFFFFFFFF, 0xFFFFFFF1
 ETH_P_ALL = 0x0003
 UNLIMITED = 100 * 10**9  # bit/s: the class rate when only a delay is set
@@ -53,6 +57,7 @@ class Links:
 
     def __init__(self, names: list[str] | None = None):
         self.batch = Batch(NETLINK_ROUTE)
+        self.templates: dict[tuple, Template] = {}
         self.by_name = {}
         if names is None:
             self._learn(self.batch.query(_link_message(RTM_GETLINK), NLM_F_DUMP))
@@ -95,6 +100,24 @@ class Links:
             self.batch.add(_link_message(RTM_DELLINK, name), ignore=(errno.ENODEV,))
             del self.by_name[name]
 
+    def tc(self, command: int, index: int, handle: int, parent: int, kind: str | None = None,
+           flags: int = 0, ignore=(), info: int = 0, redirect: int | None = None,
+           **options) -> None:
+        """Queue a tc request for device index (redirect: where a mirred action sends packets):
+        a copy of the same request pyroute2 encoded for the first device."""
+        key = (command, handle, parent, kind, flags, info, repr(sorted(options.items())))
+        slots = {"index": ("index",)}
+        values = {"index": struct.pack("=i", index)}
+        if redirect is not None:
+            options["action"] = {"kind": "mirred", "direction": "egress", "action": "redirect",
+                                 "ifindex": redirect}
+            slots["redirect"] = MIRRED_IFINDEX
+            values["redirect"] = struct.pack("=I", redirect)
+        if key not in self.templates:
+            self.templates[key] = Template(
+                _tc_message(command, index, handle, parent, kind, info, **options), flags, slots)
+        self.batch.add_copy(self.templates[key], values, ignore)
+
     def commit(self, delay: bool = False) -> None:
         """Send every queued request; KernelUnsupported for the first the kernel refused
         (delay: a netem qdisc was among them)."""
@@ -133,25 +156,24 @@ def _tc_message(command: int, index: int, handle: int, parent: int, kind: str | 
     return msg
 
 
-def _htb(batch: Batch, index: int, shape: Shape, rate: int, delay: int | None,
+def _htb(links: Links, index: int, shape: Shape, rate: int, delay: int | None,
          had_delay: bool) -> None:
     """HTB root, a default class at rate borrowing up to ceil, netem below it for a delay."""
-    batch.add(_tc_message(RTM_NEWQDISC, index, ROOT, TC_H_ROOT, "htb", default=CLASS & 0xFFFF),
-              CREATE, ignore=(errno.EEXIST,))
+    links.tc(RTM_NEWQDISC, index, ROOT, TC_H_ROOT, "htb", CREATE, ignore=(errno.EEXIST,),
+             default=CLASS & 0xFFFF)
     ceil = max(shape.ceil or rate, rate)
     options = {"rate": f"{rate}bit", "ceil": f"{ceil}bit", "prio": shape.priority or 0}
     if shape.buffer:
         options["burst"] = shape.buffer
     if shape.cbuffer:
         options["cburst"] = shape.cbuffer
-    batch.add(_tc_message(RTM_NEWTCLASS, index, PARENT, ROOT, "htb", rate=f"{ceil}bit",
-                          ceil=f"{ceil}bit"), REPLACE)
-    batch.add(_tc_message(RTM_NEWTCLASS, index, CLASS, PARENT, "htb", **options), REPLACE)
+    links.tc(RTM_NEWTCLASS, index, PARENT, ROOT, "htb", REPLACE, rate=f"{ceil}bit",
+             ceil=f"{ceil}bit")
+    links.tc(RTM_NEWTCLASS, index, CLASS, PARENT, "htb", REPLACE, **options)
     if delay:
-        batch.add(_tc_message(RTM_NEWQDISC, index, NETEM, CLASS, "netem", delay=delay,
-                              limit=100000), REPLACE)
+        links.tc(RTM_NEWQDISC, index, NETEM, CLASS, "netem", REPLACE, delay=delay, limit=100000)
     elif had_delay:
-        batch.add(_tc_message(RTM_DELQDISC, index, NETEM, CLASS), ignore=GONE)
+        links.tc(RTM_DELQDISC, index, NETEM, CLASS, ignore=GONE)
 
 
 def setup_shaping(links: Links, veth: str, shape: Shape, previous: Shape | None = None) -> None:
@@ -161,24 +183,22 @@ def setup_shaping(links: Links, veth: str, shape: Shape, previous: Shape | None 
     if index is None:
         raise NotFound(f"interface {veth} does not exist")
     had_delay = bool(previous and previous.delay)
-    _htb(links.batch, index, shape, shape.rate or UNLIMITED, shape.delay, had_delay)
+    _htb(links, index, shape, shape.rate or UNLIMITED, shape.delay, had_delay)
     if not shape.rate:
         _teardown_ingress(links, index, veth)
         return
     ifb_index = links.index(ifb_name(veth))
-    _htb(links.batch, ifb_index, shape, shape.rate, None, False)
-    links.batch.add(_tc_message(RTM_NEWQDISC, index, INGRESS, TC_H_INGRESS, "ingress"),
-                    CREATE, ignore=(errno.EEXIST,))
-    links.batch.add(_tc_message(
-        RTM_NEWTFILTER, index, FILTER, INGRESS, "u32", info=1 << 16 | socket.htons(ETH_P_ALL),
-        target=CLASS, keys=["0x0/0x0+0"], action={
-            "kind": "mirred", "direction": "egress", "action": "redirect",
-            "ifindex": ifb_index}), REPLACE)
+    _htb(links, ifb_index, shape, shape.rate, None, False)
+    links.tc(RTM_NEWQDISC, index, INGRESS, TC_H_INGRESS, "ingress", CREATE,
+             ignore=(errno.EEXIST,))
+    links.tc(RTM_NEWTFILTER, index, FILTER, INGRESS, "u32", REPLACE,
+             info=1 << 16 | socket.htons(ETH_P_ALL), redirect=ifb_index, target=CLASS,
+             keys=["0x0/0x0+0"])
 
 
 def _teardown_ingress(links: Links, index: int | None, veth: str) -> None:
     if index is not None:
-        links.batch.add(_tc_message(RTM_DELQDISC, index, INGRESS, TC_H_INGRESS), ignore=GONE)
+        links.tc(RTM_DELQDISC, index, INGRESS, TC_H_INGRESS, ignore=GONE)
     links.delete(ifb_name(veth))
 
 
@@ -186,7 +206,7 @@ def teardown_shaping(links: Links, veth: str) -> None:
     """Queue removing all circuit added for veth; a veth already gone leaves only its IFB."""
     index = links.index(veth)
     if index is not None:
-        links.batch.add(_tc_message(RTM_DELQDISC, index, 0, TC_H_ROOT), ignore=GONE)
+        links.tc(RTM_DELQDISC, index, 0, TC_H_ROOT, ignore=GONE)
     _teardown_ingress(links, index, veth)
 
 
@@ -223,8 +243,8 @@ def probe_netem(links: Links) -> None:
     scratch = f"cqprobe{os.getpid() % 100000}"
     links.add_ifbs([scratch])
     try:
-        links.batch.add(_tc_message(RTM_NEWQDISC, links.index(scratch), NETEM, TC_H_ROOT,
-                                    "netem", delay=1000), CREATE)
+        links.tc(RTM_NEWQDISC, links.index(scratch), NETEM, TC_H_ROOT, "netem", CREATE,
+                 delay=1000)
         links.commit(delay=True)
     finally:
         links.delete(scratch)

@@ -25,7 +25,7 @@ NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # an error acknowledgement carries only the request's header
-CHUNK = 64  # requests per send: their acknowledgements must fit the receive buffer
+CHUNK = 64  # requests per send: their refusals must fit the receive buffer
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 
 
@@ -78,28 +78,38 @@ class Batch:
 
     def add(self, msg, flags: int = 0, ignore: tuple[int, ...] = ()) -> None:
         """Queue a request (msg["header"]["type"] set); errors in ignore count as success."""
-        sequence, data = self._encode(msg, flags | NLM_F_ACK)
+        sequence, data = self._encode(msg, flags)
         self.pending.append((sequence, data, ignore))
+
+    def add_copy(self, template: "Template", values: dict[str, bytes],
+                 ignore: tuple[int, ...] = ()) -> None:
+        """Queue a copy of template's request with values in its slots."""
+        self.sequence += 1
+        self.pending.append((self.sequence, template.copy(self.sequence, values), ignore))
 
     def send(self) -> int:
         """Send the queued requests in order; NetlinkError for the first the kernel refused.
 
-        The requests of the chunk that failed are all tried; later chunks are not sent.
-        Returns how many requests were sent."""
+        The kernel answers only a refusal, and the last request of each chunk (NLM_F_ACK): it
+        handles a chunk's requests in order, so that answer comes after every refusal. The
+        requests of the chunk that failed are all tried; later chunks are not sent. Returns
+        how many requests were sent."""
         pending, self.pending = self.pending, []
         for start in range(0, len(pending), CHUNK):
             chunk = pending[start:start + CHUNK]
-            self.sock.sendall(b"".join(data for _, data, _ in chunk))
+            last = bytearray(chunk[-1][1])
+            struct.pack_into("=H", last, 6, HEADER.unpack_from(last)[2] | NLM_F_ACK)
+            self.sock.sendall(b"".join(data for _, data, _ in chunk[:-1]) + last)
             ignore = {sequence: codes for sequence, _, codes in chunk}
-            failure = None
-            while ignore:
+            failure, answered = None, False
+            while not answered:
                 for sequence, kind, payload in self._receive():
                     if kind != NLMSG_ERROR or sequence not in ignore:
                         continue
                     code = -struct.unpack_from("=i", payload)[0]
                     if code and code not in ignore[sequence] and failure is None:
                         failure = code
-                    del ignore[sequence]
+                    answered = sequence == chunk[-1][0]
             if failure is not None:
                 raise NetlinkError(failure)
         return len(pending)
@@ -136,6 +146,47 @@ class Batch:
             length, kind, _, sequence, _ = HEADER.unpack_from(data, offset)
             yield sequence, kind, data[offset + HEADER.size:offset + length]
             offset += (length + 3) & ~3
+
+
+class Template:
+    """One request encoded by pyroute2, for many that differ only in fixed-size values.
+
+    pyroute2 takes about 0.3 ms to encode an IPVS target or an HTB class (seconds for thousands,
+    and 30 times that in the VM); a copy of the encoded bytes with new values written where
+    pyroute2 put them takes a few µs. slots name those places: a path of attribute names to a
+    value (("IPVS_CMD_ATTR_DEST", "IPVS_DEST_ATTR_PORT")), whose last name may be a field
+    (("index",): the message's own). Values are given as the kernel reads them (network order
+    for be16, and so on)."""
+
+    def __init__(self, msg, flags: int, slots: dict[str, tuple[str, ...]]):
+        msg["header"]["flags"] = flags | NLM_F_REQUEST
+        msg.encode()
+        self.data = bytes(msg.data)
+        self.slots = {name: _span(msg, path) for name, path in slots.items()}
+
+    def copy(self, sequence: int, values: dict[str, bytes]) -> bytes:
+        data = bytearray(self.data)
+        struct.pack_into("=I", data, 8, sequence)  # nlmsghdr's sequence number
+        for name, value in values.items():
+            start, length = self.slots[name]
+            if len(value) != length:
+                raise ValueError(f"{name}: {len(value)} bytes where the template has {length}")
+            data[start:start + length] = value
+        return bytes(data)
+
+
+def _span(msg, path: tuple[str, ...]) -> tuple[int, int]:
+    """Where the value at path lies in msg's encoding: attribute names down to a value, the
+    last name possibly a field of the message or attribute reached."""
+    node, start = msg, HEADER.size
+    for name in path:
+        sizes = [(field, struct.calcsize("=" + fmt.lstrip("<>!=@"))) for field, fmt in node.fields]
+        if name in dict(sizes):
+            before = sum(size for _, size in sizes[:[f for f, _ in sizes].index(name)])
+            return start + before, dict(sizes)[name]
+        node = next(slot.cell[1] for slot in node["attrs"] if slot.cell[0] == name)
+        start = node.offset + 4
+    return start, node.length - 4
 
 
 class NetlinkError(OSError):
