@@ -157,3 +157,20 @@ def test_ipv6_service_balances_and_restores(host, tmp_path):
     host.circuit("lb", "delete", "web6")
     assert "TCP" not in host.run("ipvsadm", "-Ln").stdout
     assert vip not in host.run("ip", "addr", "show", "dev", "lo").stdout
+
+
+def test_a_change_the_kernel_refuses_leaves_kernel_and_state_as_they_were(host):
+    host.circuit("lb", "create", "web", f"{VIP}:80")
+    host.circuit("lb", "add", "web", "10.200.0.1:80")
+    # someone adds a target behind circuit's back: circuit's NEW_DEST for it is refused
+    host.run("ipvsadm", "-a", "-t", f"{VIP}:80", "-r", "10.200.0.2:80", "-m")
+    before, kernel = snapshot(host.state), host.run("ipvsadm", "-Ln").stdout
+    proc = host.circuit("lb", "add", "web", "10.200.0.3:80", "10.200.0.2:80", "10.200.0.4:80",
+                        check=False)
+    assert proc.returncode == 5 and "circuit restore" in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+    assert snapshot(host.state) == before and host.run("ipvsadm", "-Ln").stdout == kernel
+
+    assert "service web restored" in host.circuit("restore").stdout
+    assert "10.200.0.2" not in host.run("ipvsadm", "-Ln").stdout
+    host.circuit("lb", "delete", "web")

@@ -60,10 +60,17 @@ def test_send_reports_the_first_refusal_and_counts_ignored_ones_as_done():
         with pytest.raises(NetlinkError) as refused:
             batch.send()
         assert refused.value.errno in REFUSED and refused.value.strerror
-        for _ in range(3 * CHUNK + 1):  # several chunks, every acknowledgement read
+        for _ in range(3 * CHUNK + 1):  # several chunks, every refusal read
             batch.add(delete_missing_link(), ignore=REFUSED)
         assert batch.send() == 3 * CHUNK + 1
         assert batch.send() == 0
+
+        for position in range(2 * CHUNK):  # one refusal, in the second chunk
+            batch.add(delete_missing_link(), ignore=() if position == CHUNK + 1 else REFUSED)
+        batch.add(delete_missing_link())  # the third chunk: never sent, so not refused
+        with pytest.raises(NetlinkError) as refused:
+            batch.send()
+        assert refused.value.done == [p for p in range(2 * CHUNK) if p != CHUNK + 1]
 
 
 def test_template_copies_are_the_bytes_pyroute2_encodes():

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 
-from circuit_common.errors import InvalidInput, KernelUnsupported, NotFound
+from circuit_common.errors import Conflict, InvalidInput, KernelUnsupported, NotFound
 from circuit_common.netlink import (
     NETLINK_GENERIC,
     NETLINK_ROUTE,
@@ -225,6 +225,14 @@ def netlink_error(e: OSError, service: dict) -> Exception:
         return InvalidInput(f"the kernel already has a service at {service['protocol']} "
                             f"{service['addr']}:{service['port']} (made outside circuit?)")
     return KernelUnsupported(f"IPVS refused the change: {e}")
+
+
+def target_error(e: OSError, service: dict) -> Exception:
+    if e.errno in (errno.EEXIST, errno.ENOENT, errno.ESRCH):
+        return Conflict(f"the kernel's targets of service {service['name']} differ from "
+                        f"circuit's ({e.strerror}); `circuit lb list` shows how, `circuit "
+                        "restore` makes the kernel match")
+    return KernelUnsupported(f"IPVS refused the change: {e.strerror}")
 
 
 # -- the VIP made local, so that traffic to it reaches IPVS -------------------------------------

@@ -10,6 +10,7 @@ import time
 
 from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound
+from circuit_common.netlink import NetlinkError
 from circuit_common.validate import check_name
 
 from . import kernel
@@ -135,7 +136,11 @@ class Services:
                     if where not in wanted:
                         sock.del_target(record, target)
                         touched.append(where)
-                sock.commit()
+                try:
+                    sock.commit()
+                except NetlinkError as e:
+                    touched = [touched[i] for i in e.done]  # a refused request changed nothing
+                    raise kernel.target_error(e, record) from None
                 record["targets"] = sorted(wanted.values(), key=lambda t: endpoint(t))
                 self._save_and_sync(record, record["name"])
             except BaseException:

@@ -92,8 +92,9 @@ class Batch:
 
         The kernel answers only a refusal, and the last request of each chunk (NLM_F_ACK): it
         handles a chunk's requests in order, so that answer comes after every refusal. The
-        requests of the chunk that failed are all tried; later chunks are not sent. Returns
-        how many requests were sent."""
+        requests of the chunk that failed are all tried; later chunks are not sent. The
+        error's `done` lists the positions (in the order added) of the requests carried out.
+        Returns how many requests were sent."""
         pending, self.pending = self.pending, []
         for start in range(0, len(pending), CHUNK):
             chunk = pending[start:start + CHUNK]
@@ -101,17 +102,20 @@ class Batch:
             struct.pack_into("=H", last, 6, HEADER.unpack_from(last)[2] | NLM_F_ACK)
             self.sock.sendall(b"".join(data for _, data, _ in chunk[:-1]) + last)
             ignore = {sequence: codes for sequence, _, codes in chunk}
-            failure, answered = None, False
+            refused, answered = {}, False
             while not answered:
                 for sequence, kind, payload in self._receive():
                     if kind != NLMSG_ERROR or sequence not in ignore:
                         continue
                     code = -struct.unpack_from("=i", payload)[0]
-                    if code and code not in ignore[sequence] and failure is None:
-                        failure = code
+                    if code and code not in ignore[sequence]:
+                        refused.setdefault(sequence, code)
                     answered = sequence == chunk[-1][0]
-            if failure is not None:
-                raise NetlinkError(failure)
+            if refused:
+                error = NetlinkError(refused[min(refused)])
+                error.done = [i for i, (sequence, _, _) in enumerate(pending[:start + CHUNK])
+                              if sequence not in refused]
+                raise error
         return len(pending)
 
     def query(self, msg, flags: int = 0) -> list:
@@ -190,10 +194,12 @@ def _span(msg, path: tuple[str, ...]) -> tuple[int, int]:
 
 
 class NetlinkError(OSError):
-    """The kernel refused a request; errno says why."""
+    """The kernel refused a request; errno says why. From Batch.send, done lists the positions
+    of the requests that were carried out."""
 
     def __init__(self, code: int):
         super().__init__(code, os.strerror(code))
+        self.done: list[int] = []
 
 
 def family_id(batch: Batch, name: str) -> int:
