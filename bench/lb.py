@@ -26,7 +26,7 @@ def main() -> int:
     targets = [f"10.{200 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}:80" for i in range(TARGETS)]
     rules = f"-A -t {VIP} -s rr\n" + "".join(f"-a -t {VIP} -r {t} -m -w 1\n" for t in targets)
     stdin = "".join(f"{t} 1\n" for t in targets)
-    times: dict[str, list[float]] = {k: [] for k in ("restore", "add", "ln", "list")}
+    times: dict[str, list[float]] = {k: [] for k in ("restore", "add", "ln", "list", "python")}
     with tempfile.TemporaryDirectory() as tmp:
         host = Host(Path(tmp))
         host.run("ip", "addr", "add", VIP.split(":")[0] + "/32", "dev", "lo")
@@ -41,6 +41,7 @@ def main() -> int:
                 times["list"].append(timed(lambda: host.run(
                     CIRCUIT, "--state", host.state, "lb", "list", "--details")))
                 host.circuit("lb", "delete", "bench")
+                times["python"].append(timed(lambda: host.run(sys.executable, "-c", "pass")))
         finally:
             host.close()
     m = {k: statistics.median(v) for k, v in times.items()}
@@ -48,6 +49,8 @@ def main() -> int:
           f"lb add - {m['add']:.0f} ms, ratio {m['add'] / m['restore']:.2f} (budget 3)")
     print(f"list: ipvsadm -Ln {m['ln']:.0f} ms, lb list --details {m['list']:.0f} ms, "
           f"ratio {m['list'] / m['ln']:.2f} (budget 3)")
+    print(f"floor: the interpreter's start alone (python -c pass) {m['python']:.0f} ms, "
+          f"{m['python'] / m['ln']:.2f}x ipvsadm -Ln")
     return 0
 
 

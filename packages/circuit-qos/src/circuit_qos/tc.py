@@ -89,7 +89,11 @@ class Links:
         """Make the IFB devices that do not exist yet, up, now."""
         missing = [name for name in names if self.index(name) is None]
         for name in missing:
-            self.batch.add(_link_message(RTM_NEWLINK, name, kind="ifb"), CREATE)
+            key = ("ifb", len(name))
+            if key not in self.templates:
+                self.templates[key] = Template(_link_message(RTM_NEWLINK, name, kind="ifb"),
+                                               CREATE, {"name": ("IFLA_IFNAME",)})
+            self.batch.add_copy(self.templates[key], {"name": name.encode() + b"\0"})
         self.commit()
         for name in missing:
             self.by_name[name] = (socket.if_nametoindex(name), "ifb")
