@@ -1,9 +1,9 @@
 """Netlink requests in bulk: messages built with pyroute2's classes, many per system call.
 
 pyroute2's sockets send one request and wait for its answer through an asyncio loop, about
-1 ms a request. A Batch encodes each request with pyroute2's message classes and sends them
-in chunks, one acknowledgement each: what thousands of IPVS targets or the tc objects of fifty
-attachments need.
+1 ms a request. A Batch encodes each request with pyroute2's message classes (or copies a
+Template of one) and sends them in chunks: what thousands of IPVS targets or the tc objects of
+fifty attachments need.
 
 Importing this module makes later imports of pyroute2's modules lean (see lean_pyroute2): a
 module that uses pyroute2 imports this one at its top and pyroute2's modules in its functions.
@@ -27,6 +27,7 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # an error acknowledgement carries only the request's header
 CHUNK = 64  # requests per send: their refusals must fit the receive buffer
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
+RECEIVE = 1 << 16  # bytes per read: more than the kernel puts in one message of a dump
 
 
 def lean_pyroute2() -> None:
@@ -144,7 +145,7 @@ class Batch:
 
     def _receive(self):
         """(sequence, type, payload) of each message in one read from the socket."""
-        data = self.sock.recv(1 << 20)
+        data = self.sock.recv(RECEIVE)
         offset = 0
         while offset + HEADER.size <= len(data):
             length, kind, _, sequence, _ = HEADER.unpack_from(data, offset)
@@ -180,14 +181,16 @@ class Template:
 
 
 def _span(msg, path: tuple[str, ...]) -> tuple[int, int]:
-    """Where the value at path lies in msg's encoding: attribute names down to a value, the
-    last name possibly a field of the message or attribute reached."""
+    """(offset, size) of the value at path in msg's encoding: attribute names down to a value,
+    the last name possibly a field of the message or attribute reached."""
     node, start = msg, HEADER.size
     for name in path:
-        sizes = [(field, struct.calcsize("=" + fmt.lstrip("<>!=@"))) for field, fmt in node.fields]
-        if name in dict(sizes):
-            before = sum(size for _, size in sizes[:[f for f, _ in sizes].index(name)])
-            return start + before, dict(sizes)[name]
+        offset = start
+        for field, fmt in node.fields:
+            size = struct.calcsize("=" + fmt.lstrip("<>!=@"))
+            if field == name:
+                return offset, size
+            offset += size
         node = next(slot.cell[1] for slot in node["attrs"] if slot.cell[0] == name)
         start = node.offset + 4
     return start, node.length - 4
