@@ -1,6 +1,6 @@
 """ADDR:PORT as users write it: 192.168.100.235:80 or [2001:db8::1]:80."""
 
-import ipaddress
+import socket
 from collections import namedtuple
 
 from circuit_common.errors import InvalidInput
@@ -13,7 +13,7 @@ class Endpoint(namedtuple("Endpoint", "ip port")):
 
     @property
     def version(self) -> int:
-        return ipaddress.ip_address(self.ip).version
+        return 6 if ":" in self.ip else 4
 
     def __str__(self) -> str:
         return f"[{self.ip}]:{self.port}" if self.version == 6 else f"{self.ip}:{self.port}"
@@ -29,11 +29,20 @@ def parse_endpoint(text: str, what: str = "address") -> Endpoint:
     try:
         if not sep:
             raise ValueError
-        ip = ipaddress.ip_address(host)
+        ip = normal_ip(host)
         number = int(port)
     except ValueError:
         raise InvalidInput(f"invalid {what} {text!r}: use ADDR:PORT, e.g. 192.168.100.235:80 "
                            "or [2001:db8::1]:80") from None
     if not 1 <= number <= 65535:
         raise InvalidInput(f"invalid port {port} in {what} {text!r}: use 1-65535")
-    return Endpoint(str(ip), number)
+    return Endpoint(ip, number)
+
+
+def normal_ip(text: str) -> str:
+    """The one spelling of an IP address (IPv6 compressed); ValueError when it is none."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        return socket.inet_ntop(family, socket.inet_pton(family, text))
+    except OSError:
+        raise ValueError(f"not an IP address: {text!r}") from None

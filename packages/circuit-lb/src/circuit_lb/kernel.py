@@ -20,7 +20,7 @@ from circuit_common.netlink import (
     family_id,
 )
 
-from .address import Endpoint
+from .address import Endpoint, normal_ip
 
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 FORWARDS = {"masq": 0, "tunnel": 2, "route": 3}  # IP_VS_CONN_F_MASQ / _TUNNEL / _DROUTE
@@ -62,9 +62,7 @@ def read_proc() -> dict[tuple, dict]:
 def _proc_endpoint(text: str) -> Endpoint:
     host, _, port = text.rpartition(":")
     if host.startswith("["):
-        import ipaddress
-
-        ip = str(ipaddress.ip_address(host[1:-1]))
+        ip = normal_ip(host[1:-1])
     else:
         ip = socket.inet_ntoa(int(host, 16).to_bytes(4, "big"))
     return Endpoint(ip, int(port, 16))
