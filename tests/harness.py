@@ -86,9 +86,10 @@ class Container:
         return {line.split(": ")[1].split("@")[0]
                 for line in self.run("ip", "-o", "link").stdout.splitlines()}
 
-    def addresses(self, ifname: str = "eth0") -> list[str]:
-        out = self.run("ip", "-j", "-4", "addr", "show", "dev", ifname).stdout
-        return [a["local"] for link in json.loads(out) for a in link["addr_info"]]
+    def addresses(self, ifname: str = "eth0", version: int = 4) -> list[str]:
+        out = self.run("ip", "-j", f"-{version}", "addr", "show", "dev", ifname, "scope",
+                       "global").stdout
+        return [a["local"] for link in json.loads(out) for a in link["addr_info"] if "local" in a]
 
     def kill(self) -> None:
         if self.popen is not None and self.popen.poll() is None:
@@ -171,6 +172,16 @@ def bridge_conf(name="sandbox", bridge="cni0", subnet="10.100.10.0/24", version=
     return {"cniVersion": version, "name": name, "type": "bridge", "bridge": bridge,
             "ipMasq": True, "isGateway": True,
             "ipam": {"type": "host-local", "subnet": subnet, "routes": [{"dst": "0.0.0.0/0"}]}}
+
+
+def httpd(host: Host, www_root: Path, name: str, network: str = "sandbox") -> Container:
+    """A busybox httpd container that serves its own name, connected to network."""
+    www = www_root / name
+    www.mkdir()
+    (www / "index.html").write_text(f"{name}\n")
+    c = host.container(("busybox", "httpd", "-f", "-p", "80", "-h", www))
+    host.circuit("network", "connect", c.pid, network)
+    return c
 
 
 def wait_for(predicate, timeout=5.0, interval=0.02):

@@ -5,7 +5,7 @@ import socket
 import sys
 from collections import Counter
 
-from harness import bridge_conf, http_get_bodies, run_forked, snapshot, wait_for
+from harness import bridge_conf, http_get_bodies, httpd, run_forked, snapshot, wait_for
 
 VIP = "10.100.99.1"
 UDP_ANSWER = """
@@ -30,15 +30,7 @@ def ask_udp() -> None:
 def start_backends(host, tmp_path, names):
     """One busybox httpd per name, serving its own name, on the sandbox network."""
     host.circuit("network", "create", host.conf(bridge_conf()))
-    ips = {}
-    for name in names:
-        www = tmp_path / name
-        www.mkdir()
-        (www / "index.html").write_text(f"{name}\n")
-        c = host.container(("busybox", "httpd", "-f", "-p", "80", "-h", www))
-        host.circuit("network", "connect", c.pid, "sandbox")
-        ips[name] = c.addresses()[0]
-    return ips
+    return {name: httpd(host, tmp_path, name).addresses()[0] for name in names}
 
 
 def fetch(netns: str, count: int) -> Counter:
@@ -131,15 +123,8 @@ def test_ipv6_service_balances_and_restores(host, tmp_path):
     conf["ipam"] = {"type": "host-local", "ranges": [[{"subnet": "fd10:100::/64"}]],
                     "routes": [{"dst": "::/0"}]}
     host.circuit("network", "create", host.conf(conf))
-    backends = {}
-    for name in ("alpha", "beta"):
-        www = tmp_path / name
-        www.mkdir()
-        (www / "index.html").write_text(f"{name}\n")
-        c = host.container(("busybox", "httpd", "-f", "-p", "80", "-h", www))
-        host.circuit("network", "connect", c.pid, "sandbox")
-        out = c.run("ip", "-j", "-6", "addr", "show", "dev", "eth0", "scope", "global").stdout
-        backends[name] = json.loads(out)[0]["addr_info"][0]["local"]
+    backends = {name: httpd(host, tmp_path, name).addresses(version=6)[0]
+                for name in ("alpha", "beta")}
     assert wait_for(lambda: "tentative" not in host.run("ip", "-6", "addr", "show").stdout)
 
     vip = "fd10:99::1"

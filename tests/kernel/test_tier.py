@@ -2,7 +2,7 @@
 
 import sys
 
-from harness import bridge_conf, host_veth, min_rtt
+from harness import bridge_conf, host_veth, httpd, min_rtt
 
 
 def test_netem_delay_on_a_bridge_veth_raises_ping_rtt_by_50ms(host):
@@ -45,14 +45,7 @@ for backend in sys.argv[2:]:
 
 def test_ipvs_service_balances_http_across_two_backends(host, tmp_path):
     host.circuit("network", "create", host.conf(bridge_conf()))
-    backends = []
-    for name in ("alpha", "beta"):
-        www = tmp_path / name
-        www.mkdir()
-        (www / "index.html").write_text(f"{name}\n")
-        c = host.container(("busybox", "httpd", "-f", "-p", "80", "-h", www))
-        host.circuit("network", "connect", c.pid, "sandbox")
-        backends.append(c.addresses()[0])
+    backends = [httpd(host, tmp_path, name).addresses()[0] for name in ("alpha", "beta")]
     host.run("ip", "addr", "add", "10.100.99.1/32", "dev", "lo")
     host.run(sys.executable, "-c", IPVS_SERVICE, "10.100.99.1", *backends)
     answers = [host.run("timeout", "5", "busybox", "wget", "-q", "-O", "-",
