@@ -198,9 +198,9 @@ class Services:
                 lines.append(f"service {name}: target {where} is missing from the kernel")
             for where in sorted(seen["targets"].keys() - stored.keys()):
                 lines.append(f"service {name}: target {where} is in the kernel only")
-            for where in sorted(stored.keys() & seen["targets"].keys()):
-                if stored[where] != seen["targets"][where]:
-                    lines.append(f"service {name}: target {where} differs in the kernel")
+            for where in sorted(w for w in stored.keys() & seen["targets"].keys()
+                                if stored[w] != seen["targets"][w]):
+                lines.append(f"service {name}: target {where} differs in the kernel")
         return lines
 
     def restore(self) -> list[str]:
