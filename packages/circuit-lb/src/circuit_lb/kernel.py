@@ -76,7 +76,7 @@ def ipvs():
     try:
         yield connection
     finally:
-        connection.batch.sock.close()
+        connection.batch.close()
 
 
 class Ipvs:
@@ -91,24 +91,24 @@ class Ipvs:
     def _message(self, command: int, service: dict, dest: dict | None = None):
         return message(self.family, command, service, dest)
 
-    def _now(self, command: int, service: dict, flags: int = 0, ignore=()) -> None:
+    def _send_one(self, command: int, service: dict, flags: int = 0, ignore=()) -> None:
         self.batch.add(self._message(command, service), flags, ignore)
         self.commit()
 
     def add_service(self, service: dict) -> None:
         try:
-            self._now(IPVS_CMD_NEW_SERVICE, service, NLM_F_CREATE | NLM_F_EXCL)
+            self._send_one(IPVS_CMD_NEW_SERVICE, service, NLM_F_CREATE | NLM_F_EXCL)
         except OSError as e:
-            raise netlink_error(e, service) from None
+            raise service_error(e, service) from None
 
     def set_service(self, service: dict) -> None:
         try:
-            self._now(IPVS_CMD_SET_SERVICE, service, NLM_F_REPLACE)
+            self._send_one(IPVS_CMD_SET_SERVICE, service, NLM_F_REPLACE)
         except OSError as e:
-            raise netlink_error(e, service) from None
+            raise service_error(e, service) from None
 
     def del_service(self, service: dict) -> None:
-        self._now(IPVS_CMD_DEL_SERVICE, service, ignore=(errno.ESRCH, errno.ENOENT))
+        self._send_one(IPVS_CMD_DEL_SERVICE, service, ignore=(errno.ESRCH, errno.ENOENT))
 
     def set_target(self, service: dict, target: dict, exists: bool) -> None:
         """Queue adding target, or changing its weight and forwarding when it exists."""
@@ -147,9 +147,7 @@ class Ipvs:
         for msg in self.batch.query(self._message(IPVS_CMD_GET_SERVICE, service)):
             found["service"] = counters(msg.get_nested("IPVS_CMD_ATTR_SERVICE",
                                                        "IPVS_SVC_ATTR_STATS64"))
-        key = self._message(IPVS_CMD_GET_DEST, service)
-        key["attrs"] = [("IPVS_CMD_ATTR_SERVICE", {"attrs": service_attrs(service, full=False)})]
-        for msg in self.batch.query(key, NLM_F_DUMP):
+        for msg in self.batch.query(self._message(IPVS_CMD_GET_DEST, service), NLM_F_DUMP):
             dest = msg.get("IPVS_CMD_ATTR_DEST")
             where = Endpoint(str(dest.get("IPVS_DEST_ATTR_ADDR")), dest.get("IPVS_DEST_ATTR_PORT"))
             found["targets"][str(where)] = counters(dest.get("IPVS_DEST_ATTR_STATS64"))
@@ -170,8 +168,8 @@ def message(family: int, command: int, service: dict, dest: dict | None = None):
     msg = ipvsmsg()
     msg["cmd"] = command
     msg["version"] = 1
-    msg["attrs"] = [("IPVS_CMD_ATTR_SERVICE", {"attrs": service_attrs(service,
-                                                                      full=dest is None)})]
+    full = command in (IPVS_CMD_NEW_SERVICE, IPVS_CMD_SET_SERVICE)
+    msg["attrs"] = [("IPVS_CMD_ATTR_SERVICE", {"attrs": service_attrs(service, full)})]
     if dest is not None:
         msg["attrs"].append(("IPVS_CMD_ATTR_DEST", {"attrs": dest_attrs(dest)}))
     msg["header"]["type"] = family
@@ -215,7 +213,7 @@ def dest_attrs(target: dict) -> list:
             ("IPVS_DEST_ATTR_L_THRESH", 0)]
 
 
-def netlink_error(e: OSError, service: dict) -> Exception:
+def service_error(e: OSError, service: dict) -> Exception:
     if e.errno == errno.ENOENT:
         return InvalidInput(f"scheduler {service['scheduler']!r} is not available in this "
                             "kernel (rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, ...)")

@@ -72,7 +72,7 @@ class Links:
         return self
 
     def __exit__(self, *exc):
-        self.batch.sock.close()
+        self.batch.close()
 
     def _learn(self, links: list) -> None:
         for link in links:

@@ -68,6 +68,9 @@ class Batch:
         return self
 
     def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
         self.sock.close()
 
     def _encode(self, msg, flags: int) -> tuple[int, bytes]:
