@@ -156,6 +156,10 @@ def test_a_change_the_kernel_refuses_leaves_kernel_and_state_as_they_were(host):
     assert len(proc.stderr.splitlines()) == 1
     assert snapshot(host.state) == before and host.run("ipvsadm", "-Ln").stdout == kernel
 
+    host.run("ipvsadm", "-E", "-t", f"{VIP}:80", "-s", "wlc")  # and changes the scheduler
+    assert "scheduler wlc" in host.circuit("lb", "list").stderr
     assert "service web restored" in host.circuit("restore").stdout
-    assert "10.200.0.2" not in host.run("ipvsadm", "-Ln").stdout
+    kernel = host.run("ipvsadm", "-Ln").stdout
+    assert "10.200.0.2" not in kernel and f"{VIP}:80 rr" in kernel
+    assert host.circuit("lb", "list").stderr == ""
     host.circuit("lb", "delete", "web")
