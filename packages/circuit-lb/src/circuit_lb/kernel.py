@@ -6,7 +6,6 @@ import errno
 import os
 import socket
 import struct
-import subprocess
 import sys
 from contextlib import contextmanager
 
@@ -33,6 +32,8 @@ NO_IPVS = ("this kernel has no IPVS (ip_vs module): load it with `modprobe ip_vs
 def ensure_ipvs() -> None:
     """KernelUnsupported unless IPVS is there; loads the ip_vs module when it is loadable."""
     if not os.path.exists(PROC):
+        import subprocess
+
         subprocess.run(["modprobe", "-q", "ip_vs"], capture_output=True, check=False)
     if not os.path.exists(PROC):
         raise KernelUnsupported(NO_IPVS)
@@ -279,6 +280,8 @@ def sync_snat(services: list[dict]) -> None:
     With net.ipv4.vs.conntrack=1 IPVS keeps conntrack entries whose original tuple is the
     client's to the VIP; masquerading them sends replies back through the host, so a client on
     the same bridge as the backend (hairpin) gets its answers from the VIP."""
+    import subprocess
+
     with open("/proc/sys/net/ipv4/vs/conntrack", "w") as f:
         f.write("1")
     script = []
