@@ -40,7 +40,8 @@ def ensure_ipvs() -> None:
 
 
 def read_proc() -> dict[tuple, dict]:
-    """{(protocol, Endpoint): {"scheduler", "targets": {Endpoint: (forward, weight)}}}."""
+    """{(protocol, Endpoint): {"scheduler", "targets": {(ip, port): (forward, weight)}}}: the
+    targets' keys are plain tuples (equal to Endpoints), cheaper by the thousand."""
     with open(PROC) as f:
         lines = f.read().splitlines()[3:]
     found: dict[tuple, dict] = {}
@@ -52,21 +53,21 @@ def read_proc() -> dict[tuple, dict]:
         if not fields:
             continue
         if fields[0] == "->":
-            current["targets"][_proc_endpoint(fields[1])] = (names[words[fields[2]]],
-                                                             int(fields[3]))
+            current["targets"][_proc_address(fields[1])] = (names[words[fields[2]]],
+                                                            int(fields[3]))
         elif fields[0] in ("TCP", "UDP"):
             current = {"scheduler": fields[2], "targets": {}}
-            found[(fields[0].lower(), _proc_endpoint(fields[1]))] = current
+            found[(fields[0].lower(), Endpoint(*_proc_address(fields[1])))] = current
     return found
 
 
-def _proc_endpoint(text: str) -> Endpoint:
+def _proc_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if host.startswith("["):
         ip = normal_ip(host[1:-1])
     else:
         ip = socket.inet_ntoa(int(host, 16).to_bytes(4, "big"))
-    return Endpoint(ip, int(port, 16))
+    return ip, int(port, 16)
 
 
 @contextmanager

@@ -230,13 +230,16 @@ class Services:
                     stored = {endpoint(t) for t in record["targets"]}
                     for where in seen["targets"].keys() - stored:
                         sock.del_target(record, placeholder(where))
-                    sock.commit()
+                    try:
+                        sock.commit()
+                    except NetlinkError as e:
+                        raise kernel.target_error(e, record) from None
                     if record["vip_added"] and not kernel.vip_is_local(record["addr"]):
                         kernel.add_vip(record["addr"])
             kernel.sync_snat(records)
         return [r["name"] for r in records]
 
 
-def placeholder(where: Endpoint) -> dict:
-    """A target record for an endpoint that only needs deleting."""
-    return {"addr": where.ip, "port": where.port, "weight": 0, "forward": "masq"}
+def placeholder(where: tuple[str, int]) -> dict:
+    """A target record for an (ip, port) that only needs deleting."""
+    return {"addr": where[0], "port": where[1], "weight": 0, "forward": "masq"}
