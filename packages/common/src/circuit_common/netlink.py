@@ -9,6 +9,7 @@ Importing this module makes later imports of pyroute2's modules lean (see lean_p
 module that uses pyroute2 imports this one at its top and pyroute2's modules in its functions.
 """
 
+import errno
 import importlib
 import importlib.util
 import os
@@ -152,6 +153,8 @@ class Batch:
         offset = 0
         while offset + HEADER.size <= len(data):
             length, kind, _, sequence, _ = HEADER.unpack_from(data, offset)
+            if length < HEADER.size:
+                raise NetlinkError(errno.EBADMSG)
             yield sequence, kind, data[offset + HEADER.size:offset + length]
             offset += (length + 3) & ~3
 
