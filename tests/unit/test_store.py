@@ -106,3 +106,15 @@ with Store(Path({str(tmp_path)!r})).lock("network", "busy"):
         holder.wait()
     with Store(tmp_path, lock_timeout=0.3).lock("network", "busy"):
         pass  # released when its holder died
+
+
+def test_read_all_reports_unreadable_records_and_leaves_out_the_skipped_one(tmp_path):
+    store = Store(tmp_path)
+    for name in ("a", "b", "c"):
+        store.write(store.path("services", f"{name}.json"), {"name": name})
+    Path(store.path("services", "b.json")).write_text("{")
+    listing = store.read_all(store.path("services"))
+    assert [r["name"] for r in listing.records] == ["a", "c"]
+    assert len(listing.errors) == 1 and "b.json" in listing.errors[0]
+    skipped = store.read_all(store.path("services"), skip=store.path("services", "a.json"))
+    assert [r["name"] for r in skipped.records] == ["c"]

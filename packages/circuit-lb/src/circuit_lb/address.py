@@ -39,9 +39,14 @@ def parse_endpoint(text: str, what: str = "address") -> Endpoint:
     return Endpoint(ip, number)
 
 
+def ip_family(ip: str) -> int:
+    """AF_INET or AF_INET6: the family an address is written in."""
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 def normal_ip(text: str) -> str:
     """The one spelling of an IP address (IPv6 compressed); ValueError when it is none."""
-    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    family = ip_family(text)
     try:
         return socket.inet_ntop(family, socket.inet_pton(family, text))
     except OSError:

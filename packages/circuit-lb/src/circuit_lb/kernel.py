@@ -11,15 +11,17 @@ from contextlib import contextmanager
 
 from circuit_common.errors import Conflict, InvalidInput, KernelUnsupported, NotFound
 from circuit_common.netlink import (
+    CREATE,
     NETLINK_GENERIC,
     NETLINK_ROUTE,
     NLM_F_DUMP,
+    NLM_F_REPLACE,
     Batch,
     Template,
     family_id,
 )
 
-from .address import Endpoint, normal_ip
+from .address import Endpoint, ip_family, normal_ip
 
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 FORWARDS = {"masq": 0, "tunnel": 2, "route": 3}  # IP_VS_CONN_F_MASQ / _TUNNEL / _DROUTE
@@ -99,7 +101,7 @@ class Ipvs:
 
     def add_service(self, service: dict) -> None:
         try:
-            self._send_one(IPVS_CMD_NEW_SERVICE, service, NLM_F_CREATE | NLM_F_EXCL)
+            self._send_one(IPVS_CMD_NEW_SERVICE, service, CREATE)
         except OSError as e:
             raise service_error(e, service) from None
 
@@ -123,7 +125,7 @@ class Ipvs:
     def _queue_target(self, command: int, service: dict, target: dict, ignore=()) -> None:
         """A copy of the service's template for command, with target's values (thousands of
         targets: pyroute2 encodes one message per command, service and IP version)."""
-        family = socket.AF_INET6 if ":" in target["addr"] else socket.AF_INET
+        family = ip_family(target["addr"])
         key = (command, family, service["protocol"], service["addr"], service["port"])
         if key not in self.templates:
             self.templates[key] = Template(self._message(command, service, target), 0,
@@ -158,7 +160,6 @@ class Ipvs:
 
 IPVS_CMD_NEW_SERVICE, IPVS_CMD_SET_SERVICE, IPVS_CMD_DEL_SERVICE, IPVS_CMD_GET_SERVICE = 1, 2, 3, 4
 IPVS_CMD_NEW_DEST, IPVS_CMD_SET_DEST, IPVS_CMD_DEL_DEST, IPVS_CMD_GET_DEST = 5, 6, 7, 8
-NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 TARGET_SLOTS = {name: ("IPVS_CMD_ATTR_DEST", f"IPVS_DEST_ATTR_{attr}") for name, attr in (
     ("addr", "ADDR"), ("port", "PORT"), ("weight", "WEIGHT"), ("forward", "FWD_METHOD"))}
 
@@ -180,7 +181,7 @@ def message(family: int, command: int, service: dict, dest: dict | None = None):
 
 def target_values(target: dict) -> dict[str, bytes]:
     """A target's values for the TARGET_SLOTS of a template, as the kernel reads them."""
-    family = socket.AF_INET6 if ":" in target["addr"] else socket.AF_INET
+    family = ip_family(target["addr"])
     return {"addr": socket.inet_pton(family, target["addr"]),
             "port": struct.pack("!H", target["port"]),
             "weight": struct.pack("=I", target["weight"]),
@@ -189,7 +190,7 @@ def target_values(target: dict) -> dict[str, bytes]:
 
 def service_attrs(service: dict, full: bool = True) -> list:
     """The IPVS_SVC_ATTR_* of a service record: its key, and with full its settings too."""
-    family = socket.AF_INET6 if ":" in service["addr"] else socket.AF_INET
+    family = ip_family(service["addr"])
     attrs = [("IPVS_SVC_ATTR_AF", family),
              ("IPVS_SVC_ATTR_PROTOCOL", PROTOCOLS[service["protocol"]]),
              ("IPVS_SVC_ATTR_ADDR", service["addr"]), ("IPVS_SVC_ATTR_PORT", service["port"])]
@@ -207,7 +208,7 @@ def service_attrs(service: dict, full: bool = True) -> list:
 
 
 def dest_attrs(target: dict) -> list:
-    family = socket.AF_INET6 if ":" in target["addr"] else socket.AF_INET
+    family = ip_family(target["addr"])
     return [("IPVS_DEST_ATTR_ADDR_FAMILY", family), ("IPVS_DEST_ATTR_ADDR", target["addr"]),
             ("IPVS_DEST_ATTR_PORT", target["port"]),
             ("IPVS_DEST_ATTR_FWD_METHOD", FORWARDS[target["forward"]]),
@@ -237,7 +238,7 @@ def target_error(e: OSError, service: dict) -> Exception:
 
 def vip_is_local(ip: str) -> bool:
     """Whether ip is an address of this netns (bind() succeeds only for local addresses)."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    family = ip_family(ip)
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         try:
             s.bind((ip, 0))
@@ -248,7 +249,7 @@ def vip_is_local(ip: str) -> bool:
 
 def add_vip(ip: str) -> None:
     """Put ip on lo as a host address (/32 or /128)."""
-    _vip_request(ip, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
+    _vip_request(ip, RTM_NEWADDR, CREATE)
 
 
 def del_vip(ip: str) -> None:
@@ -261,7 +262,7 @@ RTM_NEWADDR, RTM_DELADDR = 20, 21
 def _vip_request(ip: str, command: int, flags: int = 0, ignore=()) -> None:
     from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    family = ip_family(ip)
     msg = ifaddrmsg()
     msg["family"] = family
     msg["prefixlen"] = 128 if family == socket.AF_INET6 else 32

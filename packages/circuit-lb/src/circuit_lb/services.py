@@ -52,12 +52,17 @@ class Services:
         """Every service record, and one message per record that could not be read."""
         return self.store.read_all(self.store.path("services"))
 
+    def _others(self, name: str) -> list[dict]:
+        """Every service record but name's (the one a command changes, and holds in memory:
+        reading its thousands of targets back would cost as much as writing them)."""
+        return self.store.read_all(self.store.path("services"), skip=self.path(name)).records
+
     def _save_and_sync(self, record: dict | None, name: str) -> None:
         if record is None:
             self.store.remove(self.path(name))
         else:
             self.store.write(self.path(name), record)
-        kernel.sync_snat(self.all()[0])
+        kernel.sync_snat(self._others(name) + ([record] if record else []))
 
     def create(self, name: str, where: Endpoint, scheduler: str, protocol: str,
                persistent: int | None) -> dict:
@@ -168,7 +173,7 @@ class Services:
     def _delete(self, record: dict) -> None:
         with kernel.ipvs() as sock:
             sock.del_service(record)
-        others = [s for s in self.all()[0] if s["name"] != record["name"]]
+        others = self._others(record["name"])
         if record["vip_added"] and not any(s["addr"] == record["addr"] for s in others):
             kernel.del_vip(record["addr"])
         self._save_and_sync(None, record["name"])

@@ -13,7 +13,6 @@ from circuit_common.errors import InvalidInput, NotFound, PluginError
 from circuit_common.validate import NAME_RE, check_name
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-CAPABILITIES = ("ips", "mac", "portMappings", "bandwidth")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

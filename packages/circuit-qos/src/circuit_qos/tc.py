@@ -21,7 +21,15 @@ import struct
 from collections import namedtuple
 
 from circuit_common.errors import KernelUnsupported, NotFound
-from circuit_common.netlink import NETLINK_ROUTE, NLM_F_DUMP, Batch, NetlinkError, Template
+from circuit_common.netlink import (
+    CREATE,
+    NETLINK_ROUTE,
+    NLM_F_DUMP,
+    REPLACE,
+    Batch,
+    NetlinkError,
+    Template,
+)
 
 ROOT = 0x10000  # 1:
 PARENT = 0x10001  # 1:1, at the ceiling: what class 1:10 may borrow up to
@@ -36,8 +44,6 @@ ETH_P_ALL = 0x0003
 UNLIMITED = 100 * 10**9  # bit/s: the class rate when only a delay is set
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTCLASS, RTM_GETTCLASS, RTM_NEWTFILTER = 36, 37, 40, 42, 44
-CREATE = 0x400 | 0x200  # NLM_F_CREATE | NLM_F_EXCL
-REPLACE = 0x400 | 0x100  # NLM_F_CREATE | NLM_F_REPLACE
 IFF_UP = 0x1
 GONE = (errno.ENOENT, errno.EINVAL, errno.ENODEV)  # deleting what is not there
 

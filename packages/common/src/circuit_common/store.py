@@ -104,11 +104,14 @@ class Store:
             if name.endswith(".json") and not name.startswith("."):
                 yield os.path.join(directory, name)
 
-    def read_all(self, directory: str) -> "Listing":
-        """Every record in directory; an unreadable one is reported in errors, not fatal, and
-        one that another process removed after the listing is simply not there."""
+    def read_all(self, directory: str, skip: str | None = None) -> "Listing":
+        """Every record in directory (but the one at path skip); an unreadable one is reported
+        in errors, not fatal, and one that another process removed after the listing is
+        simply not there."""
         listing = Listing([], [])
         for path in self.records(directory):
+            if path == skip:
+                continue
             try:
                 record = self.read(path)
             except StateCorrupt as e:
