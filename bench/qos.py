@@ -13,7 +13,7 @@ from harness import Host, bridge_conf
 ATTACHMENTS = 50
 RUNS = 5
 # What any pyroute2-based tool pays before its first request: the interpreter and the modules.
-FLOOR = ("import circuit_common.netlink, pyroute2.netlink.rtnl.tcmsg, "
+FLOOR = ("import circuit_netlink, pyroute2.netlink.rtnl.tcmsg, "
          "pyroute2.netlink.rtnl.ifinfmsg")
 
 

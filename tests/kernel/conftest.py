@@ -5,7 +5,7 @@ from importlib import import_module
 
 import pytest
 
-import circuit_common.netlink  # first: pyroute2's modules then load without its __init__
+import circuit_netlink
 import circuit_hook.cli
 import circuit_lb.cli
 import circuit_net.cli
@@ -13,9 +13,10 @@ import circuit_qos.cli
 
 from harness import Host, dispatcher, host, leak_check  # noqa: F401  (fixtures)
 
+circuit_netlink.lean_pyroute2()  # first: pyroute2's modules then load without its __init__
 PYROUTE2_USED = ("pyroute2.netlink.generic.ipvs", "pyroute2.netlink.rtnl.ifaddrmsg",
                  "pyroute2.netlink.rtnl.ifinfmsg", "pyroute2.netlink.rtnl.tcmsg")
-WARM = (circuit_common.netlink, circuit_hook.cli, circuit_lb.cli, circuit_net.cli,
+WARM = (circuit_netlink, circuit_hook.cli, circuit_lb.cli, circuit_net.cli,
         circuit_qos.cli, dispatcher(), *map(import_module, PYROUTE2_USED))
 
 

@@ -1,4 +1,4 @@
-"""circuit_common.netlink: the lean pyroute2 import and the Batch, against the running kernel
+"""circuit_netlink: the lean pyroute2 import and the Batch, against the running kernel
 (reads and refused requests only: nothing is changed)."""
 
 import errno
@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from circuit_common.netlink import (
+import circuit_netlink
+from circuit_netlink import (
     CHUNK,
     NETLINK_GENERIC,
     NETLINK_ROUTE,
@@ -17,6 +18,7 @@ from circuit_common.netlink import (
     family_id,
 )
 
+circuit_netlink.lean_pyroute2()
 REFUSED = (errno.ENODEV, errno.EPERM)  # deleting a link that does not exist (as root or not)
 
 
@@ -30,13 +32,16 @@ def delete_missing_link():
 
 
 def test_pyroute2_modules_load_without_the_package_init_until_a_top_level_name_is_used():
-    code = ("import sys, circuit_common.netlink, pyroute2.netlink.rtnl.tcmsg\n"
+    code = ("import sys, circuit_netlink\n"
+            "print('pyroute2' in sys.modules)\n"  # importing the package changes nothing
+            "circuit_netlink.lean_pyroute2()\n"
+            "import pyroute2.netlink.rtnl.tcmsg\n"
             "print('pyroute2.ndb' in sys.modules)\n"
             "from pyroute2 import IPRoute\n"
             "print('pyroute2.ndb' in sys.modules, IPRoute.__name__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    assert out.split() == ["False", "True", "IPRoute"]
+    assert out.split() == ["False", "False", "True", "IPRoute"]
 
 
 def test_query_dumps_and_gets():
@@ -76,7 +81,7 @@ def test_send_reports_the_first_refusal_and_counts_ignored_ones_as_done():
 def test_template_copies_are_the_bytes_pyroute2_encodes():
     import random
 
-    from circuit_common.netlink import Template
+    from circuit_netlink import Template
     from circuit_lb import kernel
 
     service = {"addr": "10.100.99.1", "port": 80, "protocol": "tcp", "scheduler": "rr"}
@@ -90,8 +95,9 @@ def test_template_copies_are_the_bytes_pyroute2_encodes():
 
     for command in (kernel.IPVS_CMD_NEW_DEST, kernel.IPVS_CMD_DEL_DEST):
         for version in (4, 6):
-            template = Template(kernel.message(30, command, service, target(version)), 0,
-                                kernel.TARGET_SLOTS)
+            first = target(version)
+            template = Template(kernel.message(30, command, service, first), 0,
+                                kernel.TARGET_SLOTS, kernel.target_values(first))
             for sequence in range(1, 50):
                 one = target(version)
                 expected = kernel.message(30, command, service, one)
@@ -104,7 +110,7 @@ def test_template_copies_are_the_bytes_pyroute2_encodes():
 def test_template_field_slots_and_wrong_sizes():
     from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
-    from circuit_common.netlink import Template
+    from circuit_netlink import Template
 
     def qdisc(index):
         msg = tcmsg()
@@ -113,7 +119,8 @@ def test_template_field_slots_and_wrong_sizes():
         msg["attrs"] = [("TCA_KIND", "htb")]
         return msg
 
-    template = Template(qdisc(1), 0, {"index": ("index",)})
+    template = Template(qdisc(1), 0, {"index": ("index",)},
+                        {"index": (1).to_bytes(4, sys.byteorder)})
     expected = qdisc(4242)
     expected["header"]["flags"], expected["header"]["sequence_number"] = 0x1, 9
     expected.encode()
@@ -122,8 +129,21 @@ def test_template_field_slots_and_wrong_sizes():
         template.copy(9, {"index": b"\x01"})
 
 
+def test_a_template_whose_slot_does_not_hold_the_encoded_value_is_refused():
+    """A pyroute2 that lays a request out differently fails loudly, not with corrupt copies."""
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    from circuit_netlink import Template, TemplateMismatch
+
+    msg = tcmsg()
+    msg["header"]["type"] = 36  # RTM_NEWQDISC
+    msg["index"], msg["handle"] = 5, 0x10000
+    with pytest.raises(TemplateMismatch, match="slot index"):
+        Template(msg, 0, {"index": ("handle",)}, {"index": (5).to_bytes(4, sys.byteorder)})
+
+
 def test_tc_copies_for_another_device_are_the_bytes_pyroute2_encodes():
-    from circuit_common.netlink import Template
+    from circuit_netlink import Template
     from circuit_qos import tc
 
     def redirect_filter(index, ifb):
@@ -140,7 +160,8 @@ def test_tc_copies_for_another_device_are_the_bytes_pyroute2_encodes():
         (redirect_filter, {"index": ("index",), "ifb": tc.MIRRED_IFINDEX}, (7, 4321)),
         (htb_class, {"index": ("index",)}, (7,)),
     ]:
-        template = Template(build(*[2] * len(values)), tc.REPLACE, slots)
+        template = Template(build(*[2] * len(values)), tc.REPLACE, slots,
+                            {name: (2).to_bytes(4, sys.byteorder) for name in slots})
         expected = build(*values)
         expected["header"]["flags"], expected["header"]["sequence_number"] = 0x1 | tc.REPLACE, 3
         expected.encode()

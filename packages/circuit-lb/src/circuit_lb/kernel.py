@@ -10,7 +10,7 @@ import sys
 from contextlib import contextmanager
 
 from circuit_common.errors import Conflict, InvalidInput, KernelUnsupported, NotFound
-from circuit_common.netlink import (
+from circuit_netlink import (
     CREATE,
     NETLINK_GENERIC,
     NETLINK_ROUTE,
@@ -19,6 +19,7 @@ from circuit_common.netlink import (
     Batch,
     Template,
     family_id,
+    lean_pyroute2,
 )
 
 from .address import Endpoint, ip_family, normal_ip
@@ -127,10 +128,11 @@ class Ipvs:
         targets: pyroute2 encodes one message per command, service and IP version)."""
         family = ip_family(target["addr"])
         key = (command, family, service["protocol"], service["addr"], service["port"])
+        values = target_values(target)
         if key not in self.templates:
             self.templates[key] = Template(self._message(command, service, target), 0,
-                                           TARGET_SLOTS)
-        self.batch.add_copy(self.templates[key], target_values(target), ignore)
+                                           TARGET_SLOTS, values)
+        self.batch.add_copy(self.templates[key], values, ignore)
 
     def commit(self) -> None:
         """Send what is queued; NetlinkError (an OSError) for the first refused request."""
@@ -166,6 +168,7 @@ TARGET_SLOTS = {name: ("IPVS_CMD_ATTR_DEST", f"IPVS_DEST_ATTR_{attr}") for name,
 
 def message(family: int, command: int, service: dict, dest: dict | None = None):
     """An IPVS request (pyroute2's ipvsmsg) about service, or about its target dest."""
+    lean_pyroute2()
     from pyroute2.netlink.generic.ipvs import ipvsmsg
 
     msg = ipvsmsg()
@@ -260,6 +263,7 @@ RTM_NEWADDR, RTM_DELADDR = 20, 21
 
 
 def _vip_request(ip: str, command: int, flags: int = 0, ignore=()) -> None:
+    lean_pyroute2()
     from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
     family = ip_family(ip)

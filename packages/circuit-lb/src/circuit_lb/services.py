@@ -10,7 +10,7 @@ import time
 
 from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound
-from circuit_common.netlink import NetlinkError
+from circuit_netlink import NetlinkError
 from circuit_common.validate import check_name
 
 from . import kernel

@@ -20,8 +20,8 @@ import socket
 import struct
 from collections import namedtuple
 
-from circuit_common.errors import KernelUnsupported, NotFound
-from circuit_common.netlink import (
+from circuit_common.errors import CircuitError, EnvironmentFault, KernelUnsupported, NotFound
+from circuit_netlink import (
     CREATE,
     NETLINK_ROUTE,
     NLM_F_DUMP,
@@ -29,7 +29,25 @@ from circuit_common.netlink import (
     Batch,
     NetlinkError,
     Template,
+    lean_pyroute2,
 )
+
+lean_pyroute2()  # every function here speaks netlink: load only the pyroute2 modules used
+
+from pyroute2.netlink.rtnl import (  # noqa: E402
+    RTM_DELLINK,
+    RTM_DELQDISC,
+    RTM_GETLINK,
+    RTM_GETTCLASS,
+    RTM_NEWLINK,
+    RTM_NEWQDISC,
+    RTM_NEWTCLASS,
+    RTM_NEWTFILTER,
+    TC_H_INGRESS,
+    TC_H_ROOT,
+)
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg  # noqa: E402
+from pyroute2.netlink.rtnl.tcmsg import plugins, tcmsg  # noqa: E402
 
 ROOT = 0x10000  # 1:
 PARENT = 0x10001  # 1:1, at the ceiling: what class 1:10 may borrow up to
@@ -39,12 +57,8 @@ INGRESS = 0xFFFF0000  # ffff:
 FILTER = 0x80000800  # u32 800::800, the one match-all redirect filter
 MIRRED_IFINDEX = ("TCA_OPTIONS", "TCA_U32_ACT", "TCA_ACT_PRIO_1", "TCA_ACT_OPTIONS",
                   "TCA_MIRRED_PARMS", "ifindex")
-TC_H_ROOT, TC_H_INGRESS = 0xFFFFFFFF, 0xFFFFFFF1
 ETH_P_ALL = 0x0003
 UNLIMITED = 100 * 10**9  # bit/s: the class rate when only a delay is set
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTCLASS, RTM_GETTCLASS, RTM_NEWTFILTER = 36, 37, 40, 42, 44
-IFF_UP = 0x1
 GONE = (errno.ENOENT, errno.EINVAL, errno.ENODEV)  # deleting what is not there
 
 
@@ -96,10 +110,11 @@ class Links:
         missing = [name for name in names if self.index(name) is None]
         for name in missing:
             key = ("ifb", len(name))
+            values = {"name": name.encode() + b"\0"}
             if key not in self.templates:
                 self.templates[key] = Template(_link_message(RTM_NEWLINK, name, kind="ifb"),
-                                               CREATE, {"name": ("IFLA_IFNAME",)})
-            self.batch.add_copy(self.templates[key], {"name": name.encode() + b"\0"})
+                                               CREATE, {"name": ("IFLA_IFNAME",)}, values)
+            self.batch.add_copy(self.templates[key], values)
         self.commit()
         for name in missing:
             self.by_name[name] = (socket.if_nametoindex(name), "ifb")
@@ -125,7 +140,8 @@ class Links:
             values["redirect"] = struct.pack("=I", redirect)
         if key not in self.templates:
             self.templates[key] = Template(
-                _tc_message(command, index, handle, parent, kind, info, **options), flags, slots)
+                _tc_message(command, index, handle, parent, kind, info, **options), flags, slots,
+                values)
         self.batch.add_copy(self.templates[key], values, ignore)
 
     def commit(self, delay: bool = False) -> None:
@@ -138,8 +154,6 @@ class Links:
 
 
 def _link_message(command: int, name: str | None = None, kind: str | None = None):
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
     msg = ifinfmsg()
     msg["header"]["type"] = command
     msg["attrs"] = [("IFLA_IFNAME", name)] if name else []
@@ -152,8 +166,6 @@ def _link_message(command: int, name: str | None = None, kind: str | None = None
 def _tc_message(command: int, index: int, handle: int, parent: int, kind: str | None = None,
                 info: int = 0, **options):
     """A tc message as pyroute2's IPRoute.tc builds it (its plugin encodes the options)."""
-    from pyroute2.netlink.rtnl.tcmsg import plugins, tcmsg
-
     msg = tcmsg()
     msg["header"]["type"] = command
     msg["index"], msg["handle"], msg["parent"], msg["info"] = index, handle, parent, info
@@ -221,10 +233,22 @@ def teardown_shaping(links: Links, veth: str) -> None:
 
 
 def explain(e: NetlinkError, delay: bool) -> Exception:
+    """The circuit error a refused tc or link request stands for."""
     if delay and e.errno in (errno.ENOENT, errno.EOPNOTSUPP):
         return KernelUnsupported("this kernel has no netem qdisc (sch_netem), so --delay cannot "
                                  "be applied; load sch_netem or use a kernel that has it")
-    return KernelUnsupported(f"tc failed: {e.strerror}")
+    if e.errno in (errno.EPERM, errno.EACCES):
+        return EnvironmentFault(f"tc refused: {e.strerror}; shaping needs CAP_NET_ADMIN "
+                                "(run as root)")
+    if e.errno in (errno.ENOMEM, errno.ENOBUFS, errno.ENOSPC):
+        return EnvironmentFault(f"tc refused: {e.strerror}; the kernel is out of memory")
+    if e.errno in (errno.ENODEV, errno.ENOENT):
+        return NotFound(f"tc refused: {e.strerror}; a device of the attachment has gone "
+                        "(the container exited?)")
+    if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
+        return KernelUnsupported(f"tc refused: {e.strerror}; this kernel lacks HTB, ingress, "
+                                 "u32, mirred or ifb")
+    return CircuitError(f"tc failed: {e.strerror}")
 
 
 def counters(links: Links, veth: str) -> dict[str, dict]:

@@ -53,3 +53,9 @@ class StateCorrupt(CircuitError):
     """A record in the state directory cannot be read."""
 
     exit_code = 9
+
+
+class EnvironmentFault(CircuitError):
+    """The machine refuses: no permission, a read-only or full disk, no memory."""
+
+    exit_code = 10

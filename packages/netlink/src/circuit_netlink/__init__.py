@@ -5,8 +5,8 @@ pyroute2's sockets send one request and wait for its answer through an asyncio l
 Template of one) and sends them in chunks: what thousands of IPVS targets or the tc objects of
 fifty attachments need.
 
-Importing this module makes later imports of pyroute2's modules lean (see lean_pyroute2): a
-module that uses pyroute2 imports this one at its top and pyroute2's modules in its functions.
+A tool that uses pyroute2 calls lean_pyroute2() before it imports pyroute2's modules, which it
+does inside the functions that need them; importing this package alone changes nothing.
 """
 
 import errno
@@ -32,6 +32,7 @@ NETLINK_CAP_ACK = 10  # an error acknowledgement carries only the request's head
 CHUNK = 64  # requests per send: their refusals must fit the receive buffer
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 RECEIVE = 1 << 16  # bytes per read: more than the kernel puts in one message of a dump
+PYROUTE2_SERIES = "0.9"  # the minor version Template's slots were verified against
 
 
 def lean_pyroute2() -> None:
@@ -172,11 +173,20 @@ class Template:
     (("index",): the message's own). Values are given as the kernel reads them (network order
     for be16, and so on)."""
 
-    def __init__(self, msg, flags: int, slots: dict[str, tuple[str, ...]]):
+    def __init__(self, msg, flags: int, slots: dict[str, tuple[str, ...]],
+                 values: dict[str, bytes]):
+        """msg was built with values in its slots: each is checked where the slot points, so a
+        pyroute2 whose layout differs fails here instead of sending corrupt copies."""
         msg["header"]["flags"] = flags | NLM_F_REQUEST
         msg.encode()
         self.data = bytes(msg.data)
         self.slots = {name: _span(msg, path) for name, path in slots.items()}
+        for name, (start, length) in self.slots.items():
+            if self.data[start:start + length] != values[name]:
+                raise TemplateMismatch(
+                    f"pyroute2 encodes {type(msg).__name__} slot {name} ({'/'.join(slots[name])})"
+                    f" as {self.data[start:start + length].hex()}, not {values[name].hex()}: "
+                    f"circuit_netlink supports pyroute2 {PYROUTE2_SERIES}.x only")
 
     def copy(self, sequence: int, values: dict[str, bytes]) -> bytes:
         data = bytearray(self.data)
@@ -205,6 +215,10 @@ def _span(msg, path: tuple[str, ...]) -> tuple[int, int]:
     return start, node.length - 4
 
 
+class TemplateMismatch(RuntimeError):
+    """pyroute2 laid out a request unlike the version the templates were verified against."""
+
+
 class NetlinkError(OSError):
     """The kernel refused a request; errno says why. From Batch.send, done lists the positions
     of the requests that were carried out."""
@@ -216,6 +230,7 @@ class NetlinkError(OSError):
 
 def family_id(batch: Batch, name: str) -> int:
     """The message type of generic netlink family name (IPVS, ...)."""
+    lean_pyroute2()
     from pyroute2.netlink import CTRL_CMD_GETFAMILY, GENL_ID_CTRL, ctrlmsg
 
     msg = ctrlmsg()
@@ -224,6 +239,3 @@ def family_id(batch: Batch, name: str) -> int:
     msg["attrs"] = [("CTRL_ATTR_FAMILY_NAME", name)]
     msg["header"]["type"] = GENL_ID_CTRL
     return batch.query(msg)[0].get_attr("CTRL_ATTR_FAMILY_ID")
-
-
-lean_pyroute2()
