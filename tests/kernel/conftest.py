@@ -5,10 +5,10 @@ from importlib import import_module
 
 import pytest
 
-import circuit_netlink
 import circuit_hook.cli
 import circuit_lb.cli
 import circuit_net.cli
+import circuit_netlink
 import circuit_qos.cli
 
 from harness import Host, dispatcher, host, leak_check  # noqa: F401  (fixtures)

@@ -81,8 +81,8 @@ def test_send_reports_the_first_refusal_and_counts_ignored_ones_as_done():
 def test_template_copies_are_the_bytes_pyroute2_encodes():
     import random
 
-    from circuit_netlink import Template
     from circuit_lb import kernel
+    from circuit_netlink import Template
 
     service = {"addr": "10.100.99.1", "port": 80, "protocol": "tcp", "scheduler": "rr"}
     rng = random.Random(7)

@@ -10,8 +10,8 @@ import time
 
 from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound
-from circuit_netlink import NetlinkError
 from circuit_common.validate import check_name
+from circuit_netlink import NetlinkError
 
 from . import kernel
 from .address import Endpoint
