@@ -8,8 +8,8 @@ State:  networks/<name>.json                    the network's config list
 import os
 import time
 from collections.abc import Iterator
-from importlib import import_module
 
+from circuit_common import extensions
 from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound, StateCorrupt
 from circuit_common.proc import Process, interfaces
@@ -18,11 +18,6 @@ from circuit_common.validate import check_ifname, check_name
 
 from . import cni
 from .target import Target
-
-# Tools that keep a per-network policy for attachments, in <state>/<dir>/<network>.json: their
-# module's attached() / detached() run for each attach and detach on such a network, and the
-# module is imported only then (QoS loads pyroute2; a network without QoS never does).
-EXTENSIONS = {"qos": "circuit_qos.policy"}
 
 
 def now() -> str:
@@ -33,6 +28,7 @@ class Networks:
     """The networks of one state store."""
 
     def __init__(self, ctx: Context):
+        self.ctx = ctx
         self.store = ctx.store
         self.settings = ctx.settings
         self.plugins = cni.Plugins(ctx.settings.cni_path, ctx.settings.plugin_timeout)
@@ -111,8 +107,11 @@ class Networks:
                                f"container(s): {ids}; disconnect them or use --force")
             for attachment in attached.records:
                 self._detach(network, attachment)
-            for directory in EXTENSIONS:
-                self.store.remove(self.store.path(directory, f"{name}.json"))
+            for extension in extensions.markers(self.store, name):
+                module = extensions.load(self.store, name, extension)
+                if hasattr(module, "network_deleted"):
+                    module.network_deleted(self.ctx, name)
+                extensions.unmark(self.store, name, extension)
             self.store.remove(self.network_path(name))
             return attached.records
 
@@ -203,9 +202,11 @@ class Networks:
         self.store.remove(self.attachment_path(network["name"], rt.container_id, rt.ifname))
 
     def _notify(self, event: str, network: dict, attachment: dict) -> None:
-        for directory, module in EXTENSIONS.items():
-            if os.path.exists(self.store.path(directory, f"{network['name']}.json")):
-                getattr(import_module(module), event)(self, network, attachment)
+        """Tell the extensions that marked the network (none: no import, no scan)."""
+        for name in extensions.markers(self.store, network["name"]):
+            module = extensions.load(self.store, network["name"], name)
+            if hasattr(module, event):
+                getattr(module, event)(self.ctx, as_attachment(attachment))
 
     def check(self, name: str, target: Target) -> list[dict]:
         """CNI CHECK of the target's attachments with their cached results."""
@@ -243,6 +244,13 @@ class Networks:
                     valid = [{"containerID": a["containerId"], "ifname": a["ifName"]}
                              for a in kept]
                     cni.gc_chain(self.plugins, network["config"], valid)
+
+
+def as_attachment(record: dict) -> extensions.Attachment:
+    """An attachment record as extensions see it."""
+    meta = record["circuit"]
+    return extensions.Attachment(record["networkName"], record["containerId"], record["ifName"],
+                                 meta["pid"], meta["start_time"], record["result"])
 
 
 def attachment_netns(attachment: dict) -> str:

@@ -25,14 +25,14 @@ Options:
 """
 
 import copy
-import os
 
 from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import InvalidInput
-from circuit_net.networks import Networks, attachment_netns
+from circuit_net.networks import Networks, as_attachment
 from circuit_net.target import resolve
 
+from . import extension
 from . import policy as qos
 from .units import format_delay, format_rate, parse_delay, parse_rate, parse_size
 
@@ -73,7 +73,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv)
     nets = Networks(ctx)
     if a["restore"]:
-        return restore(nets)
+        return extension.restore(ctx)
     name = a["NETWORK"]
     if a["show"]:
         return show(nets, name, output.check_format(a["--format"]))
@@ -88,13 +88,13 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
             target = resolve(a["--container"], ctx.settings.runc_root, must_run=False) \
                 if a["--container"] else None
             chosen = qos.select(nets, name, target, a["--interface"], links)
-            old = qos.load(nets, name)
+            old = qos.load(nets.store, name)
             new = copy.deepcopy(old)
             scoped = target is not None or a["--interface"] is not None
             if a["set"]:
                 if scoped:
                     for attachment in chosen:
-                        new["attachments"][qos.key(attachment)] = qos.merge(
+                        new["attachments"][attachment.key] = qos.merge(
                             qos.effective(old, attachment), changes)
                 else:
                     new["network"] = qos.merge(old["network"], changes)
@@ -104,11 +104,11 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
                     probe_netem(links)
             elif scoped:
                 for attachment in chosen:
-                    new["attachments"].pop(qos.key(attachment), None)
+                    new["attachments"].pop(attachment.key, None)
             else:
                 new = {"network": None, "attachments": {}}
             qos.apply_all(links, chosen, old, new)
-            qos.save(nets, name, new)
+            qos.save(nets.store, name, new)
     print(f"qos {'configured' if a['set'] else 'reset'} for {name}")
     return 0
 
@@ -118,16 +118,16 @@ def show(nets: Networks, name: str, fmt: str) -> int:
     from .tc import Links, counters
 
     nets.get(name)
-    record = qos.load(nets, name)
+    record = qos.load(nets.store, name)
     rows = []
     with Links() as links:
-        for attachment in nets.attachments(name).records:
-            veth = qos.host_veth(links, attachment) if attachment_netns(attachment) else None
-            rows.append({"container_id": attachment["containerId"],
-                         "target": attachment["circuit"]["target"],
-                         "ifname": attachment["ifName"], "interface": veth,
+        for attached in nets.attachments(name).records:
+            attachment, label = as_attachment(attached), attached["circuit"]["target"]
+            veth = qos.host_veth(links, attachment) if attachment.running() else None
+            rows.append({"container_id": attachment.container_id, "target": label,
+                         "ifname": attachment.ifname, "interface": veth,
                          "policy": qos.effective(record, attachment),
-                         "own_policy": qos.key(attachment) in record["attachments"],
+                         "own_policy": attachment.key in record["attachments"],
                          "counters": counters(links, veth) if veth else {}})
     if fmt == "json":
         output.emit_json({"network": name, "policy": record["network"], "attachments": rows})
@@ -143,24 +143,6 @@ def show(nets: Networks, name: str, fmt: str) -> int:
                           c.get("overlimits", "-")))
     output.emit(output.render_table(["container", "interface", "dir", "policy", "bytes",
                                      "packets", "drops", "overlimits"], table, min_width=10))
-    return 0
-
-
-def restore(nets: Networks) -> int:
-    """Re-apply every stored policy to the attachments whose containers still run."""
-    from .tc import Links
-
-    directory = nets.store.path("qos")
-    names = [os.path.basename(p)[:-len(".json")] for p in nets.store.records(directory)]
-    if not names:
-        return 0
-    with Links() as links:
-        for name in names:
-            with nets.store.lock("network", name):
-                record = qos.load(nets, name)
-                attachments = nets.attachments(name).records
-                qos.apply_all(links, attachments, record, record)
-            print(f"qos restored for {name}")
     return 0
 
 

@@ -3,35 +3,39 @@
 State: qos/<network>.json  {"network": {policy} | null, "attachments": {"<cid>@<ifname>": {policy}}}
 A policy is {"rate", "ceil" (bit/s), "delay" (µs), "buffer", "cbuffer" (bytes), "priority"}.
 The network's policy applies to every attachment, present and future; an attachment's own
-policy (--container / --interface) replaces it for that attachment.
+policy (--container / --interface) replaces it for that attachment. A network with a record
+carries the qos extension marker, so circuit-net shapes its new attachments (extension.py).
 """
 
 import contextlib
 
+from circuit_common import extensions
 from circuit_common.errors import InvalidInput, NotFound
-from circuit_net.networks import Networks, attachment_netns
+from circuit_common.extensions import Attachment
+from circuit_common.store import Store
+from circuit_net.networks import Networks, as_attachment
 
 FIELDS = ("rate", "ceil", "delay", "buffer", "cbuffer", "priority")
+EMPTY = {"network": None, "attachments": {}}
 
 
-def policy_path(nets: Networks, name: str):
-    return nets.store.path("qos", f"{name}.json")
+def policy_path(store: Store, name: str) -> str:
+    return store.path("qos", f"{name}.json")
 
 
-def load(nets: Networks, name: str) -> dict:
-    return nets.store.read(policy_path(nets, name)) or {"network": None, "attachments": {}}
+def load(store: Store, name: str) -> dict:
+    return store.read(policy_path(store, name)) or EMPTY
 
 
-def save(nets: Networks, name: str, record: dict) -> None:
+def save(store: Store, name: str, record: dict) -> None:
+    """Write the network's policies, and mark the network for the qos extension while any."""
     if record["network"] is None and not record["attachments"]:
-        nets.store.remove(policy_path(nets, name))
+        store.remove(policy_path(store, name))
+        extensions.unmark(store, name, "qos")
     else:
-        nets.store.write(policy_path(nets, name), {"network": record["network"],
-                                                   "attachments": record["attachments"]})
-
-
-def key(attachment: dict) -> str:
-    return f"{attachment['containerId']}@{attachment['ifName']}"
+        store.write(policy_path(store, name), {"network": record["network"],
+                                               "attachments": record["attachments"]})
+        extensions.mark(store, name, "qos")
 
 
 def merge(old: dict | None, changes: dict) -> dict:
@@ -51,16 +55,16 @@ def merge(old: dict | None, changes: dict) -> dict:
     return policy
 
 
-def effective(record: dict, attachment: dict) -> dict | None:
-    return record["attachments"].get(key(attachment)) or record["network"]
+def effective(record: dict, attachment: Attachment) -> dict | None:
+    return record["attachments"].get(attachment.key) or record["network"]
 
 
-def host_veth(links, attachment: dict) -> str:
+def host_veth(links, attachment: Attachment) -> str:
     """The host-side veth of an attachment, from its cached CNI result."""
-    for iface in attachment["result"].get("interfaces", []):
-        if not iface.get("sandbox") and links.kind(iface["name"]) == "veth":
-            return iface["name"]
-    raise InvalidInput(f"attachment {key(attachment)} has no host-side veth: QoS needs a "
+    for name in attachment.host_ifnames:
+        if links.kind(name) == "veth":
+            return name
+    raise InvalidInput(f"attachment {attachment.key} has no host-side veth: QoS needs a "
                        "veth-based network (bridge, ptp)")
 
 
@@ -70,23 +74,23 @@ def shape(policy: dict | None):
     return None if policy is None else Shape(**{k: policy.get(k) for k in FIELDS})
 
 
-def apply_all(links, attachments: list[dict], old: dict, new: dict) -> None:
+def apply_all(links, attachments: list[Attachment], old: dict, new: dict) -> None:
     """Make every attachment's shaping match new, in one batch; if that fails, put back old."""
     try:
-        _apply(links, attachments, new, old)
+        apply(links, attachments, new, old)
     except BaseException:
         with contextlib.suppress(Exception):  # the first error is the one to report
-            _apply(links, attachments, old, new)
+            apply(links, attachments, old, new)
         raise
 
 
-def _apply(links, attachments: list[dict], record: dict, previous: dict) -> None:
+def apply(links, attachments: list[Attachment], record: dict, previous: dict) -> None:
     """Shape the attachments whose containers still run by record's policies (None:
     unshaped), from previous's; a container that has exited took its veth with it."""
     from . import tc
 
     planned = [(host_veth(links, a), effective(record, a), effective(previous, a))
-               for a in attachments if attachment_netns(a)]
+               for a in attachments if a.running()]
     links.add_ifbs([tc.ifb_name(veth) for veth, policy, _ in planned
                     if policy and policy.get("rate")])
     for veth, policy, before in planned:
@@ -98,52 +102,18 @@ def _apply(links, attachments: list[dict], record: dict, previous: dict) -> None
 
 
 def select(nets: Networks, name: str, container=None, interface: str | None = None,
-           links=None) -> list[dict]:
+           links=None) -> list[Attachment]:
     """The attachments of a network that --container / --interface name (all when neither)."""
-    attachments = nets.attachments(name).records
+    records = nets.attachments(name).records
     if container is not None:
-        chosen = [a for a in attachments if container.matches(a)]
+        chosen = [as_attachment(r) for r in records if container.matches(r)]
         if not chosen:
             raise NotFound(f"container {container.label} is not connected to network {name}")
         return chosen
+    attachments = [as_attachment(r) for r in records]
     if interface is not None:
-        chosen = [a for a in attachments
-                  if attachment_netns(a) and host_veth(links, a) == interface]
+        chosen = [a for a in attachments if a.running() and host_veth(links, a) == interface]
         if not chosen:
             raise NotFound(f"no attachment of network {name} has host interface {interface}")
         return chosen
     return attachments
-
-
-# -- called by circuit-net for each attach and detach on a network that has a QoS policy ------
-
-def host_links(attachment: dict) -> list[str]:
-    """The host-side interfaces of an attachment and the IFB devices that would shape them."""
-    from .tc import ifb_name
-
-    names = [i["name"] for i in attachment["result"].get("interfaces", [])
-             if not i.get("sandbox")]
-    return names + [ifb_name(name) for name in names]
-
-
-def attached(nets: Networks, network: dict, attachment: dict) -> None:
-    """Shape a new attachment by its network's policy."""
-    from .tc import Links
-
-    record = load(nets, network["name"])
-    with Links(host_links(attachment)) as links:
-        _apply(links, [attachment], record, {"network": None, "attachments": {}})
-
-
-def detached(nets: Networks, network: dict, attachment: dict) -> None:
-    """Remove what shaping left beside the veth (its IFB device), and its own policy."""
-    from . import tc
-
-    with tc.Links(host_links(attachment)) as links:
-        for name in host_links(attachment):
-            if links.kind(name) == "ifb":
-                links.delete(name)
-        links.commit()
-    record = load(nets, network["name"])
-    if record["attachments"].pop(key(attachment), None) is not None:
-        save(nets, network["name"], record)

@@ -1,0 +1,83 @@
+"""The attachment lifecycle that tools extend, declared as entry points (group circuit.extensions).
+
+A tool registers a module in its pyproject:
+    [project.entry-points."circuit.extensions"]
+    qos = "circuit_qos.extension"
+and the module defines what it needs of:
+    attached(ctx, attachment)      after an attachment is made; raising rolls the attach back
+    detached(ctx, attachment)      before an attachment's record goes
+    network_deleted(ctx, network)  when a network it marked is deleted (network: its name)
+    restore(ctx) -> int            `circuit restore`, after a reboot; returns an exit code
+circuit-net calls the first three only for networks that carry the extension's marker
+(extensions/<network>/<name>.json, made by mark()): a network no tool extends costs one failed
+directory listing, no entry-point scan and no import of the tool.
+"""
+
+import os
+from collections import namedtuple
+
+from .errors import NotFound
+from .proc import Process
+
+GROUP = "circuit.extensions"
+
+
+class Attachment(namedtuple("Attachment", "network container_id ifname pid start_time result")):
+    """One container interface on one network, as circuit-net hands it to extensions."""
+
+    __slots__ = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.container_id}@{self.ifname}"
+
+    @property
+    def host_ifnames(self) -> list[str]:
+        """The interfaces of the CNI result that live outside the container (veth, bridge)."""
+        return [i["name"] for i in self.result.get("interfaces", []) if not i.get("sandbox")]
+
+    def running(self) -> bool:
+        """True while the very container process that was attached runs."""
+        return Process(self.pid, self.start_time).alive()
+
+
+def marker_dir(store, network: str) -> str:
+    return store.path("extensions", network)
+
+
+def markers(store, network: str) -> list[str]:
+    """The names of the extensions that marked a network."""
+    return [os.path.basename(p)[:-len(".json")] for p in store.records(marker_dir(store, network))]
+
+
+def mark(store, network: str, name: str) -> None:
+    """Ask circuit-net to call extension name for the attachments of network."""
+    path = os.path.join(marker_dir(store, network), f"{name}.json")
+    if store.read(path) is None:
+        store.write(path, {"extension": name})
+
+
+def unmark(store, network: str, name: str) -> None:
+    store.remove(os.path.join(marker_dir(store, network), f"{name}.json"))
+    try:
+        os.rmdir(marker_dir(store, network))
+    except OSError:  # other markers remain, or none was ever made
+        pass
+
+
+def load(store, network: str, name: str):
+    """The module of extension name; NotFound in one line when no installed tool provides it."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=GROUP, name=name):
+        return entry.load()
+    marker = os.path.join(marker_dir(store, network), f"{name}.json")
+    raise NotFound(f"network {network} uses extension {name!r}, which no installed tool "
+                   f"provides: install circuit-{name}, or remove {marker} to drop it")
+
+
+def registered() -> list[tuple[str, object]]:
+    """(name, module) of every installed extension, by name."""
+    from importlib.metadata import entry_points
+
+    return [(e.name, e.load()) for e in sorted(entry_points(group=GROUP), key=lambda e: e.name)]

@@ -1,0 +1,60 @@
+"""The extension interface: circuit-net knows its extensions only through entry points and the
+markers they leave on networks."""
+
+import json
+import subprocess
+import sys
+
+from test_cli import circuit
+
+from circuit_common import extensions
+from circuit_common.store import Store
+
+NETWORK = {"schema": 1, "name": "sandbox", "source": "test", "created": "now",
+           "config": {"cniVersion": "1.0.0", "name": "sandbox",
+                      "plugins": [{"type": "bridge"}]}}
+
+
+def test_circuit_net_imports_no_extension_and_no_pyroute2():
+    code = ("import sys, circuit_net.networks, circuit_hook.cli\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('circuit_qos', 'circuit_lb', 'pyroute2', 'circuit_netlink')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_circuit_net_does_not_depend_on_pyroute2():
+    tree = subprocess.run(["uv", "tree", "--package", "circuit-net", "--frozen"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "circuit-net" in tree and "pyroute2" not in tree and "circuit-qos" not in tree
+
+
+def test_qos_and_lb_register_and_restore_is_theirs():
+    names = [name for name, _ in extensions.registered()]
+    assert "qos" in names
+    assert all(hasattr(module, "restore") for _, module in extensions.registered())
+
+
+def test_markers_are_made_listed_and_dropped(tmp_path):
+    store = Store(tmp_path)
+    assert extensions.markers(store, "sandbox") == []
+    extensions.mark(store, "sandbox", "qos")
+    extensions.mark(store, "sandbox", "qos")
+    assert extensions.markers(store, "sandbox") == ["qos"]
+    extensions.unmark(store, "sandbox", "qos")
+    assert extensions.markers(store, "sandbox") == []
+    assert not (tmp_path / "extensions" / "sandbox").exists()
+
+
+def test_a_missing_extension_is_one_line_and_changes_nothing(tmp_path):
+    (tmp_path / "networks").mkdir(mode=0o700)
+    (tmp_path / "networks" / "sandbox.json").write_text(json.dumps(NETWORK))
+    Store(tmp_path).write(str(tmp_path / "extensions" / "sandbox" / "nosuch.json"),
+                          {"extension": "nosuch"})
+    proc = circuit("--state", tmp_path, "network", "delete", "sandbox")
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert "extension 'nosuch', which no installed tool provides" in proc.stderr
+    assert "nosuch.json" in proc.stderr
+    assert (tmp_path / "networks" / "sandbox.json").exists()
