@@ -13,6 +13,7 @@ circuit-net calls the first three only for networks that carry the extension's m
 directory listing, no entry-point scan and no import of the tool.
 """
 
+import contextlib
 import os
 from collections import namedtuple
 
@@ -59,10 +60,8 @@ def mark(store, network: str, name: str) -> None:
 
 def unmark(store, network: str, name: str) -> None:
     store.remove(os.path.join(marker_dir(store, network), f"{name}.json"))
-    try:
+    with contextlib.suppress(OSError):  # other markers remain, or none was ever made
         os.rmdir(marker_dir(store, network))
-    except OSError:  # other markers remain, or none was ever made
-        pass
 
 
 def load(store, network: str, name: str):
