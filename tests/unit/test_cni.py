@@ -1,7 +1,7 @@
 """Plugin execution error paths (pytest-subprocess) and config validation."""
 
 import json
-import subprocess
+import time
 
 import pytest
 
@@ -47,13 +47,22 @@ def test_result_that_is_not_json(fp, plugins, plugin_dir):
         plugins.exec_plugin("bridge", "ADD", {}, RT)
 
 
-def test_timeout(fp, plugins, plugin_dir):
-    def hang(process):
-        raise subprocess.TimeoutExpired(process.args, 0.2)
+def test_a_plugin_past_its_timeout_is_killed_with_its_children(tmp_path):
+    """A real process tree: the plugin's own child must not outlive the timeout."""
+    from circuit_common.proc import process
 
-    fp.register([str(plugin_dir / "bridge")], callback=hang)
-    with pytest.raises(PluginError, match=r"plugin bridge timed out after 0\.2s during ADD"):
+    child = tmp_path / "child.pid"
+    plugin = tmp_path / "bridge"
+    plugin.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {child}\nwait\n")
+    plugin.chmod(0o755)
+    plugins = cni.Plugins([str(tmp_path)], timeout=0.3)
+    with pytest.raises(PluginError, match=r"timed out after 0\.3s during ADD; it was killed"):
         plugins.exec_plugin("bridge", "ADD", {}, RT)
+    pid = int(child.read_text())
+    deadline = time.monotonic() + 2
+    while process(pid) is not None:  # killed: gone, or a zombie no init has reaped
+        assert time.monotonic() < deadline, f"the plugin's child {pid} outlived the timeout"
+        time.sleep(0.01)
 
 
 def test_go_panic_is_shown_as_the_panic_line(fp, plugins, plugin_dir):

@@ -5,9 +5,12 @@ add_chain / del_chain (symmetric), check_chain, gc_chain, cache_entry.
 """
 
 import binascii
+import contextlib
 import json
 import os
+import signal
 import subprocess
+from collections import namedtuple
 
 from circuit_common.errors import InvalidInput, NotFound, PluginError
 from circuit_common.validate import NAME_RE, check_name
@@ -61,13 +64,42 @@ def load_netconf(data: bytes, source: str, name: str | None = None) -> dict:
 
 
 def find_plugin(kind: str, cni_path: list[str]) -> str:
-    """The executable for plugin type kind in the CNI path."""
+    """The executable for plugin type kind in the CNI path (kind re-checked: a record read
+    from the state directory may have been edited by hand)."""
+    if not isinstance(kind, str) or not NAME_RE.fullmatch(kind):
+        raise InvalidInput(f"plugin type {kind!r} must be a plain plugin name (no '/' or '..')")
     for directory in cni_path:
         candidate = os.path.join(directory, kind)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise NotFound(f"CNI plugin {kind!r} not found in {':'.join(cni_path)}; install it "
                    "(Debian: containernetworking-plugins) or point --cni-path / CNI_PATH at it")
+
+
+# What running a plugin gave: its exit code and output (None: it ran past the timeout).
+Outcome = namedtuple("Outcome", "returncode stdout stderr")
+
+
+class ProcessExec:
+    """How plugins run (libcni's invoke.Exec): find one in the CNI path, run it with stdin and
+    an environment. Tests pass another executor to Plugins to run chains without processes."""
+
+    find_plugin = staticmethod(find_plugin)
+
+    @staticmethod
+    def run(path: str, stdin: bytes, env: dict[str, str], timeout: float) -> Outcome:
+        """Run path in a session of its own; past timeout its whole process group is killed
+        (a plugin's children must not outlive it) and returncode is None."""
+        proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return Outcome(None, b"", b"")
+        return Outcome(proc.returncode, stdout, stderr)
 
 
 class Runtime:
@@ -83,11 +115,12 @@ class Runtime:
 
 
 class Plugins:
-    """How to execute plugins: where they are and how long they may take."""
+    """How to execute plugins: where they are, how long they may take, and the executor."""
 
-    def __init__(self, cni_path: list[str], timeout: float = 60.0):
+    def __init__(self, cni_path: list[str], timeout: float = 10.0, executor=ProcessExec):
         self.cni_path = cni_path
         self.timeout = timeout
+        self.executor = executor
 
     def environ(self, command: str, rt: Runtime | None) -> dict[str, str]:
         env = {"CNI_COMMAND": command, "CNI_PATH": ":".join(self.cni_path),
@@ -99,29 +132,29 @@ class Plugins:
 
     def exec_plugin(self, kind: str, command: str, conf: dict, rt: Runtime | None) -> dict | None:
         """Run one plugin command; its parsed stdout, or PluginError with the plugin's message."""
-        path = find_plugin(kind, self.cni_path)
-        try:
-            proc = subprocess.run([path], input=json.dumps(conf).encode(), capture_output=True,
-                                  env=self.environ(command, rt), timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            raise PluginError(f"plugin {kind} timed out after {self.timeout:g}s "
-                              f"during {command}") from None
-        out = proc.stdout.strip()
-        if proc.returncode != 0:
+        path = self.executor.find_plugin(kind, self.cni_path)
+        done = self.executor.run(path, json.dumps(conf).encode(), self.environ(command, rt),
+                                 self.timeout)
+        if done.returncode is None:
+            raise PluginError(f"plugin {kind} timed out after {self.timeout:g}s during {command}"
+                              "; it was killed with its children")
+        out = done.stdout.strip()
+        if done.returncode != 0:
             raise PluginError(f"plugin {kind} failed during {command}: "
-                              f"{_error_message(out, proc.stderr)}")
+                              f"{_error_message(out, done.stderr)}")
         if not out:
             return None
         try:
             return json.loads(out)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise PluginError(f"plugin {kind} returned something that is not JSON during "
                               f"{command}: {out[:200]!r}") from None
 
     def supported_versions(self, kind: str) -> list[str]:
         """The spec versions a plugin says it supports (CNI VERSION command)."""
         reply = self.exec_plugin(kind, "VERSION", {"cniVersion": "0.3.0"}, None) or {}
-        return list(reply.get("supportedVersions", []))
+        versions = reply.get("supportedVersions", []) if isinstance(reply, dict) else []
+        return [v for v in versions if isinstance(v, str)] if isinstance(versions, list) else []
 
 
 def _error_message(stdout: bytes, stderr: bytes) -> str:

@@ -6,7 +6,7 @@ from collections import namedtuple
 
 from circuit_common.errors import NotFound
 from circuit_common.proc import Process, process
-from circuit_common.validate import check_name
+from circuit_common.validate import ascii_number, check_name, check_pid
 
 
 class Target(namedtuple("Target", "container_id label process", defaults=(None,))):
@@ -23,7 +23,7 @@ class Target(namedtuple("Target", "container_id label process", defaults=(None,)
         """Whether an attachment record belongs to this container."""
         if attachment["containerId"] == self.container_id:
             return True
-        if not self.label.isdigit() or attachment["circuit"]["pid"] != int(self.label):
+        if attachment["circuit"]["pid"] != ascii_number(self.label):
             return False
         # A running PID names only its own attachments; a PID that is gone names its stale ones.
         return (self.process is None
@@ -50,8 +50,8 @@ def runc_pid(container: str, runc_root: str | None) -> int | None:
 
 def resolve(target: str, runc_root: str | None = None, must_run: bool = True) -> Target:
     """The Target named on the command line; NotFound when it must run and does not."""
-    if target.isdigit():
-        proc = process(int(target))
+    if ascii_number(target) is not None:
+        proc = process(check_pid(target))
         if proc is None:
             if must_run:
                 raise NotFound(f"no process with PID {target}; give the PID of a running "

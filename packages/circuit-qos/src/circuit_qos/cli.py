@@ -29,6 +29,7 @@ import copy
 from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import InvalidInput
+from circuit_common.validate import ascii_number
 from circuit_net.networks import Networks, as_attachment
 from circuit_net.target import resolve
 
@@ -50,9 +51,10 @@ def changes_from(a: dict) -> dict:
         if a[option] is not None:
             changes[field] = parse_size(a[option])
     if a["--priority"] is not None:
-        if not a["--priority"].isdigit():
+        priority = ascii_number(a["--priority"])
+        if priority is None:
             raise InvalidInput(f"priority must be 0..7, not {a['--priority']!r}")
-        changes["priority"] = int(a["--priority"])
+        changes["priority"] = priority
     if not changes:
         raise InvalidInput("nothing to set: give --rate, --ceiling or --delay")
     return changes

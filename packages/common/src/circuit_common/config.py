@@ -1,6 +1,8 @@
 """Settings from /etc/circuit/circuit.toml, the environment and global options (rising order)."""
 
+import contextlib
 import os
+import stat
 
 from .errors import InvalidInput
 
@@ -24,9 +26,8 @@ class Settings:
         self.state_dir = DEFAULT_STATE_DIR
         self.cni_path = list(DEFAULT_CNI_PATH)
         self.lock_timeout = 30.0
-        self.plugin_timeout = 60.0
+        self.plugin_timeout = 10.0
         self.runc_root: str | None = None
-        self.debug = False
 
 
 def split_global_options(argv: list[str]) -> tuple[dict[str, str | bool], list[str]]:
@@ -54,47 +55,86 @@ def split_global_options(argv: list[str]) -> tuple[dict[str, str | bool], list[s
     return found, rest
 
 
+MAX_CONFIG = 1 << 20
+MAX_SECONDS = 24 * 3600.0
+CONFIG_KEYS = ("state_dir", "cni_path", "lock_timeout", "plugin_timeout", "runc_root")
+
+
 def _read_config_file(path: str) -> dict:
+    """The config file's table ({} when there is none): a regular file of at most 1 MiB."""
     if not os.path.exists(path):
         return {}
     import toml
 
     try:
-        with open(path) as f:
-            return toml.load(f)
-    except (OSError, toml.TomlDecodeError) as e:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise InvalidInput(f"config file {path} is not a regular file")
+            data = f.read(MAX_CONFIG + 1)
+        if len(data) > MAX_CONFIG:
+            raise InvalidInput(f"config file {path} is larger than 1 MiB; is it the right file?")
+        return toml.loads(data.decode())
+    except (OSError, UnicodeDecodeError, toml.TomlDecodeError, RecursionError) as e:
         raise InvalidInput(f"cannot read config file {path}: {e}") from None
 
 
-def _positive_seconds(value, what: str) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if seconds <= 0:
-        raise InvalidInput(f"{what} must be a positive number of seconds, not {value!r}")
-    return seconds
+def seconds(value, what: str) -> float:
+    """A positive, finite number of seconds (ASCII digits only), at most a day."""
+    text = value if isinstance(value, str) else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        text = repr(value)
+    number = -1.0
+    if text is not None and text.isascii():
+        with contextlib.suppress(ValueError):
+            number = float(text)
+    if not (0 < number <= MAX_SECONDS):  # also refuses nan
+        raise InvalidInput(f"{what} must be a number of seconds above 0 and at most "
+                           f"{MAX_SECONDS:g}, not {value!r}")
+    return number
+
+
+def _string(conf: dict, key: str, path: str) -> str | None:
+    value = conf.get(key)
+    if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+        raise InvalidInput(f"{key} in config file {path} must be a non-empty string, "
+                           f"not {value!r}")
+    return value
 
 
 def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
     """Merge config file, environment and global options into Settings."""
     path = str(options.get("config") or env.get("CIRCUIT_CONFIG") or DEFAULT_CONFIG)
     conf = _read_config_file(path)
-    unknown = set(conf) - {"state_dir", "cni_path", "lock_timeout", "plugin_timeout", "runc_root"}
+    unknown = set(conf) - set(CONFIG_KEYS)
     if unknown:
-        raise InvalidInput(f"unknown key {sorted(unknown)[0]!r} in config file {path}")
+        raise InvalidInput(f"unknown key {sorted(unknown)[0]!r} in config file {path}; "
+                           f"known keys: {', '.join(CONFIG_KEYS)}")
     s = Settings()
     s.state_dir = str(options.get("state") or env.get("CIRCUIT_STATE_DIR")
-                      or conf.get("state_dir") or DEFAULT_STATE_DIR)
+                      or _string(conf, "state_dir", path) or DEFAULT_STATE_DIR)
+    if "\0" in s.state_dir:
+        raise InvalidInput("the state directory's path holds a NUL byte")
     cni_path = options.get("cni_path") or env.get("CNI_PATH")
     if cni_path:
         s.cni_path = [p for p in str(cni_path).split(":") if p]
     elif "cni_path" in conf:
         value = conf["cni_path"]
-        s.cni_path = [value] if isinstance(value, str) else list(value)
-    s.lock_timeout = _positive_seconds(
-        options.get("lock_timeout") or conf.get("lock_timeout", 30), "lock timeout")
-    s.plugin_timeout = _positive_seconds(conf.get("plugin_timeout", 60), "plugin_timeout")
-    s.runc_root = conf.get("runc_root")
-    s.debug = bool(options.get("debug"))
+        if isinstance(value, str):
+            value = [p for p in value.split(":") if p]
+        if not isinstance(value, list) or not value \
+                or not all(isinstance(p, str) and p for p in value):
+            raise InvalidInput(f"cni_path in config file {path} must be a string or a list of "
+                               f"directories, not {value!r}")
+        s.cni_path = value
+    s.lock_timeout = seconds(options.get("lock_timeout") or conf.get("lock_timeout", 30),
+                             "the lock timeout")
+    if "plugin_timeout" in conf:
+        s.plugin_timeout = seconds(conf["plugin_timeout"], "plugin_timeout")
+        if s.plugin_timeout >= s.lock_timeout:
+            raise InvalidInput(f"plugin_timeout ({s.plugin_timeout:g}s) must be shorter than the "
+                               f"lock timeout ({s.lock_timeout:g}s), or commands waiting for "
+                               "a lock give up while one plugin hangs")
+    else:
+        s.plugin_timeout = min(s.plugin_timeout, s.lock_timeout / 2)
+    s.runc_root = _string(conf, "runc_root", path)
     return s

@@ -18,7 +18,8 @@ class Process(namedtuple("Process", "pid start_time")):
 
 
 def start_time(pid: int) -> int | None:
-    """The start time of pid from /proc/PID/stat, None when there is no such process."""
+    """The start time of pid from /proc/PID/stat; None when there is no such process, or only
+    its remains: a zombie (Z) or a dead task (X) has exited, even if no parent reaped it."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
@@ -26,6 +27,8 @@ def start_time(pid: int) -> int | None:
         return None
     # comm (field 2) may hold spaces and parentheses: split after its closing parenthesis.
     fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):  # field 3, the state
+        return None
     return int(fields[19])  # field 22 of stat, the 20th after comm
 
 

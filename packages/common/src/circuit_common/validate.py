@@ -22,3 +22,22 @@ def check_ifname(value: str) -> str:
         raise InvalidInput(f"invalid interface name {value!r}: use 1-15 letters, digits, "
                            "'_', '.' or '-'")
     return value
+
+
+PID_MAX = 1 << 22  # the kernel's highest pid_max
+
+
+def ascii_number(text: str) -> int | None:
+    """The integer spelled by text in ASCII digits only ('²' and '١' are not numbers), or None."""
+    if isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 18:
+        return int(text)
+    return None
+
+
+def check_pid(value, what: str = "pid") -> int:
+    """A positive PID given as an int (never a bool, float or list) or ASCII digits."""
+    pid = value if type(value) is int else ascii_number(value)
+    if pid is None or not 0 < pid <= PID_MAX:
+        raise InvalidInput(f"invalid {what} {value!r}: a PID is a whole number from 1 to "
+                           f"{PID_MAX}")
+    return pid
