@@ -1,5 +1,6 @@
 """The dispatcher and the shared error policy, run as users run them."""
 
+import json
 import os
 import subprocess
 import sys
@@ -22,9 +23,66 @@ def circuit(*args, tool="circuit", env=None, input=None, importtime=False):
 def test_help_lists_the_command_groups():
     out = circuit("--help").stdout
     for group in ("circuit network", "circuit network qos", "circuit lb", "circuit hook",
-                  "circuit restore", "circuit version"):
+                  "circuit restore", "circuit version", "circuit doctor"):
         assert group in out
-    assert circuit("version").stdout == "circuit 0.1.0\n"
+
+
+def fake_plugins(directory: Path) -> Path:
+    """A CNI path with one plugin that answers VERSION and one program that is no plugin."""
+    directory.mkdir()
+    (directory / "good").write_text('#!/bin/sh\ncat >/dev/null\n'
+                                    'echo \'{"cniVersion": "1.0.0", "supportedVersions": '
+                                    '["0.4.0", "1.0.0"]}\'\n')
+    (directory / "junk").write_text("#!/bin/sh\necho hello\n")
+    for plugin in directory.iterdir():
+        plugin.chmod(0o755)
+    return directory
+
+
+def test_version_names_what_circuit_runs_against(tmp_path):
+    from circuit_common import VERSION
+
+    plugins = fake_plugins(tmp_path / "cni")
+    text = circuit("--cni-path", plugins, "version").stdout
+    assert text.startswith(f"circuit {VERSION}\npython ")
+    assert "pyroute2 " in text and "kernel " in text and "ipvs " in text
+    proc = circuit("--cni-path", plugins, "version", "--format", "json")
+    facts = json.loads(proc.stdout)
+    assert facts["circuit"] == VERSION and set(facts["kernel"]) >= {"ipvs", "netem", "nftables"}
+    assert facts["cni_plugins"] == [
+        {"name": "good", "path": str(plugins / "good"), "cniVersion": "1.0.0",
+         "supportedVersions": ["0.4.0", "1.0.0"]},
+        {"name": "junk", "path": str(plugins / "junk"),
+         "error": "no CNI VERSION answer (not a CNI plugin?)"}]
+
+
+def test_the_version_is_kept_in_one_place():
+    from importlib.metadata import version
+
+    from circuit_common import VERSION
+
+    assert {version(d) for d in ("circuit", "circuit-common", "circuit-net", "circuit-qos",
+                                 "circuit-lb", "circuit-hook", "circuit-netlink")} == {VERSION}
+    root = Path(__file__).parents[2]
+    for pyproject in [root / "pyproject.toml", *root.glob("packages/*/pyproject.toml")]:
+        assert 'dynamic = ["version"]' in pyproject.read_text(), pyproject
+
+
+def test_doctor_fails_when_a_stored_network_cannot_work(tmp_path):
+    plugins = fake_plugins(tmp_path / "cni")
+    (tmp_path / "networks").mkdir()
+    (tmp_path / "networks" / "web.json").write_text(json.dumps(
+        {"schema": 1, "name": "web", "config": {"cniVersion": "1.0.0", "name": "web",
+                                                "plugins": [{"type": "good"},
+                                                            {"type": "bridge"}]}}))
+    proc = circuit("--state", tmp_path, "--cni-path", plugins, "doctor")
+    assert proc.returncode == 4, proc.stderr
+    assert f"network web needs bridge, not in {plugins}" in proc.stdout
+    assert "fix: apt-get install containernetworking-plugins" in proc.stdout
+    (tmp_path / "networks" / "web.json").unlink()
+    proc = circuit("--state", tmp_path, "--cni-path", plugins, "doctor", "--format", "json")
+    assert proc.returncode == 0  # missing kernel features nothing uses are reported, not fatal
+    assert {c["feature"] for c in json.loads(proc.stdout)} >= {"networks", "qos delay", "lb"}
 
 
 @pytest.mark.parametrize("args", [("--help",), ("version",), ("network", "list"),

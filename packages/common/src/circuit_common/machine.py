@@ -1,0 +1,156 @@
+"""What this machine offers circuit: kernel features, runc, nft, the CNI plugins, pyroute2.
+
+Cheap to ask: the kernel is read from /proc/modules, modules.builtin / modules.dep of the
+running release and the kernel config (/proc/config.gz or /boot/config-RELEASE); pyroute2's
+version comes from its metadata, without importing it; plugins answer VERSION in parallel.
+"""
+
+import json
+import os
+import re
+import subprocess
+
+# feature: (module, kernel config option)
+KERNEL_FEATURES = {
+    "bridge": ("bridge", "CONFIG_BRIDGE"),
+    "veth": ("veth", "CONFIG_VETH"),
+    "htb": ("sch_htb", "CONFIG_NET_SCH_HTB"),
+    "ifb": ("ifb", "CONFIG_IFB"),
+    "netem": ("sch_netem", "CONFIG_NET_SCH_NETEM"),
+    "ipvs": ("ip_vs", "CONFIG_IP_VS"),
+    "nftables": ("nf_tables", "CONFIG_NF_TABLES"),
+}
+# A feature's state: the first three mean it can be used.
+LOADED, BUILTIN, MODULE, ABSENT, UNKNOWN = "loaded", "builtin", "module", "no", "unknown"
+USABLE = (LOADED, BUILTIN, MODULE)
+
+
+def _module_names(path: str, sep: str = ":") -> set[str] | None:
+    """Module names that start the lines of a file (kernel/net/sched/sch_htb.ko: ..., or
+    /proc/modules' sch_htb 49152 0 ...); None when it cannot be read."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    words = (line.split(sep, 1)[0] for line in lines if line)
+    return {os.path.basename(w).split(".ko", 1)[0].replace("-", "_") for w in words}
+
+
+def _kernel_config(root: str, release: str) -> dict[str, str] | None:
+    """CONFIG_X → y/m of the running kernel, or None when its config cannot be found."""
+    import gzip
+
+    for path, opener in ((f"{root}proc/config.gz", gzip.open),
+                         (f"{root}boot/config-{release}", open)):
+        try:
+            with opener(path, "rt") as f:
+                return dict(line.strip().split("=", 1) for line in f
+                            if line.startswith("CONFIG_") and "=" in line)
+        except OSError:
+            continue
+    return None
+
+
+def kernel_features(root: str = "/", release: str | None = None) -> dict[str, str]:
+    """Each of KERNEL_FEATURES: loaded, builtin, module (loads on use), no, or unknown."""
+    release = release or os.uname().release
+    modules = f"{root}lib/modules/{release}/"
+    loaded = _module_names(f"{root}proc/modules", sep=" ") or set()
+    builtin = _module_names(modules + "modules.builtin") or set()
+    available = _module_names(modules + "modules.dep")
+    config: dict[str, str] | None = None
+    states = {}
+    for feature, (module, option) in KERNEL_FEATURES.items():
+        if module in loaded:
+            states[feature] = LOADED
+        elif module in builtin:
+            states[feature] = BUILTIN
+        elif available and module in available:
+            states[feature] = MODULE
+        else:
+            if config is None:
+                config = _kernel_config(root, release) or {}
+            value = config.get(option)
+            if value == "y":
+                states[feature] = BUILTIN
+            elif config or available is not None:
+                states[feature] = ABSENT  # not configured, or a module that is not installed
+            else:
+                states[feature] = UNKNOWN
+    return states
+
+
+def tool_version(name: str, *args: str) -> dict | None:
+    """{"path", "version"} of an executable on PATH (the first line of its version answer)."""
+    from shutil import which
+
+    path = which(name)
+    if path is None:
+        return None
+    try:
+        out = subprocess.run([path, *args], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    found = re.search(r"\bv?(\d+\.\d+\S*)", out.split("\n", 1)[0])
+    return {"path": path, "version": found[1] if found else "?"}
+
+
+def runc() -> dict | None:
+    return tool_version("runc", "--version")
+
+
+def nft() -> dict | None:
+    return tool_version("nft", "--version")
+
+
+def python_package_version(name: str) -> str | None:
+    """An installed distribution's version, from its metadata (the package is not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def cni_plugins(cni_path: list[str], timeout: float = 5.0) -> list[dict]:
+    """Every plugin in the CNI path (the first of a name wins) with its VERSION answer:
+    {"name", "path", "cniVersion", "supportedVersions"}, or {"name", "path", "error"}."""
+    found: dict[str, str] = {}
+    for directory in cni_path:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            if name not in found and os.path.isfile(path) and os.access(path, os.X_OK):
+                found[name] = path
+    env = {"CNI_COMMAND": "VERSION", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    running = {}
+    for name, path in found.items():
+        try:
+            running[name] = subprocess.Popen([path], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                             env=env)
+        except OSError as e:
+            running[name] = e
+    return [_version_answer(name, found[name], proc, timeout) for name, proc in running.items()]
+
+
+def _version_answer(name: str, path: str, proc, timeout: float) -> dict:
+    plugin = {"name": name, "path": path}
+    if isinstance(proc, OSError):
+        return plugin | {"error": proc.strerror or str(proc)}
+    try:
+        out, _ = proc.communicate(b'{"cniVersion": "0.3.0"}', timeout=timeout)
+        answer = json.loads(out)
+        return plugin | {"cniVersion": answer["cniVersion"],
+                         "supportedVersions": list(answer.get("supportedVersions", []))}
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return plugin | {"error": f"no answer to VERSION within {timeout:g}s"}
+    except (ValueError, KeyError, TypeError):
+        return plugin | {"error": "no CNI VERSION answer (not a CNI plugin?)"}
