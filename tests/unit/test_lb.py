@@ -30,7 +30,7 @@ def test_malformed_endpoints_are_refused_in_one_line(text, message):
 
 
 def test_drift_names_each_target_that_differs(monkeypatch):
-    from circuit_lb import kernel
+    from circuit_lb import ipvs
     from circuit_lb.services import Services
 
     record = {"name": "web", "addr": "10.100.99.1", "port": 80, "protocol": "tcp",
@@ -41,7 +41,8 @@ def test_drift_names_each_target_that_differs(monkeypatch):
     in_kernel = {("tcp", Endpoint("10.100.99.1", 80)): {"scheduler": "wlc", "targets": {
         Endpoint("10.0.0.1", 80): ("masq", 1), Endpoint("10.0.0.2", 80): ("route", 1),
         Endpoint("10.0.0.4", 80): ("masq", 1)}}}
-    monkeypatch.setattr(kernel, "read_proc", lambda: in_kernel)
+    monkeypatch.setattr(ipvs, "read_proc", lambda: in_kernel)
+    monkeypatch.setattr(ipvs, "ensure_ipvs", lambda: None)
     assert Services.drift([record, {**record, "name": "gone", "port": 81}]) == [
         "service web has scheduler wlc in the kernel",
         "service web: target [fd00::3]:80 is missing from the kernel",

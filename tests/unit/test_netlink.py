@@ -81,7 +81,7 @@ def test_send_reports_the_first_refusal_and_counts_ignored_ones_as_done():
 def test_template_copies_are_the_bytes_pyroute2_encodes():
     import random
 
-    from circuit_lb import kernel
+    from circuit_lb import ipvs
     from circuit_netlink import Template
 
     service = {"addr": "10.100.99.1", "port": 80, "protocol": "tcp", "scheduler": "rr"}
@@ -93,18 +93,19 @@ def test_template_copies_are_the_bytes_pyroute2_encodes():
         return {"addr": addr, "port": rng.randrange(1, 65536), "weight": rng.randrange(65536),
                 "forward": rng.choice(("masq", "route"))}
 
-    for command in (kernel.IPVS_CMD_NEW_DEST, kernel.IPVS_CMD_DEL_DEST):
+    pyroute2_ipvs = ipvs.pyroute2_ipvs()
+    for command in (pyroute2_ipvs.IPVS_CMD_NEW_DEST, pyroute2_ipvs.IPVS_CMD_DEL_DEST):
         for version in (4, 6):
             first = target(version)
-            template = Template(kernel.message(30, command, service, first), 0,
-                                kernel.TARGET_SLOTS, kernel.target_values(first))
+            template = Template(ipvs.message(30, command, service, first), 0,
+                                ipvs.TARGET_SLOTS, ipvs.target_values(first))
             for sequence in range(1, 50):
                 one = target(version)
-                expected = kernel.message(30, command, service, one)
+                expected = ipvs.message(30, command, service, one)
                 expected["header"]["flags"] = 0x1  # NLM_F_REQUEST
                 expected["header"]["sequence_number"] = sequence
                 expected.encode()
-                assert template.copy(sequence, kernel.target_values(one)) == bytes(expected.data)
+                assert template.copy(sequence, ipvs.target_values(one)) == bytes(expected.data)
 
 
 def test_template_field_slots_and_wrong_sizes():

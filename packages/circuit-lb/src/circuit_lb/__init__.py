@@ -1,1 +1,1 @@
-"""circuit-lb: IPVS load-balancer services and targets."""
+"""circuit-lb: load-balancer services and targets, through IPVS or nftables."""

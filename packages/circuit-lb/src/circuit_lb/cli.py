@@ -1,7 +1,8 @@
-"""circuit-lb: load balancing with IPVS.
+"""circuit-lb: load balancing with IPVS or nftables.
 
 Usage:
   circuit-lb create NAME ADDR [--scheduler S] [--protocol P] [--persistent SECONDS]
+                    [--backend B]
   circuit-lb add NAME TARGET... [--weight W] [--forward F]
   circuit-lb remove NAME TARGET...
   circuit-lb delete NAME
@@ -17,6 +18,7 @@ Options:
   --scheduler S          rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, ... [default: rr]
   --protocol P           tcp or udp [default: tcp]
   --persistent SECONDS   send each client to the same target for this long
+  --backend B            ipvs or nftables (rr, wrr, sh); default: ipvs where the kernel has it
   --weight W             target weight 0..65535 [default: 1]
   --forward F            masq, route or tunnel [default: masq]
   --details              show targets
@@ -70,7 +72,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     name = a["NAME"]
     if a["create"]:
         services.create(name, parse_endpoint(a["ADDR"]), a["--scheduler"], a["--protocol"],
-                        persistent_seconds(a["--persistent"]))
+                        persistent_seconds(a["--persistent"]), a["--backend"])
         print(f"service {name} created")
     elif a["add"]:
         services.add(name, read_targets(a["TARGET"]), check_weight(a["--weight"]),
@@ -88,22 +90,22 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     elif a["list"]:
         return list_services(services, a)
     elif a["restore"]:
-        for restored in services.restore():
-            print(f"service {restored} restored")
+        return restore(ctx)
+    return 0
+
+
+def restore(ctx: cli.Context) -> int:
+    """`circuit restore`'s part: every stored service back in the kernel."""
+    for restored in Services(ctx).restore():
+        print(f"service {restored} restored")
     return 0
 
 
 def list_services(services: Services, a: dict) -> int:
-    from . import kernel
-
     fmt = output.check_format(a["--format"])
-    kernel.ensure_ipvs()
     records, unreadable = services.all()
     errors = unreadable + [f"{line}; run `circuit restore`" for line in services.drift(records)]
-    stats = {}
-    if a["--stats"]:
-        with kernel.ipvs() as sock:
-            stats = {r["name"]: sock.stats(r) for r in records}
+    stats = services.stats(records) if a["--stats"] else {}
     for error in errors:
         print(f"circuit: {error}", file=sys.stderr)
     if a["-q"]:
@@ -112,13 +114,13 @@ def list_services(services: Services, a: dict) -> int:
         output.emit_json([{**r, "stats": stats.get(r["name"])} if a["--stats"] else r
                           for r in records])
     else:
-        headers = ["name", "addr", "protocol", "scheduler"]
+        headers = ["name", "addr", "protocol", "scheduler", "backend"]
         if a["--stats"]:
             headers += ["conns", "inpkts", "outpkts", "inbytes", "outbytes"]
         rows, details = [], {}
         for i, r in enumerate(records):
             where = str(Endpoint(r["addr"], r["port"]))
-            row = [r["name"], where, r["protocol"], r["scheduler"]]
+            row = [r["name"], where, r["protocol"], r["scheduler"], r.get("backend", "ipvs")]
             if a["--stats"]:
                 row += counter_cells(stats[r["name"]]["service"])
             rows.append(row)

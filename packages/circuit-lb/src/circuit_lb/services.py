@@ -1,26 +1,26 @@
-"""Load-balancer services in the state store, kept in step with IPVS.
+"""Load-balancer services in the state store, kept in step with the kernel.
 
 State: services/<name>.json  {"name", "addr", "port", "protocol", "scheduler", "persistent",
-                              "vip_added", "targets": [{"addr", "port", "weight", "forward"}]}
-Every change takes the store-wide lock: services share the SNAT table and VIPs.
+                              "backend", "vip_added", "targets": [{"addr", "port", "weight",
+                              "forward"}]}
+Every change takes the store-wide lock (services share table circuit_lb and may share VIPs),
+computes what it will do, changes the kernel, and then writes the record; when a step fails,
+the kernel's changes are undone, so store and kernel never disagree after a failure.
 """
 
+import contextlib
 import re
 import time
 
 from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound
 from circuit_common.validate import check_name
-from circuit_netlink import NetlinkError
 
-from . import kernel
+from . import backends, ipvs, nft, table, vip
 from .address import Endpoint
+from .backends import endpoint
 
 SCHEDULER_RE = re.compile(r"[a-z]{1,15}")
-
-
-def endpoint(record: dict) -> Endpoint:
-    return Endpoint(record["addr"], record["port"])
 
 
 def check_weight(value) -> int:
@@ -57,22 +57,21 @@ class Services:
         reading its thousands of targets back would cost as much as writing them)."""
         return self.store.read_all(self.store.path("services"), skip=self.path(name)).records
 
-    def _save_and_sync(self, record: dict | None, name: str) -> None:
-        if record is None:
-            self.store.remove(self.path(name))
-        else:
-            self.store.write(self.path(name), record)
-        kernel.sync_snat(self._others(name) + ([record] if record else []))
-
     def create(self, name: str, where: Endpoint, scheduler: str, protocol: str,
-               persistent: int | None) -> dict:
+               persistent: int | None, backend: str | None = None) -> dict:
         check_name(name, "service name")
         if not SCHEDULER_RE.fullmatch(scheduler):
             raise InvalidInput(f"invalid scheduler {scheduler!r}: rr, wrr, lc, wlc, lblc, "
                                "lblcr, dh, sh, sed, nq, ...")
-        if protocol not in kernel.PROTOCOLS:
+        if protocol not in ipvs.PROTOCOLS:
             raise InvalidInput(f"invalid protocol {protocol!r}: use tcp or udp")
-        kernel.ensure_ipvs()
+        chosen = backends.choose(backend)
+        record = {"name": name, "addr": where.ip, "port": where.port, "protocol": protocol,
+                  "scheduler": scheduler, "persistent": persistent, "backend": chosen.name,
+                  "targets": [], "vip_added": False,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        chosen.check(record)
+        chosen.ensure()
         with self.store.lock_all():
             if self.store.read(self.path(name)) is not None:
                 raise Conflict(f"service {name} exists already")
@@ -80,128 +79,110 @@ class Services:
                 if (other["protocol"], endpoint(other)) == (protocol, where):
                     raise Conflict(f"service {other['name']} already balances {protocol} "
                                    f"{where}")
-            record = {"name": name, "addr": where.ip, "port": where.port, "protocol": protocol,
-                      "scheduler": scheduler, "persistent": persistent, "targets": [],
-                      "vip_added": False, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                   time.gmtime())}
-            with kernel.ipvs() as sock:
-                sock.add_service(record)
-                try:
-                    if not kernel.vip_is_local(where.ip):
-                        kernel.add_vip(where.ip)
-                        record["vip_added"] = True
-                    self._save_and_sync(record, name)
-                except BaseException:
-                    sock.del_service(record)
-                    if record["vip_added"]:
-                        kernel.del_vip(where.ip)
-                    raise
+            self._change(None, record)
         return record
 
     def add(self, name: str, targets: list[tuple[Endpoint, int | None]], weight: int,
             forward: str) -> dict:
         """Add targets, or update the weight and forwarding of those already there."""
-        if forward not in kernel.FORWARDS:
+        if forward not in ipvs.FORWARDS:
             raise InvalidInput(f"invalid forwarding {forward!r}: use masq, route or tunnel")
-        kernel.ensure_ipvs()
         with self.store.lock_all():
             record = self.get(name)
-            current = {endpoint(t): t for t in record["targets"]}
-            wanted = {}
+            wanted = {endpoint(t): t for t in record["targets"]}
             for where, own_weight in targets:
                 wanted[where] = {"addr": where.ip, "port": where.port, "forward": forward,
                                  "weight": weight if own_weight is None else own_weight}
             if any(w.version != endpoint(record).version for w in wanted):
                 raise InvalidInput("targets must be of the service's IP version")
-            self._apply(record, current, {**current, **wanted})
-        return record
+            return self._change_targets(record, wanted)
 
     def remove(self, name: str, targets: list[Endpoint]) -> dict:
-        kernel.ensure_ipvs()
         with self.store.lock_all():
             record = self.get(name)
             current = {endpoint(t): t for t in record["targets"]}
             for where in targets:
                 if where not in current:
                     raise NotFound(f"target {where} is not in service {name}")
-            self._apply(record, current, {k: v for k, v in current.items()
-                                          if k not in targets})
-        return record
+            gone = set(targets)
+            return self._change_targets(record, {k: v for k, v in current.items()
+                                                 if k not in gone})
 
-    def _apply(self, record: dict, current: dict, wanted: dict) -> None:
-        """Make the kernel's targets go from current to wanted; back to current on failure."""
-        with kernel.ipvs() as sock:
-            touched = []
-            try:
-                for where, target in wanted.items():
-                    if current.get(where) != target:
-                        sock.set_target(record, target, exists=where in current)
-                        touched.append(where)
-                for where, target in current.items():
-                    if where not in wanted:
-                        sock.del_target(record, target)
-                        touched.append(where)
-                try:
-                    sock.commit()
-                except NetlinkError as e:
-                    touched = [touched[i] for i in e.done]  # a refused request changed nothing
-                    raise kernel.target_error(e, record) from None
-                record["targets"] = sorted(wanted.values(), key=lambda t: endpoint(t))
-                self._save_and_sync(record, record["name"])
-            except BaseException:
-                self._rollback(sock, record, current, touched)
-                raise
-
-    @staticmethod
-    def _rollback(sock, record: dict, current: dict, touched: list[Endpoint]) -> None:
-        """Put the targets a failed change touched back as they were."""
-        seen = kernel.read_proc().get((record["protocol"], endpoint(record)), {"targets": {}})
-        for where in touched:
-            if where in current:
-                sock.set_target(record, current[where], exists=where in seen["targets"])
-            elif where in seen["targets"]:
-                sock.del_target(record, placeholder(where))
-        sock.commit()
-        record["targets"] = list(current.values())
+    def _change_targets(self, record: dict, wanted: dict) -> dict:
+        new = {**record, "targets": [wanted[k] for k in sorted(wanted)]}
+        backend = backends.of(record)
+        backend.check(new)
+        backend.ensure()
+        self._change(record, new)
+        return new
 
     def delete(self, name: str) -> None:
-        kernel.ensure_ipvs()
         with self.store.lock_all():
             record = self.get(name)
-            self._delete(record)
-
-    def _delete(self, record: dict) -> None:
-        with kernel.ipvs() as sock:
-            sock.del_service(record)
-        others = self._others(record["name"])
-        if record["vip_added"] and not any(s["addr"] == record["addr"] for s in others):
-            kernel.del_vip(record["addr"])
-        self._save_and_sync(None, record["name"])
+            backends.of(record).ensure()
+            self._change(record, None)
 
     def clear(self) -> list[str]:
-        kernel.ensure_ipvs()
         with self.store.lock_all():
             records = self.all()[0]
             for record in records:
-                self._delete(record)
+                backends.of(record).ensure()
+                self._change(record, None)
         return [r["name"] for r in records]
+
+    def _change(self, old: dict | None, new: dict | None) -> None:
+        """Take one service from old to new (None: absent): compute, change the kernel (the
+        backend's objects, the VIP, table circuit_lb), then write the record; undo the
+        kernel's changes when a later step fails."""
+        record = new or old
+        backend, addr, path = backends.of(record), record["addr"], self.path(record["name"])
+        others = self._others(record["name"])
+        before = table.build([*others, old] if old else others)
+        after = table.build([*others, new] if new else others)
+        sharing = [o for o in others if o["addr"] == addr]
+        undo = []
+        try:
+            if old is None:
+                local = vip.is_local(addr)
+                new["vip_added"] = not local or any(o["vip_added"] for o in sharing)
+                if not local:
+                    vip.add(addr)
+                    undo.append(lambda: vip.remove(addr))
+                undo.append(backend.create(new))
+            elif new is None:
+                undo.append(backend.delete(old))
+            else:
+                undo.append(backend.change(old, new))
+            nft.transaction(table.changes(before, after))
+            undo.append(lambda: nft.transaction(table.changes(after, before)))
+            if new is None:
+                if old["vip_added"] and not sharing:
+                    vip.remove(addr)
+                    undo.append(lambda: vip.add(addr))
+                self.store.remove(path)
+            else:
+                self.store.write(path, new)
+        except BaseException:
+            for step in reversed(undo):
+                with contextlib.suppress(Exception):  # the first failure is the one to report
+                    step()
+            raise
 
     @staticmethod
     def drift(records: list[dict]) -> list[str]:
         """How the kernel differs from the stored services, one line each (no pyroute2)."""
-        found = kernel.read_proc()
+        found = {b: b.read() for b in {backends.of(r) for r in records}}
         lines = []
         for record in records:
-            name = record["name"]
-            seen = found.get((record["protocol"], endpoint(record)))
+            name, backend = record["name"], backends.of(record)
+            seen = found[backend].get((record["protocol"], endpoint(record)))
             if seen is None:
                 lines.append(f"service {name} is missing from the kernel")
                 continue
             if seen["scheduler"] != record["scheduler"]:
                 lines.append(f"service {name} has scheduler {seen['scheduler']} in the kernel")
             # (addr, port) tuples: equal to the kernel's Endpoints, and cheaper by the thousand
-            stored = {(t["addr"], t["port"]): (t["forward"], t["weight"])
-                      for t in record["targets"]}
+            stored = backend.expected(record)
             kernel_targets = seen["targets"]
             for how, differing in (
                     ("is missing from the kernel", stored.keys() - kernel_targets.keys()),
@@ -212,39 +193,26 @@ class Services:
                           for where in sorted(differing)]
         return lines
 
+    @staticmethod
+    def stats(records: list[dict]) -> dict[str, dict]:
+        """{name: {"service": counters, "targets": {ADDR:PORT: counters}}} from the kernel."""
+        found = {}
+        for backend in {backends.of(r) for r in records}:
+            found |= backend.stats([r for r in records if backends.of(r) is backend])
+        return found
+
     def restore(self) -> list[str]:
-        """Make the kernel match the stored services again (after a reboot or ipvsadm -C)."""
+        """Make the kernel match the stored services again (after a reboot, ipvsadm -C or
+        `nft delete table`): services, targets, VIPs and table circuit_lb."""
         with self.store.lock_all():
             records = self.all()[0]
             if not records:
                 return []
-            kernel.ensure_ipvs()
-            found = kernel.read_proc()
-            with kernel.ipvs() as sock:
-                for record in records:
-                    seen = found.get((record["protocol"], endpoint(record)))
-                    if seen is None:
-                        sock.add_service(record)
-                        seen = {"targets": {}}
-                    elif seen["scheduler"] != record["scheduler"]:
-                        sock.set_service(record)
-                    for target in record["targets"]:
-                        where = endpoint(target)
-                        if seen["targets"].get(where) != (target["forward"], target["weight"]):
-                            sock.set_target(record, target, exists=where in seen["targets"])
-                    stored = {endpoint(t) for t in record["targets"]}
-                    for where in seen["targets"].keys() - stored:
-                        sock.del_target(record, placeholder(where))
-                    try:
-                        sock.commit()
-                    except NetlinkError as e:
-                        raise kernel.target_error(e, record) from None
-                    if record["vip_added"] and not kernel.vip_is_local(record["addr"]):
-                        kernel.add_vip(record["addr"])
-            kernel.sync_snat(records)
+            for backend in {backends.of(r) for r in records}:
+                backend.ensure()
+                backend.restore([r for r in records if backends.of(r) is backend])
+            for addr in {r["addr"] for r in records if r["vip_added"]}:
+                if not vip.is_local(addr):
+                    vip.add(addr)
+            nft.transaction(table.rebuild(table.build(records)))
         return [r["name"] for r in records]
-
-
-def placeholder(where: tuple[str, int]) -> dict:
-    """A target record for an (ip, port) that only needs deleting."""
-    return {"addr": where[0], "port": where[1], "weight": 0, "forward": "masq"}

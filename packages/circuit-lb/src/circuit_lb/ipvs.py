@@ -1,6 +1,6 @@
-"""IPVS in the kernel: services and targets through pyroute2's netlink API, a text view from
-/proc/net/ip_vs for the paths that must not load pyroute2, the VIP made local, and the SNAT
-that brings masq replies back through the host (nftables table `circuit_lb`)."""
+"""IPVS in the kernel: services and targets through pyroute2's netlink messages (its constants
+loaded with them, only where a request is made), and a text view from /proc/net/ip_vs for the
+paths that must not load pyroute2."""
 
 import errno
 import os
@@ -9,11 +9,10 @@ import struct
 import sys
 from contextlib import contextmanager
 
-from circuit_common.errors import Conflict, InvalidInput, KernelUnsupported, NotFound
+from circuit_common.errors import Conflict, InvalidInput, KernelUnsupported
 from circuit_netlink import (
     CREATE,
     NETLINK_GENERIC,
-    NETLINK_ROUTE,
     NLM_F_DUMP,
     NLM_F_REPLACE,
     Batch,
@@ -43,24 +42,27 @@ def ensure_ipvs() -> None:
 
 
 def read_proc() -> dict[tuple, dict]:
-    """{(protocol, Endpoint): {"scheduler", "targets": {(ip, port): (forward, weight)}}}: the
-    targets' keys are plain tuples (equal to Endpoints), cheaper by the thousand."""
+    """{(protocol, Endpoint): {"scheduler", "targets": {(ip, port): (forward, weight)}}} of the
+    TCP and UDP services (the kinds circuit makes): SCTP and firewall-mark services, made by
+    ipvsadm or another tool, are skipped with their targets. The targets' keys are plain
+    tuples (equal to Endpoints), cheaper by the thousand."""
     with open(PROC) as f:
         lines = f.read().splitlines()[3:]
     found: dict[tuple, dict] = {}
-    current = None
-    names = {v: k for k, v in FORWARDS.items()} | {1: "local"}
-    words = {"Masq": 0, "Local": 1, "Tunnel": 2, "Route": 3}
+    targets = None  # the targets of the service being read, None for one circuit skips
     for line in lines:
         fields = line.split()
         if not fields:
             continue
         if fields[0] == "->":
-            current["targets"][_proc_address(fields[1])] = (names[words[fields[2]]],
-                                                            int(fields[3]))
+            if targets is not None:
+                targets[_proc_address(fields[1])] = (fields[2].lower(), int(fields[3]))
         elif fields[0] in ("TCP", "UDP"):
-            current = {"scheduler": fields[2], "targets": {}}
-            found[(fields[0].lower(), Endpoint(*_proc_address(fields[1])))] = current
+            service = {"scheduler": fields[2], "targets": {}}
+            found[(fields[0].lower(), Endpoint(*_proc_address(fields[1])))] = service
+            targets = service["targets"]
+        else:  # SCTP, FWM, …
+            targets = None
     return found
 
 
@@ -89,6 +91,7 @@ class Ipvs:
     changes with set_target / del_target, then `commit()`."""
 
     def __init__(self):
+        self.p = pyroute2_ipvs()
         self.batch = Batch(NETLINK_GENERIC)
         self.family = family_id(self.batch, "IPVS")
         self.templates: dict[tuple, Template] = {}
@@ -102,26 +105,29 @@ class Ipvs:
 
     def add_service(self, service: dict) -> None:
         try:
-            self._send_one(IPVS_CMD_NEW_SERVICE, service, CREATE)
+            self._send_one(self.p.IPVS_CMD_NEW_SERVICE, service, CREATE)
         except OSError as e:
             raise service_error(e, service) from None
 
     def set_service(self, service: dict) -> None:
         try:
-            self._send_one(IPVS_CMD_SET_SERVICE, service, NLM_F_REPLACE)
+            self._send_one(self.p.IPVS_CMD_SET_SERVICE, service, NLM_F_REPLACE)
         except OSError as e:
             raise service_error(e, service) from None
 
     def del_service(self, service: dict) -> None:
-        self._send_one(IPVS_CMD_DEL_SERVICE, service, ignore=(errno.ESRCH, errno.ENOENT))
+        self._send_one(self.p.IPVS_CMD_DEL_SERVICE, service,
+                       ignore=(errno.ESRCH, errno.ENOENT))
 
     def set_target(self, service: dict, target: dict, exists: bool) -> None:
         """Queue adding target, or changing its weight and forwarding when it exists."""
-        self._queue_target(IPVS_CMD_SET_DEST if exists else IPVS_CMD_NEW_DEST, service, target)
+        command = self.p.IPVS_CMD_SET_DEST if exists else self.p.IPVS_CMD_NEW_DEST
+        self._queue_target(command, service, target)
 
     def del_target(self, service: dict, target: dict) -> None:
         """Queue removing target; one that is not there counts as removed."""
-        self._queue_target(IPVS_CMD_DEL_DEST, service, target, ignore=(errno.ESRCH, errno.ENOENT))
+        self._queue_target(self.p.IPVS_CMD_DEL_DEST, service, target,
+                           ignore=(errno.ESRCH, errno.ENOENT))
 
     def _queue_target(self, command: int, service: dict, target: dict, ignore=()) -> None:
         """A copy of the service's template for command, with target's values (thousands of
@@ -150,31 +156,35 @@ class Ipvs:
                     "bytes_out": nla.get("IPVS_STATS_ATTR_OUTBYTES")}
 
         found = {"service": {}, "targets": {}}
-        for msg in self.batch.query(self._message(IPVS_CMD_GET_SERVICE, service)):
+        for msg in self.batch.query(self._message(self.p.IPVS_CMD_GET_SERVICE, service)):
             found["service"] = counters(msg.get_nested("IPVS_CMD_ATTR_SERVICE",
                                                        "IPVS_SVC_ATTR_STATS64"))
-        for msg in self.batch.query(self._message(IPVS_CMD_GET_DEST, service), NLM_F_DUMP):
+        for msg in self.batch.query(self._message(self.p.IPVS_CMD_GET_DEST, service), NLM_F_DUMP):
             dest = msg.get("IPVS_CMD_ATTR_DEST")
             where = Endpoint(str(dest.get("IPVS_DEST_ATTR_ADDR")), dest.get("IPVS_DEST_ATTR_PORT"))
             found["targets"][str(where)] = counters(dest.get("IPVS_DEST_ATTR_STATS64"))
         return found
 
 
-IPVS_CMD_NEW_SERVICE, IPVS_CMD_SET_SERVICE, IPVS_CMD_DEL_SERVICE, IPVS_CMD_GET_SERVICE = 1, 2, 3, 4
-IPVS_CMD_NEW_DEST, IPVS_CMD_SET_DEST, IPVS_CMD_DEL_DEST, IPVS_CMD_GET_DEST = 5, 6, 7, 8
 TARGET_SLOTS = {name: ("IPVS_CMD_ATTR_DEST", f"IPVS_DEST_ATTR_{attr}") for name, attr in (
     ("addr", "ADDR"), ("port", "PORT"), ("weight", "WEIGHT"), ("forward", "FWD_METHOD"))}
 
 
+def pyroute2_ipvs():
+    """pyroute2's IPVS module: ipvsmsg and the IPVS_CMD_* numbers."""
+    lean_pyroute2()
+    from pyroute2.netlink.generic import ipvs
+
+    return ipvs
+
+
 def message(family: int, command: int, service: dict, dest: dict | None = None):
     """An IPVS request (pyroute2's ipvsmsg) about service, or about its target dest."""
-    lean_pyroute2()
-    from pyroute2.netlink.generic.ipvs import ipvsmsg
-
-    msg = ipvsmsg()
+    p = pyroute2_ipvs()
+    msg = p.ipvsmsg()
     msg["cmd"] = command
     msg["version"] = 1
-    full = command in (IPVS_CMD_NEW_SERVICE, IPVS_CMD_SET_SERVICE)
+    full = command in (p.IPVS_CMD_NEW_SERVICE, p.IPVS_CMD_SET_SERVICE)
     msg["attrs"] = [("IPVS_CMD_ATTR_SERVICE", {"attrs": service_attrs(service, full)})]
     if dest is not None:
         msg["attrs"].append(("IPVS_CMD_ATTR_DEST", {"attrs": dest_attrs(dest)}))
@@ -235,77 +245,3 @@ def target_error(e: OSError, service: dict) -> Exception:
                         f"circuit's ({e.strerror}); `circuit lb list` shows how, `circuit "
                         "restore` makes the kernel match")
     return KernelUnsupported(f"IPVS refused the change: {e.strerror}")
-
-
-# -- the VIP made local, so that traffic to it reaches IPVS -------------------------------------
-
-def vip_is_local(ip: str) -> bool:
-    """Whether ip is an address of this netns (bind() succeeds only for local addresses)."""
-    family = ip_family(ip)
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((ip, 0))
-            return True
-        except OSError:
-            return False
-
-
-def add_vip(ip: str) -> None:
-    """Put ip on lo as a host address (/32 or /128)."""
-    _vip_request(ip, RTM_NEWADDR, CREATE)
-
-
-def del_vip(ip: str) -> None:
-    _vip_request(ip, RTM_DELADDR, ignore=(errno.EADDRNOTAVAIL,))
-
-
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-
-
-def _vip_request(ip: str, command: int, flags: int = 0, ignore=()) -> None:
-    lean_pyroute2()
-    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-
-    family = ip_family(ip)
-    msg = ifaddrmsg()
-    msg["family"] = family
-    msg["prefixlen"] = 128 if family == socket.AF_INET6 else 32
-    msg["index"] = socket.if_nametoindex("lo")
-    msg["attrs"] = [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)]
-    msg["header"]["type"] = command
-    with Batch(NETLINK_ROUTE) as batch:
-        batch.add(msg, flags, ignore)
-        batch.send()
-
-
-# -- SNAT for masq services ----------------------------------------------------------------------
-
-def sync_snat(services: list[dict]) -> None:
-    """Make table circuit_lb masquerade the connections of every masq service, atomically.
-
-    With net.ipv4.vs.conntrack=1 IPVS keeps conntrack entries whose original tuple is the
-    client's to the VIP; masquerading them sends replies back through the host, so a client on
-    the same bridge as the backend (hairpin) gets its answers from the VIP."""
-    import subprocess
-
-    with open("/proc/sys/net/ipv4/vs/conntrack", "w") as f:
-        f.write("1")
-    script = []
-    for family, version in (("ip", 4), ("ip6", 6)):
-        rules = [f"    meta l4proto {s['protocol']} ct original {family} daddr {s['addr']} "
-                 f"ct original proto-dst {s['port']} masquerade comment \"{s['name']}\""
-                 for s in services if Endpoint(s["addr"], s["port"]).version == version
-                 and any(t["forward"] == "masq" for t in s["targets"])]
-        script += [f"table {family} circuit_lb {{}}", f"delete table {family} circuit_lb"]
-        if rules:
-            script += [f"table {family} circuit_lb {{", "  chain postrouting {",
-                       "    type nat hook postrouting priority srcnat; policy accept;",
-                       *rules, "  }", "}"]
-    try:
-        proc = subprocess.run(["nft", "-f", "-"], input="\n".join(script) + "\n",
-                              capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise NotFound("nft is not installed; circuit-lb needs nftables for masq SNAT") from None
-    if proc.returncode != 0:
-        raise KernelUnsupported(f"nftables refused circuit's SNAT rules: "
-                                f"{proc.stderr.strip().splitlines()[-1]}")

@@ -1,0 +1,210 @@
+"""The two ways a service is balanced in the kernel, behind one interface:
+
+ipvs      IPVS services and targets through netlink (ipvs.py); the masquerade of masq replies
+          is in table circuit_lb
+nftables  DNAT chains in table circuit_lb and nothing else (table.py)
+
+Table circuit_lb itself is changed by Services for both, from the stored records. A change
+returns its undo: what puts the kernel back when a later step of the command fails."""
+
+from collections.abc import Callable
+
+from circuit_common.errors import InvalidInput, KernelUnsupported
+from circuit_netlink import NetlinkError
+
+from . import ipvs, nft, table
+from .address import Endpoint
+
+Undo = Callable[[], None]
+
+
+def endpoint(record: dict) -> Endpoint:
+    return Endpoint(record["addr"], record["port"])
+
+
+def _nothing() -> None:
+    """The undo of a change that left the kernel alone."""
+
+
+class Ipvs:
+    name = "ipvs"
+
+    @staticmethod
+    def available() -> bool:
+        try:
+            ipvs.ensure_ipvs()
+            return True
+        except KernelUnsupported:
+            return False
+
+    @staticmethod
+    def ensure() -> None:
+        ipvs.ensure_ipvs()
+
+    @staticmethod
+    def check(record: dict) -> None:
+        """The kernel judges the scheduler: it refuses one it has no module for."""
+
+    def create(self, record: dict) -> Undo:
+        with open("/proc/sys/net/ipv4/vs/conntrack", "w") as f:
+            f.write("1")  # conntrack entries for IPVS connections: table circuit_lb's SNAT
+        with ipvs.ipvs() as sock:
+            sock.add_service(record)
+        return lambda: self.delete(record)
+
+    def delete(self, record: dict) -> Undo:
+        with ipvs.ipvs() as sock:
+            sock.del_service(record)
+        return lambda: self.restore([record])
+
+    def change(self, old: dict, new: dict) -> Undo:
+        """Targets from old's to new's in one batch; only the requests carried out are put
+        back when the kernel refuses one."""
+        current = {endpoint(t): t for t in old["targets"]}
+        wanted = {endpoint(t): t for t in new["targets"]}
+        touched = []
+        with ipvs.ipvs() as sock:
+            for where, target in wanted.items():
+                if current.get(where) != target:
+                    sock.set_target(new, target, exists=where in current)
+                    touched.append(where)
+            for where, target in current.items():
+                if where not in wanted:
+                    sock.del_target(new, target)
+                    touched.append(where)
+            try:
+                sock.commit()
+            except NetlinkError as e:
+                self._put_back(old, current, [touched[i] for i in e.done])
+                raise ipvs.target_error(e, old) from None
+        return lambda: self._put_back(old, current, touched)
+
+    @staticmethod
+    def _put_back(record: dict, current: dict, touched: list[Endpoint]) -> None:
+        seen = ipvs.read_proc().get((record["protocol"], endpoint(record)), {"targets": {}})
+        with ipvs.ipvs() as sock:
+            for where in touched:
+                if where in current:
+                    sock.set_target(record, current[where], exists=where in seen["targets"])
+                elif where in seen["targets"]:
+                    sock.del_target(record, placeholder(where))
+            sock.commit()
+
+    @staticmethod
+    def read() -> dict[tuple, dict]:
+        ipvs.ensure_ipvs()
+        return ipvs.read_proc()
+
+    @staticmethod
+    def expected(record: dict) -> dict[tuple, tuple]:
+        return {(t["addr"], t["port"]): (t["forward"], t["weight"]) for t in record["targets"]}
+
+    @staticmethod
+    def stats(records: list[dict]) -> dict[str, dict]:
+        with ipvs.ipvs() as sock:
+            return {r["name"]: sock.stats(r) for r in records}
+
+    def restore(self, records: list[dict]) -> None:
+        """Add what is missing, fix what differs, remove targets the records do not have."""
+        with open("/proc/sys/net/ipv4/vs/conntrack", "w") as f:
+            f.write("1")
+        found = ipvs.read_proc()
+        with ipvs.ipvs() as sock:
+            for record in records:
+                seen = found.get((record["protocol"], endpoint(record)))
+                if seen is None:
+                    sock.add_service(record)
+                    seen = {"targets": {}}
+                elif seen["scheduler"] != record["scheduler"]:
+                    sock.set_service(record)
+                for target in record["targets"]:
+                    where = endpoint(target)
+                    if seen["targets"].get(where) != (target["forward"], target["weight"]):
+                        sock.set_target(record, target, exists=where in seen["targets"])
+                stored = {endpoint(t) for t in record["targets"]}
+                for where in seen["targets"].keys() - stored:
+                    sock.del_target(record, placeholder(where))
+                try:
+                    sock.commit()
+                except NetlinkError as e:
+                    raise ipvs.target_error(e, record) from None
+
+
+class Nftables:
+    name = "nftables"
+
+    @staticmethod
+    def ensure() -> None:
+        """nft's absence shows at the first transaction (one line naming it)."""
+
+    @staticmethod
+    def check(record: dict) -> None:
+        """Refuse what nftables cannot express."""
+        if record["scheduler"] not in table.SCHEDULERS:
+            raise InvalidInput(f"scheduler {record['scheduler']!r} is not available with the "
+                               f"nftables backend: use {', '.join(table.SCHEDULERS)} (or "
+                               "--backend ipvs)")
+        for target in record["targets"]:
+            if target["forward"] != "masq":
+                raise InvalidInput(f"forwarding {target['forward']!r} needs the ipvs backend: "
+                                   "the nftables backend forwards by masq (DNAT) only")
+
+    @staticmethod
+    def create(record: dict) -> Undo:
+        return _nothing
+
+    @staticmethod
+    def delete(record: dict) -> Undo:
+        return _nothing
+
+    @staticmethod
+    def change(old: dict, new: dict) -> Undo:
+        return _nothing
+
+    @staticmethod
+    def read() -> dict[tuple, dict]:
+        return table.read(nft.list_table(table.TABLE["family"], table.TABLE["table"]))
+
+    @staticmethod
+    def expected(record: dict) -> dict[tuple, tuple]:
+        return {(t["addr"], t["port"]): ("masq", width)
+                for t, width in zip(record["targets"], table.widths(record), strict=True)}
+
+    def stats(self, records: list[dict]) -> dict[str, dict]:
+        found = self.read()
+        result = {}
+        for record in records:
+            counters = found.get((record["protocol"], endpoint(record)), {}).get("counters", {})
+            total = {}
+            for values in counters.values():
+                for key, value in values.items():
+                    total[key] = total.get(key, 0) + value
+            result[record["name"]] = {"service": total, "targets": {
+                str(Endpoint(*where)): values for where, values in counters.items()}}
+        return result
+
+    @staticmethod
+    def restore(records: list[dict]) -> None:
+        """Nothing besides table circuit_lb, which Services rebuilds."""
+
+
+BACKENDS = {b.name: b for b in (Ipvs(), Nftables())}
+
+
+def of(record: dict):
+    """The backend of a stored service (records from before backends were IPVS's)."""
+    return BACKENDS[record.get("backend", "ipvs")]
+
+
+def choose(name: str | None):
+    """The backend named, or IPVS where the kernel has it (or can load it), else nftables."""
+    if name is None:
+        return BACKENDS["ipvs"] if BACKENDS["ipvs"].available() else BACKENDS["nftables"]
+    if name not in BACKENDS:
+        raise InvalidInput(f"invalid backend {name!r}: use ipvs or nftables")
+    return BACKENDS[name]
+
+
+def placeholder(where: tuple[str, int]) -> dict:
+    """A target record for an (ip, port) that only needs deleting."""
+    return {"addr": where[0], "port": where[1], "weight": 0, "forward": "masq"}
