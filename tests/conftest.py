@@ -1,8 +1,11 @@
-"""Test-wide policy: markers by tier, and in CI a skipped test fails the run."""
+"""Test-wide policy: markers by tier, and in CI a skipped test fails the run. The network
+harness's fixtures (host, runc, rootfs, leak_check) are plugins, available to every tier."""
 
 import os
 
 import pytest
+
+pytest_plugins = ("harness.netns", "harness.bundles")
 
 TIERS = ("unit", "integration", "kernel")
 

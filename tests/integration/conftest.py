@@ -1,3 +1,8 @@
-"""Integration tier: the shared network harness."""
+"""Integration tier: every test runs inside the session-wide leak check."""
 
-from harness import host, leak_check, rootfs, runc  # noqa: F401  (fixtures)
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks(leak_check):
+    """No namespace, runc container or root-namespace link outlives the tier."""

@@ -1,0 +1,182 @@
+"""Namespaces and hosts: a throwaway "host" netns per test with circuit's state in a temp dir,
+containers as processes in netns of their own, and the session-wide leak check."""
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.forked import ROOT, dispatcher, run_forked
+
+CIRCUIT = str(ROOT / ".venv" / "bin" / "circuit")
+PREFIX = "ctest-"
+
+
+def sh(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=check, **kw)
+
+
+def root_links() -> set[str]:
+    lines = sh("ip", "-o", "link").stdout.splitlines()
+    return {line.split(": ")[1].split("@")[0] for line in lines}
+
+
+def netns_names() -> set[str]:
+    return {line.split()[0] for line in sh("ip", "netns", "list").stdout.splitlines() if line}
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file below directory but the lock files, with its content."""
+    if not directory.exists():
+        return {}
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and "locks" not in p.parts}
+
+
+@pytest.fixture(scope="session")
+def leak_check():
+    """Fail the run if the tests leave namespaces, runc containers or root-namespace links behind
+    (the network tiers' conftests make it autouse)."""
+    if os.geteuid() != 0:
+        pytest.skip("network tests need root")
+    links_before, ns_before = root_links(), netns_names()
+    yield
+    leaked_runc = [c for c in sh("runc", "list", "-q").stdout.split() if c.startswith(PREFIX)]
+    assert not leaked_runc, f"tests left runc containers {leaked_runc}"
+    leaked_ns = {n for n in netns_names() - ns_before if n.startswith(PREFIX)}
+    leaked_links = root_links() - links_before
+    assert not leaked_ns and not leaked_links, \
+        f"tests left namespaces {leaked_ns} and root links {leaked_links}"
+
+
+class Container:
+    """A process in a netns of its own, as runc would give a container."""
+
+    def __init__(self, pid: int, popen: subprocess.Popen | None = None):
+        self.pid = pid
+        self.popen = popen  # set when the test started the process and must end it
+
+    @classmethod
+    def spawn(cls, args=("busybox", "sleep", "3600")) -> "Container":
+        """args in a new netns, started by the test (killed by its PID at the end)."""
+        popen = subprocess.Popen(["unshare", "--net", "--", *map(str, args)],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while os.readlink(f"/proc/{popen.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            assert time.monotonic() < deadline, "unshare did not make a netns"
+            time.sleep(0.01)
+        return cls(popen.pid, popen)
+
+    @property
+    def netns(self) -> str:
+        return f"/proc/{self.pid}/ns/net"
+
+    def run(self, *cmd, check=True, **kw) -> subprocess.CompletedProcess:
+        return sh("nsenter", f"--net={self.netns}", *cmd, check=check, **kw)
+
+    def ping(self, ip: str, count: int = 1) -> bool:
+        return self.run("busybox", "ping", "-c", count, "-W", "2", ip, check=False).returncode == 0
+
+    def links(self) -> set[str]:
+        return {line.split(": ")[1].split("@")[0]
+                for line in self.run("ip", "-o", "link").stdout.splitlines()}
+
+    def addresses(self, ifname: str = "eth0", version: int = 4) -> list[str]:
+        out = self.run("ip", "-j", f"-{version}", "addr", "show", "dev", ifname, "scope",
+                       "global").stdout
+        return [a["local"] for link in json.loads(out) for a in link["addr_info"] if "local" in a]
+
+    def kill(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+
+class Host:
+    """A throwaway netns standing in for the machine, with circuit's state in a temp dir."""
+
+    def __init__(self, tmp: Path):
+        self.name = PREFIX + secrets.token_hex(4)
+        self.tmp = tmp
+        self.state = tmp / "state"
+        self.ipam = tmp / "ipam"
+        self.containers: list[Container] = []
+        sh("ip", "netns", "add", self.name)
+        sh("ip", "-n", self.name, "link", "set", "lo", "up")
+
+    @property
+    def netns(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    def run(self, *cmd, check=True, **kw) -> subprocess.CompletedProcess:
+        return sh("nsenter", f"--net={self.netns}", *cmd, check=check, **kw)
+
+    fork_circuit = False  # the kernel tier sets it: see harness.forked.run_forked
+
+    def circuit(self, *args, check=True, env=None, **kw) -> subprocess.CompletedProcess:
+        full_env = {k: v for k, v in os.environ.items() if k != "CNI_PATH"} | (env or {})
+        argv = [str(a) for a in ("--state", self.state, *args)]
+        if self.fork_circuit:
+            proc = run_forked(self.netns, lambda: dispatcher().main(argv), full_env,
+                              kw.get("input"))
+        else:
+            proc = self.run(CIRCUIT, *argv, check=False, env=full_env, **kw)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"circuit {' '.join(map(str, args))} failed "
+                                 f"({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def container(self, args=("busybox", "sleep", "3600")) -> Container:
+        c = Container.spawn(args)
+        self.containers.append(c)
+        return c
+
+    def conf(self, conf: dict, filename: str | None = None) -> Path:
+        """Write a network config, keeping host-local's reservations in this test's temp dir."""
+        conf = json.loads(json.dumps(conf))
+        for plugin in conf.get("plugins", [conf]):
+            if plugin.get("ipam", {}).get("type") == "host-local":
+                plugin["ipam"]["dataDir"] = str(self.ipam)
+        path = self.tmp / (filename or f"{conf['name']}.conf")
+        path.write_text(json.dumps(conf))
+        return path
+
+    def reserved_ips(self, network: str) -> set[str]:
+        directory = self.ipam / network
+        if not directory.exists():
+            return set()
+        return {p.name for p in directory.iterdir() if p.name[0].isdigit()}
+
+    def close(self) -> None:
+        for c in self.containers:
+            c.kill()
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+@pytest.fixture
+def host(tmp_path):
+    h = Host(tmp_path)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def host_veth(host: Host, network: str, pid: int) -> str:
+    """The host-side veth of a container's attachment, from circuit's inspect."""
+    attachment = next(a for a in json.loads(host.circuit("network", "inspect", network).stdout)
+                      ["attachments"] if a["pid"] == pid)
+    return next(i["name"] for i in attachment["result"]["interfaces"]
+                if not i.get("sandbox") and i["name"].startswith("veth"))
+
+
+def bridge_conf(name="sandbox", bridge="cni0", subnet="10.100.10.0/24", version="0.3.0"):
+    """The seed README's bridge network."""
+    return {"cniVersion": version, "name": name, "type": "bridge", "bridge": bridge,
+            "ipMasq": True, "isGateway": True,
+            "ipam": {"type": "host-local", "subnet": subnet, "routes": [{"dst": "0.0.0.0/0"}]}}
