@@ -1,0 +1,29 @@
+"""Network test harness shared by the integration and kernel tiers: a throwaway "host" netns per
+test, containers as processes (or runc containers) in netns of their own, circuit run inside the
+host netns with a temporary state dir; everything removed on every path.
+
+By concern: netns (namespaces, hosts, the leak check), bundles (runc), traffic (servers and
+clients), forked (the kernel tier's warm runner). tests/conftest.py loads the modules with
+fixtures as pytest plugins; tests import the helpers from here."""
+
+from harness.bundles import BUSYBOX_APPLETS, Runc, documented_hooks, make_rootfs, runc_config
+from harness.forked import dispatcher, run_forked
+from harness.netns import (
+    CIRCUIT,
+    PREFIX,
+    ROOT,
+    Container,
+    Host,
+    bridge_conf,
+    host_veth,
+    netns_names,
+    root_links,
+    sh,
+    snapshot,
+)
+from harness.traffic import http_get_bodies, httpd, iperf_mbit, min_rtt, wait_for
+
+__all__ = ["BUSYBOX_APPLETS", "CIRCUIT", "PREFIX", "ROOT", "Container", "Host", "Runc",
+           "bridge_conf", "dispatcher", "documented_hooks", "host_veth", "http_get_bodies",
+           "httpd", "iperf_mbit", "make_rootfs", "min_rtt", "netns_names", "root_links",
+           "run_forked", "runc_config", "sh", "snapshot", "wait_for"]

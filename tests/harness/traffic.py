@@ -1,0 +1,65 @@
+"""Traffic helpers: servers in containers, and the clients that measure what reaches them."""
+
+import json
+import socket
+import time
+from pathlib import Path
+
+from harness.forked import run_forked
+from harness.netns import Container, Host
+
+
+def httpd(host: Host, www_root: Path, name: str, network: str = "sandbox") -> Container:
+    """A busybox httpd container that serves its own name, connected to network."""
+    www = www_root / name
+    www.mkdir()
+    (www / "index.html").write_text(f"{name}\n")
+    c = host.container(("busybox", "httpd", "-f", "-p", "80", "-h", www))
+    host.circuit("network", "connect", c.pid, network)
+    return c
+
+
+def wait_for(predicate, timeout=5.0, interval=0.02):
+    """Poll predicate until it holds or timeout seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def iperf_mbit(host: Host, server: Container, reverse: bool = False, seconds: int = 2) -> float:
+    """Mbit/s of one TCP stream between the host netns and an iperf3 server in a container:
+    host → container, or container → host with reverse."""
+    ip = server.addresses()[0]
+    args = ["iperf3", "-c", ip, "-t", seconds, "-O", 1, "-J", *(["-R"] if reverse else [])]
+    for _ in range(50):  # the server may still be starting
+        proc = host.run(*args, check=False, timeout=seconds + 20)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+        time.sleep(0.1)
+    raise AssertionError(f"iperf3 to {ip} failed: {proc.stdout[-300:]}")
+
+
+def min_rtt(container: Container, ip: str, count: int = 5) -> float:
+    """The smallest ping RTT in ms from a container to ip."""
+    out = container.run("busybox", "ping", "-c", count, "-i", "0.2", "-W", "2", ip).stdout
+    return float(out.split("min/avg/max = ")[1].split("/")[0])
+
+
+def http_get_bodies(netns: str, url_host: str, count: int, port: int = 80) -> list[str]:
+    """The bodies of count HTTP/1.0 GETs of / from inside netns (one fork for all)."""
+
+    def fetch():
+        for _ in range(count):
+            with socket.create_connection((url_host, port), timeout=5) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            print(data.split(b"\r\n\r\n", 1)[1].decode().strip(), flush=True)
+
+    proc = run_forked(netns, fetch)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
