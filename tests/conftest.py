@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+pytest.register_assert_rewrite("harness")  # its helpers' asserts explain themselves too
 pytest_plugins = ("harness.netns", "harness.bundles")
 
 TIERS = ("unit", "integration", "kernel")

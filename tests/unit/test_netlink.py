@@ -142,30 +142,3 @@ def test_a_template_whose_slot_does_not_hold_the_encoded_value_is_refused():
     with pytest.raises(TemplateMismatch, match="slot index"):
         Template(msg, 0, {"index": ("handle",)}, {"index": (5).to_bytes(4, sys.byteorder)})
 
-
-def test_tc_copies_for_another_device_are_the_bytes_pyroute2_encodes():
-    from circuit_netlink import Template
-    from circuit_qos import tc
-
-    def redirect_filter(index, ifb):
-        return tc._tc_message(tc.RTM_NEWTFILTER, index, tc.FILTER, tc.INGRESS, "u32",
-                              info=1 << 16 | 0x0300, target=tc.CLASS, keys=["0x0/0x0+0"],
-                              action={"kind": "mirred", "direction": "egress",
-                                      "action": "redirect", "ifindex": ifb})
-
-    def htb_class(index):
-        return tc._tc_message(tc.RTM_NEWTCLASS, index, tc.CLASS, tc.PARENT, "htb",
-                              rate="5000000bit", ceil="6000000bit", prio=0)
-
-    for build, slots, values in [
-        (redirect_filter, {"index": ("index",), "ifb": tc.MIRRED_IFINDEX}, (7, 4321)),
-        (htb_class, {"index": ("index",)}, (7,)),
-    ]:
-        template = Template(build(*[2] * len(values)), tc.REPLACE, slots,
-                            {name: (2).to_bytes(4, sys.byteorder) for name in slots})
-        expected = build(*values)
-        expected["header"]["flags"], expected["header"]["sequence_number"] = 0x1 | tc.REPLACE, 3
-        expected.encode()
-        stamped = {name: value.to_bytes(4, sys.byteorder)
-                   for name, value in zip(slots, values, strict=True)}
-        assert template.copy(3, stamped) == bytes(expected.data)

@@ -1,0 +1,96 @@
+"""circuit-qos's tc requests are the bytes pyroute2's own tc API sends for the same change.
+
+The reference is `IPBatch.tc`: IPRoute.tc's request compiler (handles, parents, the info word,
+flags per command, each qdisc's plugin), encoding into a buffer instead of a socket. circuit
+queues its requests on a Batch that is never sent, for a veth and its IFB device whose indexes
+are made up: a second device's requests are Template copies, so the IFB's are checked too."""
+
+import struct
+
+import pytest
+from pyroute2 import IPBatch
+from pyroute2.netlink.rtnl import TC_H_INGRESS, TC_H_ROOT
+
+from circuit_netlink import NLM_F_ACK
+from circuit_qos import tc
+
+VETH, VETH_INDEX, IFB_INDEX = "vethtest0", 7, 9
+ETH_P_ALL = 0x0003
+
+
+def normalized(message: bytes) -> bytes:
+    """message without what differs between two senders by design: the sequence number and the
+    port id (each socket counts its own; the kernel fills in the port), and NLM_F_ACK (pyroute2
+    asks for an answer to every request, circuit's Batch only for the last one it sends)."""
+    (flags,) = struct.unpack_from("=H", message, 6)
+    return message[:6] + struct.pack("=H", flags & ~NLM_F_ACK) + bytes(8) + message[16:]
+
+
+def circuit_requests(change) -> list[bytes]:
+    """What change(links) queues, normalized; nothing is sent."""
+    with tc.Links([]) as links:
+        links.by_name = {VETH: (VETH_INDEX, "veth"), tc.ifb_name(VETH): (IFB_INDEX, "ifb")}
+        change(links)
+        return [normalized(data) for _, data, _ in links.batch.pending]
+
+
+def pyroute2_requests(*calls) -> list[bytes]:
+    """What IPBatch encodes for calls of (method, args, kwargs), split and normalized."""
+    batch = IPBatch()
+    for method, args, kwargs in calls:
+        getattr(batch, method)(*args, **kwargs)
+    data, messages = bytes(batch.batch), []
+    while data:
+        (length,) = struct.unpack_from("=I", data)
+        messages.append(normalized(data[:length]))
+        data = data[(length + 3) & ~3:]
+    return messages
+
+
+def htb(index: int, rate: int, ceil: int, **class_options) -> list[tuple]:
+    """`tc qdisc add … root handle 1: htb default 10` and its two classes, as pyroute2 calls."""
+    return [
+        ("tc", ("add", "htb"), {"index": index, "handle": "1:", "default": 0x10}),
+        ("tc", ("replace-class", "htb"), {"index": index, "handle": "1:1", "parent": "1:",
+                                          "rate": f"{ceil}bit", "ceil": f"{ceil}bit"}),
+        ("tc", ("replace-class", "htb"), {"index": index, "handle": "1:10", "parent": "1:1",
+                                          "rate": f"{rate}bit", "ceil": f"{ceil}bit",
+                                          **class_options}),
+    ]
+
+
+NETEM_50MS = ("tc", ("replace", "netem"), {"index": VETH_INDEX, "handle": "10:",
+                                           "parent": "1:10", "delay": 50_000, "limit": 100_000})
+INGRESS = ("tc", ("add", "ingress"), {"index": VETH_INDEX})
+REDIRECT_TO_IFB = ("tc", ("replace-filter", "u32"), {
+    "index": VETH_INDEX, "handle": 0x80000800, "parent": "ffff:", "protocol": ETH_P_ALL,
+    "prio": 1, "target": "1:10", "keys": ["0x0/0x0+0"],
+    "action": {"kind": "mirred", "direction": "egress", "action": "redirect",
+               "ifindex": IFB_INDEX}})
+NO_INGRESS = [("tc", ("del",), {"index": VETH_INDEX, "handle": "ffff:", "parent": TC_H_INGRESS}),
+              ("link", ("del",), {"ifname": tc.ifb_name(VETH)})]
+
+
+@pytest.mark.parametrize(("shape", "previous", "expected"), [
+    (tc.Shape(rate=5_000_000, ceil=6_000_000, delay=50_000, buffer=15_000, cbuffer=3_000,
+              priority=3),
+     None,
+     [*htb(VETH_INDEX, 5_000_000, 6_000_000, prio=3, burst=15_000, cburst=3_000), NETEM_50MS,
+      *htb(IFB_INDEX, 5_000_000, 6_000_000, prio=3, burst=15_000, cburst=3_000),
+      INGRESS, REDIRECT_TO_IFB]),
+    (tc.Shape(rate=2_000_000, ceil=2_000_000), tc.Shape(rate=5_000_000, delay=50_000),
+     [*htb(VETH_INDEX, 2_000_000, 2_000_000, prio=0),
+      ("tc", ("del",), {"index": VETH_INDEX, "handle": "10:", "parent": "1:10"}),
+      *htb(IFB_INDEX, 2_000_000, 2_000_000, prio=0), INGRESS, REDIRECT_TO_IFB]),
+    (tc.Shape(delay=50_000), None,
+     [*htb(VETH_INDEX, tc.UNLIMITED, tc.UNLIMITED, prio=0), NETEM_50MS, *NO_INGRESS]),
+], ids=["rate-ceiling-delay-bursts-priority", "delay-dropped", "delay-only"])
+def test_setup_sends_what_pyroute2_sends(shape, previous, expected):
+    assert circuit_requests(lambda links: tc.setup_shaping(links, VETH, shape, previous)) == \
+        pyroute2_requests(*expected)
+
+
+def test_teardown_sends_what_pyroute2_sends():
+    root = ("tc", ("del",), {"index": VETH_INDEX, "parent": TC_H_ROOT})
+    assert circuit_requests(lambda links: tc.teardown_shaping(links, VETH)) == \
+        pyroute2_requests(root, *NO_INGRESS)
