@@ -1,0 +1,187 @@
+"""circuit-lb's nftables backend with real traffic on this host (its kernel has no IPVS): busybox
+httpd backends on a circuit bridge, table inet circuit_lb inside the test's host netns."""
+
+import json
+import socket
+import sys
+from collections import Counter
+
+import pytest
+
+from harness import bridge_conf, http_get_bodies, httpd, run_forked, snapshot, wait_for
+
+VIP = "10.100.99.1"
+UDP_ANSWER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5353))
+while True:
+    data, peer = s.recvfrom(100)
+    s.sendto(sys.argv[1].encode(), peer)
+"""
+
+
+def start_backends(host, tmp_path, names, conf=None):
+    """One busybox httpd per name, serving its own name, on the sandbox network."""
+    host.circuit("network", "create", host.conf(conf or bridge_conf()))
+    return {name: httpd(host, tmp_path, name) for name in names}
+
+
+def ipv4(containers: dict) -> dict:
+    return {name: c.addresses()[0] for name, c in containers.items()}
+
+
+def fetch(netns: str, count: int, vip: str = VIP) -> Counter:
+    """Who answered count HTTP requests to the VIP from netns, as a Counter of names."""
+    return Counter(http_get_bodies(netns, vip, count))
+
+
+def table(host) -> dict:
+    """Table inet circuit_lb in the host netns, as `nft -j` lists it (empty when absent)."""
+    proc = host.run("nft", "-j", "list", "table", "inet", "circuit_lb", check=False)
+    if proc.returncode != 0:
+        return {}
+    kinds = Counter(next(iter(item)) for item in json.loads(proc.stdout)["nftables"])
+    kinds.pop("metainfo", None)
+    return kinds
+
+
+def test_round_robin_stats_removal_and_hairpin(host, tmp_path):
+    ips = ipv4(start_backends(host, tmp_path, ["alpha", "beta", "gamma"]))
+    assert host.circuit("lb", "create", "web", f"{VIP}:80").stdout == "service web created\n"
+    out = host.circuit("lb", "add", "web", *(f"{ip}:80" for ip in ips.values()))
+    assert out.stdout == "service web updated\n"
+    assert fetch(host.netns, 30) == {"alpha": 10, "beta": 10, "gamma": 10}
+
+    listed = host.circuit("lb", "list", "--details").stdout
+    assert listed.splitlines()[0].split() == ["NAME", "ADDR", "PROTOCOL", "SCHEDULER", "BACKEND"]
+    assert listed.splitlines()[1].split() == ["web", f"{VIP}:80", "tcp", "rr", "nftables"]
+    assert f"  -> {ips['alpha']}:80" in listed and "masq    weight 1" in listed
+    stats = json.loads(host.circuit("lb", "list", "--stats", "--format", "json").stdout)[0]
+    assert stats["backend"] == "nftables" and stats["stats"]["service"]["connections"] == 30
+    for ip in ips.values():
+        counters = stats["stats"]["targets"][f"{ip}:80"]
+        assert counters["connections"] == 10
+        assert counters["packets_in"] >= 40 and counters["packets_out"] >= 30  # ≥ 4 / 3 each
+        assert counters["bytes_out"] > counters["bytes_in"] > 0  # answers outweigh the GETs
+
+    host.circuit("lb", "remove", "web", f"{ips['gamma']}:80")
+    assert fetch(host.netns, 10) == {"alpha": 5, "beta": 5}
+
+    client = host.container()  # on the same bridge as the backends: the hairpin case
+    host.circuit("network", "connect", client.pid, "sandbox")
+    assert fetch(client.netns, 4) == {"alpha": 2, "beta": 2}
+
+    assert host.circuit("lb", "delete", "web").stdout == "service web removed\n"
+    assert table(host) == {}
+    assert VIP not in host.run("ip", "addr", "show", "dev", "lo").stdout
+    assert not list((host.state / "services").iterdir())
+
+
+def test_weighted_round_robin_from_stdin_persistence_and_clear(host, tmp_path):
+    ips = ipv4(start_backends(host, tmp_path, ["alpha", "beta", "gamma"]))
+    host.circuit("lb", "create", "wrr", f"{VIP}:80", "--scheduler", "wrr")
+    lines = f"{ips['alpha']}:80 3\n{ips['beta']}:80 1\n# comment\n{ips['gamma']}:80\n"
+    host.circuit("lb", "add", "wrr", "-", input=lines)
+    assert fetch(host.netns, 30) == {"alpha": 18, "beta": 6, "gamma": 6}
+
+    host.circuit("lb", "create", "sticky", f"{VIP}:8080", "--persistent", "60")
+    host.circuit("lb", "create", "hashed", f"{VIP}:8081", "--scheduler", "sh")
+    for name, port in (("sticky", 8080), ("hashed", 8081)):
+        host.circuit("lb", "add", name, *(f"{ip}:80" for ip in ips.values()))
+        assert len(Counter(http_get_bodies(host.netns, VIP, 6, port=port))) == 1  # one client
+
+    out = host.circuit("lb", "clear").stdout.splitlines()
+    assert sorted(out) == ["service hashed removed", "service sticky removed",
+                           "service wrr removed"]
+    assert table(host) == {}
+    assert VIP not in host.run("ip", "addr", "show", "dev", "lo").stdout
+    assert host.circuit("lb", "list", "-q").stdout == ""
+
+
+def test_udp_service_answers(host):
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    names = {}
+    for name in ("alpha", "beta"):
+        # Debian's busybox-static nc has no UDP mode: a Python responder stands in for it.
+        c = host.container((sys.executable, "-c", UDP_ANSWER, name))
+        host.circuit("network", "connect", c.pid, "sandbox")
+        names[c.addresses()[0]] = name
+    host.circuit("lb", "create", "dns", f"{VIP}:5353", "--protocol", "udp")
+    host.circuit("lb", "add", "dns", *(f"{ip}:5353" for ip in names))
+
+    def ask_udp() -> None:
+        """Four UDP questions, each from a new socket (a new port: a new connection)."""
+        for _ in range(4):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(5)
+                s.sendto(b"who?", (VIP, 5353))
+                print(s.recv(100).decode(), flush=True)
+
+    answers = run_forked(host.netns, ask_udp).stdout.split()
+    assert sorted(answers) == ["alpha", "alpha", "beta", "beta"]
+
+
+def test_ipv6_service_balances(host, tmp_path):
+    conf = bridge_conf()
+    conf["ipMasq"] = False
+    conf["ipam"] = {"type": "host-local", "ranges": [[{"subnet": "fd10:100::/64"}]],
+                    "routes": [{"dst": "::/0"}]}
+    containers = start_backends(host, tmp_path, ["alpha", "beta"], conf)
+    backends = {name: c.addresses(version=6)[0] for name, c in containers.items()}
+    assert wait_for(lambda: "tentative" not in host.run("ip", "-6", "addr", "show").stdout)
+    vip = "fd10:99::1"
+    host.circuit("lb", "create", "web6", f"[{vip}]:80")
+    host.circuit("lb", "add", "web6", *(f"[{ip}]:80" for ip in backends.values()))
+    assert fetch(host.netns, 4, vip) == {"alpha": 2, "beta": 2}
+    host.circuit("lb", "delete", "web6")
+    assert table(host) == {}
+
+
+def test_drift_after_the_table_is_deleted_and_restore(host, tmp_path):
+    ips = ipv4(start_backends(host, tmp_path, ["alpha", "beta"]))
+    host.circuit("lb", "create", "web", f"{VIP}:80")
+    host.circuit("lb", "add", "web", *(f"{ip}:80" for ip in ips.values()))
+    made = table(host)
+    assert made["chain"] > 0 and made["rule"] > 0 and made["map"] > 0 and made["counter"] > 0
+
+    host.run("nft", "delete", "table", "inet", "circuit_lb")  # someone deletes the table
+    drift = host.circuit("lb", "list")
+    assert drift.returncode == 0
+    assert drift.stderr == "circuit: service web is missing from the kernel; run `circuit " \
+                           "restore`\n"
+    changed = host.circuit("lb", "add", "web", "10.100.10.99:80", check=False)
+    assert changed.returncode == 5 and "circuit restore" in changed.stderr
+    assert len(changed.stderr.splitlines()) == 1
+
+    assert "service web restored" in host.circuit("restore").stdout
+    assert table(host) == made and host.circuit("lb", "list").stderr == ""
+    assert fetch(host.netns, 4) == {"alpha": 2, "beta": 2}
+    host.circuit("lb", "delete", "web")
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["create", "bad", "10.100.99.2:80", "--scheduler", "lc"], "use rr, wrr, sh", 3),
+    (["create", "bad", "10.100.99.2:80", "--backend", "lvs"], "use ipvs or nftables", 3),
+    (["create", "bad", "10.100.99.2:80", "--backend", "ipvs"], "has no IPVS", 8),
+    (["create", "bad", "10.100.99.2"], "use ADDR:PORT", 3),
+    (["create", "bad", "10.100.99.2:70000"], "invalid port", 3),
+    (["create", "web", "10.100.99.3:80"], "exists already", 5),
+    (["create", "twin", f"{VIP}:80"], "already balances", 5),
+    (["add", "nosuch", "10.100.10.2:80"], "no service named", 4),
+    (["add", "web", "10.100.10.2:80", "--weight", "70000"], "0..65535", 3),
+    (["add", "web", "10.100.10.2:80", "--forward", "route"], "needs the ipvs backend", 3),
+    (["add", "web", "[fd00::1]:80"], "IP version", 3),
+    (["add", "web", "10.1.1.1:http"], "use ADDR:PORT", 3),
+    (["remove", "web", "10.1.1.1:80"], "not in service web", 4),
+])
+def test_bad_input_is_one_line_and_changes_nothing(host, args, message, code):
+    host.circuit("lb", "create", "web", f"{VIP}:80")
+    host.circuit("lb", "add", "web", "10.100.10.2:80")
+    before = snapshot(host.state)
+    kernel = host.run("nft", "list", "table", "inet", "circuit_lb").stdout
+    proc = host.circuit("lb", *args, check=False)
+    assert proc.returncode == code and message in proc.stderr, (args, proc.stderr)
+    assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
+    assert snapshot(host.state) == before
+    assert host.run("nft", "list", "table", "inet", "circuit_lb").stdout == kernel
