@@ -46,8 +46,7 @@ class Ipvs:
         """The kernel judges the scheduler: it refuses one it has no module for."""
 
     def create(self, record: dict) -> Undo:
-        with open("/proc/sys/net/ipv4/vs/conntrack", "w") as f:
-            f.write("1")  # conntrack entries for IPVS connections: table circuit_lb's SNAT
+        ipvs.track_connections()
         with ipvs.ipvs() as sock:
             sock.add_service(record)
         return lambda: self.delete(record)
@@ -106,8 +105,7 @@ class Ipvs:
 
     def restore(self, records: list[dict]) -> None:
         """Add what is missing, fix what differs, remove targets the records do not have."""
-        with open("/proc/sys/net/ipv4/vs/conntrack", "w") as f:
-            f.write("1")
+        ipvs.track_connections()
         found = ipvs.read_proc()
         with ipvs.ipvs() as sock:
             for record in records:

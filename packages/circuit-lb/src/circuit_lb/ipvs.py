@@ -41,6 +41,13 @@ def ensure_ipvs() -> None:
         raise KernelUnsupported(NO_IPVS)
 
 
+def track_connections() -> None:
+    """net.ipv4.vs.conntrack=1: conntrack entries for IPVS connections, which the masquerade
+    rules of table circuit_lb match."""
+    with open("/proc/sys/net/ipv4/vs/conntrack", "w") as f:
+        f.write("1")
+
+
 def read_proc() -> dict[tuple, dict]:
     """{(protocol, Endpoint): {"scheduler", "targets": {(ip, port): (forward, weight)}}} of the
     TCP and UDP services (the kinds circuit makes): SCTP and firewall-mark services, made by
