@@ -1,0 +1,102 @@
+"""Shell completion: bash's complete -p and a scripted COMP_WORDS call, candidates from usage."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def state(tmp_path):
+    """A state dir with networks front and back, and service web."""
+    for kind, name in (("networks", "front"), ("networks", "back"), ("services", "web")):
+        (tmp_path / kind).mkdir(exist_ok=True)
+        (tmp_path / kind / f"{name}.json").write_text("{}")
+    (tmp_path / "networks" / ".front.123.tmp.json").write_text("{}")  # never listed
+    return tmp_path
+
+
+def bash_complete(*words: str, env: dict | None = None) -> list[str]:
+    """COMPREPLY of circuit's bash completion for words (the last one being completed)."""
+    array = " ".join(f"'{w}'" for w in words)
+    script = (f'source <(circuit completion bash)\nCOMP_WORDS=({array})\n'
+              f'COMP_CWORD={len(words) - 1}\n_circuit\nprintf "%s\\n" "${{COMPREPLY[@]}}"\n')
+    proc = subprocess.run(["bash", "--norc", "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})})
+    return [line for line in proc.stdout.splitlines() if line]
+
+
+def test_bash_registers_circuit_and_every_tool():
+    script = subprocess.run([BIN / "circuit", "completion", "bash"], capture_output=True,
+                            text=True).stdout
+    proc = subprocess.run(["bash", "--norc", "-c", script + "complete -p"],
+                          capture_output=True, text=True)
+    for tool in ("circuit", "circuit-net", "circuit-qos", "circuit-lb", "circuit-hook"):
+        assert f"complete -F _circuit {tool}\n" in proc.stdout
+
+
+@pytest.mark.parametrize(("words", "expected"), [
+    (("circuit", ""), ["completion", "doctor", "hook", "lb", "manpages", "network", "restore",
+                       "version"]),
+    (("circuit", "network", "c"), ["check", "connect", "create"]),
+    (("circuit", "network", ""), ["check", "connect", "create", "delete", "disconnect", "gc",
+                                  "inspect", "list", "qos", "spec"]),
+    (("circuit", "network", "qos", "s"), ["set", "show"]),
+    (("circuit", "hook", ""), ["attach", "detach"]),
+    (("circuit", "network", "list", "--format", ""), ["table", "json"]),
+    (("circuit", "lb", "create", "x", "1.2.3.4:80", "--forward", ""), ["masq", "route",
+                                                                      "tunnel"]),
+    (("circuit", "lb", "create", "x", "1.2.3.4:80", "--scheduler", "w"), ["wrr", "wlc"]),
+    (("circuit", "network", "list", "--f"), ["--format"]),
+    (("circuit-lb", "list", "--"), ["--cni-path", "--config", "--debug", "--details",
+                                    "--format", "--help", "--lock-timeout", "--state",
+                                    "--stats"]),
+])
+def test_commands_flags_and_values_come_from_the_usage(words, expected):
+    assert bash_complete(*words) == expected
+
+
+def test_names_come_from_the_state(state):
+    assert bash_complete("circuit", "--state", state, "network", "inspect", "") == ["back",
+                                                                                 "front"]
+    assert bash_complete("circuit", "network", "connect", "7", "f",
+                         env={"CIRCUIT_STATE_DIR": str(state)}) == ["front"]
+    assert bash_complete("circuit", "--state", state, "network", "qos", "show", "") == [
+        "back", "front"]
+    assert bash_complete("circuit", "--state", state, "lb", "delete", "") == ["web"]
+    assert bash_complete("circuit-net", "--state", state, "delete", "b") == ["back"]
+
+
+def test_targets_are_runc_ids(tmp_path):
+    runc_root = tmp_path / "runc"
+    for cid in ("web-00", "db-01"):
+        (runc_root / cid).mkdir(parents=True)
+    config = tmp_path / "circuit.toml"
+    config.write_text(f'runc_root = "{runc_root}"\n')
+    assert bash_complete("circuit", "--config", config, "network", "connect", "") == [
+        "db-01", "web-00"]
+    assert bash_complete("circuit", "--config", config, "network", "qos", "set",
+                         "--container", "w") == ["web-00"]
+
+
+def test_paths_are_left_to_the_shell(tmp_path):
+    (tmp_path / "a.conflist").write_text("{}")
+    (tmp_path / "sub").mkdir()
+    assert bash_complete("circuit", "network", "create", f"{tmp_path}/a") == [
+        f"{tmp_path}/a.conflist"]
+    assert bash_complete("circuit", "--state", f"{tmp_path}/") == [f"{tmp_path}/sub"]
+
+
+def test_zsh_script_and_a_bad_shell():
+    out = subprocess.run([BIN / "circuit", "completion", "zsh"], capture_output=True,
+                         text=True).stdout
+    assert out.startswith("#compdef circuit circuit-qos circuit-net circuit-lb circuit-hook\n")
+    assert "compdef _circuit circuit" in out and "circuit completion words --" in out
+    proc = subprocess.run([BIN / "circuit", "completion", "fish"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and proc.stderr == (
+        "circuit: no completion for shell 'fish'; use bash or zsh\n")

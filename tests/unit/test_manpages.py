@@ -1,0 +1,80 @@
+"""Man pages made from the tools' docopt text: every usage line and option is in its page."""
+
+import shutil
+import subprocess
+import sys
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+
+from circuit_common import VERSION, errors, manpage
+from circuit_common.usage import Usage
+
+BIN = Path(sys.executable).parent
+TOOLS = {"circuit-net": "circuit_net.cli", "circuit-qos": "circuit_qos.cli",
+         "circuit-lb": "circuit_lb.cli", "circuit-hook": "circuit_hook.cli"}
+
+
+def unescape(roff: str) -> str:
+    return roff.replace("\\-", "-").replace("\\e", "\\").replace("\\&", "")
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("man1")
+    proc = subprocess.run([BIN / "circuit", "manpages", directory], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    return directory
+
+
+def test_one_page_per_tool(pages):
+    assert sorted(p.name for p in pages.iterdir()) == [
+        "circuit-hook.1", "circuit-lb.1", "circuit-net.1", "circuit-qos.1", "circuit.1"]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_page_holds_its_tools_usage_and_options(pages, tool):
+    doc = import_module(TOOLS[tool]).__doc__
+    text = unescape((pages / f"{tool}.1").read_text())
+    usage = Usage(doc)
+    assert text.startswith(f'.TH "{tool.upper()}" 1 "" "circuit {VERSION}"')
+    assert f"{tool} - {usage.summary}" in text
+    for line in usage.lines:
+        assert line in text
+    for option in usage.options:
+        assert option.names[0] in text and option.help in text
+    for name in ("--state", "--cni-path", "--lock-timeout"):
+        assert name in text
+    for code in (4, 8, 70):
+        assert f".TP\n\\fB{code}\\fR\n" in text
+    assert "circuit(1)" in text.replace("\\fB", "").replace("\\fR", "")
+
+
+def test_exit_status_lists_every_error_class():
+    codes = dict(manpage.exit_codes())
+    assert codes[errors.KernelUnsupported.exit_code] == errors.KernelUnsupported.__doc__
+    assert codes[70].startswith("An internal error")
+
+
+def test_roff_requests_in_text_are_escaped():
+    page = manpage.render("tool-x: summary.\n\nUsage:\n  tool-x run\n\n.not a request\n"
+                          "'neither\nback\\slash", ["tool-x"])
+    assert "\n\\&.not a request\n\\&'neither\nback\\eslash\n" in page
+
+
+@pytest.mark.skipif(not shutil.which("man"), reason="man-db is not installed")
+def test_man_renders_the_dispatchers_page(pages):
+    proc = subprocess.run(["man", "--warnings", "-l", pages / "circuit.1"], capture_output=True,
+                          text=True, env={"MANWIDTH": "100", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    assert "circuit completion bash|zsh" in proc.stdout
+    assert "circuit-net(1)" in proc.stdout
+
+
+def test_a_bad_directory_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    proc = subprocess.run([BIN / "circuit", "manpages", tmp_path / "file"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 10 and proc.stderr.startswith("circuit: cannot write man pages")
