@@ -20,8 +20,19 @@ def circuit(*args, tool="circuit", env=None, input=None, importtime=False):
                           subprocess.DEVNULL)
 
 
+def oci_state(**fields) -> str:
+    """The OCI state runc hands a createRuntime hook, for this (running) test process."""
+    return json.dumps({"ociVersion": "1.0.2", "id": "web", "pid": os.getpid(),
+                       "status": "creating", "bundle": "/nonexistent", **fields})
+
+
+NO_NETWORK_ENV = {"CNI_CONF": "", "CIRCUIT_NETWORK": ""}
+
+
 def test_help_lists_the_command_groups():
-    out = circuit("--help").stdout
+    proc = circuit("--help")
+    assert proc.returncode == 0
+    out = proc.stdout
     for group in ("circuit network", "circuit network qos", "circuit lb", "circuit hook",
                   "circuit restore", "circuit version", "circuit doctor"):
         assert group in out
@@ -85,17 +96,26 @@ def test_doctor_fails_when_a_stored_network_cannot_work(tmp_path):
     assert {c["feature"] for c in json.loads(proc.stdout)} >= {"networks", "qos delay", "lb"}
 
 
-@pytest.mark.parametrize("args", [("--help",), ("version",), ("network", "list"),
-                                  ("network", "list", "--format", "json"), ("lb", "list"),
-                                  ("network", "qos", "--help")])
-def test_help_version_and_list_do_not_import_pyroute2(args, tmp_path):
-    proc = circuit("--state", tmp_path, *args, importtime=True)
+@pytest.mark.parametrize(("args", "stdin", "code"), [
+    (("--help",), None, 0), (("version",), None, 0), (("network", "list"), None, 0),
+    (("network", "list", "--format", "json"), None, 0), (("lb", "list"), None, 0),
+    (("network", "qos", "--help"), None, 0),
+    (("network", "connect", os.getpid(), "nope"), None, 4),  # as far as a connect goes here
+    (("hook",), oci_state(), 4),
+    ((), oci_state(), 4),  # the hook as runc runs it: bare circuit, the state on stdin
+])
+def test_help_version_list_connect_and_the_hook_do_not_import_pyroute2(args, stdin, code,
+                                                                       tmp_path):
+    proc = circuit("--state", tmp_path, *args, importtime=True, input=stdin,
+                   env={"CIRCUIT_NETWORK": "nope", "CNI_CONF": ""})
+    assert proc.returncode == code, proc.stderr
     assert "pyroute2" not in proc.stderr
 
 
 def test_each_tool_is_usable_alone(tmp_path):
     for tool in ("circuit-net", "circuit-qos", "circuit-lb", "circuit-hook"):
-        assert "Usage:" in circuit("--help", tool=tool).stdout
+        proc = circuit("--help", tool=tool)
+        assert proc.returncode == 0 and "Usage:" in proc.stdout
     assert circuit("--state", tmp_path, "list", tool="circuit-net").returncode == 0
 
 
@@ -107,6 +127,12 @@ def test_each_tool_is_usable_alone(tmp_path):
     (("network", "inspect", "nope"), "no network named 'nope'", 4),
     (("network", "list", "--format", "xml"), "unknown format 'xml'", 3),
     (("network", "list", "--state"), "--state needs a value", 3),
+    (("network", "inspect", "nope", "--format", "xml"), "unknown format 'xml'", 3),
+    (("network", "connect", os.getpid(), "nope"), "no network named 'nope'", 4),
+    (("network", "connect", 999_999_999, "nope"), "invalid pid", 3),
+    (("network", "connect", "no-such-container", "nope"), "no running runc container", 4),
+    (("network", "connect", "../x", "nope"), "invalid container id", 3),
+    (("network", "qos", "show", "nope", "-q"), "no network named 'nope'", 4),
 ])
 def test_mistakes_are_one_line_with_a_stable_code(args, message, code, tmp_path):
     proc = circuit("--state", tmp_path, *args)
@@ -120,20 +146,78 @@ def test_debug_shows_the_traceback(tmp_path):
     assert "Traceback" in proc.stderr and proc.returncode == 4
 
 
-def test_unknown_command_runs_circuit_foo_from_path(tmp_path):
-    (tmp_path / "circuit-hello").write_text("#!/bin/sh\necho hello \"$@\"\n")
+def test_unknown_command_runs_circuit_foo_from_path_with_its_exit_code(tmp_path):
+    (tmp_path / "circuit-hello").write_text("#!/bin/sh\necho hello \"$@\"\nexit 5\n")
     (tmp_path / "circuit-hello").chmod(0o755)
     proc = circuit("hello", "world", env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
-    assert proc.stdout == "hello world\n"
+    assert proc.stdout == "hello world\n" and proc.returncode == 5
 
 
 def test_restore_is_a_noop_while_nothing_is_stored(tmp_path):
     assert circuit("--state", tmp_path, "restore").returncode == 0
 
 
-def test_hook_mode_reads_oci_state_from_stdin(tmp_path):
-    proc = circuit("--state", tmp_path, input="not json")
-    assert proc.returncode == 3 and "not the OCI state" in proc.stderr
+@pytest.mark.parametrize(("stdin", "env", "message", "code"), [
+    ("not json", {}, "not the OCI state", 3),
+    (json.dumps({"pid": 1}), {}, "has no container 'id'", 3),
+    (oci_state(id="../etc"), {}, "invalid container id", 3),
+    (oci_state(pid=-1), {}, "invalid pid in the OCI state", 3),
+    (oci_state(), NO_NETWORK_ENV, "no network for the hook", 3),
+    (oci_state(), {"CIRCUIT_NETWORK": "nope", "CNI_CONF": ""}, "no network named 'nope'", 4),
+    (oci_state(), {"CNI_CONF": "/nonexistent.conf"}, "/nonexistent.conf", 3),
+])
+@pytest.mark.parametrize("route", [(), ("hook",)], ids=["bare", "hook"])
+def test_the_hook_refuses_bad_input_in_one_line(stdin, env, message, code, route, tmp_path):
+    proc = circuit("--state", tmp_path, *route, input=stdin, env=env)
+    assert (proc.returncode, proc.stdout) == (code, "")
+    assert proc.stderr.startswith("circuit: ") and message in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def store_one_network(state, policies: dict | None = None) -> None:
+    """A network "good" with two attachments (containers web and db, not running) and the given
+    per-attachment QoS policies."""
+    config = {"cniVersion": "1.0.0", "name": "good", "plugins": [{"type": "bridge"},
+                                                                  {"type": "portmap"}]}
+    (state / "networks").mkdir(parents=True)
+    (state / "networks" / "good.json").write_text(json.dumps(
+        {"schema": 1, "name": "good", "config": config}))
+    (state / "attachments" / "good").mkdir(parents=True)
+    for number, cid in enumerate(("web", "db"), start=2):
+        result = {"cniVersion": "1.0.0", "interfaces": [
+            {"name": "eth0", "mac": f"02:00:00:00:00:0{number}", "sandbox": "/proc/1/ns/net"}],
+            "ips": [{"address": f"10.1.0.{number}/24", "interface": 0}]}
+        (state / "attachments" / "good" / f"{cid}@eth0.json").write_text(json.dumps(
+            {"schema": 1, "containerId": cid, "ifName": "eth0", "networkName": "good",
+             "result": result, "circuit": {"pid": 4_000_000 + number, "start_time": 0,
+                                           "target": cid, "created": "2026-01-01T00:00:00Z"}}))
+    if policies is not None:
+        (state / "qos").mkdir()
+        (state / "qos" / "good.json").write_text(json.dumps(
+            {"schema": 1, "network": None, "attachments": policies}))
+
+
+def test_inspect_is_json_by_default_and_a_summary_as_a_table(tmp_path):
+    store_one_network(tmp_path)
+    default = circuit("--state", tmp_path, "network", "inspect", "good")
+    as_json = circuit("--state", tmp_path, "network", "inspect", "good", "--format", "json")
+    assert default.returncode == as_json.returncode == 0 and default.stdout == as_json.stdout
+    assert {a["container_id"] for a in json.loads(default.stdout)["attachments"]} == {"web", "db"}
+    table = circuit("--state", tmp_path, "network", "inspect", "good", "--format", "table")
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    assert lines[0] == "network good: bridge -> portmap (CNI 1.0.0)"
+    assert lines[1].split() == ["CONTAINER", "PID", "IFNAME", "IPS", "MAC"]
+    assert sorted(line.split() for line in lines[2:]) == [
+        ["db", "4000003", "eth0", "10.1.0.3/24", "02:00:00:00:00:03"],
+        ["web", "4000002", "eth0", "10.1.0.2/24", "02:00:00:00:00:02"]]
+
+
+def test_qos_show_q_names_the_shaped_containers(tmp_path):
+    store_one_network(tmp_path, {"web@eth0": {"rate": 5_000_000, "ceil": 5_000_000}})
+    proc = circuit("--state", tmp_path, "network", "qos", "show", "good", "-q", importtime=True)
+    assert (proc.returncode, proc.stdout) == (0, "web\n")
+    assert "pyroute2" not in proc.stderr  # the policies are in the store: no netlink
 
 
 def test_list_reports_a_corrupt_record_and_lists_the_rest(tmp_path):

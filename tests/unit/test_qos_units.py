@@ -34,12 +34,34 @@ def test_formats():
         "50ms", "2s", "500us")
 
 
-def test_merge_combines_rate_and_delay_and_a_rate_alone_is_flat():
-    policy = merge(None, {"rate": 5_000_000, "ceil": 6_000_000})
+MBIT = 1_000_000
+
+
+def test_a_second_set_keeps_the_values_not_given():
+    policy = merge(None, {"rate": 5 * MBIT, "ceil": 6 * MBIT})
     policy = merge(policy, {"delay": 50_000})
-    assert policy == {"rate": 5_000_000, "ceil": 6_000_000, "delay": 50_000}
-    assert merge(policy, {"rate": 2_000_000})["ceil"] == 2_000_000
+    assert policy == {"rate": 5 * MBIT, "ceil": 6 * MBIT, "delay": 50_000}
+    assert merge(policy, {"rate": 2 * MBIT}) == {"rate": 2 * MBIT, "ceil": 6 * MBIT,
+                                                 "delay": 50_000}
+    assert merge(policy, {"ceil": 8 * MBIT})["rate"] == 5 * MBIT
+
+
+@pytest.mark.parametrize(("old", "rate", "ceiling"), [
+    (None, 5, 5),  # a rate alone is a flat rate
+    ({"delay": 50_000}, 5, 5),
+    ({"rate": 5 * MBIT, "ceil": 5 * MBIT}, 2, 2),  # a flat rate stays flat
+    ({"rate": 5 * MBIT, "ceil": 6 * MBIT}, 2, 6),  # a ceiling above the rate stays
+    ({"rate": 5 * MBIT, "ceil": 6 * MBIT}, 8, 8),  # ... but never below it
+])
+def test_a_ceiling_not_given_follows_a_new_rate_when_flat_or_below(old, rate, ceiling):
+    assert merge(old, {"rate": rate * MBIT})["ceil"] == ceiling * MBIT
+
+
+def test_merge_refuses_a_ceiling_below_the_rate_or_without_one():
+    policy = {"rate": 5 * MBIT, "ceil": 6 * MBIT}
     with pytest.raises(InvalidInput, match="below the rate"):
-        merge(policy, {"ceil": 1_000_000})
+        merge(policy, {"ceil": 1 * MBIT})
+    with pytest.raises(InvalidInput, match="below the rate"):
+        merge(policy, {"rate": 8 * MBIT, "ceil": 7 * MBIT})
     with pytest.raises(InvalidInput, match="needs a --rate"):
-        merge(None, {"ceil": 1_000_000})
+        merge(None, {"ceil": 1 * MBIT})

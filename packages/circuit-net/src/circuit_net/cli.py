@@ -3,7 +3,7 @@
 Usage:
   circuit-net create PATH [--name NAME]
   circuit-net list [--format FMT] [-q]
-  circuit-net inspect NAME
+  circuit-net inspect NAME [--format FMT]
   circuit-net spec
   circuit-net connect TARGET NETWORK [--ifname IF] [--ip IP] [--mac MAC] [--args ARGS]
                       [--format FMT]
@@ -17,7 +17,7 @@ Also reached as `circuit network ...`. TARGET is a PID or a runc container id.
 
 Options:
   --name NAME      network name, instead of the config's "name"
-  --format FMT     table or json [default: table]
+  --format FMT     table or json (default: table; json for inspect)
   -q               names only
   --ifname IF      interface inside the container (default: the first free ethN)
   --ip IP          request this address (runtimeConfig "ips", or CNI_ARGS IP)
@@ -66,9 +66,13 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     elif a["list"]:
         return list_networks(nets, output.check_format(a["--format"]), a["-q"])
     elif a["inspect"]:
+        fmt = output.check_format(a["--format"] or "json")
         network = nets.get(a["NAME"])
-        output.emit_json({**network, "attachments": [
-            describe(x) for x in nets.attachments(a["NAME"]).records]})
+        attachments = [describe(x) for x in nets.attachments(a["NAME"]).records]
+        if fmt == "json":
+            output.emit_json({**network, "attachments": attachments})
+        else:
+            print_inspect(network, attachments)
     elif a["spec"]:
         output.emit_json(SPEC)
     elif a["connect"]:
@@ -108,6 +112,17 @@ def describe(attachment: dict) -> dict:
             "ifname": attachment["ifName"], "ips": result_ips(attachment["result"]),
             "mac": result_mac(attachment["result"], attachment["ifName"]),
             "created": meta["created"], "result": attachment["result"]}
+
+
+def print_inspect(network: dict, attachments: list[dict]) -> None:
+    """A network and its attachments, for people: its plugin chain, then one row each."""
+    config = network["config"]
+    chain = " -> ".join(p["type"] for p in config["plugins"])
+    print(f"network {network['name']}: {chain} (CNI {config['cniVersion']})")
+    output.emit(output.render_table(
+        ["container", "pid", "ifname", "ips", "mac"],
+        [(x["target"], x["pid"], x["ifname"], ", ".join(x["ips"]) or "-", x["mac"] or "-")
+         for x in attachments], min_width=10))
 
 
 def _ip_key(peer: dict) -> tuple:

@@ -4,13 +4,13 @@ Usage:
   circuit-qos set [--rate R] [--ceiling C] [--delay D] [--buffer B] [--cbuffer B]
                   [--priority P] [--container TARGET] [--interface IFACE] NETWORK
   circuit-qos reset [--container TARGET] [--interface IFACE] NETWORK
-  circuit-qos show NETWORK [--format FMT]
+  circuit-qos show NETWORK [--format FMT] [-q]
   circuit-qos restore
   circuit-qos (-h | --help)
 
 Also reached as `circuit network qos ...`. A network's policy shapes every container on it, now
 and later, in both directions; --container or --interface sets one attachment's own policy.
-`set` again changes only the values given. See docs/qos.md.
+`set` again changes only the values given (a flat ceiling follows a new rate). See docs/qos.md.
 
 Options:
   --rate R            guaranteed rate: kbit/s when a bare number (5000), or 5mbit, 800kbit
@@ -22,6 +22,7 @@ Options:
   --container TARGET  one container's attachment (PID or runc id)
   --interface IFACE   one attachment by its host-side interface
   --format FMT        table or json [default: table]
+  -q                  the shaped containers only (PID or runc id, as connected)
 """
 
 import copy
@@ -78,7 +79,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         return extension.restore(ctx)
     name = a["NETWORK"]
     if a["show"]:
-        return show(nets, name, output.check_format(a["--format"]))
+        return show(nets, name, output.check_format(a["--format"]), a["-q"])
     if a["--container"] and a["--interface"]:
         raise InvalidInput("give --container or --interface, not both")
     changes = changes_from(a) if a["set"] else None
@@ -115,12 +116,18 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     return 0
 
 
-def show(nets: Networks, name: str, fmt: str) -> int:
-    """The network's policy and each attachment's policy and live counters."""
-    from .tc import Links, counters
-
+def show(nets: Networks, name: str, fmt: str, quiet: bool) -> int:
+    """The network's policy and each attachment's policy and live counters (quiet: only the
+    containers that have a policy, from the store)."""
     nets.get(name)
     record = qos.load(nets.store, name)
+    if quiet:
+        output.emit_names(list(dict.fromkeys(
+            attached["circuit"]["target"] for attached in nets.attachments(name).records
+            if qos.effective(record, as_attachment(attached)))))
+        return 0
+    from .tc import Links, counters
+
     rows = []
     with Links() as links:
         for attached in nets.attachments(name).records:
