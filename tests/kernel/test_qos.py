@@ -1,6 +1,6 @@
 """circuit-qos delay (netem) on Debian's stock kernel: the seed's ping example, with a rate."""
 
-from harness import bridge_conf, iperf_mbit, min_rtt
+from harness import bridge_conf, host_veth, iperf_mbit, min_rtt, snapshot
 
 
 def test_delay_adds_50ms_to_the_rtt_and_combines_with_the_rate(host):
@@ -17,3 +17,24 @@ def test_delay_adds_50ms_to_the_rtt_and_combines_with_the_rate(host):
     assert 4.5 <= mbit <= 6.3, mbit
     host.circuit("network", "qos", "reset", "sandbox")
     assert min_rtt(server, "10.100.10.1") - before < 5
+
+
+def test_a_delay_netem_cannot_hold_applies_nothing_and_the_probe_leaves_no_device(host):
+    """With netem present: a refused delay leaves the rate given with it unapplied, and a good
+    delay passes the probe, whose scratch IFB device is gone afterwards."""
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    container = host.container()
+    host.circuit("network", "connect", container.pid, "sandbox")
+    veth = host_veth(host, "sandbox", container.pid)
+    links_before, state_before = host.run("ip", "-o", "link").stdout, snapshot(host.state)
+
+    refused = host.circuit("network", "qos", "set", "--rate", "5000", "--delay", "300s",
+                           "sandbox", check=False)
+    assert refused.returncode == 3 and "longer than netem can hold" in refused.stderr
+    assert "htb" not in host.run("tc", "qdisc", "show", "dev", veth).stdout
+    assert host.run("ip", "-o", "link").stdout == links_before  # no IFB device either
+    assert snapshot(host.state) == state_before
+
+    host.circuit("network", "qos", "set", "--rate", "5000", "--delay", "50ms", "sandbox")
+    assert "netem" in host.run("tc", "qdisc", "show", "dev", veth).stdout
+    assert "cqprobe" not in host.run("ip", "-o", "link").stdout

@@ -22,7 +22,8 @@ def test_delays(text, us):
 @pytest.mark.parametrize(("call", "text", "message"), [
     (parse_rate, "0", "greater than zero"), (parse_rate, "-1", "invalid rate"),
     (parse_rate, "5parsecs", "unknown unit"), (parse_delay, "50", "needs a unit"),
-    (parse_delay, "fast", "invalid delay"), (parse_size, "1q", "unknown unit")])
+    (parse_delay, "fast", "invalid delay"), (parse_delay, "275s", "longer than netem can hold"),
+    (parse_size, "1q", "unknown unit")])
 def test_refused(call, text, message):
     with pytest.raises(InvalidInput, match=message):
         call(text)

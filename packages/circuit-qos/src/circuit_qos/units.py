@@ -8,6 +8,7 @@ RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10*
               "bps": 8, "kbps": 8 * 10**3, "mbps": 8 * 10**6, "gbps": 8 * 10**9}
 TIME_UNITS = {"us": 1, "usec": 1, "ms": 1000, "msec": 1000, "s": 10**6, "sec": 10**6}
 SIZE_UNITS = {"b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2}
+MAX_DELAY = 274 * 10**6  # µs: netem keeps a delay in 32 bits of 64 ns ticks (≈ 274.9 s)
 NUMBER = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*")
 
 
@@ -34,8 +35,12 @@ def parse_rate(text: str) -> int:
 
 
 def parse_delay(text: str) -> int:
-    """Microseconds, from 50ms, 1s or 500us."""
-    return _parse(text, TIME_UNITS, None, "delay", "50ms, 1s, 500us")
+    """Microseconds, from 50ms, 1s or 500us; at most what netem can hold."""
+    delay = _parse(text, TIME_UNITS, None, "delay", "50ms, 1s, 500us")
+    if delay > MAX_DELAY:
+        raise InvalidInput(f"delay {text!r} is longer than netem can hold "
+                           f"({format_delay(MAX_DELAY)})")
+    return delay
 
 
 def parse_size(text: str) -> int:
