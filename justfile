@@ -3,7 +3,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 export UV_PYTHON_DOWNLOADS := "never"
 
-debs := "containernetworking-plugins iptables nftables runc busybox-static iperf3 iproute2 util-linux procps qemu-system-x86 linux-image-amd64 ipvsadm"
+debs := "containernetworking-plugins iptables nftables runc busybox-static iperf3 iproute2 util-linux procps qemu-system-x86 linux-image-amd64 ipvsadm podman man-db"
 
 default:
     @just --list
@@ -19,6 +19,14 @@ setup:
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
     fi
     uv sync --quiet --compile-bytecode --reinstall-package circuit
+
+# Install circuit for the whole machine (wheels in a venv under PREFIX/lib/circuit, tools in PREFIX/bin, man pages, completions, systemd unit)
+install PREFIX="/usr/local":
+    packaging/install.sh install "{{PREFIX}}"
+
+# Remove what `just install PREFIX` installed
+uninstall PREFIX="/usr/local":
+    packaging/install.sh uninstall "{{PREFIX}}"
 
 # Show the main job: a bridge network, two containers, connect, ping, list
 demo: setup

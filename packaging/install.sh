@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Install circuit for the whole machine, or remove it:  packaging/install.sh install|uninstall [PREFIX]
+#   PREFIX/lib/circuit                      a venv holding the workspace's wheels (uv build)
+#   PREFIX/bin/circuit, circuit-net, ...    links into it
+#   PREFIX/share/man/man1/*.1               man pages, from the tools' usage text
+#   PREFIX/share/bash-completion/completions/circuit*, PREFIX/share/zsh/site-functions/_circuit
+#   PREFIX/lib/systemd/system/circuit-restore.service
+# Nothing refers back to the clone: it may be deleted afterwards. CIRCUIT_PYTHON picks the
+# interpreter (default /usr/bin/python3 when it is 3.11 or newer).
+set -euo pipefail
+
+action=${1:?usage: packaging/install.sh install|uninstall [PREFIX]}
+prefix=$(realpath -m "${2:-/usr/local}")
+lib=$prefix/lib/circuit
+manifest=$lib/installed-files
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tools=(circuit circuit-net circuit-qos circuit-lb circuit-hook)
+
+uninstall() {
+    if [ ! -f "$manifest" ]; then
+        echo "circuit: nothing installed under $prefix" >&2
+        return 0
+    fi
+    while read -r path; do rm -f "$prefix/$path"; done < "$manifest"
+    rm -rf "$lib"
+    echo "circuit removed from $prefix"
+}
+
+python() {
+    if [ -n "${CIRCUIT_PYTHON:-}" ]; then
+        echo "$CIRCUIT_PYTHON"
+    elif /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo /usr/bin/python3
+    else
+        echo python3
+    fi
+}
+
+install() {
+    local files=()
+    dist=$(mktemp -d)
+    trap 'rm -rf "$dist"' EXIT
+    # each package's wheel on its own; the third-party versions the lock file pins
+    (cd "$repo" && uv build --quiet --all-packages --wheel -o "$dist" &&
+        uv export --quiet --frozen --no-dev --no-emit-workspace --no-hashes -o "$dist/requirements.txt")
+    ls "$dist"/*.whl >> "$dist/requirements.txt"
+    [ -x "$lib/bin/python" ] || uv venv --quiet --python "$(python)" "$lib"
+    # sync: an upgrade replaces every package and drops what the new version no longer needs
+    uv pip sync --quiet --reinstall --compile-bytecode --python "$lib/bin/python" "$dist/requirements.txt"
+
+    mkdir -p "$prefix/bin"
+    for tool in "${tools[@]}"; do
+        ln -sfn "$lib/bin/$tool" "$prefix/bin/$tool"
+        files+=("bin/$tool")
+    done
+    local circuit=$lib/bin/circuit
+    for page in $("$circuit" manpages "$prefix/share/man/man1"); do
+        files+=("${page#"$prefix"/}")
+    done
+    local bash_dir=$prefix/share/bash-completion/completions zsh_dir=$prefix/share/zsh/site-functions
+    mkdir -p "$bash_dir" "$zsh_dir"
+    "$circuit" completion bash > "$bash_dir/circuit"
+    for tool in "${tools[@]:1}"; do   # bash-completion loads a command's file by its name
+        ln -sfn circuit "$bash_dir/$tool"
+    done
+    "$circuit" completion zsh > "$zsh_dir/_circuit"
+    files+=("${tools[@]/#/share/bash-completion/completions/}" share/zsh/site-functions/_circuit)
+    local unit_dir=$prefix/lib/systemd/system
+    mkdir -p "$unit_dir"
+    sed "s|@BINDIR@|$prefix/bin|g" "$repo/packaging/circuit-restore.service" \
+        > "$unit_dir/circuit-restore.service"
+    files+=(lib/systemd/system/circuit-restore.service)
+    printf '%s\n' "${files[@]}" > "$manifest"
+    echo "circuit $("$circuit" version | head -n 1 | cut -d' ' -f2) installed in $prefix"
+}
+
+case $action in
+    install) install ;;
+    uninstall) uninstall ;;
+    *) echo "circuit: unknown action '$action'; use install or uninstall" >&2; exit 2 ;;
+esac

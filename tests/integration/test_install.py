@@ -1,0 +1,70 @@
+"""`just install` into a temporary prefix (never /usr/local), from a copy of the clone that is
+deleted before use: the installed circuit attaches and detaches a runc container on its own."""
+
+import json
+import os
+import shutil
+import subprocess
+
+from harness import ROOT, bridge_conf, documented_hooks
+
+
+def without_the_clone(env: dict) -> dict:
+    """The environment with no PATH entry (the clone's .venv/bin) or venv inside the clone."""
+    path = [p for p in env["PATH"].split(":") if p and not p.startswith(str(ROOT))]
+    return {k: v for k, v in env.items() if k != "VIRTUAL_ENV"} | {"PATH": ":".join(path)}
+
+
+def just(*args, cwd, env) -> None:
+    proc = subprocess.run(["just", *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host, runc, tmp_path):
+    clone, prefix = tmp_path / "clone", tmp_path / "prefix"
+    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache"))
+    env = without_the_clone(dict(os.environ))
+    just("install", prefix, cwd=clone, env=env)
+    shutil.rmtree(clone)
+    assert not [p for p in prefix.rglob("*") if p.is_file() and str(ROOT).encode()
+                in p.read_bytes()]
+    circuit = prefix / "bin" / "circuit"
+    tools_env = env | {"PATH": f"{prefix / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    for tool in ("circuit", "circuit-net", "circuit-qos", "circuit-lb", "circuit-hook"):
+        assert (prefix / "bin" / tool).exists()
+    version = subprocess.run([circuit, "version", "--format", "json"], capture_output=True,
+                             text=True, env=tools_env)
+    assert json.loads(version.stdout)["pyroute2"], version.stderr
+
+    hooks = documented_hooks("createRuntime", {"CNI_CONF": host.conf(bridge_conf()),
+                                               "CIRCUIT_STATE_DIR": host.state})
+    for entry in (e for entries in hooks.values() for e in entries):
+        entry["path"] = str(circuit)
+    cid = runc.run("installed", hooks).stdout
+    container = runc.container(cid)
+    assert container.ping("10.100.10.1")
+    listed = host.run(circuit, "--state", host.state, "network", "list", "--format", "json",
+                      env=tools_env)
+    assert [p["container_id"] for r in json.loads(listed.stdout) for p in r["peers"]] == [cid]
+    runc.delete(cid)
+    assert host.reserved_ips("sandbox") == set()
+
+    man = subprocess.run(["man", "-w", "circuit", "circuit-lb"], capture_output=True, text=True,
+                         env=tools_env)
+    assert man.stdout.split() == [str(prefix / "share/man/man1/circuit.1"),
+                                  str(prefix / "share/man/man1/circuit-lb.1")], man.stderr
+    completions = prefix / "share/bash-completion/completions"
+    registered = subprocess.run(["bash", "--norc", "-c", f"source {completions}/circuit-net; "
+                                 "complete -p circuit-net"], capture_output=True, text=True)
+    assert registered.stdout == "complete -F _circuit circuit-net\n"
+    unit = prefix / "lib/systemd/system/circuit-restore.service"
+    assert f"ExecStart={circuit} restore\n" in unit.read_text()
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(["systemd-analyze", "verify", "--man=no", unit],
+                                capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stderr
+
+    just("uninstall", prefix, cwd=ROOT, env=env)
+    assert [p for p in prefix.rglob("*") if not p.is_dir()] == []
