@@ -23,7 +23,7 @@ from circuit_common import cli
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import InvalidInput, NotFound
 from circuit_common.proc import process
-from circuit_common.validate import check_name
+from circuit_common.validate import check_name, check_pid
 from circuit_net.networks import Networks
 from circuit_net.target import Target
 
@@ -37,11 +37,20 @@ def read_state(stream) -> dict:
         raise InvalidInput("OCI state on stdin is larger than 1 MiB; is this really a runc hook?")
     try:
         state = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidInput("stdin is not the OCI state JSON that runc passes to hooks") from None
     if not isinstance(state, dict) or "id" not in state:
         raise InvalidInput("OCI state on stdin has no container 'id'")
     check_name(state["id"], "container id")
+    pid = state.get("pid")
+    if pid is not None and not (type(pid) is int and pid == 0):  # 0 or none: stopped
+        check_pid(pid, "pid in the OCI state")
+    if not isinstance(state.get("status", ""), str):
+        raise InvalidInput(f"status in the OCI state is {state['status']!r}, not a string")
+    annotations = state.get("annotations") or {}
+    if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()):
+        raise InvalidInput("annotations in the OCI state must map strings to strings")
     return state
 
 
@@ -57,20 +66,24 @@ def wanted_networks(nets: Networks, state: dict, env=os.environ) -> list[str]:
 
 
 def attach(nets: Networks, state: dict) -> None:
-    """Attach the container to each wanted network; on any failure detach all, then fail."""
-    proc = process(int(state.get("pid") or 0))
+    """Attach the container to each wanted network; on any failure detach what this hook
+    attached (never what another process attached since), then fail."""
+    pid = check_pid(state.get("pid"), "pid in the OCI state")
+    proc = process(pid)
     if proc is None:
-        raise NotFound(f"container {state['id']}: no process with PID {state.get('pid')}")
+        raise NotFound(f"container {state['id']}: no process with PID {pid}")
     target = Target(state["id"], state["id"], proc)
     names = wanted_networks(nets, state)
     for name in names:
         nets.get(name)  # every network must exist before anything is attached
     nets.detach_container(target.container_id)  # a repeated start replaces, never duplicates
+    made = []
     try:
         for name in names:
-            nets.connect(name, target)
+            made.append((name, nets.connect(name, target)))
     except BaseException:
-        nets.detach_container(target.container_id)
+        for name, record in reversed(made):
+            nets.release(name, record)
         raise
 
 

@@ -33,6 +33,7 @@ from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import StateCorrupt
 
+from . import cni
 from .networks import Networks, parse_cni_args
 from .target import resolve
 
@@ -91,8 +92,9 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
             print(f"container {a['TARGET']} on network {a['NETWORK']} ({record['ifName']}): ok")
     elif a["gc"]:
         for name, record in nets.gc():
-            print(f"released {record['containerId']} {record['ifName']} "
-                  f"({', '.join(describe(record)['ips'])}) from network {name}")
+            ips = ", ".join(cni.result_ips(record.get("result") or {})) or "no address"
+            print(f"released {record['containerId']} {record['ifName']} ({ips}) "
+                  f"from network {name}")
     elif a["delete"]:
         for record in nets.delete(a["NAME"], a["--force"]):
             print(f"disconnected container {record['circuit']['target']} from network "

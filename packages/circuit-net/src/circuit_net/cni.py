@@ -6,6 +6,7 @@ add_chain / del_chain (symmetric), check_chain, gc_chain, cache_entry.
 
 import binascii
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -31,36 +32,91 @@ def load_netconf(data: bytes, source: str, name: str | None = None) -> dict:
     """A validated network config list from .conf or .conflist bytes (a .conf becomes a list)."""
     try:
         conf = json.loads(data)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise InvalidInput(f"{source} is not valid JSON: {e}") from None
     if not isinstance(conf, dict):
         raise InvalidInput(f"{source} must hold a JSON object, not {type(conf).__name__}")
     if "plugins" in conf:
         netconf = dict(conf)
-        plugins = conf["plugins"]
-        if not isinstance(plugins, list) or not plugins:
-            raise InvalidInput(f"{source}: 'plugins' must be a non-empty list")
     else:
         netconf = {k: conf[k] for k in ("cniVersion", "name") if k in conf}
-        plugins = [{k: v for k, v in conf.items() if k not in ("cniVersion", "name")}]
-    netconf["plugins"] = plugins
+        netconf["plugins"] = [{k: v for k, v in conf.items() if k not in ("cniVersion", "name")}]
     if name is not None:
         netconf["name"] = name
     if "name" not in netconf:
         raise InvalidInput(f"{source} has no 'name'; add one or pass --name")
     check_name(netconf["name"], "network name")
+    try:
+        check_netconf(netconf)
+    except ValueError as e:
+        raise InvalidInput(f"{source}: {e}") from None
+    return netconf
+
+
+def check_netconf(netconf: dict) -> None:
+    """A config list circuit can run (ValueError: what is wrong): a supported version, and
+    plugins whose type is a plain name, looked up in the CNI path and nowhere else."""
+    if not isinstance(netconf.get("name"), str) or not NAME_RE.fullmatch(netconf["name"]):
+        raise ValueError(f"network name {netconf.get('name')!r} is not a plain name")
     version = netconf.get("cniVersion")
     if version not in SUPPORTED_VERSIONS:
-        raise InvalidInput(f"{source}: cniVersion {version!r} is not supported; "
-                           f"use one of {', '.join(SUPPORTED_VERSIONS)}")
+        raise ValueError(f"cniVersion {version!r} is not supported; "
+                         f"use one of {', '.join(SUPPORTED_VERSIONS)}")
+    plugins = netconf.get("plugins")
+    if not isinstance(plugins, list) or not plugins:
+        raise ValueError("'plugins' must be a non-empty list")
     for i, plugin in enumerate(plugins):
         if not isinstance(plugin, dict) or "type" not in plugin:
-            raise InvalidInput(f"{source}: plugin {i + 1} has no 'type'")
+            raise ValueError(f"plugin {i + 1} has no 'type'")
         kind = plugin["type"]
         if not isinstance(kind, str) or not NAME_RE.fullmatch(kind):
-            raise InvalidInput(f"{source}: plugin type {kind!r} must be a plain plugin name "
-                               "(no '/' or '..'): the plugin is looked up in the CNI path")
-    return netconf
+            raise ValueError(f"plugin type {kind!r} must be a plain plugin name (no '/' or "
+                             "'..'): the plugin is looked up in the CNI path")
+        if not isinstance(plugin.get("capabilities") or {}, dict):
+            raise ValueError(f"plugin {kind}: 'capabilities' must be an object")
+
+
+def check_result(result) -> None:
+    """A CNI ADD result (spec 0.3.0 to 1.1.0) circuit can store and use (ValueError: what is
+    wrong): interfaces, ips with valid CIDRs and gateways, routes, dns."""
+    if not isinstance(result, dict):
+        raise ValueError(f"the result is {type(result).__name__}, not an object")
+    interfaces = _list_of_objects(result, "interfaces")
+    for i, iface in enumerate(interfaces):
+        if not isinstance(iface.get("name"), str) or not iface["name"]:
+            raise ValueError(f"interfaces[{i}] has no name")
+        for key in ("mac", "sandbox"):
+            if not isinstance(iface.get(key, ""), str):
+                raise ValueError(f"interfaces[{i}].{key} is not a string")
+    for i, ip in enumerate(_list_of_objects(result, "ips")):
+        _check_address(ip.get("address"), f"ips[{i}].address", ipaddress.ip_interface)
+        if "gateway" in ip:
+            _check_address(ip["gateway"], f"ips[{i}].gateway", ipaddress.ip_address)
+        index = ip.get("interface")
+        if index is not None and not (type(index) is int and 0 <= index < len(interfaces)):
+            raise ValueError(f"ips[{i}].interface {index!r} names no interface of the result")
+    for i, route in enumerate(_list_of_objects(result, "routes")):
+        _check_address(route.get("dst"), f"routes[{i}].dst", ipaddress.ip_network)
+        if route.get("gw") is not None:
+            _check_address(route["gw"], f"routes[{i}].gw", ipaddress.ip_address)
+    if not isinstance(result.get("dns", {}), dict):
+        raise ValueError("dns is not an object")
+
+
+def _list_of_objects(result: dict, key: str) -> list[dict]:
+    items = result.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ValueError(f"{key} is not a list of objects")
+    return items
+
+
+def _check_address(value, where: str, parse) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{where} is missing or not a string")
+    try:
+        parse(value) if parse is not ipaddress.ip_network else parse(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{where} {value!r} is not a valid address") from None
 
 
 def find_plugin(kind: str, cni_path: list[str]) -> str:
@@ -197,6 +253,11 @@ def add_chain(plugins: Plugins, netconf: dict, rt: Runtime) -> dict:
         for plugin in netconf["plugins"]:
             result = plugins.exec_plugin(plugin["type"], "ADD",
                                          plugin_conf(netconf, plugin, result, rt), rt)
+            try:
+                check_result(result)
+            except ValueError as e:
+                raise PluginError(f"plugin {plugin['type']} returned an invalid result during "
+                                  f"ADD: {e}") from None
         if result is None:
             raise PluginError(f"network {netconf['name']}: the chain returned no result")
     except BaseException:
@@ -231,6 +292,37 @@ def gc_chain(plugins: Plugins, netconf: dict, valid: list[dict]) -> None:
         conf = dict(plugin, name=netconf["name"], cniVersion=netconf["cniVersion"])
         conf["cni.dev/valid-attachments"] = valid
         plugins.exec_plugin(plugin["type"], "GC", conf, None)
+
+
+def masquerade_chain(network: str, container_id: str) -> str:
+    """The nat chain the bridge plugin's ipMasq makes for one attachment (the plugins'
+    utils.FormatChainName)."""
+    import hashlib
+
+    return "CNI-" + hashlib.sha512((network + container_id).encode()).hexdigest()[:24]
+
+
+def release_masquerade(netconf: dict, rt: Runtime, cached: dict | None) -> None:
+    """Remove the ipMasq chain, and the POSTROUTING rules that jump to it, that the bridge
+    plugin (1.1.1) leaves behind when DEL runs after the container's netns is gone."""
+    if not any(p.get("type") == "bridge" and p.get("ipMasq") for p in netconf["plugins"]):
+        return
+    from circuit_common import nft
+
+    chain = masquerade_chain(netconf["name"], rt.container_id)
+    families = {"ip6" if ":" in address else "ip" for address in result_ips(cached or {})}
+    commands = []
+    for family in sorted(families or {"ip"}):
+        if not nft.objects("chain", family, "nat", chain):
+            continue
+        commands += [{"delete": {"rule": {"family": family, "table": "nat",
+                                          "chain": "POSTROUTING", "handle": o["rule"]["handle"]}}}
+                     for o in nft.objects("chain", family, "nat", "POSTROUTING")
+                     if any(e.get("jump", {}).get("target") == chain
+                            for e in o.get("rule", {}).get("expr", []))]
+        commands += [{"flush": {"chain": {"family": family, "table": "nat", "name": chain}}},
+                     {"delete": {"chain": {"family": family, "table": "nat", "name": chain}}}]
+    nft.transaction(commands)
 
 
 def cache_entry(netconf: dict, rt: Runtime, result: dict) -> dict:

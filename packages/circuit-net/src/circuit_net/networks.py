@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from circuit_common import extensions
 from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound, StateCorrupt
-from circuit_common.proc import Process, interfaces
+from circuit_common.proc import Process, interfaces, process
 from circuit_common.store import Listing
-from circuit_common.validate import check_ifname, check_name
+from circuit_common.validate import NAME_RE, check_ifname, check_name
 
 from . import cni
 from .target import Target
@@ -45,18 +45,18 @@ class Networks:
         return os.path.join(self.attachment_dir(name), f"{container_id}@{ifname}.json")
 
     def get(self, name: str) -> dict:
-        record = self.store.read(self.network_path(name))
+        record = self.store.read(self.network_path(name), check=check_network)
         if record is None:
             raise NotFound(f"no network named {name!r} (see 'circuit network list')")
         return record
 
     def all(self) -> Listing:
         """Every network record; unreadable ones are reported, not fatal."""
-        return self.store.read_all(self.store.path("networks"))
+        return self.store.read_all(self.store.path("networks"), check=check_network)
 
     def attachments(self, name: str) -> Listing:
         """The attachment records of one network, in a stable order."""
-        return self.store.read_all(self.attachment_dir(name))
+        return self.store.read_all(self.attachment_dir(name), check=check_attachment)
 
     # -- networks ---------------------------------------------------------------------------
 
@@ -69,12 +69,12 @@ class Networks:
             raise InvalidInput(f"cannot read network config {source}: {e.strerror}") from None
         netconf = cni.load_netconf(data, source, name)
         path = self.network_path(netconf["name"])
-        existing = self.store.read(path)
+        existing = self.store.read(path, check=check_network)
         if existing is not None and existing["config"] == netconf:
             return existing  # every start of a hooked container comes here: keep it cheap
         self.check_plugins(netconf)
         with self.store.lock("network", netconf["name"]):
-            existing = self.store.read(path)
+            existing = self.store.read(path, check=check_network)
             if existing is not None:
                 if existing["config"] != netconf:
                     raise Conflict(f"network {netconf['name']!r} exists with a different config; "
@@ -123,6 +123,7 @@ class Networks:
         """ADD the target to a network through the whole chain and cache the result."""
         with self.store.lock("network", name):
             network = self.get(name)
+            self.repair(network)
             for attachment in self.attachments(name).records:
                 if target.matches(attachment):
                     raise Conflict(f"container {target.label} is already connected to network "
@@ -131,7 +132,12 @@ class Networks:
 
     def _attach(self, network: dict, target: Target, ifname: str | None, ip: str | None,
                 mac: str | None, args: list[tuple[str, str]]) -> dict:
+        """Intent, ADD, record, extensions, intent done: a crash at any point leaves an intent
+        that repair() undoes (docs/architecture.md, "Failure model")."""
         netconf = network["config"]
+        if not target.netns:
+            raise NotFound(f"container {target.label} has exited")
+        check_own_netns(target)
         ifname = check_ifname(ifname) if ifname else first_free_ifname(target)
         if ifname in interfaces(target.process.pid):
             raise Conflict(f"container {target.label} already has an interface {ifname}; "
@@ -139,30 +145,29 @@ class Networks:
         capability_args, extra_args = runtime_args(netconf, ip, mac)
         rt = cni.Runtime(target.container_id, target.netns, ifname, args + extra_args,
                          capability_args)
-        if not rt.netns:
-            raise NotFound(f"container {target.label} has exited")
-        result = cni.add_chain(self.plugins, netconf, rt)
+        record = cni.cache_entry(netconf, rt, None)
+        record["circuit"] = {"pid": target.process.pid, "start_time": target.process.start_time,
+                             "target": target.label, "created": now()}
+        self._intend("add", record)
         try:
-            if ip and not any(a.split("/")[0] == ip.split("/")[0] for a in cni.result_ips(result)):
+            record["result"] = cni.add_chain(self.plugins, netconf, rt)
+            if ip and not any(a.split("/")[0] == ip.split("/")[0]
+                              for a in cni.result_ips(record["result"])):
                 raise InvalidInput(f"network {network['name']} did not assign the requested IP "
                                    f"{ip}; its IPAM must accept a requested address")
-            record = cni.cache_entry(netconf, rt, result)
-            record["circuit"] = {"pid": target.process.pid,
-                                 "start_time": target.process.start_time,
-                                 "target": target.label, "created": now()}
-            self.store.write(self.attachment_path(network["name"], rt.container_id, ifname),
-                             record)
+            self.store.write(self.record_path(record), record)
             self._notify("attached", network, record)
         except BaseException:
-            self._detach(network, cni.cache_entry(netconf, rt, result), netns=rt.netns,
-                         best_effort=True)
+            self._detach(network, record, netns=rt.netns, best_effort=True)
             raise
+        self._done(record)
         return record
 
     def disconnect(self, name: str, target: Target) -> list[dict]:
         """DEL every attachment of the target on a network, in reverse chain order."""
         with self.store.lock("network", name):
             network = self.get(name)
+            self.repair(network)
             mine = [a for a in self.attachments(name).records if target.matches(a)]
             if not mine:
                 raise NotFound(f"container {target.label} is not connected to network {name}")
@@ -170,36 +175,58 @@ class Networks:
                 self._detach(network, attachment, netns=target.netns)
             return mine
 
+    def release(self, name: str, record: dict) -> None:
+        """Detach one attachment this process made, if it is still there (a hook's rollback:
+        never an attachment another process made for the same container id since)."""
+        with self.store.lock("network", name):
+            stored = self.store.read(self.record_path(record), check=check_attachment)
+            if stored is not None and stored["circuit"] == record["circuit"]:
+                self._detach(self.get(name), stored, best_effort=True)
+
     def detach_container(self, container_id: str) -> list[tuple[str, dict]]:
-        """Release every attachment of a container id on every network (netns may be gone)."""
-        released = []
-        for network in self.all().records:
+        """Release every attachment of a container id on every network (netns may be gone).
+        StateCorrupt after the others when a record could not be read."""
+        released, errors = [], []
+        listing = self.all()
+        errors.extend(listing.errors)
+        for network in listing.records:
             name = network["name"]
-            if not any(a["containerId"] == container_id
-                       for a in self.attachments(name).records):
+            attached = self.attachments(name)
+            errors.extend(attached.errors)
+            if not any(a["containerId"] == container_id for a in attached.records) \
+                    and not self.pending(name):
                 continue
             with self.store.lock("network", name):
+                self.repair(network)
                 for attachment in self.attachments(name).records:
                     if attachment["containerId"] == container_id:
                         self._detach(network, attachment)
                         released.append((name, attachment))
+        if errors:
+            raise StateCorrupt(f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
+                                                 if len(errors) > 1 else ""))
         return released
 
     def _detach(self, network: dict, attachment: dict, netns: str | None = None,
                 best_effort: bool = False) -> None:
-        """DEL one attachment with its cached result, then drop its record."""
+        """Intent, DEL with the cached result, extensions, record and intent gone."""
         if netns is None:
             netns = attachment_netns(attachment)
+        self._intend("del", attachment)
         rt = cni.Runtime(attachment["containerId"], netns, attachment["ifName"],
                          [tuple(kv) for kv in attachment.get("cniArgs", [])],
                          attachment.get("capabilityArgs") or {})
         cni.del_chain(self.plugins, network["config"], rt, attachment.get("result"), best_effort)
         try:
-            self._notify("detached", network, attachment)
+            if not netns:
+                cni.release_masquerade(network["config"], rt, attachment.get("result"))
+            if attachment.get("result") is not None:
+                self._notify("detached", network, attachment)
         except Exception:
             if not best_effort:  # a rollback must not hide the error that caused it
                 raise
-        self.store.remove(self.attachment_path(network["name"], rt.container_id, rt.ifname))
+        self.store.remove(self.record_path(attachment))
+        self._done(attachment)
 
     def _notify(self, event: str, network: dict, attachment: dict) -> None:
         """Tell the extensions that marked the network (none: no import, no scan)."""
@@ -207,6 +234,44 @@ class Networks:
             module = extensions.load(self.store, network["name"], name)
             if hasattr(module, event):
                 getattr(module, event)(self.ctx, as_attachment(attachment))
+
+    # -- intents: what a crash in the middle of an attach or detach leaves ----------------------
+
+    def record_path(self, attachment: dict) -> str:
+        return self.attachment_path(attachment["networkName"], attachment["containerId"],
+                                    attachment["ifName"])
+
+    def intent_path(self, attachment: dict) -> str:
+        return os.path.join(self.store.path("intents", attachment["networkName"]),
+                            f"{attachment['containerId']}@{attachment['ifName']}.json")
+
+    def _intend(self, op: str, attachment: dict) -> None:
+        me = process(os.getpid())
+        self.store.write(self.intent_path(attachment), {
+            "op": op, "owner": {"pid": me.pid, "start_time": me.start_time},
+            "attachment": attachment})
+
+    def _done(self, attachment: dict) -> None:
+        self.store.remove(self.intent_path(attachment))
+
+    def pending(self, name: str) -> list[dict]:
+        """The intents of a network whose process died before finishing them."""
+        return [i for i in self.store.read_all(self.store.path("intents", name),
+                                               check=check_intent).records
+                if not Process(i["owner"]["pid"], i["owner"]["start_time"]).alive()]
+
+    def repair(self, network: dict) -> list[dict]:
+        """Finish what a killed circuit left half done on a network (held under its lock): an
+        attach is undone, a detach completed; DEL is idempotent and needs no prevResult."""
+        repaired = []
+        for intent in self.pending(network["name"]):
+            attachment = intent["attachment"]
+            # the record, when the attach got that far, holds the result that DEL needs
+            attachment = self.store.read(self.record_path(attachment),
+                                         check=check_attachment) or attachment
+            self._detach(network, attachment, best_effort=True)
+            repaired.append(attachment)
+        return repaired
 
     def check(self, name: str, target: Target) -> list[dict]:
         """CNI CHECK of the target's attachments with their cached results."""
@@ -228,29 +293,89 @@ class Networks:
         return mine
 
     def gc(self) -> Iterator[tuple[str, dict]]:
-        """DEL attachments whose container is gone; GC for 1.1.0 networks. Yields what went."""
-        for network in self.all().records:
+        """Finish interrupted attaches and detaches, DEL attachments whose container is gone,
+        GC for 1.1.0 networks. Yields what went; StateCorrupt at the end for unreadable
+        records (the others are still collected)."""
+        listing = self.all()
+        errors = list(listing.errors)
+        for network in listing.records:
             name = network["name"]
             with self.store.lock("network", name):
+                for attachment in self.repair(network):
+                    yield name, attachment
                 kept = []
-                for attachment in self.attachments(name).records:
+                attached = self.attachments(name)
+                errors.extend(attached.errors)
+                for attachment in attached.records:
                     if attachment_netns(attachment):
                         kept.append(attachment)
                         continue
                     self._detach(network, attachment, netns="")
                     yield name, attachment
                 if cni.at_least(network["config"]["cniVersion"], "1.1.0") \
-                        and not network["config"].get("disableGC"):
+                        and not network["config"].get("disableGC") and not attached.errors:
                     valid = [{"containerID": a["containerId"], "ifname": a["ifName"]}
                              for a in kept]
                     cni.gc_chain(self.plugins, network["config"], valid)
+        if errors:
+            raise StateCorrupt(f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
+                                                 if len(errors) > 1 else ""))
+
+
+def check_network(record: dict) -> None:
+    """A network record as circuit wrote it (ValueError: what is wrong)."""
+    if not isinstance(record.get("name"), str) or not isinstance(record.get("config"), dict):
+        raise ValueError("it needs a 'name' and a 'config' object")
+    cni.check_netconf(record["config"])
+    if record["config"]["name"] != record["name"]:
+        raise ValueError("its config names another network")
+
+
+def check_attachment(record: dict) -> None:
+    """An attachment record as circuit wrote it (ValueError: what is wrong)."""
+    for key in ("containerId", "ifName", "networkName"):
+        if not isinstance(record.get(key), str) or not NAME_RE.fullmatch(record[key]):
+            raise ValueError(f"{key} {record.get(key)!r} is not a plain name")
+    meta = record.get("circuit")
+    if not isinstance(meta, dict) or not all(
+            type(meta.get(k)) is int and meta[k] >= 0 for k in ("pid", "start_time")):
+        raise ValueError("its 'circuit' object needs a whole-number pid and start_time")
+    if not isinstance(record.get("cniArgs", []), list) \
+            or not isinstance(record.get("capabilityArgs") or {}, dict):
+        raise ValueError("cniArgs must be a list and capabilityArgs an object")
+    if record.get("result") is not None:
+        cni.check_result(record["result"])
+
+
+def check_intent(record: dict) -> None:
+    """An intent record: what an attach or detach set out to do, and who."""
+    if record.get("op") not in ("add", "del"):
+        raise ValueError(f"op {record.get('op')!r} is neither add nor del")
+    owner = record.get("owner")
+    if not isinstance(owner, dict) or not all(type(owner.get(k)) is int
+                                              for k in ("pid", "start_time")):
+        raise ValueError("its owner needs a whole-number pid and start_time")
+    check_attachment(record.get("attachment"))
+
+
+def check_own_netns(target: Target) -> None:
+    """Refuse a container that shares circuit's own network namespace (the host's, often):
+    its ethN and default route would land beside circuit's own."""
+    try:
+        theirs, mine = os.stat(target.netns), os.stat("/proc/self/ns/net")
+    except OSError:
+        raise NotFound(f"container {target.label} has exited") from None
+    if (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino):
+        raise InvalidInput(f"container {target.label} is in circuit's own network namespace, "
+                           "not one of its own: start it with a new network namespace (runc: "
+                           "a 'network' entry in linux.namespaces)")
 
 
 def as_attachment(record: dict) -> extensions.Attachment:
     """An attachment record as extensions see it."""
     meta = record["circuit"]
     return extensions.Attachment(record["networkName"], record["containerId"], record["ifName"],
-                                 meta["pid"], meta["start_time"], record["result"])
+                                 meta["pid"], meta["start_time"], record["result"] or {})
 
 
 def attachment_netns(attachment: dict) -> str:

@@ -11,13 +11,16 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import time
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from .errors import LockTimeout, StateCorrupt
+from .errors import EnvironmentFault, LockTimeout, StateCorrupt
+from .validate import check_name
 
 SCHEMA_VERSION = 1
+MAX_RECORD = 64 << 20  # bytes: far above the largest record circuit writes (5,000 LB targets)
 
 # Records that could be read, and one message per record that could not.
 Listing = namedtuple("Listing", "records errors")
@@ -29,69 +32,115 @@ class Store:
     def __init__(self, root: str, lock_timeout: float = 30.0):
         self.root = os.fspath(root)
         self.lock_timeout = lock_timeout
+        self._trusted = False
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
+
+    def check_root(self) -> None:
+        """Refuse a state directory that others could write into (as ssh refuses such keys):
+        it must be a directory of this user, not writable by group or others."""
+        if self._trusted:
+            return
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            return  # made 0700 on the first write
+        except OSError as e:
+            raise EnvironmentFault(f"cannot use state directory {self.root}: {e.strerror}") \
+                from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise EnvironmentFault(f"state directory {self.root} is not a directory; "
+                                   "point --state or CIRCUIT_STATE_DIR elsewhere")
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise EnvironmentFault(
+                f"state directory {self.root} is owned by uid {st.st_uid} with mode "
+                f"{stat.S_IMODE(st.st_mode):o}: others could plant records there; run "
+                f"`chown {os.geteuid()} {self.root} && chmod 700 {self.root}`")
+        self._trusted = True
 
     def _ensure_dir(self, directory: str) -> None:
         """Create directory and any missing parent up to the root, each 0700."""
         if os.path.isdir(directory):
             return
         parent = os.path.dirname(directory)
-        if directory != self.root and directory.startswith(self.root + os.sep):
-            self._ensure_dir(parent)
-        else:
-            os.makedirs(parent, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o700)
+        try:
+            if directory != self.root and directory.startswith(self.root + os.sep):
+                self._ensure_dir(parent)
+            else:
+                os.makedirs(parent, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o700)
+        except OSError as e:
+            raise environment_fault(e, directory) from None
 
     # -- records ---------------------------------------------------------------------------
 
-    def read(self, path: str) -> dict | None:
-        """The record at path, None when it does not exist; StateCorrupt when unreadable."""
+    def read(self, path: str, check: Callable[[dict], None] | None = None) -> dict | None:
+        """The record at path, None when it does not exist; StateCorrupt when it cannot be
+        read, is not circuit's JSON, or check (which raises ValueError) finds it malformed."""
+        self.check_root()
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise StateCorrupt(f"state record {path} is not a regular file; remove it")
+                data = f.read(MAX_RECORD + 1)
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise StateCorrupt(f"cannot read state record {path}: {e.strerror}") from None
+            raise StateCorrupt(f"cannot read state record {path}: {e.strerror}; remove or "
+                               "repair it") from None
+        if len(data) > MAX_RECORD:
+            raise StateCorrupt(f"state record {path} is larger than circuit writes; remove it")
         try:
             record = json.loads(data)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise StateCorrupt(f"state record {path} is not valid JSON ({e}); "
                                "remove or repair it") from None
         if not isinstance(record, dict) or record.get("schema") != SCHEMA_VERSION:
             raise StateCorrupt(f"state record {path} has no schema {SCHEMA_VERSION}; "
                                "it was not written by this version of circuit")
+        if check is not None:
+            try:
+                check(record)
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                raise StateCorrupt(f"state record {path} is malformed: {e}; remove or "
+                                   "repair it") from None
         return record
 
     def write(self, path: str, record: dict) -> None:
         """Replace the record at path atomically: temp file, fsync, rename, fsync of the dir."""
         directory, name = os.path.split(os.fspath(path))
+        self.check_root()
         self._ensure_dir(directory)
         body = json.dumps({"schema": SCHEMA_VERSION, **record}, indent=2, sort_keys=True) + "\n"
         tmp = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            with os.fdopen(fd, "w") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        self._fsync_dir(directory)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(body)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            self._fsync_dir(directory)
+        except OSError as e:
+            raise environment_fault(e, path) from None
 
     def remove(self, path: str) -> bool:
         """Delete the record at path; False when it was already gone."""
         try:
             os.unlink(path)
+            self._fsync_dir(os.path.dirname(os.fspath(path)))
         except FileNotFoundError:
             return False
-        self._fsync_dir(os.path.dirname(os.fspath(path)))
+        except OSError as e:
+            raise environment_fault(e, path) from None
         return True
 
     def records(self, directory: str) -> Iterator[str]:
@@ -104,16 +153,17 @@ class Store:
             if name.endswith(".json") and not name.startswith("."):
                 yield os.path.join(directory, name)
 
-    def read_all(self, directory: str, skip: str | None = None) -> "Listing":
-        """Every record in directory (but the one at path skip); an unreadable one is reported
-        in errors, not fatal, and one that another process removed after the listing is
-        simply not there."""
+    def read_all(self, directory: str, skip: str | None = None,
+                 check: Callable[[dict], None] | None = None) -> "Listing":
+        """Every record in directory (but the one at path skip) that check accepts; an
+        unreadable or malformed one is reported in errors, not fatal, and one that another
+        process removed after the listing is simply not there."""
         listing = Listing([], [])
         for path in self.records(directory):
             if path == skip:
                 continue
             try:
-                record = self.read(path)
+                record = self.read(path, check)
             except StateCorrupt as e:
                 listing.errors.append(str(e))
                 continue
@@ -134,6 +184,7 @@ class Store:
     @contextlib.contextmanager
     def lock(self, kind: str, name: str) -> Iterator[None]:
         """Hold the exclusive lock of one object (and the store lock shared)."""
+        check_name(name, f"{kind} name")
         with self._flock("store.lock", fcntl.LOCK_SH, "the state store"), \
                 self._flock(f"{kind}.{name}.lock", fcntl.LOCK_EX, f"{kind} {name}"):
             yield
@@ -147,9 +198,13 @@ class Store:
     @contextlib.contextmanager
     def _flock(self, filename: str, mode: int, what: str) -> Iterator[None]:
         locks = self.path("locks")
+        self.check_root()
         self._ensure_dir(locks)
         path = os.path.join(locks, filename)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise environment_fault(e, path) from None
         try:
             self._acquire(fd, mode, what, path)
             yield
@@ -172,3 +227,16 @@ class Store:
                     f"({path}); another circuit process holds it")
             time.sleep(pause)
             pause = min(pause * 2, 0.02)
+
+
+def environment_fault(e: OSError, path: str) -> Exception:
+    """The one-line error for a state write the machine refused."""
+    hints = {errno.EROFS: "the file system is read-only",
+             errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+             errno.EACCES: "permission denied (run as root?)",
+             errno.EPERM: "permission denied (run as root?)",
+             errno.ENOTDIR: "a part of the path is a file, not a directory",
+             errno.ELOOP: "it is a symbolic link, which circuit does not follow"}
+    hint = hints.get(e.errno, e.strerror)
+    return EnvironmentFault(f"cannot write state {path}: {hint}; fix it or point --state "
+                            "elsewhere")

@@ -28,7 +28,8 @@ PID_MAX = 1 << 22  # the kernel's highest pid_max
 
 
 def ascii_number(text: str) -> int | None:
-    """The integer spelled by text in ASCII digits only ('²' and '١' are not numbers), or None."""
+    """The integer text spells in ASCII digits (superscripts and other scripts' digits are
+    not numbers), or None."""
     if isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 18:
         return int(text)
     return None
