@@ -97,8 +97,9 @@ def test_a_failed_state_write_rolls_the_kernel_back(kernel, services, tmp_path, 
     assert back == table.changes(table.build([{**stored, "targets": [
         *stored["targets"], {"addr": "10.0.0.2", "port": 80, "forward": "masq", "weight": 1}]}]),
         table.build([stored]))
-    assert {"add": {"chain": {**table.TABLE, "name": "ep/web/10.0.0.2/80"}}} in forward
-    assert {"delete": {"chain": {**table.TABLE, "name": "ep/web/10.0.0.2/80"}}} in back
+    added = {"concat": ["tcp", "10.0.0.2", 80]}
+    assert {"add": {"element": {**table.TABLE, "name": "out4", "elem": [added]}}} in forward
+    assert {"delete": {"element": {**table.TABLE, "name": "out4", "elem": [added]}}} in back
     assert services.get("web") == stored
 
 
@@ -178,11 +179,11 @@ def test_weights_become_ranges_of_one_numgen_map():
                   for i, w in ((1, 3), (2, 1), (3, 0), (4, 1))]}
     rules = table.build([record]).chains["svc/web"][1]
     assert rules[0]["comment"] == "wrr"
-    assert rules[1]["expr"][0]["vmap"] == {
+    assert rules[1]["expr"][1]["dnat"] == {"family": "ip", "addr": {"map": {
         "key": {"numgen": {"mode": "inc", "mod": 5, "offset": 0}},
-        "data": {"set": [[{"range": [0, 2]}, {"goto": {"target": "ep/web/10.0.0.1/80"}}],
-                         [3, {"goto": {"target": "ep/web/10.0.0.2/80"}}],
-                         [4, {"goto": {"target": "ep/web/10.0.0.4/80"}}]]}}
+        "data": {"set": [[{"range": [0, 2]}, {"concat": ["10.0.0.1", 80]}],
+                         [3, {"concat": ["10.0.0.2", 80]}],
+                         [4, {"concat": ["10.0.0.4", 80]}]]}}}}
     sticky = table.build([{**record, "persistent": 60}]).chains["svc/web"][1][1]
-    assert sticky["expr"][0]["vmap"]["key"]["jhash"]["expr"] == {
+    assert sticky["expr"][1]["dnat"]["addr"]["map"]["key"]["jhash"]["expr"] == {
         "payload": {"protocol": "ip", "field": "saddr"}}

@@ -165,8 +165,10 @@ class Nftables:
 
     @staticmethod
     def expected(record: dict) -> dict[tuple, tuple]:
+        """The targets in the service's DNAT map (one of weight 0 has no range there)."""
         return {(t["addr"], t["port"]): ("masq", width)
-                for t, width in zip(record["targets"], table.widths(record), strict=True)}
+                for t, width in zip(record["targets"], table.widths(record), strict=True)
+                if width}
 
     def stats(self, records: list[dict]) -> dict[str, dict]:
         found = self.read()

@@ -13,7 +13,7 @@ def transaction(commands: list[dict]) -> None:
     """Carry out commands ({"add": …}, {"delete": …}, …) in one nftables transaction."""
     if not commands:
         return
-    proc = _nft(["-j", "-f", "-"], json.dumps({"nftables": commands}))
+    proc = _nft(["-j", "-f", "-"], json.dumps({"nftables": commands}, separators=(",", ":")))
     if proc.returncode != 0:
         reason = _reason(proc)
         if any(word in reason for word in DRIFT):

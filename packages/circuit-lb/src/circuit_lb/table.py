@@ -1,20 +1,19 @@
 """The nftables table `inet circuit_lb`, computed from the stored services, and the change from
 one such table to another as the commands of one transaction (see nft.py).
 
-For services of the nftables backend (modelled on kube-proxy's nftables mode):
+For services of the nftables backend (after kube-proxy's nftables mode):
   prerouting, output    nat, dstnat: jump services (so containers and the host itself reach VIPs)
   services              one rule per service: ip daddr VIP tcp dport PORT goto svc/NAME
-  svc/NAME              ct mark |= MARK (the rule's comment names the scheduler), then
+  svc/NAME              ct mark |= MARK (the rule's comment names the scheduler), then DNAT to
                         `numgen inc` (rr, wrr) or `jhash` of the source address (sh, persistent)
-                        mod the sum of the widths, into a vmap that gives each target a range as
-                        wide as its weight (rr: 1)
-  ep/NAME/ADDR/PORT     counter (a nat chain sees each connection's first packet only), dnat
+                        mod the sum of the widths, through a map that gives each target a range
+                        as wide as its weight (rr: 1; a weight of 0: no range)
   postrouting           nat, srcnat: ct mark & MARK masquerade (replies come back through the
                         host, so a client on its target's bridge works), and the masquerade of
                         IPVS services with masq targets (by conntrack's original VIP and port)
-  count-out, count-in   filter: packets and bytes to and from each target, into named counters
-                        out/PROTO/ADDR/PORT, in/PROTO/ADDR/PORT through the maps out4, in4, …
-Names spell an IPv6 address with '.' for ':', which nft's names cannot hold.
+  count-out, count-in   filter: look each packet of a marked connection up in sets whose
+                        elements are targets (PROTO . ADDR . PORT) with a counter each: conns4
+                        (first packets), out4 (to the target), in4 (its replies), conns6, …
 """
 
 from collections import namedtuple
@@ -25,11 +24,12 @@ TABLE = {"family": "inet", "table": "circuit_lb"}
 MARK = 0x10000000  # ct mark bit: a connection to an nftables-backend service, masqueraded
 SCHEDULERS = ("rr", "wrr", "sh")  # what nftables can express
 SEED = 0xC1C  # jhash seed: a client keeps its target while the targets stay the same
+COUNTS = ("conns", "out", "in")
 
-Table = namedtuple("Table", "chains counters maps elements")
-# chains {name: (hook spec or None, [rule])}, rule {"expr": […], "comment"?}; counters {name};
-# maps {name: spec}; elements {(map, (proto, addr, port)): counter name}
-EMPTY = Table({}, set(), {}, {})
+Table = namedtuple("Table", "chains sets elements")
+# chains {name: (hook spec or None, [rule])}, rule {"expr": […], "comment"?};
+# sets {name: spec}; elements {(set, (proto, addr, port))}
+EMPTY = Table({}, {}, set())
 
 
 def build(records: list[dict]) -> Table:
@@ -39,26 +39,28 @@ def build(records: list[dict]) -> Table:
     nat = {"type": "nat", "policy": "accept"}
     count = {"type": "filter", "prio": -150, "policy": "accept"}
     jump = [{"expr": [{"jump": {"target": "services"}}]}]
-    masquerade = [{"expr": [_match({"&": [{"ct": {"key": "mark"}}, MARK]}, MARK),
-                            {"masquerade": None}]}]
+    marked = _match({"&": [{"ct": {"key": "mark"}}, MARK]}, MARK)
     table = Table({"prerouting": ({**nat, "hook": "prerouting", "prio": -100}, jump),
                    "output": ({**nat, "hook": "output", "prio": -100}, jump),
-                   "postrouting": ({**nat, "hook": "postrouting", "prio": 100}, masquerade),
+                   "postrouting": ({**nat, "hook": "postrouting", "prio": 100},
+                                   [{"expr": [marked, {"masquerade": None}]}]),
                    "count-out": ({**count, "hook": "postrouting"}, []),
                    "count-in": ({**count, "hook": "prerouting"}, []),
-                   "services": (None, [])}, set(), {}, {})
+                   "services": (None, [])}, {}, set())
     for version, family in ((4, "ip"), (6, "ip6")):
-        for way, chain, field in (("out", "count-out", "daddr"), ("in", "count-in", "saddr")):
-            name = f"{way}{version}"
-            table.maps[name] = {"type": ["inet_proto", f"ipv{version}_addr", "inet_service"],
-                                "map": "counter"}
-            port = "dport" if field == "daddr" else "sport"
-            table.chains[chain][1].append({"expr": [
-                _match({"&": [{"ct": {"key": "mark"}}, MARK]}, MARK),
-                _match({"ct": {"key": "direction"}}, "original" if way == "out" else "reply"),
-                {"counter": {"map": {"key": {"concat": [
-                    {"meta": {"key": "l4proto"}}, _payload(family, field),
-                    _payload("th", port)]}, "data": f"@{name}"}}}]})
+        for name in COUNTS:
+            table.sets[f"{name}{version}"] = {
+                "type": ["inet_proto", f"ipv{version}_addr", "inet_service"],
+                "stmt": [{"counter": None}]}
+        for name, chain, which, field in (
+                ("conns", "count-out", {"ct": {"key": "state"}}, "new"),
+                ("out", "count-out", {"ct": {"key": "direction"}}, "original"),
+                ("in", "count-in", {"ct": {"key": "direction"}}, "reply")):
+            addr, port = ("saddr", "sport") if name == "in" else ("daddr", "dport")
+            key = {"concat": [{"meta": {"key": "l4proto"}}, _payload(family, addr),
+                              _payload("th", port)]}
+            table.chains[chain][1].append({"expr": [marked, _match(which, field),
+                                                    _match(key, f"@{name}{version}")]})
     for record in records:
         if record.get("backend") == "nftables":
             _add_service(table, record)
@@ -70,6 +72,7 @@ def build(records: list[dict]) -> Table:
 def _add_service(table: Table, record: dict) -> None:
     name, protocol = record["name"], record["protocol"]
     family = _family(record["addr"])
+    version = 6 if family == "ip6" else 4
     chain = f"svc/{name}"
     table.chains["services"][1].append({"expr": [
         _match(_payload(family, "daddr"), record["addr"]),
@@ -78,25 +81,19 @@ def _add_service(table: Table, record: dict) -> None:
         "key": {"ct": {"key": "mark"}}, "value": {"|": [{"ct": {"key": "mark"}}, MARK]}}}]}]
     ranges, start = [], 0
     for target, width in zip(record["targets"], widths(record), strict=True):
-        ip, port = target["addr"], target["port"]
-        endpoint = f"ep/{name}/{_spell(ip)}/{port}"
-        table.chains[endpoint] = (None, [{"expr": [
-            {"counter": None}, _match({"meta": {"key": "l4proto"}}, protocol),
-            {"dnat": {"family": family, "addr": ip, "port": port}}]}])
-        for way in ("out", "in"):
-            counter = f"{way}/{protocol}/{_spell(ip)}/{port}"
-            table.counters.add(counter)
-            table.elements[(f"{way}{Endpoint(ip, port).version}", (protocol, ip, port))] = counter
+        key = (protocol, target["addr"], target["port"])
+        table.elements.update((f"{count}{version}", key) for count in COUNTS)
         if width:
-            key = start if width == 1 else {"range": [start, start + width - 1]}
-            ranges.append([key, {"goto": {"target": endpoint}}])
+            low = start if width == 1 else {"range": [start, start + width - 1]}
+            ranges.append([low, {"concat": [target["addr"], target["port"]]}])
             start += width
     if ranges:
         if record["scheduler"] == "sh" or record.get("persistent"):
             pick = {"jhash": {"mod": start, "seed": SEED, "expr": _payload(family, "saddr")}}
         else:
             pick = {"numgen": {"mode": "inc", "mod": start, "offset": 0}}
-        rules.append({"expr": [{"vmap": {"key": pick, "data": {"set": ranges}}}]})
+        rules.append({"expr": [_match({"meta": {"key": "l4proto"}}, protocol), {"dnat": {
+            "family": family, "addr": {"map": {"key": pick, "data": {"set": ranges}}}}}]})
     table.chains[chain] = (None, rules)
 
 
@@ -125,9 +122,8 @@ def changes(old: Table, new: Table) -> list[dict]:
         return [{"delete": {"table": _ref()}}] if old.chains else []
     commands = [] if old.chains else [{"add": {"table": _ref()}}]
     gone = [name for name in old.chains if name not in new.chains]
-    commands += [{"add": {"counter": _ref(name)}} for name in new.counters - old.counters]
-    commands += [{"add": {"map": _ref(name, **spec)}} for name, spec in new.maps.items()
-                 if name not in old.maps]
+    commands += [{"add": {"set": _ref(name, **spec)}} for name, spec in new.sets.items()
+                 if name not in old.sets]
     commands += [{"add": {"chain": _ref(name, **(hook or {}))}}
                  for name, (hook, _) in new.chains.items() if name not in old.chains]
     commands += [{"flush": {"chain": _ref(name)}} for name in gone]
@@ -137,11 +133,10 @@ def changes(old: Table, new: Table) -> list[dict]:
         if name in old.chains:
             commands.append({"flush": {"chain": _ref(name)}})
         commands += [{"add": {"rule": {**TABLE, "chain": name, **rule}}} for rule in rules]
-    commands += _elements("delete", old.elements.items() - new.elements.items())
-    commands += _elements("add", new.elements.items() - old.elements.items())
+    commands += _elements("delete", old.elements - new.elements)
+    commands += _elements("add", new.elements - old.elements)
     commands += [{"delete": {"chain": _ref(name)}} for name in gone]
-    commands += [{"delete": {"counter": _ref(name)}} for name in old.counters - new.counters]
-    commands += [{"delete": {"map": _ref(name)}} for name in old.maps if name not in new.maps]
+    commands += [{"delete": {"set": _ref(name)}} for name in old.sets if name not in new.sets]
     return commands
 
 
@@ -151,10 +146,10 @@ def rebuild(new: Table) -> list[dict]:
 
 
 def _elements(verb: str, items) -> list[dict]:
-    by_map: dict[str, list] = {}
-    for (name, key), counter in sorted(items):
-        by_map.setdefault(name, []).append([{"concat": list(key)}, counter])
-    return [{verb: {"element": _ref(name, elem=elem)}} for name, elem in by_map.items()]
+    by_set: dict[str, list] = {}
+    for name, key in items:
+        by_set.setdefault(name, []).append({"concat": list(key)})
+    return [{verb: {"element": _ref(name, elem=elem)}} for name, elem in by_set.items()]
 
 
 # -- reading the kernel's table back ---------------------------------------------------------
@@ -162,14 +157,17 @@ def _elements(verb: str, items) -> list[dict]:
 def read(objects: list[dict]) -> dict[tuple, dict]:
     """The nftables-backend services in the kernel's table (objects as `nft.list_table` gives
     them): {(protocol, Endpoint): {"scheduler", "targets": {(ip, port): ("masq", width)},
-    "counters": {(ip, port): {…}}}}."""
+    "counters": {(ip, port): {"connections", "packets_in", …}}}}."""
     rules: dict[str, list[dict]] = {}
-    counters = {}
+    counted: dict[tuple, dict] = {}  # (set, (proto, ip, port)): {"packets", "bytes"}
     for item in objects:
         if "rule" in item:
             rules.setdefault(item["rule"]["chain"], []).append(item["rule"])
-        elif "counter" in item:
-            counters[item["counter"]["name"]] = item["counter"]
+        elif "set" in item:
+            for elem in item["set"].get("elem", []):
+                if isinstance(elem, dict) and "elem" in elem:
+                    counted[(item["set"]["name"], tuple(elem["elem"]["val"]["concat"]))] = \
+                        elem["elem"].get("counter", {})
     found = {}
     for rule in rules.get("services", []):
         fields = {}
@@ -180,39 +178,33 @@ def read(objects: list[dict]) -> dict[tuple, dict]:
             elif "goto" in expr:
                 fields["chain"] = expr["goto"]["target"]
         if {"daddr", "dport", "chain"} <= fields.keys():
-            (protocol, port), vip = fields["dport"], fields["daddr"][1]
+            (protocol, port), (family, vip) = fields["dport"], fields["daddr"]
+            version = 6 if family == "ip6" else 4
             found[(protocol, Endpoint(vip, port))] = _read_service(
-                rules, counters, fields["chain"], protocol)
+                rules.get(fields["chain"], []), counted, protocol, version)
     return found
 
 
-def _read_service(rules: dict, counters: dict, chain: str, protocol: str) -> dict:
-    service_rules = rules.get(chain, [])
-    scheduler = service_rules[0].get("comment", "") if service_rules else ""
-    shares: dict[str, int] = {}
-    for rule in service_rules:
+def _read_service(rules: list[dict], counted: dict, protocol: str, version: int) -> dict:
+    targets: dict[tuple, tuple] = {}
+    for rule in rules:
         for expr in rule["expr"]:
-            for key, verdict in expr.get("vmap", {}).get("data", {}).get("set", []):
+            mapping = expr.get("dnat", {}).get("addr", {})
+            for key, data in mapping.get("map", {}).get("data", {}).get("set", []) \
+                    if isinstance(mapping, dict) else ():
                 low, high = key["range"] if isinstance(key, dict) else (key, key)
-                target = verdict["goto"]["target"]
-                shares[target] = shares.get(target, 0) + high - low + 1
-    targets, stats = {}, {}
-    prefix = "ep/" + chain.split("/", 1)[1] + "/"
-    for name, endpoint_rules in rules.items():
-        if not name.startswith(prefix):
-            continue
-        for expr in endpoint_rules[0]["expr"] if endpoint_rules else ():
-            if "dnat" in expr:
-                where = (expr["dnat"]["addr"], expr["dnat"]["port"])
-            elif "counter" in expr:
-                connections = expr["counter"]["packets"]
-        targets[where] = ("masq", shares.get(name, 0))
-        spelled = f"{protocol}/{_spell(where[0])}/{where[1]}"
-        out, back = counters.get(f"out/{spelled}", {}), counters.get(f"in/{spelled}", {})
-        stats[where] = {"connections": connections, "packets_in": out.get("packets", 0),
-                        "bytes_in": out.get("bytes", 0), "packets_out": back.get("packets", 0),
-                        "bytes_out": back.get("bytes", 0)}
-    return {"scheduler": scheduler, "targets": targets, "counters": stats}
+                where = tuple(data["concat"])
+                targets[where] = ("masq", targets.get(where, ("masq", 0))[1] + high - low + 1)
+    stats = {}
+    for ip, port in targets:
+        conns, out, back = (counted.get((f"{name}{version}", (protocol, ip, port)), {})
+                            for name in COUNTS)
+        stats[(ip, port)] = {"connections": conns.get("packets", 0),
+                             "packets_in": out.get("packets", 0), "bytes_in": out.get("bytes", 0),
+                             "packets_out": back.get("packets", 0),
+                             "bytes_out": back.get("bytes", 0)}
+    return {"scheduler": rules[0].get("comment", "") if rules else "", "targets": targets,
+            "counters": stats}
 
 
 def _ref(name: str | None = None, **spec) -> dict:
@@ -232,7 +224,3 @@ def _payload(protocol: str, field: str) -> dict:
 
 def _family(ip: str) -> str:
     return "ip6" if ":" in ip else "ip"
-
-
-def _spell(ip: str) -> str:
-    return ip.replace(":", ".")
