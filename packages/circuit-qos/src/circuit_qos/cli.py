@@ -10,7 +10,7 @@ Usage:
 
 Also reached as `circuit network qos ...`. A network's policy shapes every container on it, now
 and later, in both directions; --container or --interface sets one attachment's own policy.
-`set` again changes only the values given (a flat ceiling follows a new rate). See docs/qos.md.
+`set` again changes only the values given (a --rate alone is a flat rate). See docs/qos.md.
 
 Options:
   --rate R            guaranteed rate: kbit/s when a bare number (5000), or 5mbit, 800kbit

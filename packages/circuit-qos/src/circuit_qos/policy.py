@@ -41,15 +41,13 @@ def save(store: Store, name: str, record: dict) -> None:
 def merge(old: dict | None, changes: dict) -> dict:
     """A policy with changes applied over old; refused when it makes no sense.
 
-    A value not given keeps its old value, but a ceiling not given follows a new rate when it
-    was flat (equal to the old rate, or never set) or would fall below it."""
-    old = old or {}
-    policy = {k: v for k, v in {**old, **changes}.items() if v is not None}
+    A value not given keeps its old value, but a rate comes with its ceiling: a rate without
+    one is a flat rate (a lower rate that kept a higher ceiling would not limit anything)."""
+    policy = {k: v for k, v in {**(old or {}), **changes}.items() if v is not None}
     if "ceil" in changes and "rate" not in policy:
         raise InvalidInput("--ceiling needs a --rate (now or set before)")
     if "rate" in changes and "ceil" not in changes:
-        flat = old.get("ceil", old.get("rate")) == old.get("rate")
-        policy["ceil"] = policy["rate"] if flat else max(old["ceil"], policy["rate"])
+        policy["ceil"] = policy["rate"]
     if "rate" in policy and policy.get("ceil", policy["rate"]) < policy["rate"]:
         raise InvalidInput(f"ceiling ({policy['ceil'] // 1000} kbit/s) is below the rate "
                            f"({policy['rate'] // 1000} kbit/s); the ceiling is the maximum")
