@@ -1,7 +1,9 @@
-"""Plugin execution error paths (pytest-subprocess) and config validation."""
+"""CNI chains with a fake executor (libcni's invoke.Exec: no processes), the error paths of real
+plugin execution (pytest-subprocess, and one real process tree), and config validation."""
 
 import json
 import time
+from collections import namedtuple
 
 import pytest
 
@@ -9,15 +11,17 @@ from circuit_common.errors import InvalidInput, NotFound, PluginError
 from circuit_net import cni
 
 BRIDGE = {"type": "bridge", "ipam": {"type": "host-local", "subnet": "10.1.0.0/24"}}
+TUNING = {"type": "tuning", "mtu": 1400}
 RESULT = {"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.2/24"}]}
+TUNED = {**RESULT, "interfaces": [{"name": "eth0", "mac": "02:00:00:00:00:02"}]}
+RT = cni.Runtime("c1", "/proc/1/ns/net", "eth0", [("IP", "10.1.0.9")])
 
 
 @pytest.fixture
 def plugin_dir(tmp_path):
-    for kind in ("bridge", "tuning"):
-        path = tmp_path / kind
-        path.write_text("#!/bin/sh\n")
-        path.chmod(0o755)
+    """A CNI path with a bridge plugin that pytest-subprocess answers for."""
+    (tmp_path / "bridge").write_text("#!/bin/sh\n")
+    (tmp_path / "bridge").chmod(0o755)
     return tmp_path
 
 
@@ -26,12 +30,128 @@ def plugins(plugin_dir):
     return cni.Plugins([str(plugin_dir)], timeout=0.2)
 
 
-def netconf(*plugins):
-    return {"cniVersion": "1.0.0", "name": "n", "plugins": list(plugins)}
+def netconf(*plugins, version="1.0.0"):
+    return {"cniVersion": version, "name": "n", "plugins": list(plugins)}
 
 
-RT = cni.Runtime("c1", "/proc/1/ns/net", "eth0")
+Call = namedtuple("Call", "kind command conf env")
 
+
+class FakeExec:
+    """An executor that runs nothing: a plugin answers from answers[(kind, command)] (a CNI
+    result, or an Outcome), or with empty success; every call is kept with what it received."""
+
+    def __init__(self, **answers):
+        self.answers = {tuple(key.split("_")): value for key, value in answers.items()}
+        self.calls: list[Call] = []
+
+    def find_plugin(self, kind: str, cni_path: list[str]) -> str:
+        return f"/fake/{kind}"
+
+    def run(self, path: str, stdin: bytes, env: dict[str, str], timeout: float) -> cni.Outcome:
+        kind, command = path.rsplit("/", 1)[1], env["CNI_COMMAND"]
+        self.calls.append(Call(kind, command, json.loads(stdin), env))
+        answer = self.answers.get((kind, command))
+        if isinstance(answer, cni.Outcome):
+            return answer
+        return cni.Outcome(0, json.dumps(answer).encode() if answer else b"", b"")
+
+    def sequence(self) -> list[tuple[str, str]]:
+        return [(call.kind, call.command) for call in self.calls]
+
+
+def failure(message: str) -> cni.Outcome:
+    """What a plugin that fails prints: a CNI error on stdout, exit 1."""
+    return cni.Outcome(1, json.dumps({"code": 999, "msg": message}).encode(), b"")
+
+
+def fake_plugins(**answers) -> tuple[cni.Plugins, FakeExec]:
+    executor = FakeExec(**answers)
+    return cni.Plugins(["/fake"], executor=executor), executor
+
+
+def test_add_hands_each_plugin_the_previous_result_and_returns_the_last():
+    plugins, executor = fake_plugins(bridge_ADD=RESULT, tuning_ADD=TUNED)
+    assert cni.add_chain(plugins, netconf(BRIDGE, TUNING), RT) == TUNED
+    assert executor.sequence() == [("bridge", "ADD"), ("tuning", "ADD")]
+    first, second = (call.conf for call in executor.calls)
+    assert "prevResult" not in first
+    assert second == {**TUNING, "name": "n", "cniVersion": "1.0.0", "prevResult": RESULT}
+
+
+def test_a_failed_add_deletes_the_whole_chain_in_reverse_with_the_last_result():
+    plugins, executor = fake_plugins(bridge_ADD=RESULT, tuning_ADD=failure("bad sysctl"),
+                                     tuning_DEL=failure("still bad"))
+    with pytest.raises(PluginError, match="plugin tuning failed during ADD: bad sysctl"):
+        cni.add_chain(plugins, netconf(BRIDGE, TUNING), RT)
+    assert executor.sequence() == [("bridge", "ADD"), ("tuning", "ADD"), ("tuning", "DEL"),
+                                   ("bridge", "DEL")]
+    assert [call.conf["prevResult"] for call in executor.calls[2:]] == [RESULT, RESULT]
+
+
+@pytest.mark.parametrize(("tuning_result", "message"), [
+    (None, "invalid result during ADD: the result is NoneType"),
+    ({"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.300/24"}]}, r"ips\[0\]\.address"),
+])
+def test_a_chain_without_a_valid_result_is_undone(tuning_result, message):
+    plugins, executor = fake_plugins(bridge_ADD=RESULT, tuning_ADD=tuning_result)
+    with pytest.raises(PluginError, match=message):
+        cni.add_chain(plugins, netconf(BRIDGE, TUNING), RT)
+    assert executor.sequence()[-2:] == [("tuning", "DEL"), ("bridge", "DEL")]
+
+
+@pytest.mark.parametrize(("version", "prev_result"), [("0.3.1", None), ("0.4.0", RESULT),
+                                                      ("1.0.0", RESULT)])
+def test_delete_passes_the_cached_result_from_0_4_0(version, prev_result):
+    plugins, executor = fake_plugins()
+    cni.del_chain(plugins, netconf(BRIDGE, TUNING, version=version), RT, RESULT)
+    assert executor.sequence() == [("tuning", "DEL"), ("bridge", "DEL")]
+    assert [call.conf.get("prevResult") for call in executor.calls] == [prev_result] * 2
+
+
+def test_delete_tries_every_plugin_and_reports_the_first_failure():
+    plugins, executor = fake_plugins(tuning_DEL=failure("tuning gone"),
+                                     bridge_DEL=failure("bridge gone"))
+    with pytest.raises(PluginError, match="plugin tuning failed during DEL: tuning gone"):
+        cni.del_chain(plugins, netconf(BRIDGE, TUNING), RT, RESULT)
+    assert executor.sequence() == [("tuning", "DEL"), ("bridge", "DEL")]
+
+
+def test_check_hands_every_plugin_the_cached_result_in_order():
+    plugins, executor = fake_plugins()
+    cni.check_chain(plugins, netconf(BRIDGE, TUNING), RT, TUNED)
+    assert executor.sequence() == [("bridge", "CHECK"), ("tuning", "CHECK")]
+    assert all(call.conf["prevResult"] == TUNED for call in executor.calls)
+
+
+def test_gc_names_the_attachments_to_keep():
+    valid = [{"containerID": "c1", "ifname": "eth0"}]
+    plugins, executor = fake_plugins()
+    cni.gc_chain(plugins, netconf(BRIDGE, version="1.1.0"), valid)
+    (call,) = executor.calls
+    assert call.command == "GC" and call.conf["cni.dev/valid-attachments"] == valid
+    assert "CNI_CONTAINERID" not in call.env
+
+
+def test_a_plugin_gets_a_clean_and_complete_environment():
+    plugins, executor = fake_plugins(bridge_ADD=RESULT)
+    cni.add_chain(plugins, netconf(BRIDGE), RT)
+    assert executor.calls[0].env == {
+        "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/proc/1/ns/net",
+        "CNI_IFNAME": "eth0", "CNI_ARGS": "IP=10.1.0.9", "CNI_PATH": "/fake",
+        "PATH": executor.calls[0].env["PATH"]}
+
+
+def test_runtime_config_only_for_declared_capabilities():
+    rt = cni.Runtime("c", "/ns", "eth0", capability_args={"ips": ["10.1.0.5"], "mac": "x"})
+    declaring = {**BRIDGE, "capabilities": {"ips": True}}
+    plugins, executor = fake_plugins(bridge_ADD=RESULT, tuning_ADD=TUNED)
+    cni.add_chain(plugins, netconf(declaring, TUNING), rt)
+    assert executor.calls[0].conf["runtimeConfig"] == {"ips": ["10.1.0.5"]}
+    assert "runtimeConfig" not in executor.calls[1].conf
+
+
+# Real execution (ProcessExec): pytest-subprocess stands in for the plugin's process.
 
 def test_plugin_error_json_becomes_its_message(fp, plugins, plugin_dir):
     err = {"cniVersion": "1.0.0", "code": 11, "msg": "failed to allocate", "details": "no IPs"}
@@ -72,44 +192,9 @@ def test_go_panic_is_shown_as_the_panic_line(fp, plugins, plugin_dir):
         plugins.exec_plugin("bridge", "CHECK", {}, RT)
 
 
-def test_failed_add_deletes_the_whole_chain_in_reverse(fp, plugins, plugin_dir):
-    bridge, tuning = str(plugin_dir / "bridge"), str(plugin_dir / "tuning")
-    fp.register([bridge], stdout=json.dumps(RESULT))
-    fp.register([tuning], returncode=1, stdout=json.dumps({"code": 999, "msg": "bad sysctl"}))
-    fp.register([tuning], returncode=1, stdout=json.dumps({"code": 999, "msg": "still bad"}))
-    fp.register([bridge])
-    with pytest.raises(PluginError, match="plugin tuning failed during ADD: bad sysctl"):
-        cni.add_chain(plugins, netconf(BRIDGE, {"type": "tuning"}), RT)
-    assert [c[0] for c in fp.calls] == [bridge, tuning, tuning, bridge]
-
-
-def test_environment_is_clean_and_complete(plugins):
-    env = plugins.environ("ADD", cni.Runtime("c1", "/ns", "eth1", [("IP", "10.1.0.9")]))
-    assert set(env) == {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS",
-                        "CNI_PATH", "PATH"}
-    assert env["CNI_ARGS"] == "IP=10.1.0.9" and env["CNI_IFNAME"] == "eth1"
-
-
 def test_missing_plugin(plugins):
     with pytest.raises(NotFound, match="CNI plugin 'macvlan' not found"):
         plugins.exec_plugin("macvlan", "ADD", {}, RT)
-
-
-def test_runtime_config_only_for_declared_capabilities():
-    rt = cni.Runtime("c", "/ns", "eth0", capability_args={"ips": ["10.1.0.5"], "mac": "x"})
-    declared = {"type": "host-local", "capabilities": {"ips": True}}
-    assert cni.plugin_conf(netconf(declared), declared, None, rt)["runtimeConfig"] == {
-        "ips": ["10.1.0.5"]}
-    assert "runtimeConfig" not in cni.plugin_conf(netconf(BRIDGE), BRIDGE, RESULT, rt)
-    assert cni.plugin_conf(netconf(BRIDGE), BRIDGE, RESULT, rt)["prevResult"] == RESULT
-
-
-def test_delete_passes_prev_result_from_0_4_0(fp, plugins, plugin_dir):
-    seen = []
-    fp.register([str(plugin_dir / "bridge")], callback=lambda p: seen.append(p), occurrences=2)
-    cni.del_chain(plugins, {**netconf(BRIDGE), "cniVersion": "0.3.1"}, RT, RESULT)
-    cni.del_chain(plugins, netconf(BRIDGE), RT, RESULT)
-    assert len(seen) == 2
 
 
 @pytest.mark.parametrize(("conf", "message"), [
