@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `just demo`: circuit's main job on this machine, inside a throwaway network namespace:
 # two busybox runc containers attached by circuit's hook, a ping between them, QoS, and a
-# load balancer where the kernel has IPVS. Everything it makes is removed on exit.
+# load balancer over the two (IPVS, or nftables where the kernel has no IPVS). Everything it
+# makes is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -81,18 +82,14 @@ runc exec web-00 ping -c 3 10.100.10.3
 circuit network qos set --rate 5000 --ceiling 6000 sandbox
 circuit network qos show sandbox
 
-if modprobe -q ip_vs 2>/dev/null && [ -e /proc/net/ip_vs ]; then
-    circuit lb create demo 10.100.99.1:80
-    circuit lb add demo 10.100.10.2:80 10.100.10.3:80
-    circuit lb list --details
-    say "wget -q -O - http://10.100.99.1/  (four times)"
-    for _ in 1 2 3 4; do in_host timeout 5 busybox wget -q -O - http://10.100.99.1/; done
-    circuit lb delete demo
-else
-    echo
-    echo "Load balancing skipped: this kernel ($(uname -r)) has no IPVS."
-    echo "(The kernel tier tests it on Debian's stock kernel: just test-kernel.)"
-fi
+# IPVS where the kernel has it, nftables (table inet circuit_lb) otherwise: lb list shows which.
+circuit lb create demo 10.100.99.1:80
+circuit lb add demo 10.100.10.2:80 10.100.10.3:80
+circuit lb list --details
+say "timeout 5 busybox wget -q -O - http://10.100.99.1/  (four times)"
+for _ in 1 2 3 4; do in_host timeout 5 busybox wget -q -O - http://10.100.99.1/; done
+circuit lb list --stats
+circuit lb delete demo
 
 say runc delete --force web-00 web-01
 for name in web-00 web-01; do in_host runc delete --force "$name"; done
