@@ -64,3 +64,4 @@ bench: setup
     -.venv/bin/python bench/connect.py
     -.venv/bin/python bench/qos.py
     -scripts/kernel-vm python bench/lb.py
+    -.venv/bin/python bench/lb_nft.py
