@@ -138,13 +138,20 @@ def list_networks(nets: Networks, fmt: str, quiet: bool) -> int:
     rows = []
     for network in listing.records:
         attached = nets.attachments(network["name"])
-        errors.extend(attached.errors)
+        intents = nets.intents(network["name"])
+        errors.extend(attached.errors + intents.errors)
+        ops = {(i["attachment"]["containerId"], i["attachment"]["ifName"]): i["op"]
+               for i in intents.records}
         peers = sorted((describe(a) for a in attached.records), key=_ip_key)
+        for peer in peers:
+            op = ops.get((peer["container_id"], peer["ifname"]))
+            peer["state"] = ("attaching" if op == "add" else "detaching" if op == "del"
+                             else "attached" if peer["netns"] else "exited")
         config = network["config"]
         rows.append({"name": network["name"], "type": config["plugins"][0]["type"],
                      "plugins": [p["type"] for p in config["plugins"]],
                      "version": config["cniVersion"],
-                     "peers": [{k: p[k] for k in ("container_id", "pid", "ifname", "ips")}
+                     "peers": [{k: p[k] for k in ("container_id", "pid", "ifname", "ips", "state")}
                                for p in peers]})
     for error in errors:
         print(f"circuit: {error}", file=sys.stderr)
@@ -156,7 +163,8 @@ def list_networks(nets: Networks, fmt: str, quiet: bool) -> int:
         output.emit(output.render_table(
             ["name", "type", "version", "peers"],
             [(r["name"], r["type"], r["version"],
-              ", ".join(f"{ipaddress.ip_interface(p['ips'][0]).ip} ({p['pid']})"
+              ", ".join(f"{ipaddress.ip_interface(p['ips'][0]).ip} ({p['pid']}"
+                        + ("" if p["state"] == "attached" else f", {p['state']}") + ")"
                         for p in r["peers"] if p["ips"])) for r in rows]))
     return StateCorrupt.exit_code if errors else 0
 

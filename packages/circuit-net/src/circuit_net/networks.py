@@ -254,10 +254,14 @@ class Networks:
     def _done(self, attachment: dict) -> None:
         self.store.remove(self.intent_path(attachment))
 
+    def intents(self, name: str) -> Listing:
+        """The attaches and detaches under way on a network, or left half done."""
+        return self.store.read_all(self.store.path("intents", check_name(name)),
+                                   check=check_intent)
+
     def pending(self, name: str) -> list[dict]:
         """The intents of a network whose process died before finishing them."""
-        return [i for i in self.store.read_all(self.store.path("intents", name),
-                                               check=check_intent).records
+        return [i for i in self.intents(name).records
                 if not Process(i["owner"]["pid"], i["owner"]["start_time"]).alive()]
 
     def repair(self, network: dict) -> list[dict]:
@@ -296,6 +300,7 @@ class Networks:
         """Finish interrupted attaches and detaches, DEL attachments whose container is gone,
         GC for 1.1.0 networks. Yields what went; StateCorrupt at the end for unreadable
         records (the others are still collected)."""
+        self.store.sweep()
         listing = self.all()
         errors = list(listing.errors)
         for network in listing.records:

@@ -171,6 +171,19 @@ class Store:
                 listing.records.append(record)
         return listing
 
+    def sweep(self) -> list[str]:
+        """Remove the temp files of writers that were killed before their rename."""
+        swept = []
+        for directory, _, names in os.walk(self.root):
+            for name in names:
+                parts = name.split(".")
+                if name.startswith(".") and name.endswith(".tmp") and len(parts) >= 5 \
+                        and parts[-3].isdigit() and not os.path.exists(f"/proc/{parts[-3]}"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(directory, name))
+                    swept.append(os.path.join(directory, name))
+        return swept
+
     @staticmethod
     def _fsync_dir(directory: str) -> None:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
