@@ -7,9 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from circuit_common import nft
 from circuit_common.errors import InvalidInput, KernelUnsupported
 from circuit_common.store import Store
-from circuit_lb import backends, ipvs, nft, table, vip
+from circuit_lb import backends, ipvs, table, vip
 from circuit_lb.address import Endpoint
 from circuit_lb.services import Services
 
