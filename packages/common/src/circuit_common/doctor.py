@@ -71,9 +71,9 @@ def used(ctx: Context) -> dict:
     return {"plugins": {n.get("name"): [p.get("type") for p in n.get("config", {}).get(
                             "plugins", [])] for n in networks},
             "qos": any(policies), "delay": any(p and p.get("delay") for p in policies),
-            "ipvs": bool(services),
-            "masq": any(t.get("forward") == "masq" for s in services
-                        for t in s.get("targets", []))}
+            "ipvs": any(s.get("backend", "ipvs") == "ipvs" for s in services),
+            "masq": any(s.get("backend") == "nftables" or t.get("forward") == "masq"
+                        for s in services for t in s.get("targets", [{}]))}
 
 
 def kernel_check(feature: str, kernel: dict, names: list[str], in_use: bool) -> Check:
@@ -111,8 +111,8 @@ def checks(f: dict, use: dict) -> list[Check]:
             kernel_check("qos", kernel, ["htb", "ifb"], use["qos"]),
             kernel_check("qos delay", kernel, ["netem"], use["delay"]),
             kernel_check("lb", kernel, ["ipvs"], use["ipvs"]),
-            kernel_check("lb masq", kernel, ["nftables"], use["masq"]),
-            program_check("lb masq", "nft", f["nft"], "apt-get install nftables", use["masq"])]
+            kernel_check("lb nftables", kernel, ["nftables"], use["masq"]),
+            program_check("lb nftables", "nft", f["nft"], "apt-get install nftables", use["masq"])]
 
 
 def program_check(feature: str, name: str, found: dict | None, fix: str, in_use: bool) -> Check:
