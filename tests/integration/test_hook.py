@@ -104,20 +104,27 @@ def test_detach_of_an_unknown_container_is_quiet(host):
     assert proc.returncode == 0 and proc.stdout == proc.stderr == ""
 
 
-def test_twenty_containers_in_parallel(host, runc):
-    env = {"CNI_CONF": host.conf(bridge_conf()), "CIRCUIT_STATE_DIR": host.state}
-    with ThreadPoolExecutor(20) as pool:
+def test_a_hundred_containers_started_and_deleted_25_at_a_time(host, runc):
+    """Zero hook errors, distinct IPs, and after the deletes zero leaks: no record, intent,
+    reservation, veth or ipMasq nat chain (bridge 1.1.1 leaves it when DEL has no netns)."""
+    count = 100
+    env = {"CNI_CONF": host.conf(bridge_conf(subnet="10.100.0.0/23")),
+           "CIRCUIT_STATE_DIR": host.state}
+    with ThreadPoolExecutor(25) as pool:
         started = list(pool.map(lambda i: runc.run(f"p{i}", hooks("createRuntime", env),
-                                                   check=False), range(20)))
-    assert [p.returncode for p in started] == [0] * 20, [p.stderr for p in started]
+                                                   check=False), range(count)))
+    assert [p.returncode for p in started] == [0] * count, [p.stderr for p in started]
     containers = [runc.container(p.stdout) for p in started]
     ips = {c.addresses()[0] for c in containers}
-    assert len(ips) == 20 and host.reserved_ips("sandbox") == ips
+    assert len(ips) == count and host.reserved_ips("sandbox") == ips
     assert containers[0].ping(containers[-1].addresses()[0])
-    with ThreadPoolExecutor(20) as pool:
+    with ThreadPoolExecutor(25) as pool:
         deleted = list(pool.map(lambda p: runc.delete(p.stdout), started))
-    assert [d.returncode for d in deleted] == [0] * 20
+    assert [d.returncode for d in deleted] == [0] * count
     # runc only warns when a poststop hook fails: its stderr must be clean
     assert [d.stderr for d in deleted if d.stderr] == []
     assert attachments(host) == [] and host.reserved_ips("sandbox") == set()
+    assert not (host.state / "intents" / "sandbox").exists() \
+        or list((host.state / "intents" / "sandbox").iterdir()) == []
     assert veths(host) == ""
+    assert "CNI-" not in host.run("nft", "list", "table", "ip", "nat", check=False).stdout

@@ -203,8 +203,9 @@ class Plugins:
         try:
             return json.loads(out)
         except (ValueError, RecursionError):
+            text = out[:200].decode(errors="replace")
             raise PluginError(f"plugin {kind} returned something that is not JSON during "
-                              f"{command}: {out[:200]!r}") from None
+                              f"{command}: {text!r}") from None
 
     def supported_versions(self, kind: str) -> list[str]:
         """The spec versions a plugin says it supports (CNI VERSION command)."""
@@ -258,8 +259,6 @@ def add_chain(plugins: Plugins, netconf: dict, rt: Runtime) -> dict:
             except ValueError as e:
                 raise PluginError(f"plugin {plugin['type']} returned an invalid result during "
                                   f"ADD: {e}") from None
-        if result is None:
-            raise PluginError(f"network {netconf['name']}: the chain returned no result")
     except BaseException:
         del_chain(plugins, netconf, rt, result, best_effort=True)
         raise
