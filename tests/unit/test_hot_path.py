@@ -1,0 +1,46 @@
+"""A guard on the hot path that cannot flake: what the hook, `network list` and `connect` import.
+Timing varies with the machine; the set of modules loaded does not."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CIRCUIT = str(Path(sys.executable).parent / "circuit")
+
+# Top-level modules these paths may load beyond the interpreter's own start: the stdlib they
+# need, and circuit's own net and common packages.
+ALLOWED = {
+    "__future__", "_collections", "_functools", "_json", "_locale", "_operator",
+    "_posixsubprocess", "_sre", "_typing", "_weakrefset", "binascii", "collections",
+    "contextlib", "copyreg", "enum", "errno", "fcntl", "functools", "importlib", "ipaddress",
+    "itertools", "json", "keyword", "locale", "math", "msvcrt", "operator", "re", "reprlib",
+    "select", "selectors", "signal", "subprocess", "threading", "types", "typing", "warnings",
+    "circuit_common", "circuit_net", "circuit_hook", "docopt",
+}
+NEVER = ("pyroute2", "circuit_netlink", "circuit_qos", "circuit_lb", "importlib.metadata",
+         "toml", "dataclasses", "pathlib", "traceback", "asyncio")
+STOPPED = '{"ociVersion": "1.0.2", "id": "never-started", "status": "stopped"}'
+
+
+def imported(args: list[str], stdin: str | None = None) -> set[str]:
+    proc = subprocess.run([sys.executable, "-X", "importtime", *args], input=stdin,
+                          capture_output=True, text=True, stdin=None if stdin else
+                          subprocess.DEVNULL)
+    return {line.split("|")[2].strip() for line in proc.stderr.splitlines()
+            if line.startswith("import time:") and "self [us]" not in line}
+
+
+@pytest.mark.parametrize("path", ["hook", "list", "connect"])
+def test_the_hot_path_imports_only_its_allow_list(path, tmp_path):
+    state = ["--state", str(tmp_path)]
+    args = {"hook": ([CIRCUIT, *state], STOPPED),
+            "list": ([CIRCUIT, *state, "network", "list"], None),
+            "connect": ([CIRCUIT, *state, "network", "connect", "1", "nosuch"], None)}[path]
+    modules = imported(*args) - imported(["-c", "pass"])
+    assert {m.split(".")[0] for m in modules} <= ALLOWED, sorted(modules)
+    forbidden = [m for m in modules if m.startswith(NEVER)]
+    if path == "hook":  # runc passes no arguments: no docopt, no typing on every start
+        forbidden += [m for m in modules if m.split(".")[0] in ("docopt", "typing")]
+    assert forbidden == []
