@@ -16,7 +16,8 @@ ALLOWED = {
     "_posixsubprocess", "_sre", "_typing", "_weakrefset", "binascii", "collections",
     "contextlib", "copyreg", "enum", "errno", "fcntl", "functools", "importlib", "ipaddress",
     "itertools", "json", "keyword", "locale", "math", "msvcrt", "operator", "re", "reprlib",
-    "select", "selectors", "signal", "subprocess", "threading", "types", "typing", "warnings",
+    "select", "selectors", "signal", "socket", "_socket", "array", "subprocess", "threading",
+    "types", "typing", "warnings",
     "circuit_common", "circuit_net", "circuit_hook", "docopt",
 }
 NEVER = ("pyroute2", "circuit_netlink", "circuit_qos", "circuit_lb", "importlib.metadata",
