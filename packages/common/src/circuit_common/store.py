@@ -114,7 +114,9 @@ class Store:
         directory, name = os.path.split(os.fspath(path))
         self.check_root()
         self._ensure_dir(directory)
-        body = json.dumps({"schema": SCHEMA_VERSION, **record}, indent=2, sort_keys=True) + "\n"
+        # compact: the C encoder (indent makes json fall back to Python, 4x slower)
+        body = json.dumps({"schema": SCHEMA_VERSION, **record}, separators=(",", ":"),
+                          sort_keys=True) + "\n"
         tmp = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
