@@ -19,6 +19,9 @@ setup:
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
     fi
     uv sync --quiet --compile-bytecode --reinstall-package circuit
+    # the workspace is installed editable: compile its own modules too, for environments
+    # that set PYTHONDONTWRITEBYTECODE (every start would compile them again)
+    .venv/bin/python -m compileall -q packages/*/src
 
 # Install circuit for the whole machine (wheels in a venv under PREFIX/lib/circuit, tools in PREFIX/bin, man pages, completions, systemd unit)
 install PREFIX="/usr/local":
