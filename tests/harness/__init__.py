@@ -21,9 +21,9 @@ from harness.netns import (
     sh,
     snapshot,
 )
-from harness.traffic import http_get_bodies, httpd, iperf_mbit, min_rtt, wait_for
+from harness.traffic import http_get_bodies, httpd, iperf_mbit, min_rtt, port_open, wait_for
 
 __all__ = ["BUSYBOX_APPLETS", "CIRCUIT", "PREFIX", "ROOT", "Container", "Host", "Runc",
            "bridge_conf", "dispatcher", "documented_hooks", "host_veth", "http_get_bodies",
-           "httpd", "iperf_mbit", "make_rootfs", "min_rtt", "netns_names", "root_links",
-           "run_forked", "runc_config", "sh", "snapshot", "wait_for"]
+           "httpd", "iperf_mbit", "make_rootfs", "min_rtt", "netns_names", "port_open",
+           "root_links", "run_forked", "runc_config", "sh", "snapshot", "wait_for"]

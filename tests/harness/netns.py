@@ -136,6 +136,19 @@ class Host:
         self.containers.append(c)
         return c
 
+    def outside_client(self, host_ip="198.51.100.1", client_ip="198.51.100.2") -> Container:
+        """A container wired to this host by a veth of the test's own (not through circuit),
+        standing for a client elsewhere: it reaches the host's address host_ip (a /24)."""
+        c = self.container()
+        self.run("ip", "link", "add", "outside0", "type", "veth", "peer", "name", "eth0",
+                 "netns", c.pid)
+        self.run("ip", "addr", "add", f"{host_ip}/24", "dev", "outside0")
+        self.run("ip", "link", "set", "outside0", "up")
+        c.run("ip", "addr", "add", f"{client_ip}/24", "dev", "eth0")
+        c.run("ip", "link", "set", "eth0", "up")
+        c.run("ip", "link", "set", "lo", "up")
+        return c
+
     def conf(self, conf: dict, filename: str | None = None) -> Path:
         """Write a network config, keeping host-local's reservations in this test's temp dir."""
         conf = json.loads(json.dumps(conf))

@@ -48,6 +48,16 @@ def min_rtt(container: Container, ip: str, count: int = 5) -> float:
     return float(out.split("min/avg/max = ")[1].split("/")[0])
 
 
+def port_open(netns: str, address: str, port: int) -> bool:
+    """Whether a TCP connection from inside netns to address:port is accepted (2 s)."""
+
+    def connect():
+        with socket.create_connection((address, port), timeout=2):
+            pass
+
+    return run_forked(netns, connect).returncode == 0
+
+
 def http_get_bodies(netns: str, url_host: str, count: int, port: int = 80) -> list[str]:
     """The bodies of count HTTP/1.0 GETs of / from inside netns (one fork for all)."""
 

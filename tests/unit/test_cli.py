@@ -207,10 +207,10 @@ def test_inspect_is_json_by_default_and_a_summary_as_a_table(tmp_path):
     assert table.returncode == 0
     lines = table.stdout.splitlines()
     assert lines[0] == "network good: bridge -> portmap (CNI 1.0.0)"
-    assert lines[1].split() == ["CONTAINER", "PID", "IFNAME", "IPS", "MAC"]
+    assert lines[1].split() == ["CONTAINER", "PID", "IFNAME", "IPS", "MAC", "PORTS"]
     assert sorted(line.split() for line in lines[2:]) == [
-        ["db", "4000003", "eth0", "10.1.0.3/24", "02:00:00:00:00:03"],
-        ["web", "4000002", "eth0", "10.1.0.2/24", "02:00:00:00:00:02"]]
+        ["db", "4000003", "eth0", "10.1.0.3/24", "02:00:00:00:00:03", "-"],
+        ["web", "4000002", "eth0", "10.1.0.2/24", "02:00:00:00:00:02", "-"]]
 
 
 def test_qos_show_q_names_the_shaped_containers(tmp_path):

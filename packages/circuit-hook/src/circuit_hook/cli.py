@@ -13,6 +13,11 @@ Networks, the first that is set wins:
   CIRCUIT_NETWORK=A,B      existing networks, attached in order as eth0, eth1, ...
   annotation circuit.networks=A,B in the container's config.json
 CNI_PATH (colon-separated) says where the plugins are.
+
+Published ports ([HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp], comma-separated), the first set wins:
+  CIRCUIT_PUBLISH=8080:80,5353:53/udp   in the hook's env
+  annotation circuit.publish=8080:80    in the container's config.json
+They reach the plugins that declare portMappings (portmap) on every network attached.
 """
 
 import json
@@ -25,6 +30,7 @@ from circuit_common.errors import InvalidInput, NotFound
 from circuit_common.proc import process
 from circuit_common.validate import check_name, check_pid
 from circuit_net.networks import Networks
+from circuit_net.runtime import check_declared, parse_publish_list
 from circuit_net.target import Target
 
 MAX_STATE = 1 << 20
@@ -65,6 +71,14 @@ def wanted_networks(nets: Networks, state: dict, env=os.environ) -> list[str]:
     return [check_name(n.strip(), "network name") for n in names.split(",") if n.strip()]
 
 
+def wanted_capabilities(state: dict, env=os.environ) -> dict:
+    """Capability args for every network: portMappings from CIRCUIT_PUBLISH or the annotation
+    circuit.publish."""
+    text = env.get("CIRCUIT_PUBLISH") or (state.get("annotations") or {}).get("circuit.publish")
+    mappings = parse_publish_list(text) if text else []
+    return {"portMappings": mappings} if mappings else {}
+
+
 def attach(nets: Networks, state: dict) -> None:
     """Attach the container to each wanted network; on any failure detach what this hook
     attached (never what another process attached since), then fail."""
@@ -74,13 +88,14 @@ def attach(nets: Networks, state: dict) -> None:
         raise NotFound(f"container {state['id']}: no process with PID {pid}")
     target = Target(state["id"], state["id"], proc)
     names = wanted_networks(nets, state)
-    for name in names:
-        nets.get(name)  # every network must exist before anything is attached
+    caps = wanted_capabilities(state)
+    configs = [nets.get(name)["config"] for name in names]  # all must exist before attaching
+    check_declared(configs, caps)  # published ports must reach at least one network
     nets.detach_container(target.container_id)  # a repeated start replaces, never duplicates
     made = []
     try:
         for name in names:
-            made.append((name, nets.connect(name, target)))
+            made.append((name, nets.connect(name, target, caps=caps, only_declared=True)))
     except BaseException:
         for name, record in reversed(made):
             nets.release(name, record)

@@ -5,8 +5,8 @@ Usage:
   circuit-net list [--format FMT] [-q]
   circuit-net inspect NAME [--format FMT]
   circuit-net spec
-  circuit-net connect TARGET NETWORK [--ifname IF] [--ip IP] [--mac MAC] [--args ARGS]
-                      [--format FMT]
+  circuit-net connect TARGET NETWORK [--ifname IF] [--ip IP]... [--mac MAC] [--args ARGS]
+                      [--publish SPEC]... [--cap CAP]... [--format FMT]
   circuit-net disconnect TARGET NETWORK
   circuit-net check TARGET NETWORK
   circuit-net gc
@@ -20,7 +20,11 @@ Options:
   --format FMT     table or json (default: table; json for inspect)
   -q               names only
   --ifname IF      interface inside the container (default: the first free ethN)
-  --ip IP          request this address (runtimeConfig "ips", or CNI_ARGS IP)
+  --ip IP          request this address, CIDR or not; repeat for IPv4 and IPv6
+                   (runtimeConfig "ips", or CNI_ARGS IP)
+  -p SPEC, --publish SPEC  publish a port: [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]
+                   (runtimeConfig "portMappings", for the plugins that declare it)
+  --cap CAP        another capability arg, NAME=JSON (bandwidth, ipRanges, aliases, ...)
   --mac MAC        request this MAC (runtimeConfig "mac", or CNI_ARGS MAC)
   --args ARGS      extra CNI_ARGS, KEY=VALUE;KEY=VALUE
   --force          disconnect attached containers before deleting
@@ -33,7 +37,7 @@ from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import StateCorrupt
 
-from . import cni
+from . import cni, runtime
 from .networks import Networks, parse_cni_args
 from .target import resolve
 
@@ -78,8 +82,11 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         output.emit_json(SPEC)
     elif a["connect"]:
         fmt = output.check_format(a["--format"])
+        caps = runtime.capabilities([runtime.parse_publish(p) for p in a["--publish"]],
+                                    a["--cap"])
         record = nets.connect(a["NETWORK"], resolve(a["TARGET"], runc_root), a["--ifname"],
-                              a["--ip"], a["--mac"], tuple(parse_cni_args(a["--args"])))
+                              tuple(runtime.parse_ips(a["--ip"])), a["--mac"],
+                              tuple(parse_cni_args(a["--args"])), caps)
         if fmt == "json":
             output.emit_json(describe(record))
         else:
@@ -113,6 +120,8 @@ def describe(attachment: dict) -> dict:
             "target": meta["target"], "netns": attachment_netns(attachment) or None,
             "ifname": attachment["ifName"], "ips": result_ips(attachment["result"]),
             "mac": result_mac(attachment["result"], attachment["ifName"]),
+            "ports": runtime.describe_ports(
+                (attachment.get("capabilityArgs") or {}).get("portMappings") or []),
             "created": meta["created"], "result": attachment["result"]}
 
 
@@ -122,14 +131,22 @@ def print_inspect(network: dict, attachments: list[dict]) -> None:
     chain = " -> ".join(p["type"] for p in config["plugins"])
     print(f"network {network['name']}: {chain} (CNI {config['cniVersion']})")
     output.emit(output.render_table(
-        ["container", "pid", "ifname", "ips", "mac"],
-        [(x["target"], x["pid"], x["ifname"], ", ".join(x["ips"]) or "-", x["mac"] or "-")
+        ["container", "pid", "ifname", "ips", "mac", "ports"],
+        [(x["target"], x["pid"], x["ifname"], ", ".join(x["ips"]) or "-", x["mac"] or "-",
+          ", ".join(x["ports"]) or "-")
          for x in attachments], min_width=10))
 
 
 def _ip_key(peer: dict) -> tuple:
     ip = ipaddress.ip_interface(peer["ips"][0]).ip if peer["ips"] else None
     return (ip is None, ip.version if ip else 0, ip or 0, peer["container_id"])
+
+
+def describe_peer(peer: dict) -> str:
+    """A peer in the table: its address, then pid, state unless attached, published ports."""
+    notes = [str(peer["pid"]), *([] if peer["state"] == "attached" else [peer["state"]]),
+             *peer["ports"]]
+    return f"{ipaddress.ip_interface(peer['ips'][0]).ip} ({', '.join(notes)})"
 
 
 def list_networks(nets: Networks, fmt: str, quiet: bool) -> int:
@@ -151,7 +168,8 @@ def list_networks(nets: Networks, fmt: str, quiet: bool) -> int:
         rows.append({"name": network["name"], "type": config["plugins"][0]["type"],
                      "plugins": [p["type"] for p in config["plugins"]],
                      "version": config["cniVersion"],
-                     "peers": [{k: p[k] for k in ("container_id", "pid", "ifname", "ips", "state")}
+                     "peers": [{k: p[k] for k in ("container_id", "pid", "ifname", "ips", "ports",
+                                                  "state")}
                                for p in peers]})
     for error in errors:
         print(f"circuit: {error}", file=sys.stderr)
@@ -163,9 +181,7 @@ def list_networks(nets: Networks, fmt: str, quiet: bool) -> int:
         output.emit(output.render_table(
             ["name", "type", "version", "peers"],
             [(r["name"], r["type"], r["version"],
-              ", ".join(f"{ipaddress.ip_interface(p['ips'][0]).ip} ({p['pid']}"
-                        + ("" if p["state"] == "attached" else f", {p['state']}") + ")"
-                        for p in r["peers"] if p["ips"])) for r in rows]))
+              ", ".join(describe_peer(p) for p in r["peers"] if p["ips"])) for r in rows]))
     return StateCorrupt.exit_code if errors else 0
 
 

@@ -5,6 +5,7 @@ State:  networks/<name>.json                    the network's config list
                                                  attachment, plus a "circuit" object (pid, ...)
 """
 
+import ipaddress
 import os
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from circuit_common.proc import Process, interfaces, process
 from circuit_common.store import Listing
 from circuit_common.validate import NAME_RE, check_ifname, check_name
 
-from . import cni
+from . import cni, runtime
 from .target import Target
 
 
@@ -118,20 +119,25 @@ class Networks:
     # -- attachments ------------------------------------------------------------------------
 
     def connect(self, name: str, target: Target, ifname: str | None = None,
-                ip: str | None = None, mac: str | None = None,
-                args: tuple[tuple[str, str], ...] = ()) -> dict:
-        """ADD the target to a network through the whole chain and cache the result."""
+                ips: tuple[str, ...] = (), mac: str | None = None,
+                args: tuple[tuple[str, str], ...] = (), caps: dict | None = None,
+                only_declared: bool = False) -> dict:
+        """ADD the target to a network through the whole chain and cache the result. caps are
+        capability args; one that no plugin declares is refused, or with only_declared (the
+        hook's caps for every network) left out."""
         with self.store.lock("network", name):
             network = self.get(name)
+            if not only_declared:
+                runtime.check_declared([network["config"]], caps or {})
             self.repair(network)
             for attachment in self.attachments(name).records:
                 if target.matches(attachment):
                     raise Conflict(f"container {target.label} is already connected to network "
                                    f"{name} (as {attachment['ifName']}); disconnect it first")
-            return self._attach(network, target, ifname, ip, mac, list(args))
+            return self._attach(network, target, ifname, list(ips), mac, list(args), caps or {})
 
-    def _attach(self, network: dict, target: Target, ifname: str | None, ip: str | None,
-                mac: str | None, args: list[tuple[str, str]]) -> dict:
+    def _attach(self, network: dict, target: Target, ifname: str | None, ips: list[str],
+                mac: str | None, args: list[tuple[str, str]], caps: dict) -> dict:
         """Intent, ADD, record, extensions, intent done: a crash at any point leaves an intent
         that repair() undoes (docs/architecture.md, "Failure model")."""
         netconf = network["config"]
@@ -142,7 +148,7 @@ class Networks:
         if ifname in interfaces(target.process.pid):
             raise Conflict(f"container {target.label} already has an interface {ifname}; "
                            "choose another with --ifname")
-        capability_args, extra_args = runtime_args(netconf, ip, mac)
+        capability_args, extra_args = runtime.runtime_args(netconf, ips, mac, caps)
         rt = cni.Runtime(target.container_id, target.netns, ifname, args + extra_args,
                          capability_args)
         record = cni.cache_entry(netconf, rt, None)
@@ -151,10 +157,10 @@ class Networks:
         self._intend("add", record)
         try:
             record["result"] = cni.add_chain(self.plugins, netconf, rt)
-            if ip and not any(a.split("/")[0] == ip.split("/")[0]
-                              for a in cni.result_ips(record["result"])):
+            missing = unassigned(ips, cni.result_ips(record["result"]))
+            if missing:
                 raise InvalidInput(f"network {network['name']} did not assign the requested IP "
-                                   f"{ip}; its IPAM must accept a requested address")
+                                   f"{missing[0]}; its IPAM must accept a requested address")
             self.store.write(self.record_path(record), record)
             self._notify("attached", network, record)
         except BaseException:
@@ -399,23 +405,10 @@ def first_free_ifname(target: Target) -> str:
     return f"eth{n}"
 
 
-def runtime_args(netconf: dict, ip: str | None,
-                 mac: str | None) -> tuple[dict, list[tuple[str, str]]]:
-    """runtimeConfig for --ip / --mac, and CNI_ARGS for what no plugin declares a capability."""
-    declared = cni.declared_capabilities(netconf)
-    capability_args: dict = {}
-    args: list[tuple[str, str]] = []
-    if ip:
-        if "ips" in declared:
-            capability_args["ips"] = [ip]
-        else:
-            args.append(("IP", ip.split("/")[0]))
-    if mac:
-        if "mac" in declared:
-            capability_args["mac"] = mac
-        else:
-            args.append(("MAC", mac))
-    return capability_args, ([("IgnoreUnknown", "1"), *args] if args else [])
+def unassigned(requested: list[str], assigned: list[str]) -> list[str]:
+    """The requested addresses (with or without a prefix) that a result did not assign."""
+    got = {ipaddress.ip_interface(a).ip for a in assigned}
+    return [ip for ip in requested if ipaddress.ip_interface(ip).ip not in got]
 
 
 def parse_cni_args(text: str | None) -> list[tuple[str, str]]:

@@ -1,0 +1,74 @@
+"""Published ports: portMappings reach portmap, a client outside reaches the container through
+the host's address, and the mapping goes with the attachment."""
+
+import json
+
+from harness import bridge_conf, documented_hooks, http_get_bodies, port_open
+
+HOST_IP = "198.51.100.1"  # the test host netns's own address, on its link to the client
+
+
+def web_conflist(name="web", subnet="10.100.30.0/24") -> dict:
+    """The seed's bridge network with portmap behind it (cniVersion 1.0.0)."""
+    bridge = {k: v for k, v in bridge_conf(name, "cni-web", subnet).items()
+              if k not in ("cniVersion", "name")}
+    return {"cniVersion": "1.0.0", "name": name, "plugins": [
+        bridge, {"type": "portmap", "capabilities": {"portMappings": True}}]}
+
+
+def test_publish_reaches_httpd_through_the_host_address_until_disconnect(host, tmp_path):
+    host.circuit("network", "create", host.conf(web_conflist(), "web.conflist"))
+    client = host.outside_client(HOST_IP)
+    www = tmp_path / "www"
+    www.mkdir()
+    web = host.container(("busybox", "httpd", "-f", "-p", "80", "-h", www))
+    (www / "index.html").write_text("published\n")
+    host.circuit("network", "connect", web.pid, "web", "-p", "8080:80", "--publish",
+                 "5353:53/udp")
+    assert http_get_bodies(client.netns, HOST_IP, 2, port=8080) == ["published", "published"]
+
+    peer = json.loads(host.circuit("network", "list", "--format", "json").stdout)[0]["peers"][0]
+    assert peer["ports"] == ["8080->80/tcp", "5353->53/udp"]
+    assert "8080->80/tcp, 5353->53/udp)" in host.circuit("network", "list").stdout
+    inspect = json.loads(host.circuit("network", "inspect", "web").stdout)
+    assert inspect["attachments"][0]["ports"] == ["8080->80/tcp", "5353->53/udp"]
+
+    host.circuit("network", "disconnect", web.pid, "web")
+    assert not port_open(client.netns, HOST_IP, 8080)
+    assert "CNI-DN-" not in host.run("iptables", "-t", "nat", "-S").stdout
+
+
+def test_a_capability_no_plugin_declares_is_refused_and_nothing_changes(host):
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    c = host.container()
+    for args, word in ((["-p", "8080:80"], "portMappings"),
+                       (["--cap", 'bandwidth={"ingressRate":1}'], "bandwidth")):
+        proc = host.circuit("network", "connect", c.pid, "sandbox", *args, check=False)
+        assert proc.returncode == 3 and proc.stderr == (
+            f"circuit: no plugin of network sandbox declares capability {word} (plugins: "
+            "bridge); add it to a plugin's 'capabilities' or leave it out\n")
+    assert "eth0" not in c.links() and host.reserved_ips("sandbox") == set()
+
+
+def test_several_ips_reach_host_local_through_the_ips_capability(host):
+    conf = {**bridge_conf(), "cniVersion": "1.0.0", "capabilities": {"ips": True}}
+    conf["ipam"] = {"type": "host-local", "ranges": [[{"subnet": "10.100.10.0/24"}],
+                                                     [{"subnet": "fd00:100:10::/64"}]]}
+    host.circuit("network", "create", host.conf(conf))
+    c = host.container()
+    out = host.circuit("network", "connect", c.pid, "sandbox", "--ip", "10.100.10.7/24",
+                       "--ip", "fd00:100:10::7", "--format", "json").stdout
+    assert json.loads(out)["ips"] == ["10.100.10.7/24", "fd00:100:10::7/64"]
+
+
+def test_the_hook_publishes_from_the_annotation(host, runc):
+    env = {"CNI_CONF": host.conf(web_conflist(), "web.conflist"),
+           "CIRCUIT_STATE_DIR": host.state}
+    client = host.outside_client(HOST_IP)
+    hooks = documented_hooks("createRuntime", env)
+    cid = runc.run("pub", hooks, args=("httpd", "-f", "-p", "80", "-h", "/www"),
+                   annotations={"circuit.publish": "8080:80"}).stdout
+    assert port_open(client.netns, HOST_IP, 8080)
+    assert http_get_bodies(client.netns, HOST_IP, 1, port=8080)  # busybox's 404 page
+    runc.delete(cid)
+    assert not port_open(client.netns, HOST_IP, 8080)
