@@ -4,6 +4,7 @@ import socket
 from collections import namedtuple
 
 from circuit_common.errors import InvalidInput
+from circuit_common.validate import ascii_number
 
 
 class Endpoint(namedtuple("Endpoint", "ip port")):
@@ -30,7 +31,9 @@ def parse_endpoint(text: str, what: str = "address") -> Endpoint:
         if not sep:
             raise ValueError
         ip = normal_ip(host)
-        number = int(port)
+        number = ascii_number(port)
+        if number is None:
+            raise ValueError
     except ValueError:
         raise InvalidInput(f"invalid {what} {text!r}: use ADDR:PORT, e.g. 192.168.100.235:80 "
                            "or [2001:db8::1]:80") from None

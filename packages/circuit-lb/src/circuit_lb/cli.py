@@ -32,6 +32,7 @@ import sys
 from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import InvalidInput, StateCorrupt
+from circuit_common.validate import ascii_number
 
 from .address import Endpoint, parse_endpoint
 from .services import Services, check_weight
@@ -61,9 +62,10 @@ def read_targets(words: list[str]) -> list[tuple[Endpoint, int | None]]:
 def persistent_seconds(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or int(value) == 0:
+    seconds = ascii_number(value)
+    if not seconds:
         raise InvalidInput(f"invalid --persistent {value!r}: give a number of seconds")
-    return int(value)
+    return seconds
 
 
 def handle(argv: list[str], ctx: cli.Context) -> int:

@@ -14,7 +14,7 @@ import time
 
 from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound
-from circuit_common.validate import check_name
+from circuit_common.validate import ascii_number, check_name
 
 from . import backends, ipvs, nft, table, vip
 from .address import Endpoint
@@ -24,11 +24,8 @@ SCHEDULER_RE = re.compile(r"[a-z]{1,15}")
 
 
 def check_weight(value) -> int:
-    try:
-        weight = int(value)
-    except (TypeError, ValueError):
-        weight = -1
-    if not 0 <= weight <= 65535:
+    weight = value if type(value) is int else ascii_number(value)
+    if weight is None or not 0 <= weight <= 65535:
         raise InvalidInput(f"invalid weight {value!r}: use 0..65535")
     return weight
 
