@@ -64,7 +64,9 @@ lint:
 # Benchmarks against the raw anchors, ratios in one run (see bench/README.md)
 bench: setup
     -.venv/bin/python bench/hook.py
+    -.venv/bin/python bench/parallel.py
     -.venv/bin/python bench/connect.py
+    -.venv/bin/python bench/list.py
     -.venv/bin/python bench/qos.py
     -scripts/kernel-vm python bench/lb.py
     -.venv/bin/python bench/lb_nft.py
