@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import Host, Runc, bridge_conf, documented_hooks, make_rootfs
 from hook import ANCHOR_HOOK, script_hooks
+
+from harness import Host, Runc, bridge_conf, documented_hooks, make_rootfs
 
 CONTAINERS = 100
 AT_ONCE = 25
