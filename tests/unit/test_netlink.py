@@ -142,3 +142,14 @@ def test_a_template_whose_slot_does_not_hold_the_encoded_value_is_refused():
     with pytest.raises(TemplateMismatch, match="slot index"):
         Template(msg, 0, {"index": ("handle",)}, {"index": (5).to_bytes(4, sys.byteorder)})
 
+
+
+def test_the_kernel_constants_circuit_netlink_spells_are_pyroute2s():
+    """circuit_netlink must load without pyroute2 (the shaped hook's path), so it spells the
+    netlink ABI's numbers itself: they must be the ones pyroute2 exports."""
+    import pyroute2.netlink as pn
+
+    for name in ("NETLINK_ROUTE", "NETLINK_GENERIC", "NLMSG_ERROR", "NLMSG_DONE",
+                 "NLM_F_REQUEST", "NLM_F_ACK", "NLM_F_DUMP", "NLM_F_REPLACE", "NLM_F_EXCL",
+                 "NLM_F_CREATE"):
+        assert getattr(circuit_netlink, name) == getattr(pn, name), name
