@@ -56,6 +56,11 @@ def read_targets(words: list[str]) -> list[tuple[Endpoint, int | None]]:
                             weight))
     if not targets:
         raise InvalidInput("no targets given")
+    seen = set()
+    for endpoint, _ in targets:
+        if endpoint in seen:
+            raise InvalidInput(f"target {endpoint} is given twice; give each target once")
+        seen.add(endpoint)
     return targets
 
 

@@ -36,6 +36,7 @@ import sys
 from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import StateCorrupt
+from circuit_common.validate import check_mac
 
 from . import cni, runtime
 from .networks import Networks, parse_cni_args
@@ -85,7 +86,8 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         caps = runtime.capabilities([runtime.parse_publish(p) for p in a["--publish"]],
                                     a["--cap"])
         record = nets.connect(a["NETWORK"], resolve(a["TARGET"], runc_root), a["--ifname"],
-                              tuple(runtime.parse_ips(a["--ip"])), a["--mac"],
+                              tuple(runtime.parse_ips(a["--ip"])),
+                              a["--mac"] and check_mac(a["--mac"]),
                               tuple(parse_cni_args(a["--args"])), caps)
         if fmt == "json":
             output.emit_json(describe(record))

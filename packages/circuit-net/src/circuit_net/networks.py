@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from circuit_common import extensions
 from circuit_common.cli import Context
+from circuit_common.config import read_small_file
 from circuit_common.errors import Conflict, InvalidInput, NotFound, StateCorrupt
 from circuit_common.proc import Process, interfaces, process
 from circuit_common.store import Listing
@@ -59,16 +60,22 @@ class Networks:
         """The attachment records of one network, in a stable order."""
         return self.store.read_all(self.attachment_dir(name), check=check_attachment)
 
+    def attachments_of(self, name: str, target: Target) -> list[dict]:
+        """The target's attachments on a network: NotFound when there are none, StateCorrupt
+        when there are none but a record could not be read (it may be the target's)."""
+        listing = self.attachments(name)
+        mine = [a for a in listing.records if target.matches(a)]
+        if not mine and listing.errors:
+            raise StateCorrupt(listing.errors[0])
+        if not mine:
+            raise NotFound(f"container {target.label} is not connected to network {name}")
+        return mine
+
     # -- networks ---------------------------------------------------------------------------
 
     def create(self, source: str, name: str | None = None) -> dict:
         """Store a validated network from a .conf/.conflist; an identical re-create is a no-op."""
-        try:
-            with open(source, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise InvalidInput(f"cannot read network config {source}: {e.strerror}") from None
-        netconf = cni.load_netconf(data, source, name)
+        netconf = cni.load_netconf(read_small_file(source, "network config"), source, name)
         path = self.network_path(netconf["name"])
         existing = self.store.read(path, check=check_network)
         if existing is not None and existing["config"] == netconf:
@@ -151,6 +158,8 @@ class Networks:
         capability_args, extra_args = runtime.runtime_args(netconf, ips, mac, caps)
         rt = cni.Runtime(target.container_id, target.netns, ifname, args + extra_args,
                          capability_args)
+        for plugin in netconf["plugins"]:  # a missing plugin fails before any intent is written
+            self.plugins.executor.find_plugin(plugin["type"], self.plugins.cni_path)
         record = cni.cache_entry(netconf, rt, None)
         record["circuit"] = {"pid": target.process.pid, "start_time": target.process.start_time,
                              "target": target.label, "created": now()}
@@ -174,9 +183,7 @@ class Networks:
         with self.store.lock("network", name):
             network = self.get(name)
             self.repair(network)
-            mine = [a for a in self.attachments(name).records if target.matches(a)]
-            if not mine:
-                raise NotFound(f"container {target.label} is not connected to network {name}")
+            mine = self.attachments_of(name, target)
             for attachment in mine:
                 self._detach(network, attachment, netns=target.netns)
             return mine
@@ -290,9 +297,7 @@ class Networks:
         if not cni.at_least(netconf["cniVersion"], "0.4.0"):
             raise InvalidInput(f"CHECK needs cniVersion 0.4.0 or later; network {name} uses "
                                f"{netconf['cniVersion']}")
-        mine = [a for a in self.attachments(name).records if target.matches(a)]
-        if not mine:
-            raise NotFound(f"container {target.label} is not connected to network {name}")
+        mine = self.attachments_of(name, target)
         if netconf.get("disableCheck"):
             return mine
         for attachment in mine:
@@ -416,7 +421,7 @@ def parse_cni_args(text: str | None) -> list[tuple[str, str]]:
     pairs = []
     for item in filter(None, (text or "").split(";")):
         key, eq, value = item.partition("=")
-        if not eq or not key:
+        if not eq or not key or not item.isprintable():
             raise InvalidInput(f"bad --args item {item!r}: use KEY=VALUE;KEY=VALUE")
         pairs.append((key, value))
     return pairs

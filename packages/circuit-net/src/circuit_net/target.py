@@ -50,7 +50,7 @@ def runc_pid(container: str, runc_root: str | None) -> int | None:
 
 def resolve(target: str, runc_root: str | None = None, must_run: bool = True) -> Target:
     """The Target named on the command line; NotFound when it must run and does not."""
-    if ascii_number(target) is not None:
+    if target.isascii() and target.isdigit():  # all digits: a PID, never a runc id
         proc = process(check_pid(target))
         if proc is None:
             if must_run:

@@ -30,7 +30,7 @@ import copy
 from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import InvalidInput
-from circuit_common.validate import ascii_number
+from circuit_common.validate import ascii_number, check_ifname
 from circuit_net.networks import Networks, as_attachment
 from circuit_net.target import resolve
 
@@ -82,6 +82,8 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         return show(nets, name, output.check_format(a["--format"]), a["-q"])
     if a["--container"] and a["--interface"]:
         raise InvalidInput("give --container or --interface, not both")
+    if a["--interface"] is not None:
+        check_ifname(a["--interface"])
     changes = changes_from(a) if a["set"] else None
     from .tc import Links
 

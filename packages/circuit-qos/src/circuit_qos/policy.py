@@ -15,6 +15,8 @@ from circuit_common.extensions import Attachment
 from circuit_common.store import Store
 from circuit_net.networks import Networks, as_attachment
 
+from .units import check_burst
+
 FIELDS = ("rate", "ceil", "delay", "buffer", "cbuffer", "priority")
 EMPTY = {"network": None, "attachments": {}}
 
@@ -51,6 +53,9 @@ def merge(old: dict | None, changes: dict) -> dict:
     if "rate" in policy and policy.get("ceil", policy["rate"]) < policy["rate"]:
         raise InvalidInput(f"ceiling ({policy['ceil'] // 1000} kbit/s) is below the rate "
                            f"({policy['rate'] // 1000} kbit/s); the ceiling is the maximum")
+    for size, rate in (("buffer", "rate"), ("cbuffer", "ceil")):
+        if size in policy and rate in policy:
+            check_burst(policy[size], policy[rate], f"--{size}")
     if not 0 <= policy.get("priority", 0) <= 7:
         raise InvalidInput(f"priority must be 0..7, not {policy['priority']}")
     if not policy:

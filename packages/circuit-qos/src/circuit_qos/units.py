@@ -9,6 +9,8 @@ RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10*
 TIME_UNITS = {"us": 1, "usec": 1, "ms": 1000, "msec": 1000, "s": 10**6, "sec": 10**6}
 SIZE_UNITS = {"b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2}
 MAX_DELAY = 274 * 10**6  # µs: netem keeps a delay in 32 bits of 64 ns ticks (≈ 274.9 s)
+MIN_RATE, MAX_RATE = 10**3, 10**15  # bit/s, 1kbit to 1000tbit: below, HTB's default burst
+# outlasts its 32-bit ticks; above, its 64-bit rate in bytes/s is near its end
 NUMBER = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*")
 
 
@@ -31,7 +33,11 @@ def _parse(text: str, units: dict[str, int], bare: str | None, what: str, exampl
 
 def parse_rate(text: str) -> int:
     """Bits per second; a bare number is kbit/s (the seed's `--rate 5000` is 5 Mbit/s)."""
-    return _parse(text, RATE_UNITS, "kbit", "rate", "5000 (kbit/s), 5mbit, 800kbit, 1gbit")
+    rate = _parse(text, RATE_UNITS, "kbit", "rate", "5000 (kbit/s), 5mbit, 800kbit, 1gbit")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise InvalidInput(f"rate {text!r} is outside what HTB can hold: use 1kbit to "
+                           "1000tbit")
+    return rate
 
 
 def parse_delay(text: str) -> int:
@@ -46,6 +52,13 @@ def parse_delay(text: str) -> int:
 def parse_size(text: str) -> int:
     """Bytes; a bare number is bytes (HTB burst)."""
     return _parse(text, SIZE_UNITS, "b", "buffer size", "15k, 1600")
+
+
+def check_burst(size: int, rate: int, what: str) -> None:
+    """HTB keeps a burst as the time it takes at the rate, in 32 bits of 64 ns ticks."""
+    if size * 8 * 10**6 > MAX_DELAY * rate:
+        raise InvalidInput(f"{what} of {size} bytes lasts longer at {format_rate(rate)} than HTB "
+                           f"can hold ({format_delay(MAX_DELAY)}); give a smaller {what}")
 
 
 def format_rate(bps: int) -> str:

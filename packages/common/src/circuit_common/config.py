@@ -47,8 +47,8 @@ def split_global_options(argv: list[str]) -> tuple[dict[str, str | bool], list[s
         if name in GLOBAL_VALUE_OPTIONS:
             if not eq:
                 value = next(args, None)
-                if value is None:
-                    raise InvalidInput(f"option {name} needs a value")
+            if not value:
+                raise InvalidInput(f"option {name} needs a value")
             found[name[2:].replace("-", "_")] = value
             continue
         rest.append(arg)
@@ -60,21 +60,31 @@ MAX_SECONDS = 24 * 3600.0
 CONFIG_KEYS = ("state_dir", "cni_path", "lock_timeout", "plugin_timeout", "runc_root")
 
 
+def read_small_file(path: str, what: str) -> bytes:
+    """The bytes of a regular file of at most 1 MiB (never /dev/zero or a FIFO), else
+    InvalidInput naming what the file is."""
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise InvalidInput(f"{what} {path} is not a regular file")
+            data = f.read(MAX_CONFIG + 1)
+    except OSError as e:
+        raise InvalidInput(f"cannot read {what} {path}: {e.strerror}") from None
+    if len(data) > MAX_CONFIG:
+        raise InvalidInput(f"{what} {path} is larger than 1 MiB; is it the right file?")
+    return data
+
+
 def _read_config_file(path: str) -> dict:
-    """The config file's table ({} when there is none): a regular file of at most 1 MiB."""
+    """The config file's table ({} when there is none)."""
     if not os.path.exists(path):
         return {}
     import toml
 
+    data = read_small_file(path, "config file")
     try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise InvalidInput(f"config file {path} is not a regular file")
-            data = f.read(MAX_CONFIG + 1)
-        if len(data) > MAX_CONFIG:
-            raise InvalidInput(f"config file {path} is larger than 1 MiB; is it the right file?")
         return toml.loads(data.decode())
-    except (OSError, UnicodeDecodeError, toml.TomlDecodeError, RecursionError) as e:
+    except (UnicodeDecodeError, toml.TomlDecodeError, RecursionError) as e:
         raise InvalidInput(f"cannot read config file {path}: {e}") from None
 
 
@@ -110,8 +120,9 @@ def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
         raise InvalidInput(f"unknown key {sorted(unknown)[0]!r} in config file {path}; "
                            f"known keys: {', '.join(CONFIG_KEYS)}")
     s = Settings()
+    configured_state_dir = _string(conf, "state_dir", path)  # checked even when overridden
     s.state_dir = str(options.get("state") or env.get("CIRCUIT_STATE_DIR")
-                      or _string(conf, "state_dir", path) or DEFAULT_STATE_DIR)
+                      or configured_state_dir or DEFAULT_STATE_DIR)
     if "\0" in s.state_dir:
         raise InvalidInput("the state directory's path holds a NUL byte")
     cni_path = options.get("cni_path") or env.get("CNI_PATH")

@@ -147,10 +147,14 @@ class Store:
 
     def records(self, directory: str) -> Iterator[str]:
         """Paths of the records in directory, sorted; temp files are never listed."""
+        self.check_root()
         try:
             names = sorted(os.listdir(directory))
         except FileNotFoundError:
             return
+        except OSError as e:
+            raise EnvironmentFault(f"cannot list state directory {directory}: {e.strerror}; "
+                                   "point --state or CIRCUIT_STATE_DIR elsewhere") from None
         for name in names:
             if name.endswith(".json") and not name.startswith("."):
                 yield os.path.join(directory, name)

@@ -6,6 +6,7 @@ from .errors import InvalidInput
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 IFNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 
 
 def check_name(value: str, what: str = "name") -> str:
@@ -21,6 +22,14 @@ def check_ifname(value: str) -> str:
     if not IFNAME_RE.fullmatch(value or ""):
         raise InvalidInput(f"invalid interface name {value!r}: use 1-15 letters, digits, "
                            "'_', '.' or '-'")
+    return value
+
+
+def check_mac(value: str) -> str:
+    """value if it is a MAC address as aa:bb:cc:dd:ee:ff, else InvalidInput."""
+    if not MAC_RE.fullmatch(value or ""):
+        raise InvalidInput(f"invalid MAC address {value!r}: use six hex pairs, "
+                           "as 02:42:ac:11:00:02")
     return value
 
 
