@@ -104,7 +104,8 @@ class Host:
         self.name = PREFIX + secrets.token_hex(4)
         self.tmp = tmp
         self.state = tmp / "state"
-        self.ipam = tmp / "ipam"
+        self.cni_cache = tmp / "cni"  # libcni's cache dir (circuit's CIRCUIT_CNI_CACHE_DIR)
+        self.ipam = self.cni_cache / "networks"  # host-local's reservations
         self.containers: list[Container] = []
         sh("ip", "netns", "add", self.name)
         sh("ip", "-n", self.name, "link", "set", "lo", "up")
@@ -119,7 +120,8 @@ class Host:
     fork_circuit = False  # the kernel tier sets it: see harness.forked.run_forked
 
     def circuit(self, *args, check=True, env=None, **kw) -> subprocess.CompletedProcess:
-        full_env = {k: v for k, v in os.environ.items() if k != "CNI_PATH"} | (env or {})
+        full_env = {k: v for k, v in os.environ.items() if k != "CNI_PATH"} | {
+            "CIRCUIT_CNI_CACHE_DIR": str(self.cni_cache)} | (env or {})
         argv = [str(a) for a in ("--state", self.state, *args)]
         if self.fork_circuit:
             proc = run_forked(self.netns, lambda: dispatcher().main(argv), full_env,

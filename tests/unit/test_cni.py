@@ -201,7 +201,9 @@ def test_missing_plugin(plugins):
     ("{", "not valid JSON"),
     ("[]", "must hold a JSON object"),
     ('{"cniVersion": "0.3.0", "type": "bridge"}', "has no 'name'"),
-    ('{"cniVersion": "0.2.0", "name": "n", "type": "bridge"}', "cniVersion '0.2.0'"),
+    ('{"cniVersion": "0.2.0", "name": "n", "plugins": [{"type": "bridge"}, {"type": "tuning"}]}',
+     "cniVersion '0.2.0'"),
+    ('{"cniVersions": "1.0.0", "name": "n", "type": "bridge"}', "must be a list"),
     ('{"cniVersion": "1.0.0", "name": "n", "plugins": []}', "non-empty list"),
     ('{"cniVersion": "1.0.0", "name": "n", "plugins": [{}]}', "plugin 1 has no 'type'"),
     ('{"cniVersion": "1.0.0", "name": "n", "type": "/bin/sh"}', "plain plugin name"),
@@ -219,3 +221,22 @@ def test_a_single_conf_becomes_a_list():
     assert conf == {"cniVersion": "0.3.0", "name": "renamed", "plugins": [BRIDGE]}
 
 
+
+
+@pytest.mark.parametrize("conf, version", [
+    ({"cniVersion": "0.4.0", "cniVersions": ["1.0.0", "0.3.1", "9.9.9"]}, "1.0.0"),
+    ({"cniVersions": ["0.3.1", "1.1.0"]}, "1.1.0"),
+    ({"cniVersion": "1.0.0", "cniVersions": ["0.3.1"]}, "1.0.0"),
+    ({}, ""),
+])
+def test_the_version_is_picked_as_libcni_picks_it(conf, version):
+    netconf = cni.load_netconf(json.dumps({**conf, "name": "n", "type": "bridge"}).encode(), "x")
+    assert netconf["cniVersion"] == version
+
+
+def test_a_legacy_result_reads_as_a_current_one():
+    legacy = {"cniVersion": "0.2.0", "ip4": {"ip": "10.1.0.2/24", "gateway": "10.1.0.1",
+                                             "routes": [{"dst": "0.0.0.0/0"}]}, "dns": {}}
+    cni.check_result(legacy)
+    assert cni.result_ips(legacy) == ["10.1.0.2/24"]
+    assert cni.current_result(legacy)["routes"] == [{"dst": "0.0.0.0/0"}]

@@ -44,7 +44,7 @@ def test_bash_registers_circuit_and_every_tool():
                        "version"]),
     (("circuit", "network", "c"), ["check", "connect", "create"]),
     (("circuit", "network", ""), ["check", "connect", "create", "delete", "disconnect", "gc",
-                                  "inspect", "list", "qos", "spec"]),
+                                  "inspect", "list", "prune", "qos", "spec"]),
     (("circuit", "network", "qos", "s"), ["set", "show"]),
     (("circuit", "hook", ""), ["attach", "detach"]),
     (("circuit", "network", "list", "--format", ""), ["table", "json"]),
@@ -52,9 +52,9 @@ def test_bash_registers_circuit_and_every_tool():
                                                                       "tunnel"]),
     (("circuit", "lb", "create", "x", "1.2.3.4:80", "--scheduler", "w"), ["wrr", "wlc"]),
     (("circuit", "network", "list", "--f"), ["--format"]),
-    (("circuit-lb", "list", "--"), ["--cni-path", "--config", "--debug", "--details",
-                                    "--format", "--help", "--lock-timeout", "--state",
-                                    "--stats"]),
+    (("circuit-lb", "list", "--"), ["--cni-cache-dir", "--cni-path", "--config", "--debug",
+                                    "--details", "--format", "--help", "--lock-timeout",
+                                    "--runc-root", "--state", "--stats"]),
 ])
 def test_commands_flags_and_values_come_from_the_usage(words, expected):
     assert bash_complete(*words) == expected

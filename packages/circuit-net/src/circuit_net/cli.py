@@ -2,18 +2,27 @@
 
 Usage:
   circuit-net create PATH [--name NAME]
-  circuit-net list [--format FMT] [-q]
+  circuit-net create NAME (--subnet CIDR)... [--gateway IP] [--driver DRIVER] [--bridge IF]
+                     [--parent IF] [--mtu N] [--internal] [--no-masquerade] [--label KV]...
+  circuit-net spec [NAME (--subnet CIDR)... [--gateway IP] [--driver DRIVER] [--bridge IF]
+                   [--parent IF] [--mtu N] [--internal] [--no-masquerade] [--label KV]...]
+  circuit-net list [--format FMT] [-q] [--running]
   circuit-net inspect NAME [--format FMT]
-  circuit-net spec
   circuit-net connect TARGET NETWORK [--ifname IF] [--ip IP]... [--mac MAC] [--args ARGS]
                       [--publish SPEC]... [--cap CAP]... [--format FMT]
   circuit-net disconnect TARGET NETWORK
   circuit-net check TARGET NETWORK
   circuit-net gc
   circuit-net delete NAME [--force]
+  circuit-net prune [--force] [-q]
   circuit-net (-h | --help)
 
 Also reached as `circuit network ...`. TARGET is a PID or a runc container id.
+`create PATH` reads a .conf/.conflist; `create NAME --subnet CIDR ...` writes the conflist
+from flags (`spec` prints it): bridge + host-local over every subnet (IPv4 and IPv6) +
+portmap + firewall, at the highest cniVersion the plugins share. A subnet overlapping another
+network's or a route of the host is refused. Deleting a network removes the bridge its plugins
+created when no other network uses it.
 
 Options:
   --name NAME      network name, instead of the config's "name"
@@ -27,50 +36,45 @@ Options:
   --cap CAP        another capability arg, NAME=JSON (bandwidth, ipRanges, aliases, ...)
   --mac MAC        request this MAC (runtimeConfig "mac", or CNI_ARGS MAC)
   --args ARGS      extra CNI_ARGS, KEY=VALUE;KEY=VALUE
-  --force          disconnect attached containers before deleting
+  --force          delete: disconnect attached containers first; prune: do not ask
+  --running        list: leave out containers that exited (gc releases them)
+  --subnet CIDR    a subnet of the network (repeat for several, IPv4 and IPv6)
+  --gateway IP     the gateway in its subnet (default: the subnet's first address)
+  --driver DRIVER  bridge, macvlan, ipvlan or ptp [default: bridge]
+  --bridge IF      the bridge device (default: cni-NAME)
+  --parent IF      macvlan/ipvlan: the host interface they hang off
+  --mtu N          the interfaces' MTU
+  --internal       no masquerade, no default route: containers reach only each other
+  --no-masquerade  no SNAT of traffic leaving the network
+  --label KV       KEY=VALUE kept in the config (circuitLabels)
 """
 
 import ipaddress
+import os
 import sys
 
 from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
-from circuit_common.errors import StateCorrupt
+from circuit_common.errors import StateCorrupt, UsageError
 from circuit_common.validate import check_mac
 
 from . import cni, runtime
-from .networks import Networks, parse_cni_args
+from .networks import Networks, attachment_netns, parse_cni_args
 from .target import resolve
-
-SPEC = {
-    "cniVersion": "1.0.0",
-    "name": "sandbox",
-    "plugins": [
-        {
-            "type": "bridge",
-            "bridge": "sandbox0",
-            "isGateway": True,
-            "ipMasq": True,
-            "ipam": {
-                "type": "host-local",
-                "subnet": "10.100.10.0/24",
-                "routes": [{"dst": "0.0.0.0/0"}],
-            },
-        },
-        {"type": "portmap", "capabilities": {"portMappings": True}},
-    ],
-}
 
 
 def handle(argv: list[str], ctx: cli.Context) -> int:
     a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv)
     nets = Networks(ctx)
     runc_root = ctx.settings.runc_root
-    if a["create"]:
-        record = nets.create(a["PATH"], a["--name"])
+    if a["create"] and a["PATH"]:
+        record = nets.create(check_path(a["PATH"]), a["--name"])
+        print(f"{record['name']} created")
+    elif a["create"]:
+        record = nets.create_from_flags(flags(check_flags_name(a["NAME"]), a))
         print(f"{record['name']} created")
     elif a["list"]:
-        return list_networks(nets, output.check_format(a["--format"]), a["-q"])
+        return list_networks(nets, output.check_format(a["--format"]), a["-q"], a["--running"])
     elif a["inspect"]:
         fmt = output.check_format(a["--format"] or "json")
         network = nets.get(a["NAME"])
@@ -80,7 +84,10 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         else:
             print_inspect(network, attachments)
     elif a["spec"]:
-        output.emit_json(SPEC)
+        from .spec import conflist
+
+        output.emit_json(conflist(flags(a["NAME"] or "sandbox", a), nets.plugins,
+                                  nets.ipam_dir()))
     elif a["connect"]:
         fmt = output.check_format(a["--format"])
         caps = runtime.capabilities([runtime.parse_publish(p) for p in a["--publish"]],
@@ -109,7 +116,49 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
             print(f"disconnected container {record['circuit']['target']} from network "
                   f"{a['NAME']}")
         print(f"{a['NAME']} deleted")
+    elif a["prune"]:
+        prune(nets, a["--force"], a["-q"])
     return 0
+
+
+CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
+
+
+def check_path(path: str) -> str:
+    """A config file's path; a plain word that is no file was meant as a network from flags."""
+    if not os.path.exists(path) and "/" not in path and not path.endswith(CONFIG_SUFFIXES):
+        raise UsageError(f"no config file {path!r}; to create a network named {path} from "
+                         "flags give --subnet CIDR")
+    return path
+
+
+def check_flags_name(name: str) -> str:
+    """A network name with flags, never a config file's path."""
+    if "/" in name or name.endswith(CONFIG_SUFFIXES):
+        raise UsageError(f"{name!r} is a config file, not a network name: create from a file "
+                         "without --subnet and the other flags, or give a plain name")
+    return name
+
+
+def flags(name: str, a: dict):
+    """The network that create/spec's flags describe."""
+    from .spec import Flags
+
+    return Flags(name, a["--subnet"] or ["10.100.10.0/24"], a["--gateway"], a["--driver"],
+                 a["--bridge"], a["--parent"], a["--mtu"], a["--internal"],
+                 not a["--no-masquerade"], a["--label"])
+
+
+def prune(nets: Networks, force: bool, quiet: bool) -> None:
+    """Delete the networks without attachments, asking first on a terminal unless force."""
+    names = nets.unused()
+    if names and not force and sys.stdin.isatty():
+        answer = input(f"delete {len(names)} network(s) without attachments: "
+                       f"{', '.join(names)}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return
+    for name in nets.prune(names):
+        print(name if quiet else f"{name} deleted")
 
 
 def describe(attachment: dict) -> dict:
@@ -151,7 +200,7 @@ def describe_peer(peer: dict) -> str:
     return f"{ipaddress.ip_interface(peer['ips'][0]).ip} ({', '.join(notes)})"
 
 
-def list_networks(nets: Networks, fmt: str, quiet: bool) -> int:
+def list_networks(nets: Networks, fmt: str, quiet: bool, running: bool = False) -> int:
     listing = nets.all()
     errors = list(listing.errors)
     rows = []
@@ -161,7 +210,8 @@ def list_networks(nets: Networks, fmt: str, quiet: bool) -> int:
         errors.extend(attached.errors + intents.errors)
         ops = {(i["attachment"]["containerId"], i["attachment"]["ifName"]): i["op"]
                for i in intents.records}
-        peers = sorted((describe(a) for a in attached.records), key=_ip_key)
+        peers = sorted((describe(a) for a in attached.records
+                        if not running or attachment_netns(a)), key=_ip_key)
         for peer in peers:
             op = ops.get((peer["container_id"], peer["ifname"]))
             peer["state"] = ("attaching" if op == "add" else "detaching" if op == "del"

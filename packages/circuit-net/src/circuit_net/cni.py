@@ -17,15 +17,31 @@ from circuit_common.errors import InvalidInput, NotFound, PluginError
 from circuit_common.validate import NAME_RE, check_name
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# One-plugin configs may be older; "" (no cniVersion) is what libcni passes on, read as 0.1.0.
+LEGACY_VERSIONS = ("", "0.1.0", "0.2.0")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split("."))
+def version_tuple(version: str) -> tuple[int, ...]:
+    """A spec version as numbers; "" (no cniVersion) is 0.1.0, as the plugins read it."""
+    return tuple(int(p) for p in (version or "0.1.0").split("."))
 
 
 def at_least(version: str, minimum: str) -> bool:
-    return _version_tuple(version) >= _version_tuple(minimum)
+    return version_tuple(version) >= version_tuple(minimum)
+
+
+def pick_version(conf: dict) -> str:
+    """The cniVersion libcni runs a config list at: the highest of cniVersion and cniVersions
+    (spec 1.1) that circuit implements; "" when there is neither."""
+    version = conf.get("cniVersion", "")
+    versions = conf.get("cniVersions")
+    if versions is None:
+        return version
+    if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):
+        raise ValueError("'cniVersions' must be a list of version strings")
+    known = [v for v in [*versions, version] if v in SUPPORTED_VERSIONS + LEGACY_VERSIONS[1:]]
+    return max(known, key=version_tuple) if known else version
 
 
 def load_netconf(data: bytes, source: str, name: str | None = None) -> dict:
@@ -43,6 +59,10 @@ def load_netconf(data: bytes, source: str, name: str | None = None) -> dict:
         netconf["plugins"] = [{k: v for k, v in conf.items() if k not in ("cniVersion", "name")}]
     if name is not None:
         netconf["name"] = name
+    try:
+        netconf["cniVersion"] = pick_version(conf)
+    except ValueError as e:
+        raise InvalidInput(f"{source}: {e}") from None
     if "name" not in netconf:
         raise InvalidInput(f"{source} has no 'name'; add one or pass --name")
     check_name(netconf["name"], "network name")
@@ -59,12 +79,13 @@ def check_netconf(netconf: dict) -> None:
     if not isinstance(netconf.get("name"), str) or not NAME_RE.fullmatch(netconf["name"]):
         raise ValueError(f"network name {netconf.get('name')!r} is not a plain name")
     version = netconf.get("cniVersion")
-    if version not in SUPPORTED_VERSIONS:
-        raise ValueError(f"cniVersion {version!r} is not supported; "
-                         f"use one of {', '.join(SUPPORTED_VERSIONS)}")
     plugins = netconf.get("plugins")
     if not isinstance(plugins, list) or not plugins:
         raise ValueError("'plugins' must be a non-empty list")
+    if version not in SUPPORTED_VERSIONS and not (version in LEGACY_VERSIONS and len(plugins) == 1):
+        raise ValueError(f"cniVersion {version!r} is not supported; use one of "
+                         f"{', '.join(SUPPORTED_VERSIONS)} (a single plugin may also be 0.1.0, "
+                         "0.2.0 or have none)")
     for i, plugin in enumerate(plugins):
         if not isinstance(plugin, dict) or "type" not in plugin:
             raise ValueError(f"plugin {i + 1} has no 'type'")
@@ -81,6 +102,7 @@ def check_result(result) -> None:
     wrong): interfaces, ips with valid CIDRs and gateways, routes, dns."""
     if not isinstance(result, dict):
         raise ValueError(f"the result is {type(result).__name__}, not an object")
+    result = current_result(result)
     interfaces = _list_of_objects(result, "interfaces")
     for i, iface in enumerate(interfaces):
         if not isinstance(iface.get("name"), str) or not iface["name"]:
@@ -348,9 +370,20 @@ def cache_entry(netconf: dict, rt: Runtime, result: dict) -> dict:
     }
 
 
+def current_result(result: dict) -> dict:
+    """A result in the 0.3.0+ shape: a 0.1.0/0.2.0 result's ip4/ip6 become ips and routes."""
+    legacy = [result[k] for k in ("ip4", "ip6") if isinstance(result.get(k), dict)]
+    if not legacy:
+        return result
+    ips = [{"address": ip.get("ip"), **({"gateway": ip["gateway"]} if "gateway" in ip else {})}
+           for ip in legacy]
+    routes = [r for ip in legacy for r in ip.get("routes") or []]
+    return {"ips": ips, "routes": routes, **({"dns": result["dns"]} if "dns" in result else {})}
+
+
 def result_ips(result: dict) -> list[str]:
-    """The addresses (CIDR) of a result, any spec version from 0.3.0."""
-    return [ip["address"] for ip in result.get("ips", []) if "address" in ip]
+    """The addresses (CIDR) of a result, any spec version."""
+    return [ip["address"] for ip in current_result(result).get("ips", []) if "address" in ip]
 
 
 def result_mac(result: dict, ifname: str) -> str | None:

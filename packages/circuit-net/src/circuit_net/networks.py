@@ -5,6 +5,7 @@ State:  networks/<name>.json                    the network's config list
                                                  attachment, plus a "circuit" object (pid, ...)
 """
 
+import contextlib
 import ipaddress
 import os
 import time
@@ -12,8 +13,8 @@ from collections.abc import Iterator
 
 from circuit_common import extensions
 from circuit_common.cli import Context
-from circuit_common.config import read_small_file
-from circuit_common.errors import Conflict, InvalidInput, NotFound, StateCorrupt
+from circuit_common.config import DEFAULT_CNI_CACHE_DIR, read_small_file
+from circuit_common.errors import CircuitError, Conflict, InvalidInput, NotFound, StateCorrupt
 from circuit_common.proc import Process, interfaces, process
 from circuit_common.store import Listing
 from circuit_common.validate import NAME_RE, check_ifname, check_name
@@ -76,20 +77,46 @@ class Networks:
     def create(self, source: str, name: str | None = None) -> dict:
         """Store a validated network from a .conf/.conflist; an identical re-create is a no-op."""
         netconf = cni.load_netconf(read_small_file(source, "network config"), source, name)
+        return self.define(netconf, str(source))
+
+    def create_from_flags(self, flags) -> dict:
+        """Store the network the flags describe (spec.conflist), refused when a subnet overlaps
+        another network's or a route of circuit's netns; an identical re-create is a no-op."""
+        from . import spec
+
+        netconf = spec.conflist(flags, self.plugins, self.ipam_dir())
+        return self.define(netconf, "flags", check_overlap=True)
+
+    def ipam_dir(self) -> str | None:
+        """host-local's dataDir for networks from flags: under the CNI cache dir when it is not
+        libcni's default (where host-local keeps its reservations anyway)."""
+        cache_dir = self.settings.cni_cache_dir
+        return None if cache_dir == DEFAULT_CNI_CACHE_DIR else os.path.join(cache_dir, "networks")
+
+    def define(self, netconf: dict, source: str, check_overlap: bool = False) -> dict:
+        """Store a network record for netconf, or return the identical one stored. With
+        check_overlap the check and the write hold every lock (no overlapping twin can slip in
+        between)."""
         path = self.network_path(netconf["name"])
         existing = self.store.read(path, check=check_network)
         if existing is not None and existing["config"] == netconf:
             return existing  # every start of a hooked container comes here: keep it cheap
         self.check_plugins(netconf)
-        with self.store.lock("network", netconf["name"]):
+        lock = self.store.lock_all() if check_overlap else self.store.lock("network",
+                                                                           netconf["name"])
+        with lock:
             existing = self.store.read(path, check=check_network)
             if existing is not None:
                 if existing["config"] != netconf:
                     raise Conflict(f"network {netconf['name']!r} exists with a different config; "
                                    "delete it first or choose another --name")
                 return existing
-            record = {"name": netconf["name"], "config": netconf, "source": str(source),
-                      "created": now()}
+            if check_overlap:
+                from .spec import check_overlap as refuse_overlap
+
+                refuse_overlap(netconf, [n["config"] for n in self.all().records])
+            record = {"name": netconf["name"], "config": netconf, "source": source,
+                      "created": now(), "bridges": new_bridges(netconf)}
             self.store.write(path, record)
             return record
 
@@ -98,7 +125,7 @@ class Networks:
         version = netconf["cniVersion"]
         for kind in dict.fromkeys(p["type"] for p in netconf["plugins"]):
             supported = self.plugins.supported_versions(kind)
-            if supported and version not in supported:
+            if supported and (version or "0.1.0") not in supported:
                 raise InvalidInput(f"plugin {kind} does not support cniVersion {version}; "
                                    f"it supports {', '.join(supported)}")
 
@@ -106,6 +133,7 @@ class Networks:
         """Remove a network; with force, disconnect its containers first. Returns those."""
         with self.store.lock("network", name):
             network = self.get(name)
+            self.repair(network)  # a half-done attach is undone, not left behind
             attached = self.attachments(name)
             if attached.errors:
                 raise StateCorrupt(attached.errors[0])
@@ -121,7 +149,40 @@ class Networks:
                     module.network_deleted(self.ctx, name)
                 extensions.unmark(self.store, name, extension)
             self.store.remove(self.network_path(name))
+            self.remove_leftovers(network)
             return attached.records
+
+    def remove_leftovers(self, network: dict) -> None:
+        """After a network's record went: the bridges circuit's plugins created for it that no
+        other network names, and its empty state directories."""
+        from .link import delete_link
+
+        name = network["name"]
+        in_use = {b for n in self.all().records for b in bridges(n["config"])}
+        for bridge in network.get("bridges") or []:
+            if bridge not in in_use and bridge in bridges(network["config"]):
+                try:
+                    delete_link(bridge)
+                except OSError as e:
+                    raise CircuitError(f"network {name} deleted, but its bridge {bridge} "
+                                       f"stays: {e.strerror}") from None
+        for directory in (self.attachment_dir(name), self.store.path("intents", name),
+                          extensions.marker_dir(self.store, name)):
+            with contextlib.suppress(OSError):  # absent, or not empty
+                os.rmdir(directory)
+
+    def unused(self) -> list[str]:
+        """The networks without attachments."""
+        return [n["name"] for n in self.all().records if not self.attachments(n["name"]).records]
+
+    def prune(self, names: list[str]) -> list[str]:
+        """Delete these networks unless in use by now; the names of those deleted."""
+        pruned = []
+        for name in names:
+            with contextlib.suppress(Conflict, NotFound):  # in use, or deleted meanwhile
+                self.delete(name)
+                pruned.append(name)
+        return pruned
 
     # -- attachments ------------------------------------------------------------------------
 
@@ -336,6 +397,18 @@ class Networks:
         if errors:
             raise StateCorrupt(f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
                                                  if len(errors) > 1 else ""))
+
+
+def bridges(netconf: dict) -> list[str]:
+    """The bridges a config's bridge plugins use (the plugin's default: cni0)."""
+    return [p.get("bridge") or "cni0" for p in netconf["plugins"] if p.get("type") == "bridge"]
+
+
+def new_bridges(netconf: dict) -> list[str]:
+    """The bridges of a config that do not exist yet in circuit's netns: its plugins will
+    create them for this network."""
+    present = interfaces(os.getpid())
+    return [b for b in bridges(netconf) if b not in present]
 
 
 def check_network(record: dict) -> None:

@@ -9,13 +9,17 @@ from .errors import InvalidInput
 DEFAULT_CONFIG = "/etc/circuit/circuit.toml"
 DEFAULT_STATE_DIR = "/var/lib/circuit"
 DEFAULT_CNI_PATH = ("/usr/lib/cni", "/opt/cni/bin")
+DEFAULT_CNI_CACHE_DIR = "/var/lib/cni"  # libcni's: results/<net>-<cid>-<ifname> below it
 
-GLOBAL_VALUE_OPTIONS = ("--state", "--config", "--cni-path", "--lock-timeout")
+GLOBAL_VALUE_OPTIONS = ("--state", "--config", "--cni-path", "--lock-timeout", "--runc-root",
+                        "--cni-cache-dir")
 GLOBAL_HELP = """Global options (anywhere on the line):
   --state DIR         state directory [env CIRCUIT_STATE_DIR; default /var/lib/circuit]
   --config FILE       config file [env CIRCUIT_CONFIG; default /etc/circuit/circuit.toml]
   --cni-path DIRS     colon-separated plugin directories [env CNI_PATH]
   --lock-timeout SEC  how long to wait for another circuit process [default 30]
+  --runc-root DIR     runc's --root, where runc ids are looked up [env CIRCUIT_RUNC_ROOT]
+  --cni-cache-dir D   libcni's cache dir [env CIRCUIT_CNI_CACHE_DIR; default /var/lib/cni]
   --debug             show tracebacks"""
 
 
@@ -28,6 +32,7 @@ class Settings:
         self.lock_timeout = 30.0
         self.plugin_timeout = 10.0
         self.runc_root: str | None = None
+        self.cni_cache_dir = DEFAULT_CNI_CACHE_DIR
 
 
 def split_global_options(argv: list[str]) -> tuple[dict[str, str | bool], list[str]]:
@@ -57,7 +62,8 @@ def split_global_options(argv: list[str]) -> tuple[dict[str, str | bool], list[s
 
 MAX_CONFIG = 1 << 20
 MAX_SECONDS = 24 * 3600.0
-CONFIG_KEYS = ("state_dir", "cni_path", "lock_timeout", "plugin_timeout", "runc_root")
+CONFIG_KEYS = ("state_dir", "cni_path", "lock_timeout", "plugin_timeout", "runc_root",
+               "cni_cache_dir")
 
 
 def read_small_file(path: str, what: str) -> bytes:
@@ -111,6 +117,13 @@ def _string(conf: dict, key: str, path: str) -> str | None:
     return value
 
 
+def _path(value, what: str) -> str | None:
+    """A directory path from an option, the environment or the config file: absolute."""
+    if value is not None and (not os.path.isabs(str(value)) or "\0" in str(value)):
+        raise InvalidInput(f"the {what} must be an absolute path, not {value!r}")
+    return None if value is None else str(value)
+
+
 def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
     """Merge config file, environment and global options into Settings."""
     path = str(options.get("config") or env.get("CIRCUIT_CONFIG") or DEFAULT_CONFIG)
@@ -147,5 +160,9 @@ def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
                                "a lock give up while one plugin hangs")
     else:
         s.plugin_timeout = min(s.plugin_timeout, s.lock_timeout / 2)
-    s.runc_root = _string(conf, "runc_root", path)
+    s.runc_root = _path(options.get("runc_root") or env.get("CIRCUIT_RUNC_ROOT")
+                        or _string(conf, "runc_root", path), "runc root")
+    s.cni_cache_dir = _path(options.get("cni_cache_dir") or env.get("CIRCUIT_CNI_CACHE_DIR")
+                            or _string(conf, "cni_cache_dir", path) or DEFAULT_CNI_CACHE_DIR,
+                            "CNI cache dir")
     return s

@@ -46,3 +46,32 @@ def interfaces(pid: int) -> set[str]:
     except FileNotFoundError:
         return set()
     return {line.split(":", 1)[0].strip() for line in lines}
+
+
+RTF_LOCAL = 0x80000000  # ipv6_route: a route to one of the netns's own addresses
+
+
+def routes() -> list[tuple]:
+    """The routes of circuit's own netns as (ipaddress network, device), from /proc/net/route
+    and /proc/net/ipv6_route (no netlink): neither local, link-local nor multicast routes."""
+    import ipaddress
+
+    found = []
+    with open("/proc/net/route") as f:
+        for line in f.readlines()[1:]:
+            dev, dst, _, _, _, _, _, mask = line.split()[:8]
+            address = ipaddress.IPv4Address(bytes.fromhex(dst)[::-1])
+            prefix = bin(int(mask, 16)).count("1")
+            found.append((ipaddress.IPv4Network(f"{address}/{prefix}", strict=False), dev))
+    try:
+        with open("/proc/net/ipv6_route") as f:
+            lines = f.readlines()
+    except FileNotFoundError:  # IPv6 disabled
+        lines = []
+    for line in lines:
+        fields = line.split()
+        network = ipaddress.IPv6Network((int(fields[0], 16), int(fields[1], 16)), strict=False)
+        if int(fields[8], 16) & RTF_LOCAL or network.is_link_local or network.is_multicast:
+            continue
+        found.append((network, fields[9]))
+    return found

@@ -1,0 +1,178 @@
+"""Networks from flags: the conflist `network create NAME --subnet ...` writes, the subnets a
+config holds, and the overlap check against other networks and the host's routes."""
+
+import ipaddress
+
+from circuit_common.errors import Conflict, InvalidInput, UsageError
+from circuit_common.proc import routes
+from circuit_common.validate import check_ifname, check_name
+
+from . import cni
+
+DRIVERS = ("bridge", "macvlan", "ipvlan", "ptp")
+DEFAULT_ROUTES = {4: "0.0.0.0/0", 6: "::/0"}
+
+
+class Flags:
+    """What the flags of `network create NAME` / `network spec NAME` ask for, checked."""
+
+    def __init__(self, name: str, subnets: list[str], gateway: str | None = None,
+                 driver: str | None = None, bridge: str | None = None,
+                 parent: str | None = None, mtu: str | None = None, internal: bool = False,
+                 masquerade: bool = True, labels: list[str] = ()):
+        self.name = check_name(name, "network name")
+        self.subnets = [parse_subnet(s) for s in subnets]
+        self.driver = driver or "bridge"
+        if self.driver not in DRIVERS:
+            raise InvalidInput(f"unknown --driver {self.driver!r}; use {', '.join(DRIVERS)}")
+        self.gateway = parse_gateway(gateway, self.subnets) if gateway else None
+        self.bridge = check_ifname(bridge) if bridge else None
+        self.parent = check_ifname(parent) if parent else None
+        self.mtu = parse_mtu(mtu) if mtu else None
+        self.internal = internal
+        self.masquerade = masquerade and not internal
+        self.labels = parse_labels(labels)
+        self.check_driver_flags()
+
+    def check_driver_flags(self) -> None:
+        if self.bridge and self.driver != "bridge":
+            raise UsageError("--bridge is for --driver bridge")
+        if self.driver in ("macvlan", "ipvlan") and not self.parent:
+            raise UsageError(f"--driver {self.driver} needs --parent IFNAME (the host interface "
+                             "it hangs off)")
+        if self.parent and self.driver not in ("macvlan", "ipvlan"):
+            raise UsageError("--parent is for --driver macvlan or ipvlan")
+
+
+def parse_subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        raise InvalidInput(f"bad --subnet {text!r}: use a network in CIDR notation, "
+                           "as 10.89.0.0/24 or fd00:89::/64 (host bits zero)") from None
+
+
+def parse_gateway(text: str, subnets: list) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        gateway = ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidInput(f"bad --gateway {text!r}: not an IP address") from None
+    if not any(gateway in s for s in subnets):
+        raise InvalidInput(f"--gateway {gateway} is in none of the subnets "
+                           f"{', '.join(map(str, subnets))}")
+    return gateway
+
+
+def parse_mtu(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 68 <= int(text) <= 65535):
+        raise InvalidInput(f"bad --mtu {text!r}: a whole number from 68 to 65535")
+    return int(text)
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key or not item.isprintable():
+            raise InvalidInput(f"bad --label {item!r}: use KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def default_bridge(name: str) -> str:
+    """The bridge of a network from flags: cni-NAME, or a digest when NAME is too long."""
+    import hashlib
+
+    bridge = f"cni-{name}"
+    return bridge if len(bridge) <= 15 else "cni-" + hashlib.sha256(name.encode()).hexdigest()[:11]
+
+
+def highest_common_version(plugins: cni.Plugins, kinds: list[str]) -> str:
+    """The highest cniVersion circuit and every plugin support (each plugin's VERSION)."""
+    common = set(cni.SUPPORTED_VERSIONS)
+    for kind in dict.fromkeys(kinds):
+        common &= set(plugins.supported_versions(kind))
+    if not common:
+        raise InvalidInput(f"plugins {', '.join(dict.fromkeys(kinds))} share no cniVersion "
+                           f"with circuit ({', '.join(cni.SUPPORTED_VERSIONS)})")
+    return max(common, key=cni.version_tuple)
+
+
+def ipam(flags: Flags, data_dir: str | None) -> dict:
+    """host-local over every subnet (a range set each: dual-stack), routes unless internal."""
+    ranges = [[{"subnet": str(s), **({"gateway": str(flags.gateway)}
+                                     if flags.gateway and flags.gateway in s else {})}]
+              for s in flags.subnets]
+    conf: dict = {"type": "host-local", "ranges": ranges}
+    if not flags.internal:
+        conf["routes"] = [{"dst": DEFAULT_ROUTES[v]}
+                          for v in sorted({s.version for s in flags.subnets})]
+    if data_dir:
+        conf["dataDir"] = data_dir
+    return conf
+
+
+def main_plugin(flags: Flags, data_dir: str | None) -> dict:
+    """The interface plugin of the chain, by driver."""
+    plugin: dict = {"type": flags.driver}
+    if flags.driver == "bridge":
+        plugin.update(bridge=flags.bridge or default_bridge(flags.name),
+                      isGateway=not flags.internal, ipMasq=flags.masquerade, hairpinMode=True)
+    elif flags.driver == "ptp":
+        plugin["ipMasq"] = flags.masquerade
+    else:
+        plugin.update(master=flags.parent, mode="bridge" if flags.driver == "macvlan" else "l2")
+    if flags.mtu:
+        plugin["mtu"] = flags.mtu
+    plugin["ipam"] = ipam(flags, data_dir)
+    return plugin
+
+
+def conflist(flags: Flags, plugins: cni.Plugins, data_dir: str | None = None) -> dict:
+    """The config list of a network from flags: the driver's plugin, then portmap and firewall
+    where the host routes to the containers (bridge, ptp), at the highest common cniVersion."""
+    chain = [main_plugin(flags, data_dir)]
+    if flags.driver in ("bridge", "ptp"):
+        chain += [{"type": "portmap", "capabilities": {"portMappings": True}},
+                  {"type": "firewall"}]
+    version = highest_common_version(plugins, [p["type"] for p in chain])
+    if not cni.at_least(version, "0.4.0"):  # firewall needs 0.4.0
+        chain = [p for p in chain if p["type"] != "firewall"]
+    conf: dict = {"cniVersion": version, "name": flags.name, "plugins": chain}
+    if flags.labels:
+        conf["circuitLabels"] = flags.labels
+    return conf
+
+
+def netconf_subnets(netconf: dict) -> list:
+    """The subnets a config's IPAM hands out (host-local subnet/ranges, static addresses)."""
+    found = []
+    for plugin in netconf["plugins"]:
+        conf = plugin.get("ipam") if isinstance(plugin.get("ipam"), dict) else {}
+        texts = [conf.get("subnet")]
+        texts += [r.get("subnet") for rs in conf.get("ranges") or [] if isinstance(rs, list)
+                  for r in rs if isinstance(r, dict)]
+        texts += [a.get("address") for a in conf.get("addresses") or [] if isinstance(a, dict)]
+        for text in texts:
+            try:
+                found.append(ipaddress.ip_network(text, strict=False))
+            except (TypeError, ValueError):
+                continue
+    return found
+
+
+def check_overlap(netconf: dict, others: list[dict]) -> None:
+    """Refuse subnets that overlap another network's or a route of circuit's netns (the
+    default routes aside), naming the other owner."""
+    mine = netconf_subnets(netconf)
+    for other in others:
+        for theirs in netconf_subnets(other):
+            for subnet in mine:
+                if subnet.version == theirs.version and subnet.overlaps(theirs):
+                    raise Conflict(f"subnet {subnet} overlaps {theirs} of network "
+                                   f"{other['name']}; choose another --subnet")
+    for route, dev in routes():
+        for subnet in mine:
+            if route.prefixlen and subnet.version == route.version and subnet.overlaps(route):
+                raise Conflict(f"subnet {subnet} overlaps the host's route {route} (dev {dev}); "
+                               "choose another --subnet")

@@ -1,0 +1,73 @@
+"""Networks from flags: the conflist circuit writes carries real traffic (dual-stack), subnets
+that overlap are refused naming the owner, and delete/prune leave no bridge or directory."""
+
+import json
+
+from harness import wait_for
+
+
+def links(host) -> str:
+    return host.run("ip", "-o", "link").stdout
+
+
+def test_a_dual_stack_network_from_flags_carries_traffic(host):
+    out = host.circuit("network", "create", "web", "--subnet", "10.100.40.0/24",
+                       "--subnet", "fd00:100:40::/64", "--label", "team=net").stdout
+    assert out == "web created\n"
+    config = json.loads(host.circuit("network", "inspect", "web").stdout)["config"]
+    assert [p["type"] for p in config["plugins"]] == ["bridge", "portmap", "firewall"]
+    assert config["cniVersion"] == "1.0.0" and config["circuitLabels"] == {"team": "net"}
+    a, b = host.container(), host.container()
+    host.circuit("network", "connect", a.pid, "web")
+    host.circuit("network", "connect", b.pid, "web")
+    ip_b = b.addresses()[0]
+    assert ip_b.startswith("10.100.40.") and a.ping("10.100.40.1") and a.ping(ip_b)
+    assert a.addresses(version=6)[0].startswith("fd00:100:40::")
+    assert wait_for(lambda: a.run("busybox", "ping6", "-c", "1", "-W", "1", "fd00:100:40::1",
+                                  check=False).returncode == 0, timeout=10)
+    assert "cni-web" in links(host)
+    host.circuit("network", "delete", "web", "--force")
+    assert "cni-web" not in links(host)
+    assert not (host.state / "attachments" / "web").exists()
+
+
+def test_an_overlapping_subnet_is_refused_naming_the_owner(host):
+    host.circuit("network", "create", "web", "--subnet", "10.100.40.0/24")
+    before = sorted(p.name for p in (host.state / "networks").iterdir())
+    proc = host.circuit("network", "create", "db", "--subnet", "10.100.40.128/25", check=False)
+    assert proc.returncode == 5 and proc.stderr == (
+        "circuit: subnet 10.100.40.128/25 overlaps 10.100.40.0/24 of network web; choose "
+        "another --subnet\n")
+    host.outside_client("198.51.100.1")  # the host now routes 198.51.100.0/24 on outside0
+    proc = host.circuit("network", "create", "db", "--subnet", "198.51.100.0/25", check=False)
+    assert proc.returncode == 5 and proc.stderr == (
+        "circuit: subnet 198.51.100.0/25 overlaps the host's route 198.51.100.0/24 (dev "
+        "outside0); choose another --subnet\n")
+    assert sorted(p.name for p in (host.state / "networks").iterdir()) == before
+    again = host.circuit("network", "create", "web", "--subnet", "10.100.40.0/24")
+    assert again.stdout == "web created\n"  # the same flags again: a no-op, not an overlap
+
+
+def test_prune_deletes_unused_networks_their_bridges_and_directories(host):
+    for n, name in enumerate(("one", "two", "busy")):
+        host.circuit("network", "create", name, "--subnet", f"10.100.{50 + n}.0/24")
+    c, gone = host.container(), host.container()
+    for name in ("one", "two", "busy"):  # every bridge exists once a container attached
+        host.circuit("network", "connect", gone.pid, name)
+    host.circuit("network", "connect", c.pid, "busy")
+    for name in ("one", "two"):
+        host.circuit("network", "disconnect", gone.pid, name)
+    gone.kill()
+    rows = json.loads(host.circuit("network", "list", "--format", "json").stdout)
+    states = {p["pid"]: p["state"] for r in rows if r["name"] == "busy" for p in r["peers"]}
+    assert states == {c.pid: "attached", gone.pid: "exited"}
+    assert f"({gone.pid}, exited)" in host.circuit("network", "list").stdout
+    running = json.loads(host.circuit("network", "list", "--running", "--format", "json").stdout)
+    assert [p["pid"] for r in running if r["name"] == "busy" for p in r["peers"]] == [c.pid]
+
+    assert host.circuit("network", "prune", "-q").stdout == "one\ntwo\n"
+    assert host.circuit("network", "list", "-q").stdout == "busy\n"
+    assert "cni-one" not in links(host) and "cni-two" not in links(host)
+    assert "cni-busy" in links(host)
+    assert sorted(p.name for p in (host.state / "attachments").iterdir()) == ["busy"]
+    assert host.circuit("network", "prune").stdout == ""

@@ -1,0 +1,105 @@
+"""Flags → conflist: what `network create NAME --subnet ...` writes, and the overlap check."""
+
+import json
+
+import pytest
+
+from circuit_common.errors import Conflict, InvalidInput, UsageError
+from circuit_net import cni, spec
+
+
+class VersionsOnly:
+    """An executor whose plugins answer only VERSION, with the versions given per plugin."""
+
+    def __init__(self, versions: dict[str, list[str]]):
+        self.versions = versions
+
+    def find_plugin(self, kind, cni_path):
+        return kind
+
+    def run(self, path, stdin, env, timeout):
+        reply = {"cniVersion": "1.0.0", "supportedVersions": self.versions[path]}
+        return cni.Outcome(0, json.dumps(reply).encode(), b"")
+
+
+DEBIAN = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"]
+PLUGINS = cni.Plugins(["/x"], executor=VersionsOnly(
+    {k: DEBIAN for k in ("bridge", "portmap", "firewall", "ptp", "macvlan")}))
+
+
+def test_a_dual_stack_bridge_network():
+    conf = spec.conflist(spec.Flags("web", ["10.89.0.0/24", "fd00:89::/64"],
+                                    gateway="10.89.0.254", labels=["a=b"]), PLUGINS, "/d")
+    assert conf == {"cniVersion": "1.0.0", "name": "web", "circuitLabels": {"a": "b"},
+                    "plugins": [
+        {"type": "bridge", "bridge": "cni-web", "isGateway": True, "ipMasq": True,
+         "hairpinMode": True, "ipam": {
+             "type": "host-local", "dataDir": "/d",
+             "ranges": [[{"subnet": "10.89.0.0/24", "gateway": "10.89.0.254"}],
+                        [{"subnet": "fd00:89::/64"}]],
+             "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+        {"type": "portmap", "capabilities": {"portMappings": True}},
+        {"type": "firewall"}]}
+    cni.check_netconf(conf)
+
+
+def test_internal_means_no_masquerade_no_gateway_no_route():
+    plugin = spec.conflist(spec.Flags("int", ["10.89.0.0/24"], internal=True, mtu="1400",
+                                      bridge="br-int"), PLUGINS)["plugins"][0]
+    assert (plugin["ipMasq"], plugin["isGateway"], plugin["mtu"], plugin["bridge"]) == (
+        False, False, 1400, "br-int")
+    assert "routes" not in plugin["ipam"] and "dataDir" not in plugin["ipam"]
+
+
+def test_other_drivers():
+    mac = spec.conflist(spec.Flags("m", ["10.89.0.0/24"], driver="macvlan", parent="eth1"),
+                        PLUGINS)
+    assert [p["type"] for p in mac["plugins"]] == ["macvlan"]
+    assert (mac["plugins"][0]["master"], mac["plugins"][0]["mode"]) == ("eth1", "bridge")
+    ptp = spec.conflist(spec.Flags("p", ["10.89.0.0/24"], driver="ptp", masquerade=False),
+                        PLUGINS)
+    assert [p["type"] for p in ptp["plugins"]] == ["ptp", "portmap", "firewall"]
+    assert ptp["plugins"][0]["ipMasq"] is False
+
+
+def test_the_highest_version_every_plugin_supports():
+    old_portmap = cni.Plugins(["/x"], executor=VersionsOnly(
+        {"bridge": DEBIAN, "portmap": ["0.3.0", "0.3.1"], "firewall": DEBIAN}))
+    conf = spec.conflist(spec.Flags("web", ["10.89.0.0/24"]), old_portmap)
+    assert conf["cniVersion"] == "0.3.1"
+    assert [p["type"] for p in conf["plugins"]] == ["bridge", "portmap"]  # firewall needs 0.4
+
+
+def test_a_long_name_gets_a_short_bridge():
+    bridge = spec.default_bridge("a-very-long-network-name")
+    assert len(bridge) == 15 and bridge.startswith("cni-")
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"subnets": ["10.89.0.1/24"]}, InvalidInput, "bad --subnet"),
+    ({"subnets": ["10.89.0.0/24"], "gateway": "10.90.0.1"}, InvalidInput, "in none of"),
+    ({"subnets": ["10.89.0.0/24"], "driver": "vxlan"}, InvalidInput, "unknown --driver"),
+    ({"subnets": ["10.89.0.0/24"], "driver": "macvlan"}, UsageError, "needs --parent"),
+    ({"subnets": ["10.89.0.0/24"], "parent": "eth0"}, UsageError, "--parent is for"),
+    ({"subnets": ["10.89.0.0/24"], "driver": "ptp", "bridge": "b"}, UsageError, "--bridge"),
+    ({"subnets": ["10.89.0.0/24"], "mtu": "20"}, InvalidInput, "bad --mtu"),
+    ({"subnets": ["10.89.0.0/24"], "labels": ["nolabel"]}, InvalidInput, "bad --label"),
+])
+def test_bad_flags_are_refused_in_one_line(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        spec.Flags("web", **kwargs)
+
+
+def test_overlaps_name_the_other_network_or_the_route(monkeypatch):
+    import ipaddress
+
+    mine = {"name": "new", "plugins": [{"type": "bridge", "ipam": {"subnet": "10.1.0.0/25"}}]}
+    static = {"name": "fixed", "plugins": [{"type": "macvlan", "ipam": {
+        "type": "static", "addresses": [{"address": "10.1.0.7/24"}]}}]}
+    monkeypatch.setattr(spec, "routes", lambda: [])
+    with pytest.raises(Conflict, match=r"overlaps 10.1.0.0/24 of network fixed"):
+        spec.check_overlap(mine, [static])
+    monkeypatch.setattr(spec, "routes", lambda: [
+        (ipaddress.ip_network("0.0.0.0/0"), "eth0"), (ipaddress.ip_network("10.0.0.0/8"), "eth0")])
+    with pytest.raises(Conflict, match=r"the host's route 10.0.0.0/8 \(dev eth0\)"):
+        spec.check_overlap(mine, [])
