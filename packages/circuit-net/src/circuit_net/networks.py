@@ -10,13 +10,14 @@ import ipaddress
 import os
 import time
 from collections.abc import Iterator
+from functools import cached_property
 
 from circuit_common import extensions
 from circuit_common.cli import Context
 from circuit_common.config import DEFAULT_CNI_CACHE_DIR, read_small_file
 from circuit_common.errors import CircuitError, Conflict, InvalidInput, NotFound, StateCorrupt
 from circuit_common.proc import Process, interfaces, process
-from circuit_common.store import Listing
+from circuit_common.store import Listing, Store
 from circuit_common.validate import NAME_RE, check_ifname, check_name
 
 from . import cni, runtime
@@ -46,6 +47,17 @@ class Networks:
 
     def attachment_path(self, name: str, container_id: str, ifname: str) -> str:
         return os.path.join(self.attachment_dir(name), f"{container_id}@{ifname}.json")
+
+    @cached_property
+    def cni_cache(self) -> Store:
+        """libcni's cache dir: circuit keeps a copy of each attachment record there (a
+        cniCacheV1 entry, as libcni writes it) for cnitool-style tools."""
+        return Store(self.settings.cni_cache_dir, self.settings.lock_timeout)
+
+    def cache_path(self, attachment: dict) -> str:
+        """libcni's results/<network>-<containerID>-<ifname>."""
+        return self.cni_cache.path("results", f"{attachment['networkName']}-"
+                                   f"{attachment['containerId']}-{attachment['ifName']}")
 
     def get(self, name: str) -> dict:
         record = self.store.read(self.network_path(name), check=check_network)
@@ -232,6 +244,7 @@ class Networks:
                 raise InvalidInput(f"network {network['name']} did not assign the requested IP "
                                    f"{missing[0]}; its IPAM must accept a requested address")
             self.store.write(self.record_path(record), record)
+            self.cni_cache.write(self.cache_path(record), record)
             self._notify("attached", network, record)
         except BaseException:
             self._detach(network, record, netns=rt.netns, best_effort=True)
@@ -300,6 +313,7 @@ class Networks:
             if not best_effort:  # a rollback must not hide the error that caused it
                 raise
         self.store.remove(self.record_path(attachment))
+        self.cni_cache.remove(self.cache_path(attachment))
         self._done(attachment)
 
     def _notify(self, event: str, network: dict, attachment: dict) -> None:
