@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from test_cli import circuit
 
 from circuit_common import extensions
@@ -39,19 +40,21 @@ def test_qos_and_lb_register_and_restore_is_theirs():
 def test_markers_are_made_listed_and_dropped(tmp_path):
     store = Store(tmp_path)
     assert extensions.markers(store, "sandbox") == []
-    extensions.mark(store, "sandbox", "qos")
-    extensions.mark(store, "sandbox", "qos")
+    extensions.mark(store, "sandbox", "qos", "circuit_qos.extension")
+    extensions.mark(store, "sandbox", "qos", "circuit_qos.extension")
     assert extensions.markers(store, "sandbox") == ["qos"]
     extensions.unmark(store, "sandbox", "qos")
     assert extensions.markers(store, "sandbox") == []
     assert not (tmp_path / "extensions" / "sandbox").exists()
 
 
-def test_a_missing_extension_is_one_line_and_changes_nothing(tmp_path):
+@pytest.mark.parametrize("marker", [{"extension": "nosuch"},
+                                    {"extension": "nosuch", "module": "circuit_nosuch.extension"}],
+                         ids=["entry-point", "module"])
+def test_a_missing_extension_is_one_line_and_changes_nothing(tmp_path, marker):
     (tmp_path / "networks").mkdir(mode=0o700)
     (tmp_path / "networks" / "sandbox.json").write_text(json.dumps(NETWORK))
-    Store(tmp_path).write(str(tmp_path / "extensions" / "sandbox" / "nosuch.json"),
-                          {"extension": "nosuch"})
+    Store(tmp_path).write(str(tmp_path / "extensions" / "sandbox" / "nosuch.json"), marker)
     proc = circuit("--state", tmp_path, "network", "delete", "sandbox")
     assert proc.returncode == 4, proc.stderr
     assert proc.stderr.count("\n") == 1

@@ -45,3 +45,39 @@ def test_the_hot_path_imports_only_its_allow_list(path, tmp_path):
     if path == "hook":  # runc passes no arguments: no docopt, no typing on every start
         forbidden += [m for m in modules if m.split(".")[0] in ("docopt", "typing")]
     assert forbidden == []
+
+
+SHAPED_HOOK = """
+import os, sys, types
+import circuit_netlink
+from circuit_common import extensions, proc
+from circuit_common.extensions import Attachment
+from circuit_common.store import Store
+from circuit_qos import devices
+
+devices.driver = {"vethhot0": "veth", "cni0": "bridge"}.get  # the netns has no such links:
+devices.index = {"vethhot0": 7}.get                          # stand-ins, and nothing is sent
+circuit_netlink.Batch.send = lambda batch: len(batch.pending)
+store = Store(sys.argv[1])
+ctx = types.SimpleNamespace(store=store)
+result = {"interfaces": [{"name": "cni0"}, {"name": "vethhot0"}, {"name": "eth0", "sandbox": "x"}]}
+attachment = Attachment("sandbox", "c1", "eth0", os.getpid(), proc.start_time(os.getpid()), result)
+module = extensions.load(store, "sandbox", "qos")
+module.attached(ctx, attachment)
+module.detached(ctx, attachment)
+print(sorted(m for m in sys.modules if m.startswith(("pyroute2", "importlib.metadata"))))
+"""
+
+
+def test_the_shaped_hook_path_imports_no_pyroute2(tmp_path):
+    """attached and detached of a network whose policy keeps its plan: the extension found by
+    its marker (no entry-point scan), the requests stamped without pyroute2."""
+    from circuit_common.store import Store
+    from circuit_qos import policy
+
+    policy.save(Store(tmp_path), "sandbox", {"network": {"rate": 5_000_000, "ceil": 5_000_000},
+                                             "attachments": {}})
+    proc = subprocess.run([sys.executable, "-c", SHAPED_HOOK, str(tmp_path)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -5,6 +5,7 @@ flags per command, each qdisc's plugin), encoding into a buffer instead of a soc
 queues its requests on a Batch that is never sent, for a veth and its IFB device whose indexes
 are made up: a second device's requests are Template copies, so the IFB's are checked too."""
 
+import json
 import struct
 
 import pytest
@@ -12,7 +13,8 @@ from pyroute2 import IPBatch
 from pyroute2.netlink.rtnl import TC_H_INGRESS, TC_H_ROOT
 
 from circuit_netlink import NLM_F_ACK
-from circuit_qos import tc
+from circuit_qos import plan, tc
+from circuit_qos import policy as policy_module
 
 VETH, VETH_INDEX, IFB_INDEX = "vethtest0", 7, 9
 ETH_P_ALL = 0x0003
@@ -94,3 +96,54 @@ def test_teardown_sends_what_pyroute2_sends():
     root = ("tc", ("del",), {"index": VETH_INDEX, "parent": TC_H_ROOT})
     assert circuit_requests(lambda links: tc.teardown_shaping(links, VETH)) == \
         pyroute2_requests(root, *NO_INGRESS)
+
+
+POLICIES = {"rate-ceiling-delay-bursts-priority": {"rate": 5_000_000, "ceil": 6_000_000,
+                                                   "delay": 50_000, "buffer": 15_000,
+                                                   "cbuffer": 3_000, "priority": 3},
+            "rate": {"rate": 5_000_000, "ceil": 5_000_000}, "delay-only": {"delay": 50_000},
+            "unshaped": None}
+
+
+@pytest.mark.parametrize(("policy", "ifb_exists"), [
+    ("rate-ceiling-delay-bursts-priority", True), ("rate", True), ("delay-only", True),
+    ("delay-only", False), ("unshaped", True), ("unshaped", False)])
+def test_the_stored_plan_stamped_for_a_device_is_what_the_pyroute2_path_sends(policy, ifb_exists):
+    """The plan a policy's record keeps, through JSON, stamped for a veth (whose IFB exists
+    or not) queues the requests the pyroute2 path queues for that veth, and its link requests
+    are pyroute2's for the veth's IFB."""
+    network = POLICIES[policy]
+    stored = json.loads(json.dumps(plan.build(network)))
+    ready = plan.ready({"network": network, "attachments": {}, "plan": stored})
+    ifb = tc.ifb_name(VETH)
+    with tc.Links([]) as links:
+        plan.queue(ready, links.batch, plan.values(VETH_INDEX, ifb,
+                                                   IFB_INDEX if ifb_exists else None))
+        stamped = [normalized(data) for _, data, _ in links.batch.pending]
+
+    def pyroute2_path(links):
+        if not ifb_exists:
+            del links.by_name[ifb]
+        if network is None:
+            tc.teardown_shaping(links, VETH)
+        else:
+            tc.setup_shaping(links, VETH, policy_module.shape(network))
+    assert stamped == circuit_requests(pyroute2_path)
+    with tc.Links([]) as links:
+        links.batch.add_copy(ready.make_ifb, {"name": ifb.encode() + b"\0"})
+        links.batch.add_copy(ready.delete_ifb, {"name": ifb.encode() + b"\0"})
+        made = [normalized(data) for _, data, _ in links.batch.pending]
+    assert made == pyroute2_requests(("link", ("add",), {"ifname": ifb, "kind": "ifb",
+                                                         "state": "up"}),
+                                     ("link", ("del",), {"ifname": ifb}))
+
+
+def test_a_plan_from_another_pyroute2_or_layout_or_policy_is_not_used():
+    network = POLICIES["rate"]
+    stored = plan.build(network)
+    assert plan.ready({"network": network, "plan": stored}) is not None
+    for changed in ({"tag": {**stored["tag"], "pyroute2": "0.8.0"}},
+                    {"tag": {**stored["tag"], "format": "0" * 16}},
+                    {"policy": POLICIES["delay-only"]}, {"requests": [{"template": {}}]}):
+        assert plan.ready({"network": network, "plan": {**stored, **changed}}) is None
+    assert plan.ready({"network": network}) is None

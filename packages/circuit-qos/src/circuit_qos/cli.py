@@ -92,7 +92,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         with Links() as links:
             target = resolve(a["--container"], ctx.settings.runc_root, must_run=False) \
                 if a["--container"] else None
-            chosen = qos.select(nets, name, target, a["--interface"], links)
+            chosen = qos.select(nets, name, target, a["--interface"])
             old = qos.load(nets.store, name)
             new = copy.deepcopy(old)
             scoped = target is not None or a["--interface"] is not None
@@ -134,7 +134,7 @@ def show(nets: Networks, name: str, fmt: str, quiet: bool) -> int:
     with Links() as links:
         for attached in nets.attachments(name).records:
             attachment, label = as_attachment(attached), attached["circuit"]["target"]
-            veth = qos.host_veth(links, attachment) if attachment.running() else None
+            veth = qos.host_veth(attachment) if attachment.running() else None
             rows.append({"container_id": attachment.container_id, "target": label,
                          "ifname": attachment.ifname, "interface": veth,
                          "policy": qos.effective(record, attachment),

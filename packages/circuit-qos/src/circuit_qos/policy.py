@@ -1,6 +1,7 @@
 """QoS policies in the state store and their application to attachments.
 
-State: qos/<network>.json  {"network": {policy} | null, "attachments": {"<cid>@<ifname>": {policy}}}
+State: qos/<network>.json  {"network": {policy} | null, "attachments": {"<cid>@<ifname>": {policy}},
+                           "plan": {the network policy's requests for a new attachment}}
 A policy is {"rate", "ceil" (bit/s), "delay" (µs), "buffer", "cbuffer" (bytes), "priority"}.
 The network's policy applies to every attachment, present and future; an attachment's own
 policy (--container / --interface) replaces it for that attachment. A network with a record
@@ -15,6 +16,7 @@ from circuit_common.extensions import Attachment
 from circuit_common.store import Store
 from circuit_net.networks import Networks, as_attachment
 
+from . import devices, plan
 from .units import check_burst
 
 FIELDS = ("rate", "ceil", "delay", "buffer", "cbuffer", "priority")
@@ -30,14 +32,16 @@ def load(store: Store, name: str) -> dict:
 
 
 def save(store: Store, name: str, record: dict) -> None:
-    """Write the network's policies, and mark the network for the qos extension while any."""
+    """Write the network's policies with the plan of the network's (encoded now unless the
+    record's is still ready), and mark the network for the qos extension while any."""
     if record["network"] is None and not record["attachments"]:
         store.remove(policy_path(store, name))
         extensions.unmark(store, name, "qos")
     else:
         store.write(policy_path(store, name), {"network": record["network"],
-                                               "attachments": record["attachments"]})
-        extensions.mark(store, name, "qos")
+                                               "attachments": record["attachments"],
+                                               "plan": plan.kept(record)})
+        extensions.mark(store, name, "qos", "circuit_qos.extension")
 
 
 def merge(old: dict | None, changes: dict) -> dict:
@@ -67,11 +71,11 @@ def effective(record: dict, attachment: Attachment) -> dict | None:
     return record["attachments"].get(attachment.key) or record["network"]
 
 
-def host_veth(links, attachment: Attachment) -> str:
+def host_veth(attachment: Attachment) -> str:
     """The host-side veth of an attachment, from its cached CNI result."""
-    for name in attachment.host_ifnames:
-        if links.kind(name) == "veth":
-            return name
+    veth = devices.host_veth(attachment.host_ifnames)
+    if veth is not None:
+        return veth
     raise InvalidInput(f"attachment {attachment.key} has no host-side veth: QoS needs a "
                        "veth-based network (bridge, ptp)")
 
@@ -97,7 +101,7 @@ def apply(links, attachments: list[Attachment], record: dict, previous: dict) ->
     unshaped), from previous's; a container that has exited took its veth with it."""
     from . import tc
 
-    planned = [(host_veth(links, a), effective(record, a), effective(previous, a))
+    planned = [(host_veth(a), effective(record, a), effective(previous, a))
                for a in attachments if a.running()]
     links.add_ifbs([tc.ifb_name(veth) for veth, policy, _ in planned
                     if policy and policy.get("rate")])
@@ -109,8 +113,8 @@ def apply(links, attachments: list[Attachment], record: dict, previous: dict) ->
     links.commit(delay=any(policy and policy.get("delay") for _, policy, _ in planned))
 
 
-def select(nets: Networks, name: str, container=None, interface: str | None = None,
-           links=None) -> list[Attachment]:
+def select(nets: Networks, name: str, container=None,
+           interface: str | None = None) -> list[Attachment]:
     """The attachments of a network that --container / --interface name (all when neither)."""
     records = nets.attachments(name).records
     if container is not None:
@@ -120,7 +124,7 @@ def select(nets: Networks, name: str, container=None, interface: str | None = No
         return chosen
     attachments = [as_attachment(r) for r in records]
     if interface is not None:
-        chosen = [a for a in attachments if a.running() and host_veth(links, a) == interface]
+        chosen = [a for a in attachments if a.running() and host_veth(a) == interface]
         if not chosen:
             raise NotFound(f"no attachment of network {name} has host interface {interface}")
         return chosen

@@ -15,12 +15,11 @@ attachment of a network gets the same requests but for its device: pyroute2 enco
 """
 
 import errno
-import hashlib
 import socket
 import struct
 from collections import namedtuple
 
-from circuit_common.errors import CircuitError, EnvironmentFault, KernelUnsupported, NotFound
+from circuit_common.errors import NotFound
 from circuit_netlink import (
     CREATE,
     NETLINK_ROUTE,
@@ -31,6 +30,9 @@ from circuit_netlink import (
     Template,
     lean_pyroute2,
 )
+
+from .devices import ifb_name
+from .plan import explain
 
 lean_pyroute2()  # every function here speaks netlink: load only the pyroute2 modules used
 
@@ -66,17 +68,13 @@ GONE = (errno.ENOENT, errno.EINVAL, errno.ENODEV)  # deleting what is not there
 Shape = namedtuple("Shape", "rate ceil delay buffer cbuffer priority", defaults=(None,) * 6)
 
 
-def ifb_name(veth: str) -> str:
-    """The IFB device that shapes traffic out of a container through veth."""
-    return "cq" + hashlib.sha1(veth.encode()).hexdigest()[:12]
-
-
 class Links:
     """The netns's links by name and the Batch that changes them: all links (one dump), or
-    only those named (one get each, for one attachment on a host with many)."""
+    only those named (one get each, for one attachment on a host with many). batch: where
+    requests are queued (a plan's recorder; a new Batch when None)."""
 
-    def __init__(self, names: list[str] | None = None):
-        self.batch = Batch(NETLINK_ROUTE)
+    def __init__(self, names: list[str] | None = None, batch=None):
+        self.batch = batch or Batch(NETLINK_ROUTE)
         self.templates: dict[tuple, Template] = {}
         self.by_name = {}
         if names is None:
@@ -109,12 +107,7 @@ class Links:
         """Make the IFB devices that do not exist yet, up, now."""
         missing = [name for name in names if self.index(name) is None]
         for name in missing:
-            key = ("ifb", len(name))
-            values = {"name": name.encode() + b"\0"}
-            if key not in self.templates:
-                self.templates[key] = Template(_link_message(RTM_NEWLINK, name, kind="ifb"),
-                                               CREATE, {"name": ("IFLA_IFNAME",)}, values)
-            self.batch.add_copy(self.templates[key], values)
+            self.batch.add_copy(*self.link_request(RTM_NEWLINK, name, "ifb"))
         self.commit()
         for name in missing:
             self.by_name[name] = (socket.if_nametoindex(name), "ifb")
@@ -122,8 +115,18 @@ class Links:
     def delete(self, name: str) -> None:
         """Queue removing a link (one that is gone already counts as removed)."""
         if self.index(name) is not None:
-            self.batch.add(_link_message(RTM_DELLINK, name), ignore=(errno.ENODEV,))
+            self.batch.add_copy(*self.link_request(RTM_DELLINK, name), ignore=(errno.ENODEV,))
             del self.by_name[name]
+
+    def link_request(self, command: int, name: str, kind: str | None = None) -> tuple:
+        """(Template, values) of a request for link name: RTM_NEWLINK makes it, of kind and up;
+        RTM_DELLINK deletes it."""
+        key = (command, kind, len(name))
+        values = {"name": name.encode() + b"\0"}
+        if key not in self.templates:
+            self.templates[key] = Template(_link_message(command, name, kind), CREATE if kind
+                                           else 0, {"name": ("IFLA_IFNAME",)}, values)
+        return self.templates[key], values
 
     def tc(self, command: int, index: int, handle: int, parent: int, kind: str | None = None,
            flags: int = 0, ignore=(), info: int = 0, redirect: int | None = None,
@@ -230,25 +233,6 @@ def teardown_shaping(links: Links, veth: str) -> None:
     if index is not None:
         links.tc(RTM_DELQDISC, index, 0, TC_H_ROOT, ignore=GONE)
     _teardown_ingress(links, index, veth)
-
-
-def explain(e: NetlinkError, delay: bool) -> Exception:
-    """The circuit error a refused tc or link request stands for."""
-    if delay and e.errno in (errno.ENOENT, errno.EOPNOTSUPP):
-        return KernelUnsupported("this kernel has no netem qdisc (sch_netem), so --delay cannot "
-                                 "be applied; load sch_netem or use a kernel that has it")
-    if e.errno in (errno.EPERM, errno.EACCES):
-        return EnvironmentFault(f"tc refused: {e.strerror}; shaping needs CAP_NET_ADMIN "
-                                "(run as root)")
-    if e.errno in (errno.ENOMEM, errno.ENOBUFS, errno.ENOSPC):
-        return EnvironmentFault(f"tc refused: {e.strerror}; the kernel is out of memory")
-    if e.errno in (errno.ENODEV, errno.ENOENT):
-        return NotFound(f"tc refused: {e.strerror}; a device of the attachment has gone "
-                        "(the container exited?)")
-    if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
-        return KernelUnsupported(f"tc refused: {e.strerror}; this kernel lacks HTB, ingress, "
-                                 "u32, mirred or ifb")
-    return CircuitError(f"tc failed: {e.strerror}")
 
 
 def counters(links: Links, veth: str) -> dict[str, dict]:

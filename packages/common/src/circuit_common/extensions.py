@@ -10,7 +10,8 @@ and the module defines what it needs of:
     restore(ctx) -> int            `circuit restore`, after a reboot; returns an exit code
 circuit-net calls the first three only for networks that carry the extension's marker
 (extensions/<network>/<name>.json, made by mark()): a network no tool extends costs one failed
-directory listing, no entry-point scan and no import of the tool.
+directory listing, no entry-point scan and no import of the tool. A marker that names the
+tool's module spares the scan (importlib.metadata, ≈ 20 ms) on the networks it extends.
 """
 
 import contextlib
@@ -51,11 +52,14 @@ def markers(store, network: str) -> list[str]:
     return [os.path.basename(p)[:-len(".json")] for p in store.records(marker_dir(store, network))]
 
 
-def mark(store, network: str, name: str) -> None:
-    """Ask circuit-net to call extension name for the attachments of network."""
+def mark(store, network: str, name: str, module: str) -> None:
+    """Ask circuit-net to call extension name, module (its entry point's value), for the
+    attachments of network."""
     path = os.path.join(marker_dir(store, network), f"{name}.json")
-    if store.read(path) is None:
-        store.write(path, {"extension": name})
+    wanted = {"extension": name, "module": module}
+    found = store.read(path)
+    if found is None or {k: found.get(k) for k in wanted} != wanted:
+        store.write(path, wanted)
 
 
 def unmark(store, network: str, name: str) -> None:
@@ -65,12 +69,22 @@ def unmark(store, network: str, name: str) -> None:
 
 
 def load(store, network: str, name: str):
-    """The module of extension name; NotFound in one line when no installed tool provides it."""
+    """The module of extension name: the one its marker names, else its entry point's; NotFound
+    in one line when no installed tool provides it."""
+    marker = os.path.join(marker_dir(store, network), f"{name}.json")
+    module = (store.read(marker) or {}).get("module")
+    if isinstance(module, str):
+        import importlib
+
+        try:
+            return importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is None or not f"{module}.".startswith(f"{e.name}."):
+                raise  # the tool is there, but something it imports is not
     from importlib.metadata import entry_points
 
     for entry in entry_points(group=GROUP, name=name):
         return entry.load()
-    marker = os.path.join(marker_dir(store, network), f"{name}.json")
     raise NotFound(f"network {network} uses extension {name!r}, which no installed tool "
                    f"provides: install circuit-{name}, or remove {marker} to drop it")
 

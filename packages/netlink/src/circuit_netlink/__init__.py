@@ -10,8 +10,6 @@ does inside the functions that need them; importing this package alone changes n
 """
 
 import errno
-import importlib
-import importlib.util
 import os
 import socket
 import struct
@@ -41,6 +39,9 @@ def lean_pyroute2() -> None:
     still runs the first time a name is looked up on the package itself."""
     if "pyroute2" in sys.modules:
         return
+    import importlib
+    import importlib.util
+
     spec = importlib.util.find_spec("pyroute2")
     package = importlib.util.module_from_spec(spec)
 
@@ -56,6 +57,19 @@ def lean_pyroute2() -> None:
 
     package.__getattr__ = submodule_or_init
     sys.modules["pyroute2"] = package
+
+
+def pyroute2_version() -> str | None:
+    """The version of the pyroute2 that `import pyroute2` would load, from the dist-info
+    directory installed beside it, without importing it (None when there is none)."""
+    for directory in sys.path:
+        directory = directory or "."
+        if os.path.isdir(os.path.join(directory, "pyroute2")):
+            for name in os.listdir(directory):
+                if name.startswith("pyroute2-") and name.endswith(".dist-info"):
+                    return name[len("pyroute2-"):-len(".dist-info")]
+            return None
+    return None
 
 
 class Batch:
@@ -187,6 +201,27 @@ class Template:
                     f"pyroute2 encodes {type(msg).__name__} slot {name} ({'/'.join(slots[name])})"
                     f" as {self.data[start:start + length].hex()}, not {values[name].hex()}: "
                     f"circuit_netlink supports pyroute2 {PYROUTE2_SERIES}.x only")
+
+    def saved(self) -> dict:
+        """The encoded request and its slots as JSON values, to keep (see restored)."""
+        return {"data": self.data.hex(), "slots": {n: list(s) for n, s in self.slots.items()}}
+
+    @classmethod
+    def restored(cls, saved: dict) -> "Template":
+        """The Template that saved() gave, checked when it was made: no pyroute2 needed.
+        ValueError when saved is not what saved() gives."""
+        try:
+            data = bytes.fromhex(saved["data"])
+            slots = {name: (int(start), int(length))
+                     for name, (start, length) in saved["slots"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"not a saved template: {e}") from None
+        if any(not HEADER.size <= start <= start + length <= len(data)
+               for start, length in slots.values()):
+            raise ValueError("a slot of the saved template lies outside its request")
+        template = cls.__new__(cls)
+        template.data, template.slots = data, slots
+        return template
 
     def copy(self, sequence: int, values: dict[str, bytes]) -> bytes:
         data = bytearray(self.data)
