@@ -2,6 +2,7 @@
 nothing is left: no veth, no IP reservation, no CNI- nat chain, no record or intent."""
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -35,7 +36,8 @@ def killed_at_random(host: Host, rng: random.Random, *args, stdin: str | None = 
     """circuit args, SIGKILLed after a random 0-250 ms (or finishing first)."""
     proc = subprocess.Popen(["nsenter", f"--net={host.netns}", CIRCUIT, "--state", host.state,
                              *map(str, args)], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "CIRCUIT_CNI_CACHE_DIR": str(host.cni_cache)})
     if stdin is not None:
         proc.stdin.write(stdin.encode())
     proc.stdin.close()
@@ -47,6 +49,7 @@ def killed_at_random(host: Host, rng: random.Random, *args, stdin: str | None = 
 def assert_clean(host: Host) -> None:
     host.circuit("network", "gc")
     assert records(host) == []
+    assert list(host.cni_cache.glob("results/*")) == []  # libcni's copies went with them
     assert host.reserved_ips("sandbox") == set()
     assert host_veths(host) == set()
     assert cni_chains(host) == set()
