@@ -39,3 +39,17 @@ def ratio_line(what: str, circuit: list[float], anchor: list[float], anchor_name
         judged = statistics.median(net if floor is not None else ratios)
         line += f" - budget {budget:g}: {'met' if judged <= budget else 'MISSED'}"
     return line
+
+
+def difference_line(what: str, circuit: list[float], base: list[float], base_name: str,
+                    budget: float | None = None) -> str:
+    """What circuit costs over base, in ms: the median of the per-run differences (each run
+    measures both back to back) and their spread."""
+    extra = [c - b for c, b in zip(circuit, base, strict=True)]
+    line = (f"{what}: {base_name} {statistics.median(base):.0f} ms, circuit "
+            f"{statistics.median(circuit):.0f} ms; circuit adds {statistics.median(extra):+.0f} ms "
+            f"(runs {min(extra):+.0f}…{max(extra):+.0f})")
+    if budget is not None:
+        line += (f" - budget +{budget:g} ms: "
+                 f"{'met' if statistics.median(extra) <= budget else 'MISSED'}")
+    return line
