@@ -343,13 +343,14 @@ def release_masquerade(netconf: dict, rt: Runtime, cached: dict | None) -> None:
     families = {"ip6" if ":" in address else "ip" for address in result_ips(cached or {})}
     commands = []
     for family in sorted(families or {"ip"}):
-        if not nft.objects("chain", family, "nat", chain):
+        jumps = [o["rule"]["handle"] for o in nft.objects("chain", family, "nat", "POSTROUTING")
+                 if any(e.get("jump", {}).get("target") == chain
+                        for e in o.get("rule", {}).get("expr", []))]
+        if not jumps and not nft.objects("chain", family, "nat", chain):
             continue
         commands += [{"delete": {"rule": {"family": family, "table": "nat",
-                                          "chain": "POSTROUTING", "handle": o["rule"]["handle"]}}}
-                     for o in nft.objects("chain", family, "nat", "POSTROUTING")
-                     if any(e.get("jump", {}).get("target") == chain
-                            for e in o.get("rule", {}).get("expr", []))]
+                                          "chain": "POSTROUTING", "handle": handle}}}
+                     for handle in jumps]
         commands += [{"flush": {"chain": {"family": family, "table": "nat", "name": chain}}},
                      {"delete": {"chain": {"family": family, "table": "nat", "name": chain}}}]
     nft.transaction(commands)

@@ -146,6 +146,7 @@ class Networks:
         with self.store.lock("network", name):
             network = self.get(name)
             self.repair(network)  # a half-done attach is undone, not left behind
+            self.refuse_busy(name)
             attached = self.attachments(name)
             if attached.errors:
                 raise StateCorrupt(attached.errors[0])
@@ -210,16 +211,28 @@ class Networks:
             if not only_declared:
                 runtime.check_declared([network["config"]], caps or {})
             self.repair(network)
-            for attachment in self.attachments(name).records:
-                if target.matches(attachment):
-                    raise Conflict(f"container {target.label} is already connected to network "
-                                   f"{name} (as {attachment['ifName']}); disconnect it first")
-            return self._attach(network, target, ifname, list(ips), mac, list(args), caps or {})
+            self.refuse_attached(name, target)
+            record, rt = self._intend_attach(network, target, ifname, list(ips), mac,
+                                             list(args), caps or {})
+        return self._attach(network, record, rt, list(ips))
 
-    def _attach(self, network: dict, target: Target, ifname: str | None, ips: list[str],
-                mac: str | None, args: list[tuple[str, str]], caps: dict) -> dict:
-        """Intent, ADD, record, extensions, intent done: a crash at any point leaves an intent
-        that repair() undoes (docs/architecture.md, "Failure model")."""
+    def refuse_attached(self, name: str, target: Target) -> None:
+        """Conflict when the target's container id is attached to the network, or being
+        attached or detached: found by file name, so the cost does not grow with the other
+        containers on the network."""
+        for state, directory in (("connected to", self.attachment_dir(name)),
+                                 ("being connected to or disconnected from",
+                                  self.store.path("intents", name))):
+            for path in self.store.records(directory, prefix=f"{target.container_id}@"):
+                ifname = os.path.basename(path)[len(target.container_id) + 1:-len(".json")]
+                raise Conflict(f"container {target.label} is already {state} network {name} "
+                               f"(as {ifname}); disconnect it first")
+
+    def _intend_attach(self, network: dict, target: Target, ifname: str | None,
+                       ips: list[str], mac: str | None, args: list[tuple[str, str]],
+                       caps: dict) -> tuple[dict, cni.Runtime]:
+        """Check the target, choose its ifname and write the intent (under the network's
+        lock): the attachment record without a result, and its runtime parameters."""
         netconf = network["config"]
         if not target.netns:
             raise NotFound(f"container {target.label} has exited")
@@ -237,19 +250,30 @@ class Networks:
         record["circuit"] = {"pid": target.process.pid, "start_time": target.process.start_time,
                              "target": target.label, "created": now()}
         self._intend("add", record)
+        return record, rt
+
+    def _attach(self, network: dict, record: dict, rt: cni.Runtime, ips: list[str]) -> dict:
+        """ADD without the network's lock (the plugins take their own, and containers starting
+        together overlap as with plugins run directly), then under it the record and the
+        extensions; the intent written before covers a crash at any point (docs/architecture.md,
+        "Failure model")."""
+        name = network["name"]
         try:
-            record["result"] = cni.add_chain(self.plugins, netconf, rt)
+            record["result"] = cni.add_chain(self.plugins, network["config"], rt)
             missing = unassigned(ips, cni.result_ips(record["result"]))
             if missing:
-                raise InvalidInput(f"network {network['name']} did not assign the requested IP "
+                raise InvalidInput(f"network {name} did not assign the requested IP "
                                    f"{missing[0]}; its IPAM must accept a requested address")
-            self.store.write(self.record_path(record), record)
-            self.cni_cache.write(self.cache_path(record), record)
-            self._notify("attached", network, record)
+            with self.store.lock("network", name):
+                self.get(name)  # not deleted meanwhile (delete waits for no intent under way)
+                self.store.write(self.record_path(record), record)
+                self.cni_cache.write(self.cache_path(record), record)
+                self._notify("attached", network, record)
+                self._done(record)
         except BaseException:
-            self._detach(network, record, netns=rt.netns, best_effort=True)
+            with self.store.lock("network", name):
+                self._detach(network, record, netns=rt.netns, best_effort=True)
             raise
-        self._done(record)
         return record
 
     def disconnect(self, name: str, target: Target) -> list[dict]:
@@ -257,6 +281,7 @@ class Networks:
         with self.store.lock("network", name):
             network = self.get(name)
             self.repair(network)
+            self.refuse_busy(name, target.container_id)
             mine = self.attachments_of(name, target)
             for attachment in mine:
                 self._detach(network, attachment, netns=target.netns)
@@ -271,24 +296,38 @@ class Networks:
                 self._detach(self.get(name), stored, best_effort=True)
 
     def detach_container(self, container_id: str) -> list[tuple[str, dict]]:
-        """Release every attachment of a container id on every network (netns may be gone).
-        StateCorrupt after the others when a record could not be read."""
+        """Release every attachment of a container id on every network (netns may be gone),
+        the DELs without the network's lock (intents cover a crash). Found by file name: the
+        cost does not grow with other containers. StateCorrupt after the others when a record
+        could not be read."""
         released, errors = [], []
         listing = self.all()
         errors.extend(listing.errors)
         for network in listing.records:
             name = network["name"]
-            attached = self.attachments(name)
-            errors.extend(attached.errors)
-            if not any(a["containerId"] == container_id for a in attached.records) \
+            prefix = f"{container_id}@"
+            if not any(self.store.records(self.attachment_dir(name), prefix=prefix)) \
                     and not self.pending(name):
                 continue
             with self.store.lock("network", name):
                 self.repair(network)
-                for attachment in self.attachments(name).records:
-                    if attachment["containerId"] == container_id:
-                        self._detach(network, attachment)
-                        released.append((name, attachment))
+                self.refuse_busy(name, container_id)
+                mine = []
+                for path in self.store.records(self.attachment_dir(name), prefix=prefix):
+                    try:
+                        attachment = self.store.read(path, check=check_attachment)
+                    except StateCorrupt as e:
+                        errors.append(str(e))
+                        continue
+                    if attachment is not None:
+                        self._intend("del", attachment)
+                        mine.append(attachment)
+            for attachment in mine:
+                self._release(network, attachment, attachment_netns(attachment))
+            with self.store.lock("network", name):
+                for attachment in mine:
+                    self._forget(network, attachment)
+                    released.append((name, attachment))
         if errors:
             raise StateCorrupt(f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
                                                  if len(errors) > 1 else ""))
@@ -297,9 +336,15 @@ class Networks:
     def _detach(self, network: dict, attachment: dict, netns: str | None = None,
                 best_effort: bool = False) -> None:
         """Intent, DEL with the cached result, extensions, record and intent gone."""
-        if netns is None:
-            netns = attachment_netns(attachment)
         self._intend("del", attachment)
+        self._release(network, attachment, attachment_netns(attachment) if netns is None
+                      else netns, best_effort)
+        self._forget(network, attachment, best_effort)
+
+    def _release(self, network: dict, attachment: dict, netns: str,
+                 best_effort: bool = False) -> None:
+        """DEL through the chain with the cached result; without a netns, also the ipMasq
+        chain Debian's bridge plugin leaves then."""
         rt = cni.Runtime(attachment["containerId"], netns, attachment["ifName"],
                          [tuple(kv) for kv in attachment.get("cniArgs", [])],
                          attachment.get("capabilityArgs") or {})
@@ -307,6 +352,13 @@ class Networks:
         try:
             if not netns:
                 cni.release_masquerade(network["config"], rt, attachment.get("result"))
+        except CircuitError:
+            if not best_effort:
+                raise
+
+    def _forget(self, network: dict, attachment: dict, best_effort: bool = False) -> None:
+        """The extensions' detached, then the record, its libcni copy and the intent go."""
+        try:
             if attachment.get("result") is not None:
                 self._notify("detached", network, attachment)
         except Exception:
@@ -349,8 +401,18 @@ class Networks:
 
     def pending(self, name: str) -> list[dict]:
         """The intents of a network whose process died before finishing them."""
-        return [i for i in self.intents(name).records
-                if not Process(i["owner"]["pid"], i["owner"]["start_time"]).alive()]
+        return [i for i in self.intents(name).records if not owner_alive(i)]
+
+    def refuse_busy(self, name: str, container_id: str | None = None) -> None:
+        """Conflict while a live process attaches or detaches on the network (the container
+        id's attachments only, when given)."""
+        for intent in self.intents(name).records:
+            meta = intent["attachment"]
+            if owner_alive(intent) and container_id in (None, meta["containerId"]):
+                doing = "attaching" if intent["op"] == "add" else "detaching"
+                raise Conflict(f"circuit (PID {intent['owner']['pid']}) is {doing} container "
+                               f"{meta['circuit']['target']} on network {name}; try again when "
+                               "it is done")
 
     def repair(self, network: dict) -> list[dict]:
         """Finish what a killed circuit left half done on a network (held under its lock): an
@@ -397,7 +459,11 @@ class Networks:
                 kept = []
                 attached = self.attachments(name)
                 errors.extend(attached.errors)
+                busy = {(i["attachment"]["containerId"], i["attachment"]["ifName"])
+                        for i in self.intents(name).records if owner_alive(i)}
                 for attachment in attached.records:
+                    if (attachment["containerId"], attachment["ifName"]) in busy:
+                        continue  # another circuit is detaching it right now
                     if attachment_netns(attachment):
                         kept.append(attachment)
                         continue
@@ -411,6 +477,11 @@ class Networks:
         if errors:
             raise StateCorrupt(f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
                                                  if len(errors) > 1 else ""))
+
+
+def owner_alive(intent: dict) -> bool:
+    """Whether the process that wrote an intent still runs (so it is under way, not left)."""
+    return Process(intent["owner"]["pid"], intent["owner"]["start_time"]).alive()
 
 
 def bridges(netconf: dict) -> list[str]:

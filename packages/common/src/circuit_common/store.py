@@ -145,8 +145,9 @@ class Store:
             raise environment_fault(e, path) from None
         return True
 
-    def records(self, directory: str) -> Iterator[str]:
-        """Paths of the records in directory, sorted; temp files are never listed."""
+    def records(self, directory: str, prefix: str = "") -> Iterator[str]:
+        """Paths of the records in directory whose names start with prefix, sorted; temp files
+        are never listed."""
         self.check_root()
         try:
             names = sorted(os.listdir(directory))
@@ -156,7 +157,7 @@ class Store:
             raise EnvironmentFault(f"cannot list state directory {directory}: {e.strerror}; "
                                    "point --state or CIRCUIT_STATE_DIR elsewhere") from None
         for name in names:
-            if name.endswith(".json") and not name.startswith("."):
+            if name.endswith(".json") and name.startswith(prefix) and not name.startswith("."):
                 yield os.path.join(directory, name)
 
     def read_all(self, directory: str, skip: str | None = None,
