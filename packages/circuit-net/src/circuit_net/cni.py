@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 from collections import namedtuple
 
@@ -135,6 +134,8 @@ def _list_of_objects(result: dict, key: str) -> list[dict]:
 def _check_address(value, where: str, cidr: bool = False) -> None:
     """value an IPv4 or IPv6 address, with cidr an ADDRESS/LENGTH: checked with inet_pton,
     as `network list` reads thousands (ipaddress costs some 20 times as much)."""
+    import socket  # on the ADD path only: a poststop hook does without it
+
     if not isinstance(value, str):
         raise ValueError(f"{where} is missing or not a string")
     address, slash, length = value.partition("/")

@@ -6,7 +6,6 @@ State:  networks/<name>.json                    the network's config list
 """
 
 import contextlib
-import ipaddress
 import os
 import time
 from collections.abc import Iterator
@@ -570,6 +569,10 @@ def first_free_ifname(target: Target) -> str:
 
 def unassigned(requested: list[str], assigned: list[str]) -> list[str]:
     """The requested addresses (with or without a prefix) that a result did not assign."""
+    if not requested:
+        return []
+    import ipaddress  # only for --ip: the hook's path does without it
+
     got = {ipaddress.ip_interface(a).ip for a in assigned}
     return [ip for ip in requested if ipaddress.ip_interface(ip).ip not in got]
 

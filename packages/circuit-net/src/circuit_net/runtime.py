@@ -5,7 +5,6 @@ Parsers of the command line's --publish / --cap / --ip and of the hook's circuit
 here, so the CLI and the hook read them the same way.
 """
 
-import ipaddress
 import json
 
 from circuit_common.errors import InvalidInput, UsageError
@@ -35,6 +34,8 @@ def parse_publish(spec: str) -> dict:
     entry = {"hostPort": _port(parts[0], spec), "containerPort": _port(parts[1], spec),
              "protocol": protocol}
     if host_ip:
+        import ipaddress  # only for --publish with a host IP
+
         try:
             entry["hostIP"] = str(ipaddress.ip_address(host_ip))
         except ValueError:
@@ -68,6 +69,8 @@ def parse_cap(text: str) -> tuple[str, object]:
 
 def parse_ips(values: list[str]) -> list[str]:
     """Requested addresses (IPv4 and IPv6, with or without a prefix), as given."""
+    import ipaddress  # only for --ip: the hook's path does without it
+
     for value in values:
         try:
             ipaddress.ip_interface(value)
