@@ -141,3 +141,24 @@ def test_the_hook_shapes_a_runc_container_by_its_network_policy(host, runc):
     assert len(ifbs(host)) == 1
     runc.delete(cid)
     assert ifbs(host) == []
+
+
+def test_a_veth_the_bandwidth_plugin_shapes_is_refused_and_left_as_it_was(host):
+    """circuit never takes over nor removes qdiscs it did not make: the CNI bandwidth plugin's
+    tbf and ingress stay, in one line, with nothing of circuit's added."""
+    shaping = {"type": "bandwidth", "ingressRate": 8_000_000, "ingressBurst": 80_000,
+               "egressRate": 8_000_000, "egressBurst": 80_000}
+    conf = bridge_conf(version="0.4.0")
+    chain = {"cniVersion": "0.4.0", "name": "sandbox",
+             "plugins": [{k: v for k, v in conf.items() if k not in ("cniVersion", "name")},
+                         shaping]}
+    host.circuit("network", "create", host.conf(chain, "sandbox.conflist"))
+    c = host.container(IPERF)
+    host.circuit("network", "connect", c.pid, "sandbox")
+    before, state = qdiscs(host), snapshot(host.state)
+    assert " tbf " in before and "ingress" in before
+    proc = host.circuit("network", "qos", "set", "--rate", "5000", "sandbox", check=False)
+    assert proc.returncode == 5 and len(proc.stderr.splitlines()) == 1
+    assert "shaped by another tool (a tbf root qdisc" in proc.stderr
+    assert qdiscs(host) == before and snapshot(host.state) == state and ifbs(host) == []
+    host.circuit("network", "disconnect", c.pid, "sandbox")

@@ -31,7 +31,7 @@ def attached(ctx: Context, attachment: Attachment) -> None:
     from .tc import Links
 
     with Links(ifnames(attachment)) as links:
-        policy.apply(links, [attachment], record, policy.EMPTY)
+        policy.apply_all(links, [attachment], policy.EMPTY, record)
 
 
 def detached(ctx: Context, attachment: Attachment) -> None:

@@ -11,7 +11,7 @@ carries the qos extension marker, so circuit-net shapes its new attachments (ext
 import contextlib
 
 from circuit_common import extensions
-from circuit_common.errors import InvalidInput, NotFound
+from circuit_common.errors import Conflict, InvalidInput, NotFound
 from circuit_common.extensions import Attachment
 from circuit_common.store import Store
 from circuit_net.networks import Networks, as_attachment
@@ -87,7 +87,10 @@ def shape(policy: dict | None):
 
 
 def apply_all(links, attachments: list[Attachment], old: dict, new: dict) -> None:
-    """Make every attachment's shaping match new, in one batch; if that fails, put back old."""
+    """Make every attachment's shaping match new, in one batch; if that fails, put back old.
+    Refused first, with nothing changed, where another tool shapes a veth circuit would."""
+    refuse_foreign(links, [(host_veth(a), a) for a in attachments if a.running()
+                           and effective(new, a) and not effective(old, a)])
     try:
         apply(links, attachments, new, old)
     except BaseException:
@@ -111,6 +114,22 @@ def apply(links, attachments: list[Attachment], record: dict, previous: dict) ->
         else:
             tc.setup_shaping(links, veth, shape(policy), shape(before))
     links.commit(delay=any(policy and policy.get("delay") for _, policy, _ in planned))
+
+
+def refuse_foreign(links, fresh: list[tuple[str, Attachment]]) -> None:
+    """Conflict, before anything changes, when another tool already shapes a veth circuit is
+    about to shape: circuit never takes over, nor removes, qdiscs it did not make."""
+    from .tc import foreign_shaping
+
+    if not fresh:
+        return
+    foreign = foreign_shaping(links, [veth for veth, _ in fresh])
+    for veth, attachment in fresh:
+        if veth in foreign:
+            raise Conflict(f"container {attachment.container_id}'s interface {veth} is shaped "
+                           f"by another tool ({foreign[veth]}; the CNI bandwidth plugin makes "
+                           "tbf): remove that shaping first (take bandwidth out of the "
+                           "network's chain), or leave this container out with --container")
 
 
 def select(nets: Networks, name: str, container=None,

@@ -40,6 +40,7 @@ from pyroute2.netlink.rtnl import (  # noqa: E402
     RTM_DELLINK,
     RTM_DELQDISC,
     RTM_GETLINK,
+    RTM_GETQDISC,
     RTM_GETTCLASS,
     RTM_NEWLINK,
     RTM_NEWQDISC,
@@ -251,6 +252,30 @@ def counters(links: Links, veth: str) -> dict[str, dict]:
                                     "packets": basic.get("packets", 0),
                                     "drops": queue.get("drops", 0),
                                     "overlimits": queue.get("overlimits", 0)}
+    return found
+
+
+# Root qdiscs a kernel or distribution puts on a device by itself: nobody's shaping.
+DEFAULT_ROOTS = {"noqueue", "pfifo_fast", "fq_codel", "fq", "mq", "pfifo", "noop"}
+
+
+def foreign_shaping(links: Links, veths: list[str]) -> dict[str, str]:
+    """The veths (of those given) that another tool shapes, with the qdisc that shows it: a
+    root qdisc that is neither a default nor circuit's htb 1:, or an ingress qdisc without
+    circuit's IFB device beside it (the CNI bandwidth plugin: tbf, and ingress to its own
+    IFB). One dump of the netns's qdiscs."""
+    wanted = {links.index(veth): veth for veth in veths if links.index(veth) is not None}
+    found = {}
+    for qdisc in links.batch.query(_tc_message(RTM_GETQDISC, 0, 0, 0), NLM_F_DUMP):
+        veth = wanted.get(qdisc["index"])
+        kind = qdisc.get_attr("TCA_KIND")
+        if veth is None or veth in found:
+            continue
+        if qdisc["parent"] == TC_H_ROOT and kind not in DEFAULT_ROOTS \
+                and (kind, qdisc["handle"]) != ("htb", ROOT):
+            found[veth] = f"a {kind} root qdisc"
+        elif qdisc["parent"] == TC_H_INGRESS and links.index(ifb_name(veth)) is None:
+            found[veth] = "an ingress qdisc that redirects elsewhere"
     return found
 
 
