@@ -16,14 +16,26 @@ from harness.netns import (
     Host,
     bridge_conf,
     host_veth,
+    ipv6_bridge_conf,
     netns_names,
     root_links,
     sh,
     snapshot,
 )
-from harness.traffic import http_get_bodies, httpd, iperf_mbit, min_rtt, port_open, wait_for
+from harness.traffic import (
+    http_get_bodies,
+    httpd,
+    iperf_mbit,
+    min_rtt,
+    port_open,
+    udp_answers,
+    udp_responder,
+    wait_for,
+)
 
-__all__ = ["BUSYBOX_APPLETS", "CIRCUIT", "PREFIX", "ROOT", "Container", "Host", "Runc",
-           "bridge_conf", "dispatcher", "documented_hooks", "host_veth", "http_get_bodies",
-           "httpd", "iperf_mbit", "make_rootfs", "min_rtt", "netns_names", "port_open",
-           "root_links", "run_forked", "runc_config", "sh", "snapshot", "wait_for"]
+__all__ = [
+    "BUSYBOX_APPLETS", "CIRCUIT", "PREFIX", "ROOT", "Container", "Host", "Runc", "bridge_conf",
+    "dispatcher", "documented_hooks", "host_veth", "http_get_bodies", "httpd", "iperf_mbit",
+    "ipv6_bridge_conf", "make_rootfs", "min_rtt", "netns_names", "port_open", "root_links",
+    "run_forked", "runc_config", "sh", "snapshot", "udp_answers", "udp_responder", "wait_for",
+]

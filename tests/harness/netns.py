@@ -195,3 +195,12 @@ def bridge_conf(name="sandbox", bridge="cni0", subnet="10.100.10.0/24", version=
     return {"cniVersion": version, "name": name, "type": "bridge", "bridge": bridge,
             "ipMasq": True, "isGateway": True,
             "ipam": {"type": "host-local", "subnet": subnet, "routes": [{"dst": "0.0.0.0/0"}]}}
+
+
+def ipv6_bridge_conf(name="sandbox", subnet="fd10:100::/64"):
+    """The seed's bridge network on an IPv6 subnet (no ipMasq: nothing to masquerade to)."""
+    conf = bridge_conf(name)
+    conf["ipMasq"] = False
+    conf["ipam"] = {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                    "routes": [{"dst": "::/0"}]}
+    return conf

@@ -2,6 +2,7 @@
 
 import json
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,41 @@ def httpd(host: Host, www_root: Path, name: str, network: str = "sandbox") -> Co
     c = host.container(("busybox", "httpd", "-f", "-p", "80", "-h", www))
     host.circuit("network", "connect", c.pid, network)
     return c
+
+
+UDP_ANSWER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[2])))
+while True:
+    data, peer = s.recvfrom(100)
+    s.sendto(sys.argv[1].encode(), peer)
+"""
+
+
+def udp_responder(host: Host, name: str, port: int = 5353, network: str = "sandbox"
+                  ) -> Container:
+    """A container that answers every UDP datagram on port with its name, connected to network
+    (Debian's busybox-static nc has no UDP mode: Python stands in for it)."""
+    c = host.container((sys.executable, "-c", UDP_ANSWER, name, port))
+    host.circuit("network", "connect", c.pid, network)
+    return c
+
+
+def udp_answers(netns: str, address: str, count: int, port: int = 5353) -> list[str]:
+    """Who answered count UDP questions to address:port from inside netns, each asked from a
+    new socket (a new port: a new connection for a load balancer)."""
+
+    def ask():
+        for _ in range(count):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(5)
+                s.sendto(b"who?", (address, port))
+                print(s.recv(100).decode(), flush=True)
+
+    proc = run_forked(netns, ask)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
 
 
 def wait_for(predicate, timeout=5.0, interval=0.02):

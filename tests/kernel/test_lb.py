@@ -1,30 +1,20 @@
 """circuit-lb with real traffic through IPVS: busybox httpd backends on a circuit bridge."""
 
 import json
-import socket
-import sys
 from collections import Counter
 
-from harness import bridge_conf, http_get_bodies, httpd, run_forked, snapshot, wait_for
+from harness import (
+    bridge_conf,
+    http_get_bodies,
+    httpd,
+    ipv6_bridge_conf,
+    snapshot,
+    udp_answers,
+    udp_responder,
+    wait_for,
+)
 
 VIP = "10.100.99.1"
-UDP_ANSWER = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 5353))
-while True:
-    data, peer = s.recvfrom(100)
-    s.sendto(sys.argv[1].encode(), peer)
-"""
-
-
-def ask_udp() -> None:
-    """Four UDP questions to the VIP, each from a new socket (a new port: a new connection)."""
-    for _ in range(4):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(5)
-            s.sendto(b"who?", (VIP, 5353))
-            print(s.recv(100).decode(), flush=True)
 
 
 def start_backends(host, tmp_path, names):
@@ -105,23 +95,14 @@ def test_weighted_round_robin_from_stdin_and_persistence(host, tmp_path):
 
 def test_udp_service_answers(host):
     host.circuit("network", "create", host.conf(bridge_conf()))
-    names = {}
-    for name in ("alpha", "beta"):
-        # Debian's busybox-static nc has no UDP mode: a Python responder stands in for it.
-        c = host.container((sys.executable, "-c", UDP_ANSWER, name))
-        host.circuit("network", "connect", c.pid, "sandbox")
-        names[c.addresses()[0]] = name
+    ips = [udp_responder(host, name).addresses()[0] for name in ("alpha", "beta")]
     host.circuit("lb", "create", "dns", f"{VIP}:5353", "--protocol", "udp")
-    host.circuit("lb", "add", "dns", *(f"{ip}:5353" for ip in names))
-    answers = run_forked(host.netns, ask_udp).stdout.split()
-    assert sorted(answers) == ["alpha", "alpha", "beta", "beta"]
+    host.circuit("lb", "add", "dns", *(f"{ip}:5353" for ip in ips))
+    assert sorted(udp_answers(host.netns, VIP, 4)) == ["alpha", "alpha", "beta", "beta"]
 
 
 def test_ipv6_service_balances_and_restores(host, tmp_path):
-    conf = bridge_conf()
-    conf["ipMasq"] = False
-    conf["ipam"] = {"type": "host-local", "ranges": [[{"subnet": "fd10:100::/64"}]],
-                    "routes": [{"dst": "::/0"}]}
+    conf = ipv6_bridge_conf()
     host.circuit("network", "create", host.conf(conf))
     backends = {name: httpd(host, tmp_path, name).addresses(version=6)[0]
                 for name in ("alpha", "beta")}
