@@ -71,9 +71,10 @@ def read_small_file(path: str, what: str) -> bytes:
     InvalidInput naming what the file is."""
     try:
         with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
                 raise InvalidInput(f"{what} {path} is not a regular file")
-            data = f.read(MAX_CONFIG + 1)
+            data = f.read(min(st.st_size, MAX_CONFIG) + 1)
     except OSError as e:
         raise InvalidInput(f"cannot read {what} {path}: {e.strerror}") from None
     if len(data) > MAX_CONFIG:

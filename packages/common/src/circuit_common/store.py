@@ -83,9 +83,11 @@ class Store:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             with os.fdopen(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
                     raise StateCorrupt(f"state record {path} is not a regular file; remove it")
-                data = f.read(MAX_RECORD + 1)
+                # sized by fstat: read(MAX_RECORD + 1) would allocate 64 MiB for every record
+                data = f.read(min(st.st_size, MAX_RECORD) + 1)
         except FileNotFoundError:
             return None
         except OSError as e:
