@@ -12,34 +12,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from measure import fake_attachment, fake_network
+
 from circuit_common.store import Store
 
 CIRCUIT = str(Path(sys.executable).parent / "circuit")
 RUNS = 20
 PER_NETWORK = 1000
 BUDGET_MS = 60
-
-
-def network(name: str, subnet: str) -> dict:
-    return {"name": name, "source": "bench", "created": "2026-11-28T00:00:00Z",
-            "config": {"cniVersion": "1.0.0", "name": name,
-                       "plugins": [{"type": "bridge", "bridge": f"{name}0",
-                                    "ipam": {"type": "host-local", "subnet": subnet}}]}}
-
-
-def attachment(name: str, index: int, pid: int, start_time: int, prefix: str) -> dict:
-    cid = f"bench{index}"
-    return {"kind": "cniCacheV1", "containerId": cid, "config": "", "ifName": "eth0",
-            "networkName": name, "netns": f"/proc/{pid}/ns/net", "cniArgs": [],
-            "capabilityArgs": {},
-            "circuit": {"pid": pid, "start_time": start_time, "target": cid,
-                        "created": "2026-11-28T00:00:00Z"},
-            "result": {"cniVersion": "1.0.0",
-                       "interfaces": [{"name": f"veth{index:08x}", "mac": "02:00:00:00:00:01"},
-                                      {"name": "eth0", "mac": "02:00:00:00:00:02",
-                                       "sandbox": f"/proc/{pid}/ns/net"}],
-                       "ips": [{"address": f"{prefix}.{index // 250}.{index % 250 + 2}/16",
-                                "interface": 1}]}}
 
 
 def median_ms(cmd: list[str]) -> float:
@@ -61,10 +41,10 @@ def main() -> int:
             store = Store(full)
             for name, prefix in (("alpha", "10.201"), ("beta", "10.202")):
                 store.write(store.path("networks", f"{name}.json"),
-                            network(name, f"{prefix}.0.0/16"))
+                            fake_network(name, f"{prefix}.0.0/16"))
                 for i in range(PER_NETWORK):
                     store.write(store.path("attachments", name, f"bench{i}@eth0.json"),
-                                attachment(name, i, me.pid, me.start_time, prefix))
+                                fake_attachment(name, i, me.pid, me.start_time, prefix))
             floor = median_ms([sys.executable, "-c", "pass"])
             at_zero = median_ms([CIRCUIT, "--state", empty, "network", "list"])
             at_full = median_ms([CIRCUIT, "--state", full, "network", "list"])

@@ -53,3 +53,28 @@ def difference_line(what: str, circuit: list[float], base: list[float], base_nam
         line += (f" - budget +{budget:g} ms: "
                  f"{'met' if statistics.median(extra) <= budget else 'MISSED'}")
     return line
+
+
+def fake_network(name: str, subnet: str) -> dict:
+    """A network record as circuit writes it, for a bridge the benchmark never makes."""
+    return {"name": name, "source": "bench", "created": "2026-11-28T00:00:00Z",
+            "config": {"cniVersion": "1.0.0", "name": name,
+                       "plugins": [{"type": "bridge", "bridge": f"{name}0",
+                                    "ipam": {"type": "host-local", "subnet": subnet}}]}}
+
+
+def fake_attachment(name: str, index: int, pid: int, start_time: int, prefix: str) -> dict:
+    """Attachment record number index of network name, for the container whose process is
+    (pid, start_time), with an address in prefix (a /16): no plugin ran for it."""
+    cid = f"bench{index}"
+    return {"kind": "cniCacheV1", "containerId": cid, "config": "", "ifName": "eth0",
+            "networkName": name, "netns": f"/proc/{pid}/ns/net", "cniArgs": [],
+            "capabilityArgs": {},
+            "circuit": {"pid": pid, "start_time": start_time, "target": cid,
+                        "created": "2026-11-28T00:00:00Z"},
+            "result": {"cniVersion": "1.0.0",
+                       "interfaces": [{"name": f"veth{index:08x}", "mac": "02:00:00:00:00:01"},
+                                      {"name": "eth0", "mac": "02:00:00:00:00:02",
+                                       "sandbox": f"/proc/{pid}/ns/net"}],
+                       "ips": [{"address": f"{prefix}.{index // 250}.{index % 250 + 2}/16",
+                                "interface": 1}]}}

@@ -74,7 +74,15 @@ class Networks:
 
     def attachments_of(self, name: str, target: Target) -> list[dict]:
         """The target's attachments on a network: NotFound when there are none, StateCorrupt
-        when there are none but a record could not be read (it may be the target's)."""
+        when there are none but a record could not be read (it may be the target's). Found by
+        file name when the container id names them; by reading every record only when not (a
+        PID whose process is gone, or one attached under its runc id)."""
+        if target.container_id:
+            mine = [record for path in self.store.records(
+                        self.attachment_dir(name), prefix=f"{target.container_id}@")
+                    if (record := self.store.read(path, check=check_attachment)) is not None]
+            if mine:
+                return mine
         listing = self.attachments(name)
         mine = [a for a in listing.records if target.matches(a)]
         if not mine and listing.errors:
