@@ -50,7 +50,6 @@ Options:
 """
 
 import os
-import socket
 import sys
 
 from circuit_common import cli, output
@@ -192,6 +191,8 @@ def print_inspect(network: dict, attachments: list[dict]) -> None:
 
 def _ip_key(peer: dict) -> tuple:
     """Peers by address: IPv4 before IPv6, numerically (inet_pton: thousands of peers)."""
+    import socket  # for list only: connect and the rest do without it
+
     if not peer["ips"]:
         return (True, 0, b"", peer["container_id"])
     address = peer["ips"][0].partition("/")[0]
