@@ -240,3 +240,33 @@ def test_a_legacy_result_reads_as_a_current_one():
     cni.check_result(legacy)
     assert cni.result_ips(legacy) == ["10.1.0.2/24"]
     assert cni.current_result(legacy)["routes"] == [{"dst": "0.0.0.0/0"}]
+
+
+def test_a_plugin_dies_with_a_killed_circuit(tmp_path):
+    """SIGKILL of circuit mid-ADD must not leave the plugin running: its ADD finishing after the
+    repair's DEL would hold an address nothing records."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from circuit_common.proc import process
+
+    pidfile = tmp_path / "plugin.pid"
+    plugin = tmp_path / "bridge"
+    plugin.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 30\n")
+    plugin.chmod(0o755)
+    circuit = subprocess.Popen([sys.executable, "-c",
+                                "import sys; from circuit_net.cni import ProcessExec\n"
+                                "ProcessExec.run(sys.argv[1], b'', {}, 30)", str(plugin)])
+    deadline = time.monotonic() + 5
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline, "the plugin never started"
+        time.sleep(0.01)
+    os.kill(circuit.pid, signal.SIGKILL)
+    circuit.wait()
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 2
+    while process(pid) is not None:  # gone, or a zombie no init reaps
+        assert time.monotonic() < deadline, f"plugin {pid} outlived the circuit that ran it"
+        time.sleep(0.01)

@@ -168,6 +168,24 @@ def find_plugin(kind: str, cni_path: list[str]) -> str:
 Outcome = namedtuple("Outcome", "returncode stdout stderr")
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with(parent: int):
+    """A preexec_fn: the child gets SIGKILL when parent dies (prctl PR_SET_PDEATHSIG), and
+    exits at once if parent is gone already."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
+
+
 class ProcessExec:
     """How plugins run (libcni's invoke.Exec): find one in the CNI path, run it with stdin and
     an environment. Tests pass another executor to Plugins to run chains without processes."""
@@ -176,10 +194,12 @@ class ProcessExec:
 
     @staticmethod
     def run(path: str, stdin: bytes, env: dict[str, str], timeout: float) -> Outcome:
-        """Run path in a session of its own; past timeout its whole process group is killed
-        (a plugin's children must not outlive it) and returncode is None."""
+        """Run path in a session of its own, killed if circuit dies first (SIGKILL, OOM, runc's
+        hook timeout: an orphaned ADD finishing after the repair's DEL would leak its address);
+        past timeout its whole process group is killed and returncode is None."""
         proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env, start_new_session=True)
+                                stderr=subprocess.PIPE, env=env, start_new_session=True,
+                                preexec_fn=die_with(os.getpid()))
         try:
             stdout, stderr = proc.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
