@@ -118,3 +118,26 @@ def test_read_all_reports_unreadable_records_and_leaves_out_the_skipped_one(tmp_
     assert len(listing.errors) == 1 and "b.json" in listing.errors[0]
     skipped = store.read_all(store.path("services"), skip=store.path("services", "a.json"))
     assert [r["name"] for r in skipped.records] == ["c"]
+
+
+def test_records_and_directories_others_could_write_are_not_trusted(tmp_path):
+    """A record (or a directory above it) that anyone could have planted is never read: a
+    stored QoS plan goes to the kernel as it is."""
+    from circuit_common.errors import StateCorrupt
+
+    root = tmp_path / "state"
+    store = Store(str(root))
+    store.write(store.path("qos", "n.json"), {"network": None})
+    assert store.read(store.path("qos", "n.json")) is not None
+    os.chmod(root / "qos" / "n.json", 0o666)
+    with pytest.raises(StateCorrupt, match="others could have planted it"):
+        Store(str(root)).read(store.path("qos", "n.json"))
+    os.chmod(root / "qos" / "n.json", 0o600)
+    os.chmod(root / "qos", 0o777)
+    with pytest.raises(StateCorrupt, match="state directory .*qos is owned"):
+        Store(str(root)).read(store.path("qos", "n.json"))
+    os.chmod(root / "qos", 0o700)
+    os.rename(root / "qos", root / "elsewhere")
+    os.symlink(root / "elsewhere", root / "qos")
+    with pytest.raises(StateCorrupt, match="not a directory"):
+        Store(str(root)).read(store.path("qos", "n.json"))

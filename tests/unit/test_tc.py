@@ -147,3 +147,51 @@ def test_a_plan_from_another_pyroute2_or_layout_or_policy_is_not_used():
                     {"policy": POLICIES["delay-only"]}, {"requests": [{"template": {}}]}):
         assert plan.ready({"network": network, "plan": {**stored, **changed}}) is None
     assert plan.ready({"network": network}) is None
+
+
+def test_a_stored_plan_asks_the_kernel_nothing_else():
+    """A plan read back from the state directory is refused (the pyroute2 path runs instead)
+    when it holds a request of another type, more than one request in a template, a request
+    that names no device of the attachment, or the kernel numbers it checks drift."""
+    import copy
+
+    from pyroute2.netlink import rtnl
+
+    assert (plan.RTM_NEWLINK, plan.RTM_DELLINK) == (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK)
+    assert plan.REQUEST_TYPES == (rtnl.RTM_NEWQDISC, rtnl.RTM_DELQDISC, rtnl.RTM_NEWTCLASS,
+                                  rtnl.RTM_NEWTFILTER, rtnl.RTM_DELLINK)
+    policy = {"rate": 5_000_000, "ceil": 5_000_000}
+    record = {"network": policy, "attachments": {}, "plan": plan.build(policy)}
+    assert plan.ready(record) is not None
+
+    def planted(change) -> dict:
+        evil = copy.deepcopy(record)
+        change(evil["plan"])
+        return evil
+
+    def retype(p):  # an RTM_DELLINK where an RTM_NEWQDISC was
+        data = bytearray.fromhex(p["requests"][0]["template"]["data"])
+        struct.pack_into("=H", data, 4, rtnl.RTM_DELLINK)
+        p["requests"][0]["template"]["data"] = data.hex()
+
+    def two_in_one(p):  # a second request hidden behind the first
+        p["requests"][0]["template"]["data"] *= 2
+
+    def no_roles(p):  # sent as it is, whatever device it names
+        p["requests"][0]["values"] = {}
+
+    def make_ifb_as_delete(p):
+        p["make_ifb"] = p["delete_ifb"]
+
+    def fixed_device(p):  # the device index left as it is: another device than the veth's
+        p["requests"][0]["values"] = {"redirect": "ifb_index"}
+        p["requests"][0]["template"]["slots"] = {"redirect": [20, 4]}
+
+    def delete_by_index(p):  # the IFB delete aimed at device 1 by its index
+        data = bytearray.fromhex(p["delete_ifb"]["data"])
+        struct.pack_into("=i", data, plan.DEVICE_INDEX, 1)
+        p["delete_ifb"]["data"] = data.hex()
+
+    for change in (retype, two_in_one, no_roles, make_ifb_as_delete, fixed_device,
+                   delete_by_index):
+        assert plan.ready(planted(change)) is None, change.__name__

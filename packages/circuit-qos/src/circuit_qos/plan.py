@@ -97,18 +97,47 @@ def ready(record: dict) -> Plan | None:
     if now["format"] is None or stored.get("tag") != now:
         return None
     try:
+        requests = [(Template.restored(r["template"], REQUEST_TYPES), dict(r["values"]),
+                     tuple(int(code) for code in r["ignore"])) for r in stored["requests"]]
+        make_ifb = Template.restored(stored["make_ifb"], (RTM_NEWLINK,))
+        delete_ifb = Template.restored(stored["delete_ifb"], (RTM_DELLINK,))
+        if not all(map(aims_at_the_attachment, [(make_ifb, {"name": "ifb_name"}, ()),
+                                                (delete_ifb, {"name": "ifb_name"}, ()),
+                                                *requests])):
+            return None
         return Plan(bool(record["network"] and record["network"].get("rate")),
-                    bool(stored["delay"]), Template.restored(stored["make_ifb"]),
-                    Template.restored(stored["delete_ifb"]),
-                    [(Template.restored(r["template"]), dict(r["values"]), tuple(r["ignore"]))
-                     for r in stored["requests"]])
+                    bool(stored["delay"]), make_ifb, delete_ifb, requests)
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def aims_at_the_attachment(request: tuple) -> bool:
+    """Whether a stored request can only touch the attachment's own devices: a tc request
+    whose device index is stamped with its veth's or IFB's, or a link request by the IFB's
+    name alone (device index 0); every role the size of what is stamped there."""
+    template, roles, _ = request
+    if not roles or not all(role in ROLE_SIZES and template.slots.get(slot, (0, -1))[1]
+                            == ROLE_SIZES[role] for slot, role in roles.items()):
+        return False
+    if template.kind in (RTM_NEWLINK, RTM_DELLINK):
+        return set(roles.values()) == {"ifb_name"} and template.field(DEVICE_INDEX) == 0
+    return template.slots.get("index") == (DEVICE_INDEX, 4) \
+        and roles["index"] in ("veth_index", "ifb_index")
 
 
 def kept(record: dict) -> dict:
     """The plan to store with record: the one it has while ready, else encoded now."""
     return record["plan"] if ready(record) is not None else build(record["network"])
+
+
+# The requests a stored plan may hold, and what may be stamped into them: a plan read back from
+# the state directory can ask the kernel nothing else (pyroute2's numbers, which the plan's
+# path does not import; a unit test compares them).
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+# RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTCLASS, RTM_NEWTFILTER, and the delete of a leftover IFB
+REQUEST_TYPES = (36, 37, 40, 44, RTM_DELLINK)
+DEVICE_INDEX = 20  # where ifinfomsg and tcmsg hold the device's index (after nlmsghdr)
+ROLE_SIZES = {"veth_index": 4, "ifb_index": 4, "ifb_name": len(devices.ifb_name("x")) + 1}
 
 
 def values(veth_index: int, ifb: str, ifb_index: int | None) -> dict[str, bytes]:

@@ -33,6 +33,7 @@ class Store:
         self.root = os.fspath(root)
         self.lock_timeout = lock_timeout
         self._trusted = False
+        self._trusted_dirs: set[str] = set()
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -58,6 +59,31 @@ class Store:
                 f"{stat.S_IMODE(st.st_mode):o}: others could plant records there; run "
                 f"`chown {os.geteuid()} {self.root} && chmod 700 {self.root}`")
         self._trusted = True
+
+    def _check_trusted(self, st: os.stat_result, path: str, what: str, mode: str) -> None:
+        """StateCorrupt unless path (st) belongs to this user and nobody else can write it:
+        a record anyone could have planted is never acted on (a stored QoS plan is sent to the
+        kernel as it is)."""
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise StateCorrupt(f"{what} {path} is owned by uid {st.st_uid} with mode "
+                               f"{stat.S_IMODE(st.st_mode):o}: others could have planted it; "
+                               f"remove it, or `chown {os.geteuid()} {path} && chmod {mode} "
+                               f"{path}` if you trust it")
+
+    def _check_dir(self, directory: str) -> None:
+        """The directories between the root and a record: real directories (not symbolic
+        links) that only this user can write."""
+        while directory not in self._trusted_dirs and directory.startswith(self.root + os.sep):
+            try:
+                st = os.lstat(directory)
+            except FileNotFoundError:
+                return
+            if not stat.S_ISDIR(st.st_mode):
+                raise StateCorrupt(f"state directory {directory} is not a directory (a "
+                                   "symbolic link?); remove it")
+            self._check_trusted(st, directory, "state directory", "700")
+            self._trusted_dirs.add(directory)
+            directory = os.path.dirname(directory)
 
     def _ensure_dir(self, directory: str) -> None:
         """Create directory and any missing parent up to the root, each 0700."""
@@ -86,6 +112,8 @@ class Store:
                 st = os.fstat(f.fileno())
                 if not stat.S_ISREG(st.st_mode):
                     raise StateCorrupt(f"state record {path} is not a regular file; remove it")
+                self._check_trusted(st, path, "state record", "600")
+                self._check_dir(os.path.dirname(os.fspath(path)))
                 # sized by fstat: read(MAX_RECORD + 1) would allocate 64 MiB for every record
                 data = f.read(min(st.st_size, MAX_RECORD) + 1)
         except FileNotFoundError:

@@ -30,6 +30,7 @@ NETLINK_CAP_ACK = 10  # an error acknowledgement carries only the request's head
 CHUNK = 64  # requests per send: their refusals must fit the receive buffer
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 RECEIVE = 1 << 16  # bytes per read: more than the kernel puts in one message of a dump
+ANSWER_TIMEOUT = 10.0  # seconds the kernel may take to answer a batch
 PYROUTE2_SERIES = "0.9"  # the minor version Template's slots were verified against
 
 
@@ -80,6 +81,7 @@ class Batch:
                                   protocol)
         self.sock.bind((0, 0))
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self.sock.settimeout(ANSWER_TIMEOUT)  # a kernel that never answers is an error
         self.sequence = 0
         self.pending: list[tuple[int, bytes, tuple[int, ...]]] = []
 
@@ -167,7 +169,10 @@ class Batch:
 
     def _receive(self):
         """(sequence, type, payload) of each message in one read from the socket."""
-        data = self.sock.recv(RECEIVE)
+        try:
+            data = self.sock.recv(RECEIVE)
+        except TimeoutError:
+            raise NetlinkError(errno.ETIMEDOUT) from None
         offset = 0
         while offset + HEADER.size <= len(data):
             length, kind, _, sequence, _ = HEADER.unpack_from(data, offset)
@@ -207,21 +212,36 @@ class Template:
         return {"data": self.data.hex(), "slots": {n: list(s) for n, s in self.slots.items()}}
 
     @classmethod
-    def restored(cls, saved: dict) -> "Template":
+    def restored(cls, saved: dict, types: tuple[int, ...]) -> "Template":
         """The Template that saved() gave, checked when it was made: no pyroute2 needed.
-        ValueError when saved is not what saved() gives."""
+        ValueError when saved is not what saved() gives: one whole request, of one of the
+        message types the caller sends that way."""
         try:
             data = bytes.fromhex(saved["data"])
             slots = {name: (int(start), int(length))
                      for name, (start, length) in saved["slots"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not a saved template: {e}") from None
+        if len(data) < HEADER.size or HEADER.unpack_from(data)[0] != len(data):
+            raise ValueError("the saved template is not one whole netlink request")
+        if HEADER.unpack_from(data)[1] not in types:
+            raise ValueError(f"the saved template is a request of type "
+                             f"{HEADER.unpack_from(data)[1]}, not one of {types}")
         if any(not HEADER.size <= start <= start + length <= len(data)
                for start, length in slots.values()):
             raise ValueError("a slot of the saved template lies outside its request")
         template = cls.__new__(cls)
         template.data, template.slots = data, slots
         return template
+
+    @property
+    def kind(self) -> int:
+        """The request's message type."""
+        return HEADER.unpack_from(self.data)[1]
+
+    def field(self, offset: int) -> int:
+        """The 32-bit value the request holds at offset."""
+        return struct.unpack_from("=i", self.data, offset)[0]
 
     def copy(self, sequence: int, values: dict[str, bytes]) -> bytes:
         data = bytearray(self.data)
