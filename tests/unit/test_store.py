@@ -134,7 +134,7 @@ def test_records_and_directories_others_could_write_are_not_trusted(tmp_path):
         Store(str(root)).read(store.path("qos", "n.json"))
     os.chmod(root / "qos" / "n.json", 0o600)
     os.chmod(root / "qos", 0o777)
-    with pytest.raises(StateCorrupt, match="state directory .*qos is owned"):
+    with pytest.raises(StateCorrupt, match=r"state directory .*qos is owned"):
         Store(str(root)).read(store.path("qos", "n.json"))
     os.chmod(root / "qos", 0o700)
     os.rename(root / "qos", root / "elsewhere")
