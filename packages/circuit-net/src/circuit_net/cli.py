@@ -58,7 +58,7 @@ from circuit_common.errors import StateCorrupt, UsageError
 from circuit_common.validate import check_mac
 
 from . import cni, runtime
-from .networks import Networks, attachment_netns, parse_cni_args
+from .networks import Networks, attachment_netns, owner_alive, parse_cni_args
 from .target import resolve
 
 
@@ -227,15 +227,16 @@ def list_networks(nets: Networks, fmt: str, quiet: bool, running: bool = False) 
         attached = nets.attachments(network["name"])
         intents = nets.intents(network["name"])
         errors.extend(attached.errors + intents.errors)
-        ops = {(i["attachment"]["containerId"], i["attachment"]["ifName"]): i["op"]
-               for i in intents.records}
+        ops = {(i["attachment"]["containerId"], i["attachment"]["ifName"]):
+               i["op"] if owner_alive(i) else "interrupted" for i in intents.records}
         netns = container_netns(attached.records)
         peers = sorted((describe(a, ns) for a, ns in zip(attached.records, netns, strict=True)
                         if not running or ns), key=_ip_key)
         for peer in peers:
             op = ops.get((peer["container_id"], peer["ifname"]))
-            peer["state"] = ("attaching" if op == "add" else "detaching" if op == "del"
-                             else "attached" if peer["netns"] else "exited")
+            peer["state"] = {"add": "attaching", "del": "detaching",
+                             "interrupted": "interrupted (gc finishes it)"}.get(
+                op, "attached" if peer["netns"] else "exited")
         config = network["config"]
         rows.append({"name": network["name"], "type": config["plugins"][0]["type"],
                      "plugins": [p["type"] for p in config["plugins"]],

@@ -219,8 +219,11 @@ class Networks:
                 runtime.check_declared([network["config"]], caps or {})
             self.repair(network)
             self.refuse_attached(name, target)
-            record, rt = self._intend_attach(network, target, ifname, list(ips), mac,
-                                             list(args), caps or {})
+            # the container's own lock: a connect to another network at the same time must
+            # see this one's ifname taken (its intent) before it chooses its own
+            with self.store.lock("container", target.container_id):
+                record, rt = self._intend_attach(network, target, ifname, list(ips), mac,
+                                                 list(args), caps or {})
         return self._attach(network, record, rt, list(ips))
 
     def refuse_attached(self, name: str, target: Target) -> None:
@@ -231,6 +234,8 @@ class Networks:
                                  ("being connected to or disconnected from",
                                   self.store.path("intents", name))):
             for path in self.store.records(directory, prefix=f"{target.container_id}@"):
+                self.store.read(path, check=check_intent if state.startswith("being")
+                                else check_attachment)  # StateCorrupt names a bad file
                 ifname = os.path.basename(path)[len(target.container_id) + 1:-len(".json")]
                 raise Conflict(f"container {target.label} is already {state} network {name} "
                                f"(as {ifname}); disconnect it first")
@@ -238,14 +243,16 @@ class Networks:
     def _intend_attach(self, network: dict, target: Target, ifname: str | None,
                        ips: list[str], mac: str | None, args: list[tuple[str, str]],
                        caps: dict) -> tuple[dict, cni.Runtime]:
-        """Check the target, choose its ifname and write the intent (under the network's
-        lock): the attachment record without a result, and its runtime parameters."""
+        """Check the target, choose its ifname and write the intent (under the network's and
+        the container's locks): the attachment record without a result, and its runtime
+        parameters."""
         netconf = network["config"]
         if not target.netns:
             raise NotFound(f"container {target.label} has exited")
         check_own_netns(target)
-        ifname = check_ifname(ifname) if ifname else first_free_ifname(target)
-        if ifname in interfaces(target.process.pid):
+        taken = interfaces(target.process.pid) | self.ifnames_of(target.container_id)
+        ifname = check_ifname(ifname) if ifname else first_free_ifname(taken)
+        if ifname in taken:
             raise Conflict(f"container {target.label} already has an interface {ifname}; "
                            "choose another with --ifname")
         capability_args, extra_args = runtime.runtime_args(netconf, ips, mac, caps)
@@ -279,7 +286,10 @@ class Networks:
                 self._done(record)
         except BaseException:
             with self.store.lock("network", name):
-                self._detach(network, record, netns=rt.netns, best_effort=True)
+                if record["result"] is None:  # add_chain deleted the chain already
+                    self._done(record)
+                else:
+                    self._detach(network, record, netns=rt.netns, best_effort=True)
             raise
         return record
 
@@ -319,6 +329,7 @@ class Networks:
             with self.store.lock("network", name):
                 self.repair(network)
                 self.refuse_busy(name, container_id)
+                errors.extend(self.intents(name).errors)
                 mine = []
                 for path in self.store.records(self.attachment_dir(name), prefix=prefix):
                     try:
@@ -381,6 +392,20 @@ class Networks:
             module = extensions.load(self.store, network["name"], name)
             if hasattr(module, event):
                 getattr(module, event)(self.ctx, as_attachment(attachment))
+
+    def ifnames_of(self, container_id: str) -> set[str]:
+        """The interfaces circuit gave, or is giving, the container on every network."""
+        found = set()
+        for kind in ("attachments", "intents"):
+            try:
+                networks = os.listdir(self.store.path(kind))
+            except FileNotFoundError:
+                continue
+            for network in networks:
+                found.update(os.path.basename(path)[len(container_id) + 1:-len(".json")]
+                             for path in self.store.records(self.store.path(kind, network),
+                                                            prefix=f"{container_id}@"))
+        return found
 
     # -- intents: what a crash in the middle of an attach or detach leaves ----------------------
 
@@ -466,8 +491,10 @@ class Networks:
                 kept = []
                 attached = self.attachments(name)
                 errors.extend(attached.errors)
+                intents = self.intents(name)
+                errors.extend(intents.errors)
                 busy = {(i["attachment"]["containerId"], i["attachment"]["ifName"])
-                        for i in self.intents(name).records if owner_alive(i)}
+                        for i in intents.records if owner_alive(i)}
                 for attachment in attached.records:
                     if (attachment["containerId"], attachment["ifName"]) in busy:
                         continue  # another circuit is detaching it right now
@@ -478,8 +505,9 @@ class Networks:
                     yield name, attachment
                 if cni.at_least(network["config"]["cniVersion"], "1.1.0") \
                         and not network["config"].get("disableGC") and not attached.errors:
-                    valid = [{"containerID": a["containerId"], "ifname": a["ifName"]}
-                             for a in kept]
+                    # an attach under way has no record yet: its address is not garbage
+                    valid = [{"containerID": cid, "ifname": ifname} for cid, ifname in
+                             {*((a["containerId"], a["ifName"]) for a in kept), *busy}]
                     cni.gc_chain(self.plugins, network["config"], valid)
         if errors:
             raise StateCorrupt(f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
@@ -503,17 +531,32 @@ def new_bridges(netconf: dict) -> list[str]:
     return [b for b in bridges(netconf) if b not in present]
 
 
-def check_network(record: dict) -> None:
-    """A network record as circuit wrote it (ValueError: what is wrong)."""
+def check_network(record: dict, path: str) -> None:
+    """A network record as circuit wrote it, at networks/<name>.json (ValueError: what is
+    wrong)."""
     if not isinstance(record.get("name"), str) or not isinstance(record.get("config"), dict):
         raise ValueError("it needs a 'name' and a 'config' object")
     cni.check_netconf(record["config"])
     if record["config"]["name"] != record["name"]:
         raise ValueError("its config names another network")
+    if os.path.basename(path) != f"{record['name']}.json":
+        raise ValueError(f"it names network {record['name']!r}, not the one its file is for")
 
 
-def check_attachment(record: dict) -> None:
-    """An attachment record as circuit wrote it (ValueError: what is wrong)."""
+def check_attachment(record: dict, path: str) -> None:
+    """An attachment record as circuit wrote it, with its CNI result, at
+    attachments/<network>/<cid>@<ifname>.json (ValueError: what is wrong)."""
+    check_attachment_fields(record)
+    if record.get("result") is None:
+        raise ValueError("it has no CNI result")
+    expected = os.path.join(record["networkName"],
+                            f"{record['containerId']}@{record['ifName']}.json")
+    if not path.endswith(os.sep + expected):
+        raise ValueError(f"it describes {expected}, not the file it is in")
+
+
+def check_attachment_fields(record: dict) -> None:
+    """The fields every attachment has, from the moment its intent is written."""
     for key in ("containerId", "ifName", "networkName"):
         if not isinstance(record.get(key), str) or not NAME_RE.fullmatch(record[key]):
             raise ValueError(f"{key} {record.get(key)!r} is not a plain name")
@@ -528,25 +571,39 @@ def check_attachment(record: dict) -> None:
         cni.check_result(record["result"])
 
 
-def check_intent(record: dict) -> None:
-    """An intent record: what an attach or detach set out to do, and who."""
+def check_intent(record: dict, path: str) -> None:
+    """An intent record: what an attach or detach set out to do, and who; at
+    intents/<network>/<cid>@<ifname>.json."""
     if record.get("op") not in ("add", "del"):
         raise ValueError(f"op {record.get('op')!r} is neither add nor del")
     owner = record.get("owner")
     if not isinstance(owner, dict) or not all(type(owner.get(k)) is int
                                               for k in ("pid", "start_time")):
         raise ValueError("its owner needs a whole-number pid and start_time")
-    check_attachment(record.get("attachment"))
+    attachment = record.get("attachment")
+    check_attachment_fields(attachment)
+    expected = os.path.join(attachment["networkName"],
+                            f"{attachment['containerId']}@{attachment['ifName']}.json")
+    if not path.endswith(os.sep + expected):
+        raise ValueError(f"it describes {expected}, not the file it is in")
+
+
+def same_netns(netns: str) -> bool:
+    """Whether netns (a /proc/PID/ns/net path) is circuit's own network namespace; a process
+    that is gone shares nothing."""
+    try:
+        theirs, mine = os.stat(netns), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def check_own_netns(target: Target) -> None:
     """Refuse a container that shares circuit's own network namespace (the host's, often):
     its ethN and default route would land beside circuit's own."""
-    try:
-        theirs, mine = os.stat(target.netns), os.stat("/proc/self/ns/net")
-    except OSError:
-        raise NotFound(f"container {target.label} has exited") from None
-    if (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino):
+    if not os.path.exists(target.netns):
+        raise NotFound(f"container {target.label} has exited")
+    if same_netns(target.netns):
         raise InvalidInput(f"container {target.label} is in circuit's own network namespace, "
                            "not one of its own: start it with a new network namespace (runc: "
                            "a 'network' entry in linux.namespaces)")
@@ -560,15 +617,17 @@ def as_attachment(record: dict) -> extensions.Attachment:
 
 
 def attachment_netns(attachment: dict) -> str:
-    """The netns of an attachment's container while it runs, else ""."""
+    """The netns of an attachment's container while it runs, else "" (also when a record
+    names a process in circuit's own netns: DEL must never reach the host's interfaces)."""
     meta = attachment["circuit"]
     proc = Process(meta["pid"], meta["start_time"])
+    if proc.alive() and same_netns(proc.netns):
+        return ""
     return proc.netns if proc.alive() else ""
 
 
-def first_free_ifname(target: Target) -> str:
-    """The first ethN that is not yet an interface in the target's netns."""
-    taken = interfaces(target.process.pid)
+def first_free_ifname(taken: set[str]) -> str:
+    """The first ethN not in taken."""
     n = 0
     while f"eth{n}" in taken:
         n += 1

@@ -102,9 +102,10 @@ class Store:
 
     # -- records ---------------------------------------------------------------------------
 
-    def read(self, path: str, check: Callable[[dict], None] | None = None) -> dict | None:
+    def read(self, path: str, check: Callable[[dict, str], None] | None = None) -> dict | None:
         """The record at path, None when it does not exist; StateCorrupt when it cannot be
-        read, is not circuit's JSON, or check (which raises ValueError) finds it malformed."""
+        read, is not circuit's JSON, or check(record, path) (which raises ValueError) finds it
+        malformed or out of place."""
         self.check_root()
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -133,7 +134,7 @@ class Store:
                                "it was not written by this version of circuit")
         if check is not None:
             try:
-                check(record)
+                check(record, os.fspath(path))
             except (AttributeError, KeyError, TypeError, ValueError) as e:
                 raise StateCorrupt(f"state record {path} is malformed: {e}; remove or "
                                    "repair it") from None
@@ -191,7 +192,7 @@ class Store:
                 yield os.path.join(directory, name)
 
     def read_all(self, directory: str, skip: str | None = None,
-                 check: Callable[[dict], None] | None = None) -> "Listing":
+                 check: Callable[[dict, str], None] | None = None) -> "Listing":
         """Every record in directory (but the one at path skip) that check accepts; an
         unreadable or malformed one is reported in errors, not fatal, and one that another
         process removed after the listing is simply not there."""

@@ -1,0 +1,115 @@
+"""The attachment lifecycle's locking, with plugins that run nothing (FakeExec): the ADD runs
+without the network's lock, and while it does, nothing else may act on that attachment."""
+
+import os
+import threading
+
+import pytest
+
+from circuit_common.cli import Context
+from circuit_common.config import Settings
+from circuit_common.errors import Conflict, StateCorrupt
+from circuit_common.proc import process
+from circuit_net import networks
+from circuit_net.networks import Networks
+from circuit_net.target import Target
+
+from test_cni import FakeExec
+
+RESULT = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+          "ips": [{"address": "10.1.0.2/24", "interface": 0}]}
+NETWORK = {"cniVersion": "1.1.0", "name": "n",
+           "plugins": [{"type": "bridge", "ipam": {"type": "host-local",
+                                                   "subnet": "10.1.0.0/24"}}]}
+
+
+class HeldExec(FakeExec):
+    """A FakeExec whose ADD waits until the test lets it go."""
+
+    def __init__(self, **answers):
+        super().__init__(**answers)
+        self.adding, self.go = threading.Event(), threading.Event()
+
+    def run(self, path, stdin, env, timeout):
+        if env["CNI_COMMAND"] == "ADD":
+            self.adding.set()
+            assert self.go.wait(10)
+        return super().run(path, stdin, env, timeout)
+
+
+@pytest.fixture
+def nets(tmp_path, monkeypatch):
+    """Networks over a temp store with network n, plugins that run nothing, and this test's
+    own process standing in for a container in a netns of its own."""
+    monkeypatch.setattr(networks, "check_own_netns", lambda target: None)
+    monkeypatch.setattr(networks, "interfaces", lambda pid: set())
+    settings = Settings()
+    settings.state_dir, settings.cni_cache_dir = str(tmp_path / "state"), str(tmp_path / "cni")
+    nets = Networks(Context(settings))
+    nets.plugins.executor = HeldExec(bridge_ADD=RESULT)
+    nets.store.write(nets.network_path("n"), {"name": "n", "config": NETWORK,
+                                              "source": "test", "created": "now"})
+    return nets
+
+
+def me() -> Target:
+    return Target("c1", "c1", process(os.getpid()))
+
+
+def test_while_an_add_runs_unlocked_nothing_else_acts_on_that_attachment(nets):
+    connected = []
+    adding = threading.Thread(target=lambda: connected.append(nets.connect("n", me())))
+    adding.start()
+    try:
+        assert nets.plugins.executor.adding.wait(10)
+        with pytest.raises(Conflict, match="already being connected to or disconnected from"):
+            nets.connect("n", me())
+        with pytest.raises(Conflict, match=r"circuit \(PID \d+\) is attaching container c1"):
+            nets.disconnect("n", me())
+        with pytest.raises(Conflict, match="is attaching"):
+            nets.delete("n", force=True)
+        assert list(nets.gc()) == []  # neither repaired nor collected
+        gc = [call.conf for call in nets.plugins.executor.calls if call.command == "GC"]
+        assert gc[-1]["cni.dev/valid-attachments"] == [{"containerID": "c1", "ifname": "eth0"}]
+    finally:
+        nets.plugins.executor.go.set()
+        adding.join()
+    assert connected and connected[0]["result"] == RESULT
+    assert [a["containerId"] for a in nets.attachments("n").records] == ["c1"]
+    assert nets.intents("n").records == []
+
+
+def test_a_second_network_at_the_same_time_gets_the_next_ifname(nets):
+    nets.store.write(nets.network_path("m"), {"name": "m", "config": {**NETWORK, "name": "m"},
+                                              "source": "test", "created": "now"})
+    adding = threading.Thread(target=lambda: nets.connect("n", me()))
+    adding.start()
+    try:
+        assert nets.plugins.executor.adding.wait(10)
+        nets.plugins.executor.go.set()
+    finally:
+        adding.join()
+    assert nets.connect("m", me())["ifName"] == "eth1"
+
+
+def test_a_corrupt_intent_is_reported_not_skipped(nets):
+    path = nets.store.path("intents", "n", "c1@eth0.json")
+    nets.store.write(path, {"op": "add"})
+    with pytest.raises(StateCorrupt, match="c1@eth0.json"):
+        list(nets.gc())
+    with pytest.raises(StateCorrupt, match="c1@eth0.json"):
+        nets.connect("n", me())
+
+
+def test_an_intent_whose_owner_died_is_undone_by_gc(nets):
+    nets.plugins.executor.go.set()
+    dead = {"pid": 1 << 22, "start_time": 1}
+    attachment = {"kind": "cniCacheV1", "containerId": "c9", "ifName": "eth0",
+                  "networkName": "n", "netns": "", "cniArgs": [], "capabilityArgs": {},
+                  "config": "", "result": None,
+                  "circuit": {"pid": 1 << 22, "start_time": 1, "target": "c9", "created": "x"}}
+    nets.store.write(nets.store.path("intents", "n", "c9@eth0.json"),
+                     {"op": "add", "owner": dead, "attachment": attachment})
+    assert [a["containerId"] for _, a in nets.gc()] == ["c9"]
+    assert ("bridge", "DEL") in nets.plugins.executor.sequence()
+    assert nets.intents("n").records == []
