@@ -5,6 +5,7 @@ import os
 import threading
 
 import pytest
+from test_cni import FakeExec
 
 from circuit_common.cli import Context
 from circuit_common.config import Settings
@@ -13,8 +14,6 @@ from circuit_common.proc import process
 from circuit_net import networks
 from circuit_net.networks import Networks
 from circuit_net.target import Target
-
-from test_cni import FakeExec
 
 RESULT = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
           "ips": [{"address": "10.1.0.2/24", "interface": 0}]}
@@ -95,9 +94,9 @@ def test_a_second_network_at_the_same_time_gets_the_next_ifname(nets):
 def test_a_corrupt_intent_is_reported_not_skipped(nets):
     path = nets.store.path("intents", "n", "c1@eth0.json")
     nets.store.write(path, {"op": "add"})
-    with pytest.raises(StateCorrupt, match="c1@eth0.json"):
+    with pytest.raises(StateCorrupt, match=r"c1@eth0\.json"):
         list(nets.gc())
-    with pytest.raises(StateCorrupt, match="c1@eth0.json"):
+    with pytest.raises(StateCorrupt, match=r"c1@eth0\.json"):
         nets.connect("n", me())
 
 
