@@ -143,22 +143,30 @@ def test_the_hook_shapes_a_runc_container_by_its_network_policy(host, runc):
     assert ifbs(host) == []
 
 
-def test_a_veth_the_bandwidth_plugin_shapes_is_refused_and_left_as_it_was(host):
-    """circuit never takes over nor removes qdiscs it did not make: the CNI bandwidth plugin's
-    tbf and ingress stay, in one line, with nothing of circuit's added."""
+def test_shaping_by_another_tool_is_refused_and_left_as_it_was(host):
+    """circuit never takes over nor removes qdiscs it did not make: a network whose chain has
+    the CNI bandwidth plugin is refused as a whole, and a veth someone shaped by hand (a tbf
+    root) is refused before anything changes, in one line each."""
     shaping = {"type": "bandwidth", "ingressRate": 8_000_000, "ingressBurst": 80_000,
                "egressRate": 8_000_000, "egressBurst": 80_000}
-    conf = bridge_conf(version="0.4.0")
-    chain = {"cniVersion": "0.4.0", "name": "sandbox",
+    conf = bridge_conf(name="shaped", bridge="cni1", subnet="10.100.20.0/24", version="0.4.0")
+    chain = {"cniVersion": "0.4.0", "name": "shaped",
              "plugins": [{k: v for k, v in conf.items() if k not in ("cniVersion", "name")},
                          shaping]}
-    host.circuit("network", "create", host.conf(chain, "sandbox.conflist"))
-    c = host.container(IPERF)
-    host.circuit("network", "connect", c.pid, "sandbox")
+    host.circuit("network", "create", host.conf(chain, "shaped.conflist"))
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    plugin_shaped, hand_shaped = host.container(IPERF), host.container(IPERF)
+    host.circuit("network", "connect", plugin_shaped.pid, "shaped")
+    host.circuit("network", "connect", hand_shaped.pid, "sandbox")
+    host.run("tc", "qdisc", "add", "dev", host_veth(host, "sandbox", hand_shaped.pid), "root",
+             "tbf", "rate", "8mbit", "burst", "10k", "latency", "25ms")
     before, state = qdiscs(host), snapshot(host.state)
-    assert " tbf " in before and "ingress" in before
-    proc = host.circuit("network", "qos", "set", "--rate", "5000", "sandbox", check=False)
-    assert proc.returncode == 5 and len(proc.stderr.splitlines()) == 1
-    assert "shaped by another tool (a tbf root qdisc" in proc.stderr
-    assert qdiscs(host) == before and snapshot(host.state) == state and ifbs(host) == []
-    host.circuit("network", "disconnect", c.pid, "sandbox")
+    assert before.count(" tbf ") == 3  # bandwidth's on its veth and IFB, and the hand-made one
+    for network, message in (("shaped", "chain has the CNI bandwidth plugin"),
+                             ("sandbox", "shaped by another tool (a tbf root qdisc")):
+        proc = host.circuit("network", "qos", "set", "--rate", "5000", network, check=False)
+        assert proc.returncode == 5 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert message in proc.stderr
+        assert qdiscs(host) == before and snapshot(host.state) == state and ifbs(host) == []
+    host.circuit("network", "disconnect", plugin_shaped.pid, "shaped")
+    host.circuit("network", "disconnect", hand_shaped.pid, "sandbox")

@@ -61,3 +61,40 @@ def test_a_missing_extension_is_one_line_and_changes_nothing(tmp_path, marker):
     assert "extension 'nosuch', which no installed tool provides" in proc.stderr
     assert "nosuch.json" in proc.stderr
     assert (tmp_path / "networks" / "sandbox.json").exists()
+
+
+def test_a_marker_names_only_a_circuit_extension_module(tmp_path):
+    """A marker's module is imported on the hook's path without an entry-point scan: one that
+    is not circuit_<tool>.extension is never imported."""
+    import pytest
+
+    from circuit_common.errors import NotFound
+
+    planted = tmp_path / "code"
+    planted.mkdir()
+    (planted / "this_test_would_run.py").write_text("")  # importable, and not circuit's
+    sys.path.insert(0, str(planted))
+    store = Store(tmp_path / "state")
+    store.write(store.path("extensions", "sandbox", "evil.json"),
+                {"extension": "evil", "module": "this_test_would_run"})
+    try:
+        with pytest.raises(NotFound, match="no installed tool provides"):
+            extensions.load(store, "sandbox", "evil")
+        assert "this_test_would_run" not in sys.modules
+    finally:
+        sys.path.remove(str(planted))
+    extensions.mark(store, "sandbox", "qos", "circuit_qos.extension")
+    assert extensions.load(store, "sandbox", "qos").__name__ == "circuit_qos.extension"
+
+
+def test_a_malformed_qos_record_is_state_corrupt_not_a_crash(tmp_path):
+    import pytest
+
+    from circuit_common.errors import StateCorrupt
+    from circuit_qos import policy
+
+    store = Store(tmp_path)
+    store.write(policy.policy_path(store, "sandbox"), {"network": {"rate": "fast"},
+                                                      "attachments": {}})
+    with pytest.raises(StateCorrupt, match=r"sandbox\.json is malformed"):
+        policy.load(store, "sandbox")

@@ -29,7 +29,7 @@ import copy
 
 from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
-from circuit_common.errors import InvalidInput
+from circuit_common.errors import Conflict, InvalidInput
 from circuit_common.validate import ascii_number, check_ifname
 from circuit_net.networks import Networks, as_attachment
 from circuit_net.target import resolve
@@ -88,7 +88,11 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     from .tc import Links
 
     with nets.store.lock("network", name):
-        nets.get(name)
+        network = nets.get(name)
+        if a["set"] and any(p.get("type") == "bandwidth" for p in network["config"]["plugins"]):
+            raise Conflict(f"network {name}'s chain has the CNI bandwidth plugin, which shapes "
+                           "the same veths: take it out of the chain to shape with circuit "
+                           "(or shape with its bandwidth capability: connect --cap)")
         with Links() as links:
             target = resolve(a["--container"], ctx.settings.runc_root, must_run=False) \
                 if a["--container"] else None

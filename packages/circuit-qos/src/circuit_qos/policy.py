@@ -28,7 +28,23 @@ def policy_path(store: Store, name: str) -> str:
 
 
 def load(store: Store, name: str) -> dict:
-    return store.read(policy_path(store, name)) or EMPTY
+    """The network's policies (EMPTY when it has none); StateCorrupt for a malformed record."""
+    return store.read(policy_path(store, name), check=check_record) or EMPTY
+
+
+def check_record(record: dict, path: str) -> None:
+    """A qos record as circuit writes it (ValueError: what is wrong)."""
+    policies = [record.get("network"), *(record.get("attachments") or {}).values()]
+    if not isinstance(record.get("attachments"), dict):
+        raise ValueError("'attachments' must be an object")
+    for policy in policies:
+        if policy is not None and not (
+                isinstance(policy, dict) and set(policy) <= set(FIELDS)
+                and all(type(v) is int and v >= 0 for v in policy.values())):
+            raise ValueError(f"a policy must map {', '.join(FIELDS)} to whole numbers, "
+                             f"not {policy!r}")
+    if not isinstance(record.get("plan", {}), dict):
+        raise ValueError("'plan' must be an object")
 
 
 def save(store: Store, name: str, record: dict) -> None:

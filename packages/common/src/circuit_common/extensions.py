@@ -16,12 +16,14 @@ tool's module spares the scan (importlib.metadata, ≈ 20 ms) on the networks it
 
 import contextlib
 import os
+import re
 from collections import namedtuple
 
 from .errors import NotFound
 from .proc import Process
 
 GROUP = "circuit.extensions"
+MODULE_RE = re.compile(r"circuit_[a-z]+\.extension")  # what a marker may name
 
 
 class Attachment(namedtuple("Attachment", "network container_id ifname pid start_time result")):
@@ -73,7 +75,7 @@ def load(store, network: str, name: str):
     in one line when no installed tool provides it."""
     marker = os.path.join(marker_dir(store, network), f"{name}.json")
     module = (store.read(marker) or {}).get("module")
-    if isinstance(module, str):
+    if isinstance(module, str) and MODULE_RE.fullmatch(module):  # never any module at all
         import importlib
 
         try:
