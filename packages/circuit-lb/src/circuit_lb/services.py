@@ -9,6 +9,7 @@ the kernel's changes are undone, so store and kernel never disagree after a fail
 """
 
 import contextlib
+import os
 import re
 import time
 
@@ -30,6 +31,28 @@ def check_weight(value) -> int:
     return weight
 
 
+def check_service(record: dict, path: str) -> None:
+    """A service record as circuit writes it, at services/<name>.json (ValueError: what is
+    wrong). Targets are checked by type only: a service may hold thousands."""
+    from .address import normal_ip
+
+    if os.path.basename(path) != f"{record.get('name')}.json":
+        raise ValueError("it names another service than its file is for")
+    normal_ip(record.get("addr"))
+    if type(record.get("port")) is not int or not 0 < record["port"] < 65536:
+        raise ValueError(f"port {record.get('port')!r} is not 1-65535")
+    if record.get("protocol") not in ipvs.PROTOCOLS \
+            or not SCHEDULER_RE.fullmatch(str(record.get("scheduler"))) \
+            or record.get("backend", "ipvs") not in backends.BACKENDS:
+        raise ValueError("its protocol, scheduler or backend is not one circuit knows")
+    targets = record.get("targets")
+    if not isinstance(targets, list) or not all(
+            isinstance(t, dict) and type(t.get("addr")) is str and type(t.get("port")) is int
+            and type(t.get("weight")) is int and t.get("forward") in ipvs.FORWARDS
+            for t in targets):
+        raise ValueError("its targets must be a list of {addr, port, weight, forward}")
+
+
 class Services:
     """The services of one state store."""
 
@@ -40,19 +63,20 @@ class Services:
         return self.store.path("services", f"{check_name(name, 'service name')}.json")
 
     def get(self, name: str) -> dict:
-        record = self.store.read(self.path(name))
+        record = self.store.read(self.path(name), check=check_service)
         if record is None:
             raise NotFound(f"no service named {name!r} (see 'circuit lb list')")
         return record
 
     def all(self) -> tuple[list[dict], list[str]]:
         """Every service record, and one message per record that could not be read."""
-        return self.store.read_all(self.store.path("services"))
+        return self.store.read_all(self.store.path("services"), check=check_service)
 
     def _others(self, name: str) -> list[dict]:
         """Every service record but name's (the one a command changes, and holds in memory:
         reading its thousands of targets back would cost as much as writing them)."""
-        return self.store.read_all(self.store.path("services"), skip=self.path(name)).records
+        return self.store.read_all(self.store.path("services"), skip=self.path(name),
+                                   check=check_service).records
 
     def create(self, name: str, where: Endpoint, scheduler: str, protocol: str,
                persistent: int | None, backend: str | None = None) -> dict:
@@ -70,7 +94,7 @@ class Services:
         chosen.check(record)
         chosen.ensure()
         with self.store.lock_all():
-            if self.store.read(self.path(name)) is not None:
+            if self.store.read(self.path(name), check=check_service) is not None:
                 raise Conflict(f"service {name} exists already")
             for other in self.all()[0]:
                 if (other["protocol"], endpoint(other)) == (protocol, where):
