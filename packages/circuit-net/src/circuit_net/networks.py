@@ -5,6 +5,7 @@ State:  networks/<name>.json                    the network's config list
                                                  attachment, plus a "circuit" object (pid, ...)
 """
 
+import binascii
 import contextlib
 import os
 import time
@@ -21,6 +22,9 @@ from circuit_common.validate import NAME_RE, check_ifname, check_name
 
 from . import cni, runtime
 from .target import Target
+
+
+CONTAINER_LOCKS = 64
 
 
 def now() -> str:
@@ -219,9 +223,11 @@ class Networks:
                 runtime.check_declared([network["config"]], caps or {})
             self.repair(network)
             self.refuse_attached(name, target)
-            # the container's own lock: a connect to another network at the same time must
-            # see this one's ifname taken (its intent) before it chooses its own
-            with self.store.lock("container", target.container_id):
+            # the container's lock: a connect to another network at the same time must see
+            # this one's ifname taken (its intent) before it chooses its own. One of 64 slots,
+            # so lock files do not pile up one per container ever connected
+            slot = binascii.crc32(target.container_id.encode()) % CONTAINER_LOCKS
+            with self.store.lock("container", str(slot)):
                 record, rt = self._intend_attach(network, target, ifname, list(ips), mac,
                                                  list(args), caps or {})
         return self._attach(network, record, rt, list(ips))
