@@ -23,7 +23,6 @@ from circuit_common.validate import NAME_RE, check_ifname, check_name
 from . import cni, runtime
 from .target import Target
 
-
 CONTAINER_LOCKS = 64
 
 
