@@ -71,3 +71,17 @@ def test_prune_deletes_unused_networks_their_bridges_and_directories(host):
     assert "cni-busy" in links(host)
     assert sorted(p.name for p in (host.state / "attachments").iterdir()) == ["busy"]
     assert host.circuit("network", "prune").stdout == ""
+
+
+def test_delete_leaves_a_bridge_someone_else_plugged_into_or_a_link_that_is_no_bridge(host):
+    """The bridges were absent when the networks were made; another tool made them since."""
+    host.circuit("network", "create", "web", "--subnet", "10.100.60.0/24", "--bridge", "br-user")
+    host.circuit("network", "create", "db", "--subnet", "10.100.61.0/24", "--bridge", "v-user")
+    host.run("ip", "link", "add", "br-user", "type", "bridge")
+    host.run("ip", "link", "add", "port0", "type", "veth", "peer", "name", "port1")
+    host.run("ip", "link", "set", "port0", "master", "br-user")
+    host.run("ip", "link", "add", "v-user", "type", "veth", "peer", "name", "v-peer")
+    for name in ("web", "db"):
+        assert host.circuit("network", "delete", name).stdout == f"{name} deleted\n"
+    assert {"br-user", "port0", "v-user", "v-peer"} <= {
+        line.split(": ")[1].split("@")[0] for line in links(host).splitlines()}

@@ -177,15 +177,15 @@ class Networks:
 
     def remove_leftovers(self, network: dict) -> None:
         """After a network's record went: the bridges circuit's plugins created for it that no
-        other network names, and its empty state directories."""
-        from .link import delete_link
+        other network names and nothing is plugged into, and its empty state directories."""
+        from .link import delete_unused_bridge
 
         name = network["name"]
         in_use = {b for n in self.all().records for b in bridges(n["config"])}
         for bridge in network.get("bridges") or []:
             if bridge not in in_use and bridge in bridges(network["config"]):
                 try:
-                    delete_link(bridge)
+                    delete_unused_bridge(bridge)
                 except OSError as e:
                     raise CircuitError(f"network {name} deleted, but its bridge {bridge} "
                                        f"stays: {e.strerror}") from None
