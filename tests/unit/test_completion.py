@@ -71,6 +71,22 @@ def test_names_come_from_the_state(state):
     assert bash_complete("circuit-net", "--state", state, "delete", "b") == ["back"]
 
 
+def test_hostile_file_names_in_the_state_or_runc_root_never_reach_the_shell(state, tmp_path,
+                                                                          monkeypatch):
+    """A glob would expand in bash's completion, a newline split a name, an escape reach the
+    terminal: only names circuit (or runc) would make are candidates."""
+    runc_root = tmp_path / "runc"
+    for name in ("*", "two\nlines", "ev\x1b[31mil", "a b"):
+        (state / "networks" / f"{name}.json").write_text("{}")
+        (runc_root / name).mkdir(parents=True)
+    (runc_root / "web-00").mkdir()
+    monkeypatch.chdir(state / "networks")  # where a glob would find files
+    assert bash_complete("circuit", "--state", state, "network", "inspect", "") == ["back",
+                                                                                 "front"]
+    assert bash_complete("circuit", "--runc-root", runc_root, "network", "connect", "") == [
+        "web-00"]
+
+
 def test_targets_are_runc_ids(tmp_path):
     runc_root = tmp_path / "runc"
     for cid in ("web-00", "db-01"):

@@ -15,9 +15,11 @@ from .config import GLOBAL_HELP, load_settings, split_global_options
 from .errors import CircuitError, UsageError
 from .output import emit, emit_names
 from .usage import Usage, parse_options, slots, tool_name
+from .validate import NAME_RE
 
 FILES, DIRS = "::files", "::dirs"
 RUNC_ROOT = "/run/runc"
+RUNC_ID_RE = re.compile(r"[\w+.-]+", re.ASCII)  # runc's own rule for container ids
 # What a placeholder stands for, by tool; the default row applies to every tool.
 SOURCES = {
     None: {"NETWORK": "networks", "NAME": "networks", "TARGET": "containers",
@@ -173,10 +175,11 @@ def _for_placeholder(placeholder: str, options: dict, tool: str | None,
         return []
     if source == "containers":
         directory = settings.runc_root or RUNC_ROOT
-        return _names(directory, lambda n: os.path.isdir(os.path.join(directory, n)))
+        return _names(directory, lambda n: RUNC_ID_RE.fullmatch(n)
+                      and os.path.isdir(os.path.join(directory, n)))
     directory = os.path.join(settings.state_dir, source)
-    return [n[:-len(".json")] for n in _names(directory, lambda n: n.endswith(".json"))
-            if not n.startswith(".")]
+    return [n[:-len(".json")] for n in _names(
+        directory, lambda n: n.endswith(".json") and NAME_RE.fullmatch(n[:-len(".json")]))]
 
 
 def _listed_values(help_text: str) -> list[str]:
@@ -188,6 +191,8 @@ def _listed_values(help_text: str) -> list[str]:
 
 
 def _names(directory: str, keep) -> list[str]:
+    """The entries of directory that keep accepts: only names circuit or runc would make reach
+    the shell (a file called `*.json` would be a glob in bash's completion)."""
     try:
         return sorted(n for n in os.listdir(directory) if keep(n))
     except OSError:
