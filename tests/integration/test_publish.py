@@ -72,3 +72,24 @@ def test_the_hook_publishes_from_the_annotation(host, runc):
     assert http_get_bodies(client.netns, HOST_IP, 1, port=8080)  # busybox's 404 page
     runc.delete(cid)
     assert not port_open(client.netns, HOST_IP, 8080)
+
+
+def test_a_host_port_published_already_is_refused_on_any_network(host):
+    """Only the first mapping of a host port would get traffic: a second is refused in one
+    line, on the same network or another, and nothing of it is made."""
+    host.circuit("network", "create", host.conf(web_conflist(), "web.conflist"))
+    api = web_conflist("api", "10.100.31.0/24")
+    api["plugins"][0]["bridge"] = "cni-api"
+    host.circuit("network", "create", host.conf(api, "api.conflist"))
+    first, second = host.container(), host.container()
+    host.circuit("network", "connect", first.pid, "web", "-p", "8080:80")
+    for network in ("web", "api"):
+        proc = host.circuit("network", "connect", second.pid, network, "-p", "8080:81",
+                            check=False)
+        assert proc.returncode == 5 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert f"host port 8080/tcp is published already, for container {first.pid}" \
+            in proc.stderr
+        assert "eth0" not in second.links()
+    host.circuit("network", "connect", second.pid, "api", "-p", "8080:80/udp")  # another proto
+    host.circuit("network", "disconnect", first.pid, "web")
+    host.circuit("network", "connect", first.pid, "api", "-p", "8080:80")  # free again

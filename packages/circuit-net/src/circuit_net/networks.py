@@ -268,8 +268,38 @@ class Networks:
         record = cni.cache_entry(netconf, rt, None)
         record["circuit"] = {"pid": target.process.pid, "start_time": target.process.start_time,
                              "target": target.label, "created": now()}
-        self._intend("add", record)
+        wanted = capability_args.get("portMappings") or []
+        if not wanted:
+            self._intend("add", record)
+            return record, rt
+        with self.store.lock("ports", "host"):  # one host: every network's published ports
+            self.refuse_published(wanted, target)
+            self._intend("add", record)
         return record, rt
+
+    def refuse_published(self, wanted: list[dict], target: Target) -> None:
+        """Conflict when a host port in wanted is published already, by an attachment or one
+        under way on any network (a host IP left out means every address)."""
+        for kind, mappings in (("attachments", lambda r: r.get("capabilityArgs")),
+                               ("intents", lambda r: r["attachment"].get("capabilityArgs"))):
+            try:
+                names = os.listdir(self.store.path(kind))
+            except FileNotFoundError:
+                continue
+            for network in names:
+                check = check_attachment if kind == "attachments" else check_intent
+                for record in self.store.read_all(self.store.path(kind, network),
+                                                  check=check).records:
+                    if kind == "intents" and not owner_alive(record):
+                        continue  # left by a killed circuit: the next repair undoes it
+                    for taken in (mappings(record) or {}).get("portMappings") or []:
+                        for mapping in wanted:
+                            if same_host_port(mapping, taken):
+                                owner = record.get("attachment", record)["circuit"]["target"]
+                                raise Conflict(
+                                    f"host port {mapping['hostPort']}/{mapping['protocol']} is "
+                                    f"published already, for container {owner} on network "
+                                    f"{network}; choose another for {target.label}")
 
     def _attach(self, network: dict, record: dict, rt: cni.Runtime, ips: list[str]) -> dict:
         """ADD without the network's lock (the plugins take their own, and containers starting
@@ -517,6 +547,14 @@ class Networks:
         if errors:
             raise StateCorrupt(f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
                                                  if len(errors) > 1 else ""))
+
+
+def same_host_port(one: dict, other: dict) -> bool:
+    """Whether two portMappings take the same host port (no hostIP: every address)."""
+    return (one["hostPort"], one.get("protocol", "tcp")) == \
+        (other.get("hostPort"), other.get("protocol", "tcp")) \
+        and (not one.get("hostIP") or not other.get("hostIP")
+             or one["hostIP"] == other["hostIP"])
 
 
 def owner_alive(intent: dict) -> bool:
