@@ -110,3 +110,28 @@ def test_hook_pids_are_never_coerced_and_pid_1_stays_untouched(host, pid):
         assert proc.returncode == 3 and "invalid pid in the OCI state" in proc.stderr
     assert len(proc.stderr.splitlines()) == 1
     assert host_veths(host) == before and records(host) == []
+
+
+def test_qos_set_and_reset_killed_anywhere_are_made_whole_by_restore(host):
+    """The store is written before the kernel changes: whatever a kill leaves half shaped,
+    `circuit restore` makes the kernel match the store, with no IFB device left over."""
+    rng = random.Random(14)
+    host.circuit("network", "create", host.conf(bridge_conf(version="0.4.0")))
+    c = host.container()
+    host.circuit("network", "connect", c.pid, "sandbox")
+    veth = next(line.split(": ")[1].split("@")[0]
+                for line in host.run("ip", "-o", "link", "show", "type", "veth").stdout
+                .splitlines())
+    for i in range(KILLS):
+        change = ("set", "--rate", f"{1000 + i}kbit") if i % 2 == 0 else ("reset",)
+        killed_at_random(host, rng, "network", "qos", *change, "sandbox")
+        host.circuit("restore")
+        policy = json.loads(host.circuit("network", "qos", "show", "sandbox", "--format",
+                                         "json").stdout)["policy"]
+        ifbs = [line for line in host.run("ip", "-o", "link").stdout.splitlines()
+                if ": cq" in line]
+        assert len(ifbs) == (1 if policy else 0), (i, policy, ifbs)
+        assert ("htb" in host.run("tc", "qdisc", "show", "dev", veth).stdout) == bool(policy)
+    host.circuit("network", "disconnect", c.pid, "sandbox")
+    assert [line for line in host.run("ip", "-o", "link").stdout.splitlines()
+            if ": cq" in line] == []

@@ -116,7 +116,14 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
                     new["attachments"].pop(attachment.key, None)
             else:
                 new = {"network": None, "attachments": {}}
-            qos.apply_all(links, chosen, old, new)
+            # the store first: a kill while the kernel changes leaves the new policies, which
+            # `circuit restore` applies; a refusal puts the old ones back in both
+            qos.save(nets.store, name, new, keep_empty=True)
+            try:
+                qos.apply_all(links, chosen, old, new)
+            except BaseException:
+                qos.save(nets.store, name, old)
+                raise
             qos.save(nets.store, name, new)
     print(f"qos {'configured' if a['set'] else 'reset'} for {name}")
     return 0

@@ -47,10 +47,12 @@ def check_record(record: dict, path: str) -> None:
         raise ValueError("'plan' must be an object")
 
 
-def save(store: Store, name: str, record: dict) -> None:
+def save(store: Store, name: str, record: dict, keep_empty: bool = False) -> None:
     """Write the network's policies with the plan of the network's (encoded now unless the
-    record's is still ready), and mark the network for the qos extension while any."""
-    if record["network"] is None and not record["attachments"]:
+    record's is still ready), and mark the network for the qos extension while any. An empty
+    record is removed, unless keep_empty: a reset under way, which `circuit restore` finishes
+    should circuit be killed before the kernel is unshaped."""
+    if record["network"] is None and not record["attachments"] and not keep_empty:
         store.remove(policy_path(store, name))
         extensions.unmark(store, name, "qos")
     else:
