@@ -69,7 +69,7 @@ def hook_peak_rss_mb(host: Host, runc: Runc, conf: Path) -> float:
     state = json.dumps({"ociVersion": "1.0.2", "id": cid, "pid": runc.pid(cid),
                         "status": "created"})
     env = {"CNI_CONF": str(conf), "CIRCUIT_STATE_DIR": str(host.state),
-           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+           "CIRCUIT_CNI_CACHE_DIR": str(host.cni_cache), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     subprocess.run(["nsenter", f"--net={host.netns}", CIRCUIT], input=state.encode(), env=env,
                    check=True)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
