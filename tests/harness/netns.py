@@ -37,6 +37,15 @@ def snapshot(directory: Path) -> dict[str, bytes]:
             if p.is_file() and "locks" not in p.parts}
 
 
+def machine_circuit_state() -> set[str]:
+    """What is in the machine's own state dirs for circuit and libcni's result cache."""
+    found = set()
+    for directory in ("/var/lib/circuit", "/var/lib/cni/results"):
+        if os.path.isdir(directory):
+            found |= {directory, *(os.path.join(directory, n) for n in os.listdir(directory))}
+    return found
+
+
 @pytest.fixture(scope="session")
 def leak_check():
     """Fail the run if the tests leave namespaces, runc containers or root-namespace links behind
@@ -44,7 +53,11 @@ def leak_check():
     if os.geteuid() != 0:
         pytest.skip("network tests need root")
     links_before, ns_before = root_links(), netns_names()
+    machine_state = machine_circuit_state()
     yield
+    assert machine_circuit_state() == machine_state, \
+        "tests wrote circuit's or libcni's state on the machine itself: give circuit --state " \
+        "and CIRCUIT_CNI_CACHE_DIR in the test's temp dir"
     leaked_runc = [c for c in sh("runc", "list", "-q").stdout.split() if c.startswith(PREFIX)]
     assert not leaked_runc, f"tests left runc containers {leaked_runc}"
     leaked_ns = {n for n in netns_names() - ns_before if n.startswith(PREFIX)}

@@ -67,7 +67,8 @@ class Podman:
 def podman(host, tmp_path):
     hooks = json.loads((ROOT / "docs" / "hooks.d" / "circuit.json").read_text())
     hooks["hook"]["path"] = CIRCUIT
-    hooks["hook"]["env"].append(f"CIRCUIT_STATE_DIR={host.state}")
+    hooks["hook"]["env"] += [f"CIRCUIT_STATE_DIR={host.state}",
+                             f"CIRCUIT_CNI_CACHE_DIR={host.cni_cache}"]
     p = Podman(host, tmp_path / "podman", hooks)
     try:
         yield p
