@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 CIRCUIT="$repo/.venv/bin/circuit"
 work=$(mktemp -d /tmp/circuit-demo.XXXXXX)
+export CIRCUIT_CNI_CACHE_DIR="$work/cni"  # libcni's result copies stay in the demo's dir too
 host="circuit-demo-$$"
 ids=()
 cleanup() {
@@ -61,6 +62,7 @@ config["mounts"].append({"destination": "/www", "type": "bind", "source": f"{wor
                          "options": ["bind", "ro"]})
 hook = {"path": circuit, "env": [f"CNI_CONF={work}/sandbox.conf", "CNI_PATH=/usr/lib/cni",
                                  f"CIRCUIT_STATE_DIR={work}/state",
+                                 f"CIRCUIT_CNI_CACHE_DIR={work}/cni",
                                  "PATH=/bin:/usr/bin:/usr/sbin:/sbin"]}
 config["hooks"] = {"createRuntime": [hook], "poststop": [hook]}
 json.dump(config, open(path, "w"), indent=2)
