@@ -4,6 +4,7 @@ import json
 import socket
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from harness.forked import run_forked
@@ -53,6 +54,27 @@ def udp_answers(netns: str, address: str, count: int, port: int = 5353) -> list[
     proc = run_forked(netns, ask)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split()
+
+
+def web_backends(host: Host, www_root: Path, names, conf: dict | None = None
+                 ) -> dict[str, Container]:
+    """One busybox httpd per name, serving its own name, on the network conf describes (the
+    seed's bridge network, sandbox, by default), which is created first."""
+    from harness.netns import bridge_conf
+
+    host.circuit("network", "create", host.conf(conf or bridge_conf()))
+    return {name: httpd(host, www_root, name, (conf or {}).get("name", "sandbox"))
+            for name in names}
+
+
+def ipv4_of(containers: dict[str, Container]) -> dict[str, str]:
+    """Each container's first IPv4 address, by name."""
+    return {name: c.addresses()[0] for name, c in containers.items()}
+
+
+def answered_by(netns: str, address: str, count: int) -> Counter:
+    """Who answered count HTTP requests to address from inside netns, by body (a name)."""
+    return Counter(http_get_bodies(netns, address, count))
 
 
 def wait_for(predicate, timeout=5.0, interval=0.02):

@@ -7,32 +7,19 @@ from collections import Counter
 import pytest
 
 from harness import (
+    answered_by,
     bridge_conf,
     http_get_bodies,
-    httpd,
+    ipv4_of,
     ipv6_bridge_conf,
     snapshot,
     udp_answers,
     udp_responder,
     wait_for,
+    web_backends,
 )
 
 VIP = "10.100.99.1"
-
-
-def start_backends(host, tmp_path, names, conf=None):
-    """One busybox httpd per name, serving its own name, on the sandbox network."""
-    host.circuit("network", "create", host.conf(conf or bridge_conf()))
-    return {name: httpd(host, tmp_path, name) for name in names}
-
-
-def ipv4(containers: dict) -> dict:
-    return {name: c.addresses()[0] for name, c in containers.items()}
-
-
-def fetch(netns: str, count: int, vip: str = VIP) -> Counter:
-    """Who answered count HTTP requests to the VIP from netns, as a Counter of names."""
-    return Counter(http_get_bodies(netns, vip, count))
 
 
 def table(host) -> dict:
@@ -46,11 +33,11 @@ def table(host) -> dict:
 
 
 def test_round_robin_stats_removal_and_hairpin(host, tmp_path):
-    ips = ipv4(start_backends(host, tmp_path, ["alpha", "beta", "gamma"]))
+    ips = ipv4_of(web_backends(host, tmp_path, ["alpha", "beta", "gamma"]))
     assert host.circuit("lb", "create", "web", f"{VIP}:80").stdout == "service web created\n"
     out = host.circuit("lb", "add", "web", *(f"{ip}:80" for ip in ips.values()))
     assert out.stdout == "service web updated\n"
-    assert fetch(host.netns, 30) == {"alpha": 10, "beta": 10, "gamma": 10}
+    assert answered_by(host.netns, VIP, 30) == {"alpha": 10, "beta": 10, "gamma": 10}
 
     listed = host.circuit("lb", "list", "--details").stdout
     assert listed.splitlines()[0].split() == ["NAME", "ADDR", "PROTOCOL", "SCHEDULER", "BACKEND"]
@@ -65,11 +52,11 @@ def test_round_robin_stats_removal_and_hairpin(host, tmp_path):
         assert counters["bytes_out"] > counters["bytes_in"] > 0  # answers outweigh the GETs
 
     host.circuit("lb", "remove", "web", f"{ips['gamma']}:80")
-    assert fetch(host.netns, 10) == {"alpha": 5, "beta": 5}
+    assert answered_by(host.netns, VIP, 10) == {"alpha": 5, "beta": 5}
 
     client = host.container()  # on the same bridge as the backends: the hairpin case
     host.circuit("network", "connect", client.pid, "sandbox")
-    assert fetch(client.netns, 4) == {"alpha": 2, "beta": 2}
+    assert answered_by(client.netns, VIP, 4) == {"alpha": 2, "beta": 2}
 
     assert host.circuit("lb", "delete", "web").stdout == "service web removed\n"
     assert table(host) == {}
@@ -78,11 +65,11 @@ def test_round_robin_stats_removal_and_hairpin(host, tmp_path):
 
 
 def test_weighted_round_robin_from_stdin_persistence_and_clear(host, tmp_path):
-    ips = ipv4(start_backends(host, tmp_path, ["alpha", "beta", "gamma"]))
+    ips = ipv4_of(web_backends(host, tmp_path, ["alpha", "beta", "gamma"]))
     host.circuit("lb", "create", "wrr", f"{VIP}:80", "--scheduler", "wrr")
     lines = f"{ips['alpha']}:80 3\n{ips['beta']}:80 1\n# comment\n{ips['gamma']}:80\n"
     host.circuit("lb", "add", "wrr", "-", input=lines)
-    assert fetch(host.netns, 30) == {"alpha": 18, "beta": 6, "gamma": 6}
+    assert answered_by(host.netns, VIP, 30) == {"alpha": 18, "beta": 6, "gamma": 6}
 
     host.circuit("lb", "create", "sticky", f"{VIP}:8080", "--persistent", "60")
     host.circuit("lb", "create", "hashed", f"{VIP}:8081", "--scheduler", "sh")
@@ -108,19 +95,19 @@ def test_udp_service_answers(host):
 
 def test_ipv6_service_balances(host, tmp_path):
     conf = ipv6_bridge_conf()
-    containers = start_backends(host, tmp_path, ["alpha", "beta"], conf)
+    containers = web_backends(host, tmp_path, ["alpha", "beta"], conf)
     backends = {name: c.addresses(version=6)[0] for name, c in containers.items()}
     assert wait_for(lambda: "tentative" not in host.run("ip", "-6", "addr", "show").stdout)
     vip = "fd10:99::1"
     host.circuit("lb", "create", "web6", f"[{vip}]:80")
     host.circuit("lb", "add", "web6", *(f"[{ip}]:80" for ip in backends.values()))
-    assert fetch(host.netns, 4, vip) == {"alpha": 2, "beta": 2}
+    assert answered_by(host.netns, vip, 4) == {"alpha": 2, "beta": 2}
     host.circuit("lb", "delete", "web6")
     assert table(host) == {}
 
 
 def test_drift_after_the_table_is_deleted_and_restore(host, tmp_path):
-    ips = ipv4(start_backends(host, tmp_path, ["alpha", "beta"]))
+    ips = ipv4_of(web_backends(host, tmp_path, ["alpha", "beta"]))
     host.circuit("lb", "create", "web", f"{VIP}:80")
     host.circuit("lb", "add", "web", *(f"{ip}:80" for ip in ips.values()))
     made = table(host)
@@ -137,7 +124,7 @@ def test_drift_after_the_table_is_deleted_and_restore(host, tmp_path):
 
     assert "service web restored" in host.circuit("restore").stdout
     assert table(host) == made and host.circuit("lb", "list").stderr == ""
-    assert fetch(host.netns, 4) == {"alpha": 2, "beta": 2}
+    assert answered_by(host.netns, VIP, 4) == {"alpha": 2, "beta": 2}
     host.circuit("lb", "delete", "web")
 
 

@@ -1,46 +1,36 @@
 """circuit-lb with real traffic through IPVS: busybox httpd backends on a circuit bridge."""
 
 import json
-from collections import Counter
 
 from harness import (
+    answered_by,
     bridge_conf,
-    http_get_bodies,
     httpd,
+    ipv4_of,
     ipv6_bridge_conf,
     snapshot,
     udp_answers,
     udp_responder,
     wait_for,
+    web_backends,
 )
 
 VIP = "10.100.99.1"
 
 
-def start_backends(host, tmp_path, names):
-    """One busybox httpd per name, serving its own name, on the sandbox network."""
-    host.circuit("network", "create", host.conf(bridge_conf()))
-    return {name: httpd(host, tmp_path, name).addresses()[0] for name in names}
-
-
-def fetch(netns: str, count: int) -> Counter:
-    """Who answered count HTTP requests to the VIP from netns, as a Counter of names."""
-    return Counter(http_get_bodies(netns, VIP, count))
-
-
 def test_round_robin_removal_hairpin_stats_and_restore(host, tmp_path):
-    ips = start_backends(host, tmp_path, ["alpha", "beta", "gamma"])
+    ips = ipv4_of(web_backends(host, tmp_path, ["alpha", "beta", "gamma"]))
     assert host.circuit("lb", "create", "web", f"{VIP}:80").stdout == "service web created\n"
     out = host.circuit("lb", "add", "web", *(f"{ip}:80" for ip in ips.values()))
     assert out.stdout == "service web updated\n"
-    assert fetch(host.netns, 30) == {"alpha": 10, "beta": 10, "gamma": 10}
+    assert answered_by(host.netns, VIP, 30) == {"alpha": 10, "beta": 10, "gamma": 10}
 
     host.circuit("lb", "remove", "web", f"{ips['gamma']}:80")
-    assert set(fetch(host.netns, 10)) == {"alpha", "beta"}
+    assert set(answered_by(host.netns, VIP, 10)) == {"alpha", "beta"}
 
     client = host.container()  # on the same bridge as the backends: the hairpin case
     host.circuit("network", "connect", client.pid, "sandbox")
-    assert set(fetch(client.netns, 4)) == {"alpha", "beta"}
+    assert set(answered_by(client.netns, VIP, 4)) == {"alpha", "beta"}
 
     listed = host.circuit("lb", "list", "--details", "--stats").stdout
     assert listed.splitlines()[0].split()[:4] == ["NAME", "ADDR", "PROTOCOL", "SCHEDULER"]
@@ -55,7 +45,7 @@ def test_round_robin_removal_hairpin_stats_and_restore(host, tmp_path):
     assert "missing from the kernel" in drift.stderr and "circuit restore" in drift.stderr
     assert "service web restored" in host.circuit("restore").stdout
     assert host.circuit("lb", "list").stderr == ""
-    assert fetch(host.netns, 4) == {"alpha": 2, "beta": 2}
+    assert answered_by(host.netns, VIP, 4) == {"alpha": 2, "beta": 2}
 
     before = snapshot(host.state)
     kernel = host.run("ipvsadm", "-Ln").stdout
@@ -81,16 +71,16 @@ def test_round_robin_removal_hairpin_stats_and_restore(host, tmp_path):
 
 
 def test_weighted_round_robin_from_stdin_and_persistence(host, tmp_path):
-    ips = start_backends(host, tmp_path, ["alpha", "beta", "gamma"])
+    ips = ipv4_of(web_backends(host, tmp_path, ["alpha", "beta", "gamma"]))
     host.circuit("lb", "create", "wrr", f"{VIP}:80", "--scheduler", "wrr")
     lines = f"{ips['alpha']}:80 3\n{ips['beta']}:80 1\n# comment\n{ips['gamma']}:80\n"
     host.circuit("lb", "add", "wrr", "-", input=lines)
-    assert fetch(host.netns, 30) == {"alpha": 18, "beta": 6, "gamma": 6}
+    assert answered_by(host.netns, VIP, 30) == {"alpha": 18, "beta": 6, "gamma": 6}
 
     host.circuit("lb", "delete", "wrr")
     host.circuit("lb", "create", "sticky", f"{VIP}:80", "--persistent", "60")
     host.circuit("lb", "add", "sticky", *(f"{ip}:80" for ip in ips.values()))
-    assert len(fetch(host.netns, 6)) == 1  # one client, one backend
+    assert len(answered_by(host.netns, VIP, 6)) == 1  # one client, one backend
 
 
 def test_udp_service_answers(host):
@@ -111,14 +101,14 @@ def test_ipv6_service_balances_and_restores(host, tmp_path):
     vip = "fd10:99::1"
     host.circuit("lb", "create", "web6", f"[{vip}]:80")
     host.circuit("lb", "add", "web6", *(f"[{ip}]:80" for ip in backends.values()))
-    assert Counter(http_get_bodies(host.netns, vip, 4)) == {"alpha": 2, "beta": 2}
+    assert answered_by(host.netns, vip, 4) == {"alpha": 2, "beta": 2}
     listed = host.circuit("lb", "list", "--details").stdout
     assert f"[{vip}]:80" in listed and f"-> [{backends['alpha']}]:80" in listed
 
     host.run("ipvsadm", "-C")
     assert "service web6 restored" in host.circuit("restore").stdout
     assert host.circuit("lb", "list").stderr == ""
-    assert Counter(http_get_bodies(host.netns, vip, 4)) == {"alpha": 2, "beta": 2}
+    assert answered_by(host.netns, vip, 4) == {"alpha": 2, "beta": 2}
 
     host.circuit("lb", "delete", "web6")
     assert "TCP" not in host.run("ipvsadm", "-Ln").stdout
