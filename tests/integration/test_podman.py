@@ -31,9 +31,10 @@ class Podman:
         (tmp / "containers.conf").write_text("[containers]\ndefault_ulimits = []\n")
         self.env = {**os.environ, "CONTAINERS_CONF": str(tmp / "containers.conf")}
         self.storage = Path(tempfile.mkdtemp(prefix=PREFIX))  # podman: a runroot of <= 50 chars
+        # vfs: overlay mounts its home on itself, and a mount left behind fails the rmtree
         self.base = ["nsenter", f"--net={host.netns}", "podman", "--root", self.storage / "root",
                      "--runroot", self.storage / "run", "--tmpdir", self.storage / "tmp",
-                     "--runtime", "runc",
+                     "--runtime", "runc", "--storage-driver", "vfs",
                      "--cgroup-manager", "cgroupfs", "--events-backend", "file",
                      "--hooks-dir", tmp / "hooks"]
         self.names: list[str] = []
