@@ -66,6 +66,14 @@ s.Store(Path({str(tmp_path)!r})).write(Path({str(path)!r}), {{"version": "new" *
     assert proc.returncode == -signal.SIGKILL
     assert store.read(path)["version"] == "old"
     assert [Path(p).name for p in store.records(path.parent)] == ["a.json"]
+    leftover = [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    assert len(leftover) == 1
+    other = Path(store.path("elsewhere"))
+    other.mkdir()
+    (other / leftover[0]).write_text("")
+    assert store.sweep("networks") == [str(path.parent / leftover[0])]  # only under networks/
+    assert [p.name for p in path.parent.iterdir()] == ["a.json"]
+    assert (other / leftover[0]).exists()
 
 
 def test_a_corrupt_record_names_the_file(tmp_path):

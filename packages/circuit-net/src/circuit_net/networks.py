@@ -516,6 +516,7 @@ class Networks:
         GC for 1.1.0 networks. Yields what went; StateCorrupt at the end for unreadable
         records (the others are still collected)."""
         self.store.sweep()
+        self.cni_cache.sweep("results")
         listing = self.all()
         errors = list(listing.errors)
         for network in listing.records:

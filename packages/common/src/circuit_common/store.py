@@ -209,10 +209,11 @@ class Store:
                 listing.records.append(record)
         return listing
 
-    def sweep(self) -> list[str]:
-        """Remove the temp files of writers that were killed before their rename."""
+    def sweep(self, *under: str) -> list[str]:
+        """Remove the temp files of writers that were killed before their rename (in the
+        subdirectory under, or everywhere)."""
         swept = []
-        for directory, _, names in os.walk(self.root):
+        for directory, _, names in os.walk(self.path(*under)):
             for name in names:
                 parts = name.split(".")
                 if name.startswith(".") and name.endswith(".tmp") and len(parts) >= 5 \
