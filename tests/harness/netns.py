@@ -132,10 +132,14 @@ class Host:
 
     fork_circuit = False  # the kernel tier sets it: see harness.forked.run_forked
 
+    def state_args(self) -> list:
+        """The global options that give circuit its state (harness.cluster's hosts override)."""
+        return ["--state", self.state]
+
     def circuit(self, *args, check=True, env=None, **kw) -> subprocess.CompletedProcess:
         full_env = {k: v for k, v in os.environ.items() if k != "CNI_PATH"} | {
             "CIRCUIT_CNI_CACHE_DIR": str(self.cni_cache)} | (env or {})
-        argv = [str(a) for a in ("--state", self.state, *args)]
+        argv = [str(a) for a in (*self.state_args(), *args)]
         if self.fork_circuit:
             proc = run_forked(self.netns, lambda: dispatcher().main(argv), full_env,
                               kw.get("input"))
