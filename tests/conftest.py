@@ -6,7 +6,7 @@ import os
 import pytest
 
 pytest.register_assert_rewrite("harness")  # its helpers' asserts explain themselves too
-pytest_plugins = ("harness.netns", "harness.bundles")
+pytest_plugins = ("harness.netns", "harness.bundles", "harness.cluster")
 
 TIERS = ("unit", "integration", "kernel")
 

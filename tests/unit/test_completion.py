@@ -53,8 +53,8 @@ def test_bash_registers_circuit_and_every_tool():
     (("circuit", "lb", "create", "x", "1.2.3.4:80", "--scheduler", "w"), ["wrr", "wlc"]),
     (("circuit", "network", "list", "--f"), ["--format"]),
     (("circuit-lb", "list", "--"), ["--cni-cache-dir", "--cni-path", "--config", "--debug",
-                                    "--details", "--format", "--help", "--lock-timeout",
-                                    "--runc-root", "--state", "--stats"]),
+                                    "--details", "--format", "--help", "--local-state",
+                                    "--lock-timeout", "--runc-root", "--state", "--stats"]),
 ])
 def test_commands_flags_and_values_come_from_the_usage(words, expected):
     assert bash_complete(*words) == expected

@@ -4,8 +4,10 @@ Usage:
   circuit-net create PATH [--name NAME]
   circuit-net create NAME (--subnet CIDR)... [--gateway IP] [--driver DRIVER] [--bridge IF]
                      [--parent IF] [--mtu N] [--internal] [--no-masquerade] [--label KV]...
+                     [--overlay KIND [--vni N] [--host-subnet-size N]]
   circuit-net spec [NAME (--subnet CIDR)... [--gateway IP] [--driver DRIVER] [--bridge IF]
-                   [--parent IF] [--mtu N] [--internal] [--no-masquerade] [--label KV]...]
+                   [--parent IF] [--mtu N] [--internal] [--no-masquerade] [--label KV]...
+                   [--overlay KIND [--vni N] [--host-subnet-size N]]]
   circuit-net list [--format FMT] [-q] [--running]
   circuit-net inspect NAME [--format FMT]
   circuit-net connect TARGET NETWORK [--ifname IF] [--ip IP]... [--mac MAC] [--args ARGS]
@@ -47,6 +49,10 @@ Options:
   --internal       no masquerade, no default route: containers reach only each other
   --no-masquerade  no SNAT of traffic leaving the network
   --label KV       KEY=VALUE kept in the config (circuitLabels)
+  --overlay KIND   vxlan: a cluster network (etcd state) whose subnet the hosts share out,
+                   one --host-subnet-size block each, joined by VXLAN (docs/cluster.md)
+  --vni N          the VXLAN network identifier (default: the lowest free one)
+  --host-subnet-size N  the prefix length of each host's block [default: 24]
 """
 
 import os
@@ -145,7 +151,8 @@ def flags(name: str, a: dict):
 
     return Flags(name, a["--subnet"] or ["10.100.10.0/24"], a["--gateway"], a["--driver"],
                  a["--bridge"], a["--parent"], a["--mtu"], a["--internal"],
-                 not a["--no-masquerade"], a["--label"])
+                 not a["--no-masquerade"], a["--label"], a["--overlay"], a["--vni"],
+                 a["--host-subnet-size"])
 
 
 def prune(nets: Networks, force: bool, quiet: bool) -> None:
@@ -201,10 +208,18 @@ def _ip_key(peer: dict) -> tuple:
             peer["container_id"])
 
 
+def peer_elsewhere(entry: dict) -> dict:
+    """An attachment another host published, shaped as list shows this host's."""
+    return {"container_id": entry["containerId"], "pid": entry["pid"],
+            "ifname": entry["ifName"], "ips": entry["ips"], "ports": [], "state": "attached",
+            "host": entry["host"]}
+
+
 def describe_peer(peer: dict) -> str:
-    """A peer in the table: its address, then pid, state unless attached, published ports."""
-    notes = [str(peer["pid"]), *([] if peer["state"] == "attached" else [peer["state"]]),
-             *peer["ports"]]
+    """A peer in the table: its address, then pid, host in a cluster, state unless attached,
+    published ports."""
+    notes = [str(peer["pid"]), *([peer["host"]] if "host" in peer else []),
+             *([] if peer["state"] == "attached" else [peer["state"]]), *peer["ports"]]
     return f"{peer['ips'][0].partition('/')[0]} ({', '.join(notes)})"
 
 
@@ -238,12 +253,15 @@ def list_networks(nets: Networks, fmt: str, quiet: bool, running: bool = False) 
                              "interrupted": "interrupted (gc finishes it)"}.get(
                 op, "attached" if peer["netns"] else "exited")
         config = network["config"]
+        here = [{k: p[k] for k in ("container_id", "pid", "ifname", "ips", "ports", "state")}
+                for p in peers]
+        if nets.store.cluster is not None:
+            me = nets.store.cluster.host()["name"]
+            here = [{**p, "host": me} for p in here] + sorted(
+                (peer_elsewhere(a) for a in nets.peers_elsewhere(network["name"])), key=_ip_key)
         rows.append({"name": network["name"], "type": config["plugins"][0]["type"],
                      "plugins": [p["type"] for p in config["plugins"]],
-                     "version": config["cniVersion"],
-                     "peers": [{k: p[k] for k in ("container_id", "pid", "ifname", "ips", "ports",
-                                                  "state")}
-                               for p in peers]})
+                     "version": config["cniVersion"], "peers": here})
     for error in errors:
         print(f"circuit: {error}", file=sys.stderr)
     if quiet:

@@ -107,7 +107,12 @@ class Networks:
         from . import spec
 
         netconf = spec.conflist(flags, self.plugins, self.ipam_dir())
-        return self.define(netconf, "flags", check_overlap=True)
+        if flags.overlay and self.store.cluster is None:
+            raise InvalidInput("--overlay makes a cluster network: give --state etcd://HOST:PORT"
+                               "[,...] so every host shares it")
+        taken = {n["overlay"]["vni"] for n in self.all().records if n.get("overlay")}
+        return self.define(netconf, "flags", check_overlap=True,
+                           overlay=spec.overlay(flags, taken))
 
     def ipam_dir(self) -> str | None:
         """host-local's dataDir for networks from flags: under the CNI cache dir when it is not
@@ -115,7 +120,8 @@ class Networks:
         cache_dir = self.settings.cni_cache_dir
         return None if cache_dir == DEFAULT_CNI_CACHE_DIR else os.path.join(cache_dir, "networks")
 
-    def define(self, netconf: dict, source: str, check_overlap: bool = False) -> dict:
+    def define(self, netconf: dict, source: str, check_overlap: bool = False,
+               overlay: dict | None = None) -> dict:
         """Store a network record for netconf, or return the identical one stored. With
         check_overlap the check and the write hold every lock (no overlapping twin can slip in
         between)."""
@@ -139,6 +145,8 @@ class Networks:
                 refuse_overlap(netconf, [n["config"] for n in self.all().records])
             record = {"name": netconf["name"], "config": netconf, "source": source,
                       "created": now(), "bridges": new_bridges(netconf)}
+            if overlay:
+                record["overlay"] = overlay
             self.store.write(path, record)
             return record
 
@@ -164,6 +172,10 @@ class Networks:
                 ids = ", ".join(a["containerId"] for a in attached.records)
                 raise Conflict(f"network {name} is in use by {len(attached.records)} "
                                f"container(s): {ids}; disconnect them or use --force")
+            elsewhere = sorted({a["host"] for a in self.peers_elsewhere(name)})
+            if elsewhere:
+                raise Conflict(f"network {name} is in use on host(s) {', '.join(elsewhere)}; "
+                               "disconnect the containers there first")
             for attachment in attached.records:
                 self._detach(network, attachment)
             for extension in extensions.markers(self.store, name):
@@ -217,7 +229,7 @@ class Networks:
         capability args; one that no plugin declares is refused, or with only_declared (the
         hook's caps for every network) left out."""
         with self.store.lock("network", name):
-            network = self.get(name)
+            network = self.on_this_host(self.get(name))
             if not only_declared:
                 runtime.check_declared([network["config"]], caps or {})
             self.repair(network)
@@ -230,6 +242,23 @@ class Networks:
                 record, rt = self._intend_attach(network, target, ifname, list(ips), mac,
                                                  list(args), caps or {})
         return self._attach(network, record, rt, list(ips))
+
+    def on_this_host(self, network: dict) -> dict:
+        """The network as this host runs it: a cluster network's config over the subnet this
+        host leased (leased now on its first attach here)."""
+        if not network.get("overlay"):
+            return network
+        if self.store.cluster is None:
+            raise InvalidInput(f"network {network['name']} is a cluster network: give --state "
+                               "etcd://HOST:PORT[,...] as when it was created")
+        from .spec import host_config
+
+        lease = self.store.cluster.lease(network)
+        return {**network, "config": host_config(network["config"], lease)}
+
+    def peers_elsewhere(self, name: str) -> list[dict]:
+        """A cluster network's attachments on other hosts, as this host last synced them."""
+        return self.store.cluster.peer_attachments(name) if self.store.cluster else []
 
     def refuse_attached(self, name: str, target: Target) -> None:
         """Conflict when the target's container id is attached to the network, or being

@@ -19,7 +19,8 @@ class Flags:
     def __init__(self, name: str, subnets: list[str], gateway: str | None = None,
                  driver: str | None = None, bridge: str | None = None,
                  parent: str | None = None, mtu: str | None = None, internal: bool = False,
-                 masquerade: bool = True, labels: list[str] = ()):
+                 masquerade: bool = True, labels: list[str] = (), overlay: str | None = None,
+                 vni: str | None = None, host_subnet_size: str | None = None):
         self.name = check_name(name, "network name")
         self.subnets = [parse_subnet(s) for s in subnets]
         self.driver = driver or "bridge"
@@ -32,7 +33,12 @@ class Flags:
         self.internal = internal
         self.masquerade = masquerade and not internal
         self.labels = parse_labels(labels)
+        self.overlay = overlay
+        self.vni = parse_number(vni, "--vni", 1, MAX_VNI) if vni else None
+        self.host_subnet_size = parse_number(host_subnet_size, "--host-subnet-size", 8, 30) \
+            if host_subnet_size else None
         self.check_driver_flags()
+        self.check_overlay_flags()
 
     def check_driver_flags(self) -> None:
         if self.bridge and self.driver != "bridge":
@@ -42,6 +48,38 @@ class Flags:
                              "it hangs off)")
         if self.parent and self.driver not in ("macvlan", "ipvlan"):
             raise UsageError("--parent is for --driver macvlan or ipvlan")
+
+
+    def check_overlay_flags(self) -> None:
+        if not self.overlay:
+            if self.vni or self.host_subnet_size:
+                raise UsageError("--vni and --host-subnet-size are for --overlay vxlan")
+            return
+        if self.overlay != "vxlan":
+            raise InvalidInput(f"unknown --overlay {self.overlay!r}; use vxlan")
+        if self.driver != "bridge":
+            raise UsageError("--overlay vxlan is for --driver bridge")
+        if len(self.subnets) != 1 or self.subnets[0].version != 4:
+            raise InvalidInput("--overlay vxlan takes one IPv4 --subnet, which the hosts share "
+                               "out among themselves (IPv6 overlays are not supported yet)")
+        size = self.host_subnet_size or DEFAULT_HOST_SUBNET_SIZE
+        if size <= self.subnets[0].prefixlen:
+            raise InvalidInput(f"--host-subnet-size /{size} must be longer than the subnet's "
+                               f"/{self.subnets[0].prefixlen}, so several hosts get one each")
+        self.host_subnet_size = size
+        if self.gateway:
+            raise UsageError("--gateway is chosen per host with --overlay (each host's subnet's "
+                             "first address)")
+
+
+MAX_VNI = (1 << 24) - 1
+DEFAULT_HOST_SUBNET_SIZE = 24
+
+
+def parse_number(text: str, option: str, low: int, high: int) -> int:
+    if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+        raise InvalidInput(f"bad {option} {text!r}: a whole number from {low} to {high}")
+    return int(text)
 
 
 def parse_subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -118,6 +156,8 @@ def main_plugin(flags: Flags, data_dir: str | None) -> dict:
     if flags.driver == "bridge":
         plugin.update(bridge=flags.bridge or default_bridge(flags.name),
                       isGateway=not flags.internal, ipMasq=flags.masquerade, hairpinMode=True)
+        if flags.overlay:
+            plugin["ipMasq"] = False  # traffic between hosts keeps its source address
     elif flags.driver == "ptp":
         plugin["ipMasq"] = flags.masquerade
     else:
@@ -141,6 +181,31 @@ def conflist(flags: Flags, plugins: cni.Plugins, data_dir: str | None = None) ->
     conf: dict = {"cniVersion": version, "name": flags.name, "plugins": chain}
     if flags.labels:
         conf["circuitLabels"] = flags.labels
+    return conf
+
+
+def overlay(flags: Flags, taken_vnis: set[int]) -> dict | None:
+    """The overlay part of a cluster network's record: its VNI (the lowest free one unless
+    --vni) and how the subnet is shared out among hosts."""
+    if not flags.overlay:
+        return None
+    vni = flags.vni or next(v for v in range(1, MAX_VNI + 1) if v not in taken_vnis)
+    if vni in taken_vnis:
+        raise Conflict(f"--vni {vni} is another cluster network's; choose another")
+    return {"type": flags.overlay, "vni": vni, "subnet": str(flags.subnets[0]),
+            "hostSubnetSize": flags.host_subnet_size}
+
+
+def host_config(netconf: dict, lease: dict) -> dict:
+    """A cluster network's config on this host: host-local over this host's subnet (its first
+    address the gateway), the overlay's MTU."""
+    import copy
+
+    subnet = ipaddress.ip_network(lease["subnet"])
+    conf = copy.deepcopy(netconf)
+    main = conf["plugins"][0]
+    main["ipam"]["ranges"] = [[{"subnet": str(subnet), "gateway": str(subnet[1])}]]
+    main["mtu"] = lease["mtu"]
     return conf
 
 

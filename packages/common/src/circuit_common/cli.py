@@ -5,7 +5,7 @@ from collections.abc import Callable
 from functools import cached_property
 
 from .config import Settings, load_settings, split_global_options
-from .errors import CircuitError, UsageError
+from .errors import CircuitError, NotFound, UsageError
 from .store import Store
 
 INTERNAL_ERROR = 70
@@ -19,7 +19,16 @@ class Context:
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.settings.state_dir, self.settings.lock_timeout)
+        """The state directory; with etcd:// state, circuit-cluster's replica of it (shared
+        records written through to etcd, the rest local)."""
+        if self.settings.etcd is None:
+            return Store(self.settings.state_dir, self.settings.lock_timeout)
+        try:
+            from circuit_cluster.replica import ReplicatedStore
+        except ImportError:
+            raise NotFound("etcd:// state needs circuit-cluster, which is not installed; "
+                              "install it or give --state a directory") from None
+        return ReplicatedStore(self.settings)
 
 
 def parse(doc: str, argv: list[str]) -> dict:

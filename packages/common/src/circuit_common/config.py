@@ -11,10 +11,13 @@ DEFAULT_STATE_DIR = "/var/lib/circuit"
 DEFAULT_CNI_PATH = ("/usr/lib/cni", "/opt/cni/bin")
 DEFAULT_CNI_CACHE_DIR = "/var/lib/cni"  # libcni's: results/<net>-<cid>-<ifname> below it
 
-GLOBAL_VALUE_OPTIONS = ("--state", "--config", "--cni-path", "--lock-timeout", "--runc-root",
-                        "--cni-cache-dir")
+GLOBAL_VALUE_OPTIONS = ("--state", "--local-state", "--config", "--cni-path", "--lock-timeout",
+                        "--runc-root", "--cni-cache-dir")
 GLOBAL_HELP = """Global options (anywhere on the line):
-  --state DIR         state directory [env CIRCUIT_STATE_DIR; default /var/lib/circuit]
+  --state DIR         state directory, or a URL: file://DIR, etcd://HOST:PORT[,...][/PREFIX]
+                      [env CIRCUIT_STATE or CIRCUIT_STATE_DIR; default /var/lib/circuit]
+  --local-state DIR   this host's own records when --state is etcd:// [env
+                      CIRCUIT_LOCAL_STATE_DIR; default /var/lib/circuit]
   --config FILE       config file [env CIRCUIT_CONFIG; default /etc/circuit/circuit.toml]
   --cni-path DIRS     colon-separated plugin directories [env CNI_PATH]
   --lock-timeout SEC  how long to wait for another circuit process [default 30]
@@ -23,11 +26,25 @@ GLOBAL_HELP = """Global options (anywhere on the line):
   --debug             show tracebacks"""
 
 
+class EtcdState:
+    """Where shared state lives when --state is an etcd:// URL: the members to try, in order,
+    and the key prefix below which circuit keeps everything."""
+
+    def __init__(self, endpoints: list[str], prefix: str):
+        self.endpoints = endpoints
+        self.prefix = prefix
+
+    @property
+    def url(self) -> str:
+        return f"etcd://{','.join(self.endpoints)}{self.prefix}"
+
+
 class Settings:
     """What every tool needs to know about its environment."""
 
     def __init__(self):
-        self.state_dir = DEFAULT_STATE_DIR
+        self.state_dir = DEFAULT_STATE_DIR  # this host's records (a mirror, with etcd)
+        self.etcd: EtcdState | None = None
         self.cni_path = list(DEFAULT_CNI_PATH)
         self.lock_timeout = 30.0
         self.plugin_timeout = 10.0
@@ -62,8 +79,8 @@ def split_global_options(argv: list[str]) -> tuple[dict[str, str | bool], list[s
 
 MAX_CONFIG = 1 << 20
 MAX_SECONDS = 24 * 3600.0
-CONFIG_KEYS = ("state_dir", "cni_path", "lock_timeout", "plugin_timeout", "runc_root",
-               "cni_cache_dir")
+CONFIG_KEYS = ("state", "state_dir", "local_state_dir", "cni_path", "lock_timeout",
+               "plugin_timeout", "runc_root", "cni_cache_dir")
 
 
 def read_small_file(path: str, what: str) -> bytes:
@@ -125,6 +142,29 @@ def _path(value, what: str) -> str | None:
     return None if value is None else str(value)
 
 
+ETCD_PREFIX = "/circuit"
+
+
+def parse_etcd_url(url: str) -> EtcdState:
+    """etcd://HOST:PORT[,HOST:PORT...][/PREFIX] checked: ports in range, a prefix of plain
+    path characters (default /circuit)."""
+    hosts, slash, prefix = url.removeprefix("etcd://").partition("/")
+    prefix = "/" + prefix.strip("/") if slash and prefix.strip("/") else ETCD_PREFIX
+    endpoints = [h for h in hosts.split(",") if h]
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536) \
+                or not all(c.isalnum() or c in ".-[]:" for c in host):
+            raise InvalidInput(f"bad etcd endpoint {endpoint!r} in {url!r}: use HOST:PORT, "
+                               "as 10.0.0.1:2379 or [fd00::1]:2379")
+    if not endpoints:
+        raise InvalidInput(f"no etcd endpoint in {url!r}: use etcd://HOST:PORT[,HOST:PORT...]")
+    if not all(c.isalnum() or c in "/._-" for c in prefix) or "//" in prefix or ".." in prefix:
+        raise InvalidInput(f"bad etcd key prefix {prefix!r} in {url!r}: use letters, digits, "
+                           "'.', '_', '-' and '/'")
+    return EtcdState(endpoints, prefix)
+
+
 def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
     """Merge config file, environment and global options into Settings."""
     path = str(options.get("config") or env.get("CIRCUIT_CONFIG") or DEFAULT_CONFIG)
@@ -134,11 +174,23 @@ def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
         raise InvalidInput(f"unknown key {sorted(unknown)[0]!r} in config file {path}; "
                            f"known keys: {', '.join(CONFIG_KEYS)}")
     s = Settings()
-    configured_state_dir = _string(conf, "state_dir", path)  # checked even when overridden
-    s.state_dir = str(options.get("state") or env.get("CIRCUIT_STATE_DIR")
-                      or configured_state_dir or DEFAULT_STATE_DIR)
-    if "\0" in s.state_dir:
+    configured = _string(conf, "state", path) or _string(conf, "state_dir", path)
+    state = str(options.get("state") or env.get("CIRCUIT_STATE")
+                or env.get("CIRCUIT_STATE_DIR") or configured or DEFAULT_STATE_DIR)
+    if "\0" in state:
         raise InvalidInput("the state directory's path holds a NUL byte")
+    if state.startswith("etcd://"):
+        s.etcd = parse_etcd_url(state)
+        s.state_dir = _path(options.get("local_state") or env.get("CIRCUIT_LOCAL_STATE_DIR")
+                            or _string(conf, "local_state_dir", path) or DEFAULT_STATE_DIR,
+                            "local state directory")
+    elif "://" in state and not state.startswith("file://"):
+        raise InvalidInput(f"unknown state URL {state!r}: use a directory, file://DIR or "
+                           "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+    else:
+        s.state_dir = state.removeprefix("file://")
+        if not s.state_dir:
+            raise InvalidInput("file:// needs a directory, as file:///var/lib/circuit")
     cni_path = options.get("cni_path") or env.get("CNI_PATH")
     if cni_path:
         s.cni_path = [p for p in str(cni_path).split(":") if p]

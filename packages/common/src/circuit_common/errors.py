@@ -59,3 +59,8 @@ class EnvironmentFault(CircuitError):
     """The machine refuses: no permission, a read-only or full disk, no memory."""
 
     exit_code = 10
+
+
+class Unavailable(CircuitError):
+    """A shared store (etcd) could not be reached or has no quorum; nothing local changed."""
+    exit_code = 11

@@ -29,6 +29,8 @@ Listing = namedtuple("Listing", "records errors")
 class Store:
     """Records and locks under one root directory."""
 
+    cluster = None  # with etcd state: this host as a cluster member (circuit_cluster.member)
+
     def __init__(self, root: str, lock_timeout: float = 30.0):
         self.root = os.fspath(root)
         self.lock_timeout = lock_timeout
@@ -142,17 +144,18 @@ class Store:
 
     def write(self, path: str, record: dict) -> None:
         """Replace the record at path atomically: temp file, fsync, rename, fsync of the dir."""
+        self.write_bytes(path, encode(record))
+
+    def write_bytes(self, path: str, body: bytes) -> None:
+        """Replace the file at path with body atomically (a record encoded by encode)."""
         directory, name = os.path.split(os.fspath(path))
         self.check_root()
         self._ensure_dir(directory)
-        # compact: the C encoder (indent makes json fall back to Python, 4x slower)
-        body = json.dumps({"schema": SCHEMA_VERSION, **record}, separators=(",", ":"),
-                          sort_keys=True) + "\n"
         tmp = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
-                with os.fdopen(fd, "w") as f:
+                with os.fdopen(fd, "wb") as f:
                     f.write(body)
                     f.flush()
                     os.fsync(f.fileno())
@@ -279,6 +282,13 @@ class Store:
                     f"({path}); another circuit process holds it")
             time.sleep(pause)
             pause = min(pause * 2, 0.02)
+
+
+def encode(record: dict) -> bytes:
+    """A record's bytes on disk (and in etcd): compact, sorted, with the schema version."""
+    # compact: the C encoder (indent makes json fall back to Python, 4x slower)
+    return (json.dumps({"schema": SCHEMA_VERSION, **record}, separators=(",", ":"),
+                       sort_keys=True) + "\n").encode()
 
 
 def environment_fault(e: OSError, path: str) -> Exception:

@@ -1,0 +1,1 @@
+"""circuit-cluster: networks, addresses and services shared through etcd."""

@@ -1,0 +1,166 @@
+"""circuit-cluster: hosts that share networks, addresses and services through etcd.
+
+Usage:
+  circuit-cluster join --address IP [--name HOST] [--ttl SEC]
+  circuit-cluster leave
+  circuit-cluster list [--format FMT] [-q]
+  circuit-cluster sync [--format FMT]
+  circuit-cluster agent
+  circuit-cluster (-h | --help)
+
+Also reached as `circuit cluster ...`; needs --state etcd://HOST:PORT[,HOST:PORT...][/PREFIX].
+`join` makes this host a member: its name is kept alive by an etcd lease (TTL seconds) that
+`agent` renews. Cluster networks (`circuit network create NAME --subnet CIDR --overlay vxlan`)
+lease each host a subnet on its first attach and reach the other hosts' subnets through VXLAN.
+`sync` runs one reconcile pass; `agent` runs one whenever etcd or this host's attachments
+change, until SIGTERM. `leave` gives back this host's subnets and removes it.
+
+Options:
+  --address IP   this host's underlay address (IPv4), where the others send VXLAN
+  --name HOST    this host's name in the cluster [default: the hostname]
+  --ttl SEC      the lease: how long the host stays alive without its agent [default: 10]
+  --format FMT   table or json [default: table]
+  -q             names only
+"""
+
+import ipaddress
+import os
+import socket
+import time
+
+from circuit_common import cli, output
+from circuit_common.config import GLOBAL_HELP
+from circuit_common.errors import Conflict, InvalidInput, UsageError
+from circuit_common.validate import check_name
+
+from . import overlay
+from .member import Member
+from .sync import Reconciler, run_agent
+
+
+def handle(argv: list[str], ctx: cli.Context) -> int:
+    a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv)
+    if ctx.settings.etcd is None:
+        raise UsageError("circuit cluster needs the state in etcd: give --state "
+                         "etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (or CIRCUIT_STATE)")
+    member: Member = ctx.store.cluster
+    if a["join"]:
+        host = join(ctx, member, a["--address"], a["--name"] or socket.gethostname(),
+                    a["--ttl"])
+        print(f"joined the cluster as {host['name']} ({host['address']})")
+    elif a["leave"]:
+        name = leave(member)
+        print(f"{name} left the cluster")
+    elif a["list"]:
+        rows = hosts(member)
+        if a["-q"]:
+            output.emit_names([r["name"] for r in rows])
+        elif output.check_format(a["--format"]) == "json":
+            output.emit_json(rows)
+        else:
+            output.emit(output.render_table(
+                ["name", "address", "state", "subnets", "last seen"],
+                [(r["name"], r["address"], r["state"],
+                  ", ".join(f"{n} {s}" for n, s in r["subnets"].items()) or "-",
+                  ago(r["lastSeen"])) for r in rows]))
+    elif a["sync"]:
+        reconciler = Reconciler(ctx)
+        reconciler.heartbeat()
+        report = reconciler.reconcile()
+        if output.check_format(a["--format"]) == "json":
+            output.emit_json({**report, "mirrored": sorted(report["mirrored"])})
+        else:
+            print(f"synced at revision {report['revision']}: "
+                  f"{len(report['mirrored'])} kinds of records mirrored, "
+                  f"{report['published']} attachments published, "
+                  f"{report['overlays']} overlays programmed")
+    elif a["agent"]:
+        member.host()  # joined, or one line now rather than from the loop
+        return run_agent(ctx)
+    return 0
+
+
+def join(ctx: cli.Context, member: Member, address: str, name: str, ttl: str) -> dict:
+    """Make this host a member (again): its etcd lease and alive key, its host record, the
+    local join record, then one pass."""
+    check_name(name, "host name")
+    try:
+        if ipaddress.ip_address(address).version != 4:
+            raise ValueError
+    except ValueError:
+        raise InvalidInput(f"bad --address {address!r}: this host's IPv4 underlay address, "
+                           "as 192.168.1.10") from None
+    if not (ttl.isascii() and ttl.isdigit() and 2 <= int(ttl) <= 3600):
+        raise InvalidInput(f"bad --ttl {ttl!r}: whole seconds from 2 to 3600")
+    with overlay._ipr() as ipr:
+        overlay.underlay_mtu(ipr, address)  # the address is this host's
+    store = member.store
+    joined = store.read(member.host_path)
+    if joined is not None and joined["name"] != name:
+        raise Conflict(f"this host joined as {joined['name']}; run `circuit cluster leave` "
+                       "before joining under another name")
+    host = {"name": name, "address": address, "ttl": int(ttl),
+            "joined": (joined or {}).get("joined") or time.time(),
+            "lease": (joined or {}).get("lease", 0), "cluster": ctx.settings.etcd.url}
+    with store.lock("cluster", "host"):
+        store.write(member.host_path, host)
+        try:
+            reconciler = Reconciler(ctx, member)
+            reconciler.heartbeat()
+        except BaseException:
+            if joined is None:
+                store.remove(member.host_path)
+            raise
+    reconciler.reconcile()
+    return host
+
+
+def leave(member: Member) -> str:
+    """Give back this host's subnets, unpublish it and end its lease; refused while
+    containers here are attached."""
+    store, etcd = member.store, member.store.etcd
+    host = member.host()
+    attached = [p for net in _dirs(store.path("attachments"))
+                for p in store.records(store.path("attachments", net))]
+    if attached:
+        raise Conflict(f"{len(attached)} container interface(s) on this host are attached to "
+                       "networks; disconnect them before leaving")
+    with store.lock("cluster", "host"):
+        for lease in member.leases():
+            member.release(lease)
+        etcd.delete(etcd.key("attachments", host["name"], ""), prefix=True)
+        etcd.delete(etcd.key("alive", host["name"]))
+        etcd.delete(etcd.key("hosts", host["name"]))
+        if host.get("lease"):
+            etcd.revoke(host["lease"])
+        store.remove(member.view_path)
+        store.remove(member.host_path)
+    return host["name"]
+
+
+def _dirs(path: str) -> list[str]:
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def hosts(member: Member) -> list[dict]:
+    """Every host in etcd: address, alive or lapsed, its subnets, when last seen."""
+    reconciler = Reconciler(None, member)
+    snap = reconciler.snapshot()
+    subnets: dict[str, dict[str, str]] = {}
+    for lease in snap.subnets:
+        subnets.setdefault(lease["host"], {})[lease["network"]] = lease["subnet"]
+    return [{"name": name, "address": h.get("address"),
+             "state": "alive" if name in snap.alive else "lapsed",
+             "subnets": subnets.get(name, {}), "lastSeen": h.get("lastSeen")}
+            for name, h in sorted(snap.hosts.items())]
+
+
+def ago(stamp: float | None) -> str:
+    if not stamp:
+        return "-"
+    seconds = max(0, int(time.time() - stamp))
+    return f"{seconds}s ago" if seconds < 120 else f"{seconds // 60}m ago"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(handle, argv)

@@ -1,0 +1,166 @@
+"""etcd v3 through etcd3gw (its JSON gateway): the members tried in turn, ranges by prefix,
+compare-and-swap transactions, leases; every failure one line naming the members tried.
+
+Keys and values are bytes here; etcd3gw's transport does the HTTP and the gateway's errors."""
+
+import base64
+
+from circuit_common.config import EtcdState
+from circuit_common.errors import Unavailable
+
+API_PATH = "/v3/"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: str | None) -> bytes:
+    return base64.b64decode(text or "")
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range_end that makes a range cover every key starting with prefix."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+class KeyValue:
+    """One key as a range returned it."""
+
+    __slots__ = ("key", "lease", "mod_revision", "value")
+
+    def __init__(self, kv: dict):
+        self.key = unb64(kv["key"])
+        self.value = unb64(kv.get("value"))
+        self.mod_revision = int(kv.get("mod_revision", 0))
+        self.lease = int(kv.get("lease", 0))
+
+
+class Etcd:
+    """A client of one etcd cluster: each request goes to the member that answered last, then
+    to the others; Unavailable when none does (no quorum, or all down)."""
+
+    def __init__(self, state: EtcdState, deadline: float):
+        import etcd3gw  # ≈ 130 ms: only commands that talk to etcd pay it
+
+        self._etcd3gw = etcd3gw
+        self.state = state
+        per_member = max(0.5, min(3.0, deadline / max(1, len(state.endpoints))))
+        self._clients = []
+        for endpoint in state.endpoints:
+            host, _, port = endpoint.rpartition(":")
+            self._clients.append(etcd3gw.Etcd3Client(
+                host=host.strip("[]"), port=int(port), timeout=per_member, api_path=API_PATH))
+        self._first = 0
+
+    def key(self, *parts: str) -> bytes:
+        return "/".join((self.state.prefix, *parts)).encode()
+
+    def _post(self, path: str, body: dict) -> dict:
+        exceptions = self._etcd3gw.exceptions
+        reasons = []
+        for i in range(len(self._clients)):
+            index = (self._first + i) % len(self._clients)
+            client = self._clients[index]
+            try:
+                answer = client.post(client.get_url(path), json=body)
+            except (exceptions.ConnectionFailedError, exceptions.ConnectionTimeoutError,
+                    exceptions.InternalServerError) as e:
+                reasons.append(f"{self.state.endpoints[index]}: {_reason(e)}")
+                continue
+            except exceptions.Etcd3Exception as e:
+                raise Unavailable(f"etcd at {self.state.endpoints[index]} refused {path}: "
+                                  f"{_reason(e)}") from None
+            self._first = index
+            return answer
+        raise Unavailable(f"etcd has no quorum or is down: tried {'; '.join(reasons)}; nothing "
+                          "was changed here; check the members (etcdctl endpoint health) and "
+                          "run the command again")
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def range(self, prefix: bytes) -> tuple[int, list[KeyValue]]:
+        """The store's revision and every key below prefix, in key order."""
+        answer = self._post("kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
+        return int(answer["header"]["revision"]), [KeyValue(kv) for kv in answer.get("kvs", [])]
+
+    def get(self, key: bytes) -> KeyValue | None:
+        answer = self._post("kv/range", {"key": b64(key)})
+        kvs = answer.get("kvs", [])
+        return KeyValue(kvs[0]) if kvs else None
+
+    def revision(self) -> int:
+        """The store's current revision (a cheap way to see whether anything changed)."""
+        answer = self._post("kv/range", {"key": b64(self.key("")), "count_only": True})
+        return int(answer["header"]["revision"])
+
+    def txn(self, compare: list[dict], success: list[dict],
+            failure: list[dict] = ()) -> tuple[bool, dict]:
+        """One transaction: (whether compare held, the answer)."""
+        answer = self._post("kv/txn", {"compare": compare, "success": success,
+                                       "failure": list(failure)})
+        return bool(answer.get("succeeded")), answer
+
+    def swap(self, key: bytes, expected: bytes | None, value: bytes | None) -> bool:
+        """Put value (None: delete the key) if the key holds expected (None: is absent);
+        False when another writer got there first."""
+        if expected is None:
+            compare = {"key": b64(key), "target": "CREATE", "result": "EQUAL",
+                       "create_revision": "0"}
+        else:
+            compare = {"key": b64(key), "target": "VALUE", "result": "EQUAL",
+                       "value": b64(expected)}
+        action = put(key, value) if value is not None else delete(key)
+        return self.txn([compare], [action])[0]
+
+    def create(self, key: bytes, value: bytes, lease: int = 0) -> bool:
+        """Put value if the key does not exist; False when it does."""
+        compare = {"key": b64(key), "target": "CREATE", "result": "EQUAL",
+                   "create_revision": "0"}
+        return self.txn([compare], [put(key, value, lease)])[0]
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
+        self._post("kv/put", put(key, value, lease)["request_put"])
+
+    def delete(self, key: bytes, prefix: bool = False) -> None:
+        self._post("kv/deleterange", delete(key, prefix)["request_delete_range"])
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> int:
+        return int(self._post("lease/grant", {"TTL": ttl, "ID": 0})["ID"])
+
+    def keepalive(self, lease: int) -> int:
+        """Renew a lease; its remaining TTL, 0 when it has expired."""
+        answer = self._post("lease/keepalive", {"ID": lease})
+        return int(answer.get("result", answer).get("TTL", 0))
+
+    def revoke(self, lease: int) -> None:
+        self._post("kv/lease/revoke", {"ID": lease})
+
+
+def put(key: bytes, value: bytes, lease: int = 0) -> dict:
+    request = {"key": b64(key), "value": b64(value)}
+    if lease:
+        request["lease"] = lease
+    return {"request_put": request}
+
+
+def delete(key: bytes, prefix: bool = False) -> dict:
+    request = {"key": b64(key)}
+    if prefix:
+        request["range_end"] = b64(prefix_end(key))
+    return {"request_delete_range": request}
+
+
+def _reason(e: Exception) -> str:
+    """The short cause of an etcd3gw error (its text can be a whole HTTP body)."""
+    text = " ".join(str(a) for a in e.args if a) or type(e).__name__
+    for marker in ('"error":"', '"message":"'):
+        if marker in text:
+            return text.split(marker, 1)[1].split('"', 1)[0]
+    if "timed out" in text.lower() or "timeout" in type(e).__name__.lower():
+        return "timed out"
+    if "refused" in text.lower():
+        return "connection refused"
+    return text.splitlines()[0][:120]

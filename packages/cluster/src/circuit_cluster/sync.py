@@ -1,0 +1,256 @@
+"""One reconcile pass between etcd and this host, and the agent that runs passes.
+
+A pass reads everything below the prefix in one range request, then:
+  mirror     shared records (networks, QoS, LB services, markers) into the state dir
+  publish    this host's attachments, so every host's `network list` shows them
+  view       the other hosts, whether their lease is alive, and their attachments
+  overlay    for each network this host leased a subnet of: routes, neighbours and FDB
+             entries to every live host's subnet; a lease of a deleted network is given back
+  restore    the QoS and LB extensions re-apply their kernel state when their records changed
+Every step only changes what differs, so a pass that finds nothing changed writes nothing."""
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+from circuit_common import extensions
+from circuit_common.errors import CircuitError, Conflict
+
+from . import overlay
+from .member import Member
+from .replica import RECORDS, SHARED
+
+RESTORED_BY = {"qos": "qos", "services": "lb"}  # mirrored kind → extension that applies it
+
+
+class Snapshot:
+    """Everything below the prefix at one revision, by kind."""
+
+    def __init__(self, revision: int, kvs: list, prefix: bytes):
+        self.revision = revision
+        self.records: dict[str, bytes] = {}
+        self.hosts: dict[str, dict] = {}
+        self.alive: set[str] = set()
+        self.subnets: list[dict] = []
+        self.attachments: dict[str, dict[str, bytes]] = {}  # host → {network/cid@if: value}
+        for kv in kvs:
+            kind, _, rest = kv.key[len(prefix):].decode().partition("/")
+            if kind == RECORDS:
+                self.records[rest] = kv.value
+            elif kind == "hosts":
+                self.hosts[rest] = json.loads(kv.value)
+            elif kind == "alive":
+                self.alive.add(rest)
+            elif kind == "subnets":
+                self.subnets.append(json.loads(kv.value))
+            elif kind == "attachments":
+                host, _, name = rest.partition("/")
+                self.attachments.setdefault(host, {})[name] = kv.value
+
+
+def safe_record_name(name: str) -> bool:
+    """A shared record's path that stays below its kind's directory."""
+    parts = name.split("/")
+    return parts[0] in SHARED and name.endswith(".json") and all(
+        p and p not in (".", "..") and not p.startswith(".") for p in parts)
+
+
+class Reconciler:
+    """Passes for one host (ctx: the command's context, its store a ReplicatedStore)."""
+
+    def __init__(self, ctx, member: Member | None = None):
+        self.ctx = ctx
+        self.store = ctx.store if ctx is not None else member.store
+        self.member = member or Member(self.store)
+        self.etcd = self.store.etcd
+
+    def snapshot(self) -> Snapshot:
+        prefix = self.etcd.key("")
+        return Snapshot(*self.etcd.range(prefix), prefix)
+
+    def reconcile(self) -> dict:
+        """One pass; what it changed, by step."""
+        host = self.member.host()
+        snap = self.snapshot()
+        changed = self.mirror(snap.records)
+        published = self.publish(host["name"], snap.attachments.get(host["name"], {}))
+        self.write_view(host["name"], snap)
+        overlays = self.program_overlays(snap)
+        restored = self.restore({kind for kind in changed if kind in RESTORED_BY})
+        return {"revision": snap.revision, "mirrored": changed, "published": published,
+                "overlays": overlays, "restored": restored}
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def local_records(self) -> dict[str, bytes]:
+        found = {}
+        for kind in SHARED:
+            top = self.store.path(kind)
+            for directory, _, names in os.walk(top):
+                for name in names:
+                    if name.endswith(".json") and not name.startswith("."):
+                        path = os.path.join(directory, name)
+                        with open(path, "rb") as f:
+                            found[os.path.relpath(path, self.store.root)] = f.read()
+        return found
+
+    def mirror(self, records: dict[str, bytes]) -> set[str]:
+        """Make the shared records here etcd's; the kinds that changed."""
+        changed = set()
+        local = self.local_records()
+        wanted = {n: v for n, v in records.items() if safe_record_name(n)}
+        if local == wanted:
+            return changed
+        with self.store.lock_all():
+            local = self.local_records()
+            for name, body in wanted.items():
+                if local.get(name) != body:
+                    self.store.mirror(name, body)
+                    changed.add(name.split("/", 1)[0])
+            for name in local.keys() - wanted.keys():
+                self.store.mirror(name, None)
+                changed.add(name.split("/", 1)[0])
+        return changed
+
+    def local_attachments(self, host: str) -> dict[str, bytes]:
+        """This host's attachments as other hosts see them, by network/cid@ifname."""
+        found = {}
+        top = self.store.path("attachments")
+        for network in sorted(os.listdir(top)) if os.path.isdir(top) else ():
+            for path in self.store.records(os.path.join(top, network)):
+                record = self.store.read(path)
+                if record is None:
+                    continue
+                meta = record.get("circuit") or {}
+                ips = [ip.get("address") for ip in (record.get("result") or {}).get("ips", [])]
+                summary = {"host": host, "network": network,
+                           "containerId": record.get("containerId"),
+                           "ifName": record.get("ifName"), "ips": ips,
+                           "pid": meta.get("pid"), "target": meta.get("target")}
+                found[f"{network}/{os.path.basename(path)[:-len('.json')]}"] = json.dumps(
+                    summary, sort_keys=True).encode()
+        return found
+
+    def publish(self, host: str, published: dict[str, bytes]) -> int:
+        """Put this host's attachments that etcd lacks or has otherwise, delete the gone."""
+        local = self.local_attachments(host)
+        count = 0
+        for name, body in local.items():
+            if published.get(name) != body:
+                self.etcd.put(self.etcd.key("attachments", host, name), body)
+                count += 1
+        for name in published.keys() - local.keys():
+            self.etcd.delete(self.etcd.key("attachments", host, name))
+            count += 1
+        return count
+
+    def write_view(self, me: str, snap: Snapshot) -> None:
+        """The other hosts and their attachments, for `network list` and `network delete`."""
+        attachments: dict[str, list] = {}
+        for host, entries in sorted(snap.attachments.items()):
+            if host == me:
+                continue
+            for body in entries.values():
+                entry = json.loads(body)
+                attachments.setdefault(entry["network"], []).append(entry)
+        hosts = {name: {"address": h.get("address"), "alive": name in snap.alive,
+                        "lastSeen": h.get("lastSeen")}
+                 for name, h in snap.hosts.items() if name != me}
+        view = {"hosts": hosts, "attachments": attachments}
+        if self.store.read(self.member.view_path) != {"schema": 1, **view}:
+            self.store.write(self.member.view_path, view)
+
+    def program_overlays(self, snap: Snapshot | None = None) -> int:
+        """Each leased network's peers: every live other host's subnet. A lease whose network
+        is gone is given back. The number of networks programmed."""
+        leases = self.member.leases()
+        if not leases:
+            return 0
+        snap = snap or self.snapshot()
+        me = self.member.host()["name"]
+        for lease in leases:
+            if f"networks/{lease['network']}.json" not in snap.records:
+                self.member.release(lease)
+                continue
+            peers = {s["subnet"]: s["address"] for s in snap.subnets
+                     if s.get("network") == lease["network"] and s.get("host") != me
+                     and s.get("host") in snap.alive}
+            overlay.program_peers(lease["vni"], peers)
+        return len(leases)
+
+    def restore(self, kinds: set[str]) -> list[str]:
+        """The extensions whose mirrored records changed re-apply them to the kernel."""
+        if not kinds or self.ctx is None:
+            return []
+        wanted = {RESTORED_BY[k] for k in kinds}
+        done = []
+        for name, module in extensions.registered():
+            if name in wanted and hasattr(module, "restore"):
+                module.restore(self.ctx)
+                done.append(name)
+        return done
+
+    # -- liveness -----------------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Keep this host's lease alive (a new one if it lapsed) and its last-seen time."""
+        host = self.member.host()
+        name = host["name"]
+        alive_key = self.etcd.key("alive", name)
+        if not host.get("lease") or not self.etcd.keepalive(host["lease"]):
+            lease = self.etcd.grant(host["ttl"])
+            if not self.etcd.create(alive_key, host["address"].encode(), lease):
+                found = self.etcd.get(alive_key)
+                if found is not None and found.lease != host.get("lease"):
+                    raise Conflict(f"another host named {name} is alive in the cluster (at "
+                                   f"{found.value.decode()}); give this one another --name")
+                self.etcd.put(alive_key, host["address"].encode(), lease)
+            host = {**host, "lease": lease}
+            self.store.write(self.member.host_path, {k: v for k, v in host.items()
+                                                     if k != "schema"})
+        record = {k: host[k] for k in ("name", "address", "joined", "ttl")}
+        self.etcd.put(self.etcd.key("hosts", name),
+                      json.dumps({**record, "lastSeen": time.time()}, sort_keys=True).encode())
+
+
+def local_stamp(store) -> tuple:
+    """Changes when an attachment or a lease of this host comes or goes."""
+    stamps = []
+    for top in (store.path("attachments"), store.path("cluster", "leases")):
+        try:
+            with os.scandir(top) as entries:
+                stamps += [(e.name, e.stat().st_mtime_ns) for e in entries if e.is_dir()]
+            stamps.append((top, os.stat(top).st_mtime_ns))
+        except FileNotFoundError:
+            continue
+    return tuple(sorted(stamps))
+
+
+def run_agent(ctx, interval: float = 0.25) -> int:
+    """Passes until SIGTERM or SIGINT: one whenever etcd's revision or this host's
+    attachments change, a heartbeat every third of the lease's TTL. An unreachable etcd is
+    reported and retried; the agent itself stays up."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    reconciler = Reconciler(ctx)
+    ttl = reconciler.member.host()["ttl"]
+    seen: tuple = ()
+    next_beat = 0.0
+    while not stop.is_set():
+        try:
+            if time.monotonic() >= next_beat:
+                reconciler.heartbeat()
+                next_beat = time.monotonic() + ttl / 3
+            stamp = local_stamp(reconciler.store)
+            if (reconciler.etcd.revision(), stamp) != seen:
+                # what the pass saw: a change made while it ran makes the next tick pass again
+                seen = (reconciler.reconcile()["revision"], stamp)
+        except CircuitError as e:
+            print(f"circuit: cluster agent: {e}", file=sys.stderr, flush=True)
+            stop.wait(1.0)
+        stop.wait(interval)
+    return 0
