@@ -2,7 +2,12 @@
 member in each) share cluster networks over VXLAN, addresses never collide, and the cluster
 survives losing etcd members and hosts (docs/cluster.md)."""
 
+import ipaddress
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from harness import answered_by, httpd, snapshot, wait_for
 
 SUBNET = "10.200.0.0/16"
 
@@ -47,3 +52,139 @@ def test_containers_on_three_hosts_reach_each_other(cluster):
         peers = next(r for r in rows if r["name"] == "blue")["peers"]
         assert sorted(p["ips"][0].split("/")[0] for p in peers) == sorted(ips)
         assert {p["host"] for p in peers} == {"h0", "h1", "h2"}
+
+
+def host_links(host) -> set[str]:
+    return {line.split(": ")[1].split("@")[0]
+            for line in host.run("ip", "-o", "link").stdout.splitlines()}
+
+
+def routes_via_overlay(host, vni=1) -> set[str]:
+    out = host.run("ip", "-4", "route", "show", "dev", f"cvx{vni}", "proto", "static").stdout
+    return {line.split()[0] for line in out.splitlines()}
+
+
+def test_a_hundred_parallel_connects_over_three_hosts_get_distinct_subnets_and_ips(cluster):
+    join_all(cluster)
+    create_overlay(cluster.hosts[0])
+    sync_all(cluster)
+    containers = [(host, host.container()) for host in cluster.hosts for _ in range(34)][:100]
+
+    def connect(pair):
+        host, c = pair
+        return host.circuit("network", "connect", c.pid, "blue", check=False)
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(connect, containers))
+    assert [r.returncode for r in results] == [0] * 100, [r.stderr for r in results if
+                                                            r.returncode][:3]
+    ips = [c.addresses()[0] for _, c in containers]
+    assert len(set(ips)) == 100
+    subnets = {}
+    for host in cluster.hosts:
+        lease = json.loads((host.state / "cluster" / "leases" / "blue.json").read_text())
+        subnets[host.name] = ipaddress.ip_network(lease["subnet"])
+    assert len(set(subnets.values())) == 3
+    for (host, _), ip in zip(containers, ips, strict=True):
+        assert ipaddress.ip_address(ip) in subnets[host.name]
+    listed = json.loads(cluster.hosts[0].circuit("cluster", "list", "--format", "json").stdout)
+    assert sorted(str(ipaddress.ip_network(r["subnets"]["blue"])) for r in listed) == \
+        sorted(map(str, subnets.values()))
+
+
+def test_etcd_losing_one_member_works_losing_two_fails_in_one_line_and_converges(cluster):
+    h0, h1, h2 = cluster.hosts
+    join_all(cluster)
+    create_overlay(h0)
+    sync_all(cluster)
+    first = h0.container()
+    h0.circuit("network", "connect", first.pid, "blue")
+
+    cluster.members[2].stop()  # one member down: quorum holds
+    second = h1.container()
+    h1.circuit("network", "connect", second.pid, "blue")  # h1's first attach: a lease in etcd
+    h1.circuit("cluster", "sync")
+    h0.circuit("cluster", "sync")
+    assert first.ping(second.addresses()[0])
+    h1.circuit("network", "disconnect", second.pid, "blue")
+
+    cluster.members[1].stop()  # two down: no quorum
+    before = snapshot(h1.state), h1.reserved_ips("blue"), host_links(h1)
+    started = time.monotonic()
+    for args in (("network", "create", "red", "--subnet", "10.201.0.0/16", "--overlay", "vxlan"),
+                 ("cluster", "sync")):
+        proc = h1.circuit("--lock-timeout", "6", *args, check=False)
+        assert proc.returncode == 11, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "etcd has no quorum or is down" in proc.stderr
+        assert "10.99.0.1:2379" in proc.stderr and "10.99.0.2:2379" in proc.stderr
+    assert time.monotonic() - started < 2 * 6 + 4
+    assert (snapshot(h1.state), h1.reserved_ips("blue"), host_links(h1)) == before
+    third = h2.container()  # h2 never leased: its first attach needs etcd, and fails cleanly
+    proc = h2.circuit("--lock-timeout", "6", "network", "connect", third.pid, "blue", check=False)
+    assert proc.returncode == 11 and proc.stderr.count("\n") == 1, proc.stderr
+    assert third.links() == {"lo"} and h2.reserved_ips("blue") == set()
+    h0.circuit("network", "disconnect", first.pid, "blue")  # a host with its lease goes on
+    h0.circuit("network", "connect", first.pid, "blue")
+
+    cluster.members[1].start()
+    cluster.members[2].start()
+    cluster.wait_healthy()
+    h2.circuit("network", "connect", third.pid, "blue")
+    sync_all(cluster)
+    sync_all(cluster)
+    assert first.ping(third.addresses()[0])
+    rows = json.loads(h1.circuit("network", "list", "--format", "json").stdout)
+    assert {p["host"] for p in rows[0]["peers"]} == {"h0", "h2"}
+
+
+def test_a_host_whose_agent_stops_lapses_and_comes_back(cluster):
+    h0, h1, h2 = cluster.hosts
+    join_all(cluster, ttl="3")
+    create_overlay(h0)
+    containers = {}
+    for host in cluster.hosts:
+        host.start_agent()
+        containers[host.name] = host.container()
+        host.circuit("network", "connect", containers[host.name].pid, "blue")
+    ip2 = containers[h2.name].addresses()[0]
+    subnet2 = str(ipaddress.ip_network(f"{ip2}/24", strict=False))
+    assert wait_for(lambda: subnet2 in routes_via_overlay(h0), timeout=5)
+    assert wait_for(lambda: len(json.loads(h1.circuit("network", "list", "--format",
+                                                      "json").stdout)[0]["peers"]) == 3)
+    assert containers[h0.name].ping(ip2)
+
+    assert h2.stop_agent() == 0
+    assert wait_for(lambda: subnet2 not in routes_via_overlay(h0), timeout=3 + 5)
+    assert wait_for(lambda: subnet2 not in routes_via_overlay(h1), timeout=2)
+    rows = {r["name"]: r for r in json.loads(h0.circuit("cluster", "list", "--format",
+                                                        "json").stdout)}
+    assert rows["h2"]["state"] == "lapsed" and rows["h0"]["state"] == "alive"
+    assert not containers[h0.name].ping(ip2)
+
+    h2.start_agent()
+    assert wait_for(lambda: subnet2 in routes_via_overlay(h0), timeout=5)
+    assert containers[h0.name].ping(ip2)
+    for host in cluster.hosts:
+        assert host.stop_agent() == 0
+
+
+def test_a_service_created_on_one_host_balances_from_another_to_targets_on_all(cluster,
+                                                                              tmp_path):
+    h0, h1, h2 = cluster.hosts
+    join_all(cluster)
+    create_overlay(h0)
+    sync_all(cluster)
+    names = {}
+    for host in cluster.hosts:
+        backend = httpd(host, tmp_path, f"web{host.index}", "blue")
+        names[f"web{host.index}"] = backend.addresses()[0]
+    client = h1.container()
+    h1.circuit("network", "connect", client.pid, "blue")
+    h0.circuit("lb", "create", "web", "10.250.0.10:80", "--backend", "nftables")
+    h0.circuit("lb", "add", "web", *(f"{ip}:80" for ip in names.values()))
+    sync_all(cluster)
+    assert answered_by(client.netns, "10.250.0.10", 30) == {"web0": 10, "web1": 10,
+                                                             "web2": 10}
+    h2.circuit("lb", "remove", "web", f"{names['web2']}:80")  # changed from a third host
+    sync_all(cluster)
+    assert answered_by(client.netns, "10.250.0.10", 10) == {"web0": 5, "web1": 5}

@@ -63,6 +63,9 @@ class Networks:
 
     def get(self, name: str) -> dict:
         record = self.store.read(self.network_path(name), check=check_network)
+        if record is None and self.store.cluster is not None:
+            # made on another host since this one last synced
+            record = self.store.fetch(self.network_path(name), check=check_network)
         if record is None:
             raise NotFound(f"no network named {name!r} (see 'circuit network list')")
         return record

@@ -84,7 +84,7 @@ class Member:
             self.store.write(path, lease)
         from .sync import Reconciler
 
-        Reconciler(self).program_overlays()
+        Reconciler(None, self).program_overlays()
         return lease
 
     def claim(self, network: dict, host: dict) -> str:

@@ -42,6 +42,15 @@ class ReplicatedStore(Store):
 
         return Member(self)
 
+    def fetch(self, path: str, check=None) -> dict | None:
+        """A shared record that is not mirrored here yet, from etcd (mirrored now)."""
+        name = self.shared_name(path)
+        found = self.etcd.get(self.record_key(name)) if name else None
+        if found is None:
+            return None
+        self.mirror(name, found.value)
+        return self.read(path, check)
+
     def mirror(self, name: str, body: bytes | None) -> None:
         """Set the local copy of shared record name to etcd's body (None: it is gone)."""
         path = self.path(*name.split("/"))
