@@ -4,7 +4,7 @@
 #   PREFIX/bin/circuit, circuit-net, ...    links into it
 #   PREFIX/share/man/man1/*.1               man pages, from the tools' usage text
 #   PREFIX/share/bash-completion/completions/circuit*, PREFIX/share/zsh/site-functions/_circuit
-#   PREFIX/lib/systemd/system/circuit-restore.service
+#   PREFIX/lib/systemd/system/circuit-restore.service, circuit-cluster-agent.service (not enabled)
 # Nothing refers back to the clone: it may be deleted afterwards. CIRCUIT_PYTHON picks the
 # interpreter (default /usr/bin/python3 when it is 3.11 or newer).
 set -euo pipefail
@@ -14,7 +14,8 @@ prefix=$(realpath -m "${2:-/usr/local}")
 lib=$prefix/lib/circuit
 manifest=$lib/installed-files
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-tools=(circuit circuit-net circuit-qos circuit-lb circuit-hook)
+tools=(circuit circuit-net circuit-qos circuit-lb circuit-hook circuit-cluster)
+units=(circuit-restore.service circuit-cluster-agent.service)
 
 uninstall() {
     if [ ! -f "$manifest" ]; then
@@ -67,9 +68,10 @@ install() {
     files+=("${tools[@]/#/share/bash-completion/completions/}" share/zsh/site-functions/_circuit)
     local unit_dir=$prefix/lib/systemd/system
     mkdir -p "$unit_dir"
-    sed "s|@BINDIR@|$prefix/bin|g" "$repo/packaging/circuit-restore.service" \
-        > "$unit_dir/circuit-restore.service"
-    files+=(lib/systemd/system/circuit-restore.service)
+    for unit in "${units[@]}"; do   # installed, never enabled: that is the admin's call
+        sed "s|@BINDIR@|$prefix/bin|g" "$repo/packaging/$unit" > "$unit_dir/$unit"
+        files+=("lib/systemd/system/$unit")
+    done
     printf '%s\n' "${files[@]}" > "$manifest"
     echo "circuit $("$circuit" version | head -n 1 | cut -d' ' -f2) installed in $prefix"
 }

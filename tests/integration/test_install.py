@@ -1,5 +1,6 @@
 """`just install` into a temporary prefix (never /usr/local), from a copy of the clone that is
-deleted before use: the installed circuit attaches and detaches a runc container on its own."""
+deleted before use: the installed circuit attaches and detaches a runc container on its own, and
+every tool (circuit-cluster too) comes with its man page, completion and systemd units."""
 
 import json
 import os
@@ -7,6 +8,8 @@ import shutil
 import subprocess
 
 from harness import ROOT, bridge_conf, documented_hooks
+
+TOOLS = ("circuit", "circuit-net", "circuit-qos", "circuit-lb", "circuit-hook", "circuit-cluster")
 
 
 def without_the_clone(env: dict) -> dict:
@@ -32,11 +35,20 @@ def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host,
                 in p.read_bytes()]
     circuit = prefix / "bin" / "circuit"
     tools_env = env | {"PATH": f"{prefix / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin"}
-    for tool in ("circuit", "circuit-net", "circuit-qos", "circuit-lb", "circuit-hook"):
+    for tool in TOOLS:
         assert (prefix / "bin" / tool).exists()
     version = subprocess.run([circuit, "version", "--format", "json"], capture_output=True,
                              text=True, env=tools_env)
-    assert json.loads(version.stdout)["pyroute2"], version.stderr
+    facts = json.loads(version.stdout)
+    assert facts["pyroute2"] and facts["etcd3gw"], version.stderr
+    for command in ([circuit, "cluster", "--help"], ["circuit-cluster", "--help"]):
+        helped = subprocess.run(command, capture_output=True, text=True, env=tools_env)
+        assert helped.returncode == 0 and "circuit-cluster join --address IP" in helped.stdout, (
+            helped.stderr)
+    unconfigured = subprocess.run([circuit, "--state", host.state, "cluster", "list"],
+                                  capture_output=True, text=True, env=tools_env)
+    assert unconfigured.returncode == 2  # the installed tool runs, and asks for etcd state
+    assert "circuit cluster needs the state in etcd" in unconfigured.stderr
 
     hooks = documented_hooks("createRuntime", {"CNI_CONF": host.conf(bridge_conf()),
                                                "CIRCUIT_STATE_DIR": host.state})
@@ -51,20 +63,33 @@ def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host,
     runc.delete(cid)
     assert host.reserved_ips("sandbox") == set()
 
-    man = subprocess.run(["man", "-w", "circuit", "circuit-lb"], capture_output=True, text=True,
-                         env=tools_env)
+    man = subprocess.run(["man", "-w", "circuit", "circuit-lb", "circuit-cluster"],
+                         capture_output=True, text=True, env=tools_env)
     assert man.stdout.split() == [str(prefix / "share/man/man1/circuit.1"),
-                                  str(prefix / "share/man/man1/circuit-lb.1")], man.stderr
+                                  str(prefix / "share/man/man1/circuit-lb.1"),
+                                  str(prefix / "share/man/man1/circuit-cluster.1")], man.stderr
+    assert sorted(p.name for p in (prefix / "share/man/man1").iterdir()) == sorted(
+        f"{tool}.1" for tool in TOOLS)
     completions = prefix / "share/bash-completion/completions"
-    registered = subprocess.run(["bash", "--norc", "-c", f"source {completions}/circuit-net; "
-                                 "complete -p circuit-net"], capture_output=True, text=True)
-    assert registered.stdout == "complete -F _circuit circuit-net\n"
-    unit = prefix / "lib/systemd/system/circuit-restore.service"
-    assert f"ExecStart={circuit} restore\n" in unit.read_text()
+    for tool in ("circuit-net", "circuit-cluster"):
+        registered = subprocess.run(["bash", "--norc", "-c", f"source {completions}/{tool}; "
+                                     f"complete -p {tool}"], capture_output=True, text=True)
+        assert registered.stdout == f"complete -F _circuit {tool}\n"
+    units = prefix / "lib/systemd/system"
+    assert sorted(p.name for p in units.iterdir()) == ["circuit-cluster-agent.service",
+                                                       "circuit-restore.service"]
+    assert f"ExecStart={circuit} restore\n" in (units / "circuit-restore.service").read_text()
+    agent = (units / "circuit-cluster-agent.service").read_text()
+    for line in (f"ExecStart={circuit} cluster agent", "Type=simple", "Restart=on-failure",
+                 "KillSignal=SIGTERM", "After=network-online.target etcd.service",
+                 "Environment=CIRCUIT_CONFIG=/etc/circuit/circuit.toml"):
+        assert f"\n{line}\n" in agent, line
+    assert not list(prefix.rglob("*.wants"))  # installed, not enabled: join comes first
     if shutil.which("systemd-analyze"):
-        verify = subprocess.run(["systemd-analyze", "verify", "--man=no", unit],
-                                capture_output=True, text=True)
-        assert verify.returncode == 0, verify.stderr
+        for unit in units.iterdir():
+            verify = subprocess.run(["systemd-analyze", "verify", "--man=no", unit],
+                                    capture_output=True, text=True)
+            assert verify.returncode == 0, verify.stderr
 
     just("uninstall", prefix, cwd=ROOT, env=env)
     assert [p for p in prefix.rglob("*") if not p.is_dir()] == []

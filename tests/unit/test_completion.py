@@ -35,13 +35,23 @@ def test_bash_registers_circuit_and_every_tool():
                             text=True).stdout
     proc = subprocess.run(["bash", "--norc", "-c", script + "complete -p"],
                           capture_output=True, text=True)
-    for tool in ("circuit", "circuit-net", "circuit-qos", "circuit-lb", "circuit-hook"):
+    for tool in ("circuit", "circuit-net", "circuit-qos", "circuit-lb", "circuit-hook",
+                 "circuit-cluster"):
         assert f"complete -F _circuit {tool}\n" in proc.stdout
 
 
 @pytest.mark.parametrize(("words", "expected"), [
-    (("circuit", ""), ["completion", "doctor", "hook", "lb", "manpages", "network", "restore",
-                       "version"]),
+    (("circuit", ""), ["cluster", "completion", "doctor", "hook", "lb", "manpages", "network",
+                       "restore", "version"]),
+    (("circuit", "cl"), ["cluster"]),
+    (("circuit", "cluster", "j"), ["join"]),
+    (("circuit", "cluster", ""), ["agent", "join", "leave", "list", "sync"]),
+    (("circuit", "cluster", "join", "--"), ["--address", "--cni-cache-dir", "--cni-path",
+                                            "--config", "--debug", "--help", "--local-state",
+                                            "--lock-timeout", "--name", "--runc-root",
+                                            "--state", "--ttl"]),
+    (("circuit", "cluster", "list", "--format", ""), ["table", "json"]),
+    (("circuit-cluster", "l"), ["leave", "list"]),
     (("circuit", "network", "c"), ["check", "connect", "create"]),
     (("circuit", "network", ""), ["check", "connect", "create", "delete", "disconnect", "gc",
                                   "inspect", "list", "prune", "qos", "spec"]),
@@ -110,7 +120,8 @@ def test_paths_are_left_to_the_shell(tmp_path):
 def test_zsh_script_and_a_bad_shell():
     out = subprocess.run([BIN / "circuit", "completion", "zsh"], capture_output=True,
                          text=True).stdout
-    assert out.startswith("#compdef circuit circuit-qos circuit-net circuit-lb circuit-hook\n")
+    assert out.startswith("#compdef circuit circuit-qos circuit-net circuit-lb circuit-hook "
+                          "circuit-cluster\n")
     assert "compdef _circuit circuit" in out and "circuit completion words --" in out
     proc = subprocess.run([BIN / "circuit", "completion", "fish"], capture_output=True,
                           text=True)

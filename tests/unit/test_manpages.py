@@ -13,7 +13,8 @@ from circuit_common.usage import Usage
 
 BIN = Path(sys.executable).parent
 TOOLS = {"circuit-net": "circuit_net.cli", "circuit-qos": "circuit_qos.cli",
-         "circuit-lb": "circuit_lb.cli", "circuit-hook": "circuit_hook.cli"}
+         "circuit-lb": "circuit_lb.cli", "circuit-hook": "circuit_hook.cli",
+         "circuit-cluster": "circuit_cluster.cli"}
 
 
 def unescape(roff: str) -> str:
@@ -31,7 +32,8 @@ def pages(tmp_path_factory) -> Path:
 
 def test_one_page_per_tool(pages):
     assert sorted(p.name for p in pages.iterdir()) == [
-        "circuit-hook.1", "circuit-lb.1", "circuit-net.1", "circuit-qos.1", "circuit.1"]
+        "circuit-cluster.1", "circuit-hook.1", "circuit-lb.1", "circuit-net.1", "circuit-qos.1",
+        "circuit.1"]
 
 
 @pytest.mark.parametrize("tool", TOOLS)
@@ -52,6 +54,14 @@ def test_a_page_holds_its_tools_usage_and_options(pages, tool):
     assert "circuit(1)" in text.replace("\\fB", "").replace("\\fR", "")
 
 
+def test_the_dispatchers_help_and_page_name_every_group(pages):
+    out = subprocess.run([BIN / "circuit", "--help"], capture_output=True, text=True).stdout
+    page = unescape((pages / "circuit.1").read_text())
+    for group in ("circuit network", "circuit network qos", "circuit lb", "circuit hook",
+                  "circuit cluster join|leave|list|sync|agent"):
+        assert f"\n  {group} " in out and f"\n{group} " in page, group
+
+
 def test_exit_status_lists_every_error_class():
     codes = dict(manpage.exit_codes())
     assert codes[errors.KernelUnsupported.exit_code] == errors.KernelUnsupported.__doc__
@@ -70,7 +80,8 @@ def test_man_renders_the_dispatchers_page(pages):
                           text=True, env={"MANWIDTH": "100", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
     assert "circuit completion bash|zsh" in proc.stdout
-    assert "circuit-net(1)" in proc.stdout
+    assert "circuit cluster join|leave|list|sync|agent" in proc.stdout
+    assert "circuit-net(1)" in proc.stdout and "circuit-cluster(1)" in proc.stdout
 
 
 def test_a_bad_directory_is_one_line(tmp_path):

@@ -4,12 +4,14 @@ Usage:
   circuit version [--format FMT]
   circuit doctor [--format FMT]
 
-`version` prints circuit's version and what it runs against: Python, pyroute2, runc, nft, the
-kernel's IPVS, netem and nftables, and every CNI plugin in the CNI path with the spec versions
-it answers to VERSION. `doctor` tells, per feature, what is missing on this machine and how to
-get it; it exits non-zero when something in the state cannot work (a network's plugin is not in
-the CNI path, a QoS delay without netem, an IPVS service without IPVS): 4 for a missing plugin
-or program, 8 for a missing kernel feature.
+`version` prints circuit's version and what it runs against: Python, pyroute2, etcd3gw, runc,
+nft, the kernel's IPVS, netem and nftables, and every CNI plugin in the CNI path with the spec
+versions it answers to VERSION. `doctor` tells, per feature, what is missing on this machine and
+how to get it; with the state in etcd (--state etcd://...) it asks each endpoint for etcd's
+version and names those that answered. It exits non-zero when something in the state cannot
+work (a network's plugin is not in the CNI path, a QoS delay without netem, an IPVS service
+without IPVS, no etcd endpoint answering): 4 for a missing plugin or program, 8 for a missing
+kernel feature, 11 when no etcd endpoint answers.
 
 Options:
   --format FMT   table or json [default: table]
@@ -21,7 +23,7 @@ from collections import namedtuple
 
 from . import VERSION, machine
 from .cli import Context, parse, run
-from .errors import KernelUnsupported, NotFound
+from .errors import KernelUnsupported, NotFound, Unavailable
 from .output import check_format, emit, emit_json, render_table
 
 # One feature's verdict: ok, whether the state uses it, what was found or is missing, the fix.
@@ -35,6 +37,7 @@ def facts(ctx: Context) -> dict:
     """Everything `version` reports."""
     return {"circuit": VERSION, "python": platform.python_version(),
             "pyroute2": machine.python_package_version("pyroute2"),
+            "etcd3gw": machine.python_package_version("etcd3gw"),
             "runc": machine.runc(), "nft": machine.nft(),
             "kernel": {"release": platform.release(), **machine.kernel_features()},
             "cni_path": ctx.settings.cni_path,
@@ -47,7 +50,8 @@ def print_version(f: dict) -> None:
 
     kernel = f["kernel"]
     lines = [f"circuit {f['circuit']}", f"python {f['python']}",
-             f"pyroute2 {f['pyroute2'] or 'not installed'}", tool("runc"), tool("nft"),
+             f"pyroute2 {f['pyroute2'] or 'not installed'}",
+             f"etcd3gw {f['etcd3gw'] or 'not installed'}", tool("runc"), tool("nft"),
              f"kernel {kernel['release']}: " + ", ".join(
                  f"{k} {kernel[k]}" for k in ("ipvs", "netem", "nftables")),
              f"CNI plugins in {':'.join(f['cni_path'])}:"]
@@ -86,8 +90,9 @@ def kernel_check(feature: str, kernel: dict, names: list[str], in_use: bool) -> 
                  KERNEL_FIX.format(option=option, module=module), KernelUnsupported.exit_code)
 
 
-def checks(f: dict, use: dict) -> list[Check]:
-    """Per feature: does this machine have what it needs, and does the state use it."""
+def checks(f: dict, use: dict, etcd: list[dict] | None = None) -> list[Check]:
+    """Per feature: does this machine have what it needs, and does the state use it.
+    etcd: each endpoint's answer (machine.etcd_members) when the state is in etcd, else None."""
     found = {p["name"] for p in f["cni_plugins"] if "error" not in p}
     path = ":".join(f["cni_path"])
     missing = {net: [t for t in types if t not in found] for net, types in use["plugins"].items()}
@@ -112,13 +117,41 @@ def checks(f: dict, use: dict) -> list[Check]:
             kernel_check("qos delay", kernel, ["netem"], use["delay"]),
             kernel_check("lb", kernel, ["ipvs"], use["ipvs"]),
             kernel_check("lb nftables", kernel, ["nftables"], use["masq"]),
-            program_check("lb nftables", "nft", f["nft"], "apt-get install nftables", use["masq"])]
+            program_check("lb nftables", "nft", f["nft"], "apt-get install nftables", use["masq"]),
+            cluster_check(f["etcd3gw"], etcd)]
 
 
 def program_check(feature: str, name: str, found: dict | None, fix: str, in_use: bool) -> Check:
     if found:
         return Check(feature, True, in_use, f"{name} {found['version']}", "", 0)
     return Check(feature, False, in_use, f"no {name}", fix, NotFound.exit_code)
+
+
+NOT_CONFIGURED = "not configured (--state etcd://...)"
+ETCD_FIX = ("start etcd on its hosts (Debian's etcd-server), or name the members that run it in "
+            "--state / CIRCUIT_STATE / state in the config file")
+
+
+def cluster_check(etcd3gw: str | None, etcd: list[dict] | None) -> Check:
+    """The cluster feature: etcd3gw installed and, when the state is in etcd, an endpoint that
+    answers. etcd itself need not run on this host."""
+    in_use = etcd is not None
+    if not etcd3gw:
+        return Check("cluster", False, in_use, "no etcd3gw" + ("" if in_use else
+                                                               f"; {NOT_CONFIGURED}"),
+                     "reinstall circuit (just install)", NotFound.exit_code)
+    if not in_use:
+        return Check("cluster", True, False, NOT_CONFIGURED, "", 0)
+    answered = [m for m in etcd if "version" in m]
+    silent = "; ".join(f"{m['endpoint']} {m['error']}" for m in etcd if "error" in m)
+    if not answered:
+        return Check("cluster", False, True, f"no etcd endpoint answers: {silent}", ETCD_FIX,
+                     Unavailable.exit_code)
+    versions = sorted({m["version"] for m in answered})
+    detail = (f"etcd {', '.join(versions)} answers at "
+              f"{', '.join(m['endpoint'] for m in answered)}")
+    return Check("cluster", True, True, detail + (f"; no answer: {silent}" if silent else ""),
+                 "", 0)
 
 
 def print_checks(results: list[Check]) -> None:
@@ -141,7 +174,8 @@ def handle(argv: list[str], ctx: Context) -> int:
         else:
             print_version(f)
         return 0
-    results = checks(f, used(ctx))
+    etcd = ctx.settings.etcd
+    results = checks(f, used(ctx), machine.etcd_members(etcd.endpoints) if etcd else None)
     if fmt == "json":
         emit_json([c._asdict() for c in results])
     else:

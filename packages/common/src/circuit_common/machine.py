@@ -1,8 +1,10 @@
-"""What this machine offers circuit: kernel features, runc, nft, the CNI plugins, pyroute2.
+"""What this machine offers circuit: kernel features, runc, nft, the CNI plugins, pyroute2,
+etcd3gw, and the etcd members of the state.
 
 Cheap to ask: the kernel is read from /proc/modules, modules.builtin / modules.dep of the
-running release and the kernel config (/proc/config.gz or /boot/config-RELEASE); pyroute2's
-version comes from its metadata, without importing it; plugins answer VERSION in parallel.
+running release and the kernel config (/proc/config.gz or /boot/config-RELEASE); pyroute2's and
+etcd3gw's versions come from their metadata, without importing them; plugins answer VERSION and
+etcd members GET /version in parallel.
 """
 
 import json
@@ -154,3 +156,51 @@ def _version_answer(name: str, path: str, proc, timeout: float) -> dict:
         return plugin | {"error": f"no answer to VERSION within {timeout:g}s"}
     except (ValueError, KeyError, TypeError):
         return plugin | {"error": "no CNI VERSION answer (not a CNI plugin?)"}
+
+
+
+ETCD_TIMEOUT = 2.0
+
+
+def etcd_members(endpoints: list[str], timeout: float = ETCD_TIMEOUT) -> list[dict]:
+    """Each etcd endpoint (HOST:PORT) asked GET http://HOST:PORT/version, all at once:
+    {"endpoint", "version"} (etcd's server version) or {"endpoint", "error"}, in the given order.
+    Plain HTTP with urllib, as circuit's etcd client speaks to etcd; that client (etcd3gw, slow
+    to import) is not needed for it."""
+    import urllib.request  # here, and before the threads: the common case never asks etcd
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not endpoints:
+        return []
+    with ThreadPoolExecutor(max_workers=len(endpoints)) as pool:
+        return list(pool.map(lambda e: _etcd_version(urllib.request, e, timeout), endpoints))
+
+
+def _etcd_version(request, endpoint: str, timeout: float) -> dict:
+    from http.client import HTTPException
+    from urllib.error import HTTPError, URLError
+
+    member = {"endpoint": endpoint}
+    try:
+        with request.urlopen(f"http://{endpoint}/version", timeout=timeout) as answer:
+            body = answer.read(4096)
+    except HTTPError as e:
+        return member | {"error": f"HTTP {e.code} {e.reason}".strip()}
+    except URLError as e:
+        return member | {"error": _reason(e.reason)}
+    except (OSError, ValueError, HTTPException) as e:  # a timeout while reading, not HTTP
+        return member | {"error": _reason(e)}
+    try:
+        version = json.loads(body)["etcdserver"]
+    except (ValueError, KeyError, TypeError):
+        return member | {"error": "answered, but not as etcd does (no etcdserver version)"}
+    return member | {"version": str(version)}
+
+
+def _reason(reason) -> str:
+    """urllib's reason, short: `connection refused`, `timed out`, a resolver's message."""
+    if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+        return "timed out"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror[0].lower() + reason.strerror[1:]
+    return str(reason) or type(reason).__name__
