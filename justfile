@@ -23,7 +23,7 @@ setup:
     # that set PYTHONDONTWRITEBYTECODE (every start would compile them again)
     .venv/bin/python -m compileall -q packages/*/src
 
-# Install circuit for the whole machine (wheels in a venv under PREFIX/lib/circuit, tools in PREFIX/bin, man pages, completions, systemd unit)
+# Install circuit for the whole machine (wheels in a venv under PREFIX/lib/circuit, tools in PREFIX/bin, man pages, completions, systemd units, installed but not enabled)
 install PREFIX="/usr/local":
     packaging/install.sh install "{{PREFIX}}"
 

@@ -188,3 +188,43 @@ def test_a_service_created_on_one_host_balances_from_another_to_targets_on_all(c
     h2.circuit("lb", "remove", "web", f"{names['web2']}:80")  # changed from a third host
     sync_all(cluster)
     assert answered_by(client.netns, "10.250.0.10", 10) == {"web0": 5, "web1": 5}
+
+
+def test_no_lost_update_and_no_overlap_between_hosts(cluster):
+    h0, h1, h2 = cluster.hosts
+    join_all(cluster)
+
+    def create(pair):
+        host, name = pair
+        return host.circuit("network", "create", name, "--subnet", "10.202.0.0/16",
+                            "--overlay", "vxlan", check=False)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(create, [(h0, "one"), (h1, "two"), (h2, "three")]))
+    assert sorted(r.returncode for r in results) == [0, 5, 5], [r.stderr for r in results]
+    assert all("overlaps 10.202.0.0/16" in r.stderr for r in results if r.returncode)
+
+    # lb changes hold the cluster's lock, under which each host first mirrors etcd: h1 adds
+    # to what h0 made without a sync of its own, and loses nothing of h0's
+    h0.circuit("lb", "create", "web", "10.250.0.10:80", "--backend", "nftables")
+    h0.circuit("lb", "add", "web", "10.202.0.5:80")
+    h1.circuit("lb", "add", "web", "10.202.0.6:80")
+    h2.circuit("cluster", "sync")
+    listed = json.loads(h2.circuit("lb", "list", "--details", "--format", "json").stdout)
+    assert sorted(f"{t['addr']}:{t['port']}" for t in listed[0]["targets"]) == [
+        "10.202.0.5:80", "10.202.0.6:80"]
+    # a network's QoS policy is written under the network's lock only: a host that has not
+    # seen the last change is refused, in one line, with nothing changed
+    name = next(n for n, r in zip(("one", "two", "three"), results, strict=True)
+                if r.returncode == 0)
+    sync_all(cluster)
+    h0.circuit("network", "qos", "set", "--rate", "5000", name)
+    before = snapshot(h1.state)
+    proc = h1.circuit("network", "qos", "set", "--rate", "6000", name, check=False)
+    assert proc.returncode == 5 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "changed on another host" in proc.stderr and "circuit cluster sync" in proc.stderr
+    assert snapshot(h1.state) == before
+    h1.circuit("cluster", "sync")
+    h1.circuit("network", "qos", "set", "--rate", "6000", name)
+    h2.circuit("cluster", "sync")
+    assert "6mbit" in h2.circuit("network", "qos", "show", name).stdout.lower()

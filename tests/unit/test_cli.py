@@ -34,7 +34,7 @@ def test_help_lists_the_command_groups():
     assert proc.returncode == 0
     out = proc.stdout
     for group in ("circuit network", "circuit network qos", "circuit lb", "circuit hook",
-                  "circuit restore", "circuit version", "circuit doctor"):
+                  "circuit cluster", "circuit restore", "circuit version", "circuit doctor"):
         assert group in out
 
 
@@ -73,7 +73,8 @@ def test_the_version_is_kept_in_one_place():
     from circuit_common import VERSION
 
     assert {version(d) for d in ("circuit", "circuit-common", "circuit-net", "circuit-qos",
-                                 "circuit-lb", "circuit-hook", "circuit-netlink")} == {VERSION}
+                                 "circuit-lb", "circuit-hook", "circuit-netlink",
+                                 "circuit-cluster")} == {VERSION}
     root = Path(__file__).parents[2]
     for pyproject in [root / "pyproject.toml", *root.glob("packages/*/pyproject.toml")]:
         assert 'dynamic = ["version"]' in pyproject.read_text(), pyproject
@@ -113,7 +114,7 @@ def test_help_version_list_connect_and_the_hook_do_not_import_pyroute2(args, std
 
 
 def test_each_tool_is_usable_alone(tmp_path):
-    for tool in ("circuit-net", "circuit-qos", "circuit-lb", "circuit-hook"):
+    for tool in ("circuit-net", "circuit-qos", "circuit-lb", "circuit-hook", "circuit-cluster"):
         proc = circuit("--help", tool=tool)
         assert proc.returncode == 0 and "Usage:" in proc.stdout
     assert circuit("--state", tmp_path, "list", tool="circuit-net").returncode == 0

@@ -65,6 +65,19 @@ def network_deleted(ctx: Context, network: str) -> None:
 
 def restore(ctx: Context) -> int:
     """Re-apply every stored policy to the attachments whose containers still run."""
+    for name in reapply(ctx):
+        print(f"qos restored for {name}")
+    return 0
+
+
+def resync(ctx: Context) -> None:
+    """Policies changed on another host: apply them to this host's attachments, quietly."""
+    for _ in reapply(ctx):
+        pass
+
+
+def reapply(ctx: Context):
+    """Apply each network's stored policies; yields the network's name when done."""
     from circuit_net.networks import Networks
 
     from .tc import Links
@@ -73,12 +86,11 @@ def restore(ctx: Context) -> int:
     names = [os.path.basename(p)[:-len(".json")]
              for p in ctx.store.records(ctx.store.path("qos"))]
     if not names:
-        return 0
+        return
     with Links() as links:
         for name in names:
             with ctx.store.lock("network", name):
                 record = policy.load(ctx.store, name)
                 policy.save(ctx.store, name, record)  # marks networks of older circuit versions
                 policy.apply_all(links, policy.select(nets, name), record, record)
-            print(f"qos restored for {name}")
-    return 0
+            yield name

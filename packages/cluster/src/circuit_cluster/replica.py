@@ -6,15 +6,29 @@ Reads are local: the shared records in the state directory are a mirror of etcd'
 `cluster sync` and the agent keep current (mirror.py). So a container start reads no more than
 on a single host, and talks to etcd only for its network's first attach on this host."""
 
+import contextlib
+import json
 import os
+import socket
+import time
+from collections.abc import Iterator
 from functools import cached_property
 
 from circuit_common.config import Settings
-from circuit_common.errors import Conflict
+from circuit_common.errors import Conflict, LockTimeout
 from circuit_common.store import Store, encode
 
 SHARED = ("networks", "qos", "services", "extensions")  # top directories kept in etcd
 RECORDS = "records"  # etcd: <prefix>/records/<path below the state dir>
+LOCK_TTL = 15  # seconds a crashed holder of the cluster lock keeps the others waiting
+RESYNCED_BY = {"qos": "qos", "services": "lb"}  # shared kind → the extension that applies it
+
+
+def safe_record_name(name: str) -> bool:
+    """A shared record's path that stays below its kind's directory."""
+    parts = name.split("/")
+    return parts[0] in SHARED and name.endswith(".json") and all(
+        p and p not in (".", "..") and not p.startswith(".") for p in parts)
 
 
 class ReplicatedStore(Store):
@@ -23,6 +37,7 @@ class ReplicatedStore(Store):
     def __init__(self, settings: Settings):
         super().__init__(settings.state_dir, settings.lock_timeout)
         self.settings = settings
+        self._holding_all = False
 
     @cached_property
     def etcd(self):
@@ -88,6 +103,95 @@ class ReplicatedStore(Store):
             return False
         self._swap(name, expected, None)
         return super().remove(path)
+
+    @contextlib.contextmanager
+    def lock_all(self) -> Iterator[None]:
+        """The whole store, on every host: this host's store lock, then etcd's lock key, bound
+        to a lease of LOCK_TTL seconds so a holder that crashed frees it when the lease ends.
+        For what spans shared records (overlapping subnets, one VIP:port per service). Held,
+        the mirror is current and LB services changed elsewhere are in this host's kernel (the
+        LB commands change it from there); re-entered, it is held already."""
+        if self._holding_all:
+            yield
+            return
+        with super().lock_all():
+            etcd = self.etcd
+            key = etcd.key("locks", "store")
+            holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
+            lease = etcd.grant(LOCK_TTL)
+            deadline = time.monotonic() + self.lock_timeout
+            pause = 0.02
+            while not etcd.create(key, holder, lease):
+                if time.monotonic() >= deadline:
+                    etcd.revoke(lease)
+                    found = etcd.get(key)
+                    raise LockTimeout(
+                        f"timed out after {self.lock_timeout:g}s waiting for the cluster's "
+                        f"store lock, held by {found.value.decode() if found else 'nobody now'}"
+                        f"; it ends with its holder, or {LOCK_TTL}s after a crash")
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
+            self._holding_all = True
+            try:
+                changed = self.refresh()  # what others wrote before they let go of the lock
+                # QoS changes wait for the next pass: applying them takes network locks,
+                # which this lock excludes
+                self.resync(changed & {"services"})
+                yield
+            finally:
+                self._holding_all = False
+                etcd.revoke(lease)  # deletes the key with it
+
+    def resync(self, kinds: set[str]) -> list[str]:
+        """The extensions whose shared records changed make this host's kernel match them;
+        their names."""
+        wanted = {RESYNCED_BY[k] for k in kinds if k in RESYNCED_BY}
+        if not wanted:
+            return []
+        from circuit_common import cli, extensions
+
+        ctx = cli.Context(self.settings, store=self)
+        done = []
+        for name, module in extensions.registered():
+            if name in wanted and hasattr(module, "resync"):
+                module.resync(ctx)
+                done.append(name)
+        return done
+
+    def local_lock_all(self):
+        """This host's store lock only (mirroring etcd's records here)."""
+        return super().lock_all()
+
+    def local_records(self) -> dict[str, bytes]:
+        """The shared records mirrored here, by name."""
+        found = {}
+        for kind in SHARED:
+            for directory, _, names in os.walk(self.path(kind)):
+                for name in names:
+                    if name.endswith(".json") and not name.startswith("."):
+                        path = os.path.join(directory, name)
+                        with open(path, "rb") as f:
+                            found[os.path.relpath(path, self.root)] = f.read()
+        return found
+
+    def refresh(self, records: dict[str, bytes] | None = None) -> set[str]:
+        """Make the shared records here etcd's (records: as a range just read them), under
+        this host's store lock, which the caller holds; the kinds that changed."""
+        if records is None:
+            _, kvs = self.etcd.range(self.etcd.key(RECORDS, ""))
+            start = len(self.etcd.key(RECORDS, ""))
+            records = {kv.key[start:].decode(): kv.value for kv in kvs}
+        wanted = {n: v for n, v in records.items() if safe_record_name(n)}
+        local = self.local_records()
+        changed = set()
+        for name, body in wanted.items():
+            if local.get(name) != body:
+                self.mirror(name, body)
+                changed.add(name.split("/", 1)[0])
+        for name in local.keys() - wanted.keys():
+            self.mirror(name, None)
+            changed.add(name.split("/", 1)[0])
+        return changed
 
     def _swap(self, name: str, expected: bytes | None, body: bytes | None) -> None:
         if not self.etcd.swap(self.record_key(name), expected, body):

@@ -6,7 +6,7 @@ A pass reads everything below the prefix in one range request, then:
   view       the other hosts, whether their lease is alive, and their attachments
   overlay    for each network this host leased a subnet of: routes, neighbours and FDB
              entries to every live host's subnet; a lease of a deleted network is given back
-  restore    the QoS and LB extensions re-apply their kernel state when their records changed
+  resync     the QoS and LB extensions re-apply their kernel state when their records changed
 Every step only changes what differs, so a pass that finds nothing changed writes nothing."""
 
 import json
@@ -16,14 +16,11 @@ import sys
 import threading
 import time
 
-from circuit_common import extensions
 from circuit_common.errors import CircuitError, Conflict
 
 from . import overlay
 from .member import Member
-from .replica import RECORDS, SHARED
-
-RESTORED_BY = {"qos": "qos", "services": "lb"}  # mirrored kind → extension that applies it
+from .replica import RECORDS, safe_record_name
 
 
 class Snapshot:
@@ -51,13 +48,6 @@ class Snapshot:
                 self.attachments.setdefault(host, {})[name] = kv.value
 
 
-def safe_record_name(name: str) -> bool:
-    """A shared record's path that stays below its kind's directory."""
-    parts = name.split("/")
-    return parts[0] in SHARED and name.endswith(".json") and all(
-        p and p not in (".", "..") and not p.startswith(".") for p in parts)
-
-
 class Reconciler:
     """Passes for one host (ctx: the command's context, its store a ReplicatedStore)."""
 
@@ -79,41 +69,19 @@ class Reconciler:
         published = self.publish(host["name"], snap.attachments.get(host["name"], {}))
         self.write_view(host["name"], snap)
         overlays = self.program_overlays(snap)
-        restored = self.restore({kind for kind in changed if kind in RESTORED_BY})
+        restored = self.store.resync(changed)
         return {"revision": snap.revision, "mirrored": changed, "published": published,
                 "overlays": overlays, "restored": restored}
 
     # -- steps --------------------------------------------------------------------------------
 
-    def local_records(self) -> dict[str, bytes]:
-        found = {}
-        for kind in SHARED:
-            top = self.store.path(kind)
-            for directory, _, names in os.walk(top):
-                for name in names:
-                    if name.endswith(".json") and not name.startswith("."):
-                        path = os.path.join(directory, name)
-                        with open(path, "rb") as f:
-                            found[os.path.relpath(path, self.store.root)] = f.read()
-        return found
-
     def mirror(self, records: dict[str, bytes]) -> set[str]:
         """Make the shared records here etcd's; the kinds that changed."""
-        changed = set()
-        local = self.local_records()
         wanted = {n: v for n, v in records.items() if safe_record_name(n)}
-        if local == wanted:
-            return changed
-        with self.store.lock_all():
-            local = self.local_records()
-            for name, body in wanted.items():
-                if local.get(name) != body:
-                    self.store.mirror(name, body)
-                    changed.add(name.split("/", 1)[0])
-            for name in local.keys() - wanted.keys():
-                self.store.mirror(name, None)
-                changed.add(name.split("/", 1)[0])
-        return changed
+        if self.store.local_records() == wanted:
+            return set()
+        with self.store.local_lock_all():
+            return self.store.refresh(records)
 
     def local_attachments(self, host: str) -> dict[str, bytes]:
         """This host's attachments as other hosts see them, by network/cid@ifname."""
@@ -180,18 +148,6 @@ class Reconciler:
                      and s.get("host") in snap.alive}
             overlay.program_peers(lease["vni"], peers)
         return len(leases)
-
-    def restore(self, kinds: set[str]) -> list[str]:
-        """The extensions whose mirrored records changed re-apply them to the kernel."""
-        if not kinds or self.ctx is None:
-            return []
-        wanted = {RESTORED_BY[k] for k in kinds}
-        done = []
-        for name, module in extensions.registered():
-            if name in wanted and hasattr(module, "restore"):
-                module.restore(self.ctx)
-                done.append(name)
-        return done
 
     # -- liveness -----------------------------------------------------------------------------
 

@@ -14,8 +14,10 @@ INTERNAL_ERROR = 70
 class Context:
     """What a command handler gets: the merged settings and the state store."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, store: Store | None = None):
         self.settings = settings
+        if store is not None:
+            self.store = store  # the cached property's slot
 
     @cached_property
     def store(self) -> Store:
