@@ -52,6 +52,24 @@ def test_containers_on_three_hosts_reach_each_other(cluster):
         peers = next(r for r in rows if r["name"] == "blue")["peers"]
         assert sorted(p["ips"][0].split("/")[0] for p in peers) == sorted(ips)
         assert {p["host"] for p in peers} == {"h0", "h1", "h2"}
+    # leaving the cluster: masqueraded to the host's address, as from any bridge network
+    outside = cluster.hosts[0].outside_client()
+    assert containers[0][1].ping("198.51.100.2")
+    assert outside.run("ip", "route", "get", ips[0], check=False).returncode != 0  # no way back
+
+    # a host that leaves gives its subnet back; the others drop its routes on their next pass
+    h2 = cluster.hosts[2]
+    h2.circuit("network", "disconnect", containers[2][1].pid, "blue")
+    assert h2.circuit("cluster", "leave").stdout == "h2 left the cluster\n"
+    assert "cvx1" not in host_links(h2)
+    assert "circuit_overlay" not in h2.run("nft", "list", "tables").stdout
+    proc = h2.circuit("cluster", "sync", check=False)
+    assert proc.returncode == 3 and "has not joined" in proc.stderr
+    for host in cluster.hosts[:2]:
+        host.circuit("cluster", "sync")
+        assert routes_via_overlay(host) == {f"{ips[1 - host.index].rsplit('.', 1)[0]}.0/24"}
+    listed = json.loads(cluster.hosts[0].circuit("cluster", "list", "--format", "json").stdout)
+    assert [r["name"] for r in listed] == ["h0", "h1"]
 
 
 def host_links(host) -> set[str]:

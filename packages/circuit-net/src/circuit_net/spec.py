@@ -193,7 +193,7 @@ def overlay(flags: Flags, taken_vnis: set[int]) -> dict | None:
     if vni in taken_vnis:
         raise Conflict(f"--vni {vni} is another cluster network's; choose another")
     return {"type": flags.overlay, "vni": vni, "subnet": str(flags.subnets[0]),
-            "hostSubnetSize": flags.host_subnet_size}
+            "hostSubnetSize": flags.host_subnet_size, "masquerade": flags.masquerade}
 
 
 def host_config(netconf: dict, lease: dict) -> dict:

@@ -128,6 +128,7 @@ def leave(member: Member) -> str:
     with store.lock("cluster", "host"):
         for lease in member.leases():
             member.release(lease)
+        overlay.program_masquerade({})
         etcd.delete(etcd.key("attachments", host["name"], ""), prefix=True)
         etcd.delete(etcd.key("alive", host["name"]))
         etcd.delete(etcd.key("hosts", host["name"]))

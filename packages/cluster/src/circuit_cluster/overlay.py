@@ -5,7 +5,8 @@ send it to that host's underlay address. VTEP MACs are derived from the VTEP add
 (0a:58:<IPv4>, as the CNI plugins derive theirs), so hosts need not publish them.
 
 ensure_device / remove_device and program_peers (which adds what is missing and removes what
-is no longer wanted) are the whole contract; all through pyroute2."""
+is no longer wanted) are the whole contract, all through pyroute2; program_masquerade keeps the
+one nftables table that lets containers reach addresses outside the cluster."""
 
 import ipaddress
 import socket
@@ -18,6 +19,39 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x04
 RTPROT_STATIC = 4
+
+
+MASQUERADE_TABLE = "circuit_overlay"
+
+
+def program_masquerade(subnets: dict[str, str]) -> None:
+    """Table ip circuit_overlay, replaced in one transaction: traffic from each cluster subnet
+    ({network: subnet}) to an address outside it leaves with this host's address. Traffic
+    between hosts keeps its source (the bridge's own ipMasq is off on cluster networks). No
+    subnets: no table."""
+    from circuit_common import nft
+
+    table = {"family": "ip", "name": MASQUERADE_TABLE}
+    commands = [{"add": {"table": table}}, {"delete": {"table": table}}]
+    if subnets:
+        commands += [{"add": {"table": table}},
+                     {"add": {"chain": {"family": "ip", "table": MASQUERADE_TABLE,
+                                        "name": "postrouting", "type": "nat",
+                                        "hook": "postrouting", "prio": 100,
+                                        "policy": "accept"}}}]
+    for network, subnet in sorted(subnets.items()):
+        address, _, length = subnet.partition("/")
+        prefix = {"prefix": {"addr": address, "len": int(length)}}
+        commands.append({"add": {"rule": {
+            "family": "ip", "table": MASQUERADE_TABLE, "chain": "postrouting",
+            "comment": f"circuit network {network}",
+            "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                           "right": prefix}},
+                {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                           "right": prefix}},
+                {"masquerade": None}]}}})
+    nft.transaction(commands)
 
 
 def device_name(vni: int) -> str:

@@ -56,6 +56,7 @@ class Reconciler:
         self.store = ctx.store if ctx is not None else member.store
         self.member = member or Member(self.store)
         self.etcd = self.store.etcd
+        self._masqueraded: dict[str, str] | None = None  # as last programmed; None: unknown
 
     def snapshot(self) -> Snapshot:
         prefix = self.etcd.key("")
@@ -132,21 +133,30 @@ class Reconciler:
             self.store.write(self.member.view_path, view)
 
     def program_overlays(self, snap: Snapshot | None = None) -> int:
-        """Each leased network's peers: every live other host's subnet. A lease whose network
-        is gone is given back. The number of networks programmed."""
+        """Each leased network's peers: every live other host's subnet; the masquerade of
+        what leaves the cluster. A lease whose network is gone is given back. The number of
+        networks programmed."""
         leases = self.member.leases()
-        if not leases:
+        if not leases and self._masqueraded == {}:
             return 0
         snap = snap or self.snapshot()
         me = self.member.host()["name"]
+        masqueraded = {}
         for lease in leases:
-            if f"networks/{lease['network']}.json" not in snap.records:
+            body = snap.records.get(f"networks/{lease['network']}.json")
+            if body is None:
                 self.member.release(lease)
                 continue
+            spec = json.loads(body).get("overlay") or {}
+            if spec.get("masquerade", True):
+                masqueraded[lease["network"]] = spec.get("subnet", lease["subnet"])
             peers = {s["subnet"]: s["address"] for s in snap.subnets
                      if s.get("network") == lease["network"] and s.get("host") != me
                      and s.get("host") in snap.alive}
             overlay.program_peers(lease["vni"], peers)
+        if masqueraded != self._masqueraded:
+            overlay.program_masquerade(masqueraded)
+            self._masqueraded = masqueraded
         return len(leases)
 
     # -- liveness -----------------------------------------------------------------------------
