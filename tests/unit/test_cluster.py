@@ -1,0 +1,172 @@
+"""The cluster's pieces without etcd or a kernel: the state URL, the overlay flags and a host's
+config, the shared-record write path against a fake etcd, a snapshot's parsing, VTEP MACs."""
+
+import json
+
+import pytest
+
+from circuit_cluster import overlay, replica
+from circuit_cluster.etcd import prefix_end
+from circuit_cluster.sync import Snapshot
+from circuit_common.config import load_settings
+from circuit_common.errors import Conflict, InvalidInput, UsageError
+from circuit_common.store import encode
+from circuit_net import spec
+
+
+def settings(tmp_path, **options):
+    return load_settings(options, env={"CIRCUIT_CONFIG": str(tmp_path / "none.toml")})
+
+
+def test_state_urls(tmp_path):
+    s = settings(tmp_path, state="etcd://10.0.0.1:2379,[fd00::2]:2379/team/a",
+                 local_state=str(tmp_path))
+    assert (s.etcd.endpoints, s.etcd.prefix) == (["10.0.0.1:2379", "[fd00::2]:2379"], "/team/a")
+    assert s.state_dir == str(tmp_path) and s.etcd.url.startswith("etcd://10.0.0.1:2379,")
+    assert settings(tmp_path, state="etcd://h:2379").etcd.prefix == "/circuit"
+    assert settings(tmp_path, state="etcd://h:2379").state_dir == "/var/lib/circuit"
+    s = settings(tmp_path, state=f"file://{tmp_path}")
+    assert (s.etcd, s.state_dir) == (None, str(tmp_path))
+    conf = tmp_path / "circuit.toml"
+    conf.write_text('state = "etcd://h:1/x"\nlocal_state_dir = "/srv/circuit"\n')
+    s = load_settings({}, env={"CIRCUIT_CONFIG": str(conf)})
+    assert (s.etcd.prefix, s.state_dir) == ("/x", "/srv/circuit")
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("etcd://", "no etcd endpoint"),
+    ("etcd://host", "bad etcd endpoint 'host'"),
+    ("etcd://h:99999", "bad etcd endpoint 'h:99999'"),
+    ("etcd://h:1/a/../b", "bad etcd key prefix"),
+    ("etcd://h;rm:1", "bad etcd endpoint"),
+    ("consul://h:1", "unknown state URL"),
+    ("file://", "file:// needs a directory"),
+])
+def test_bad_state_urls_are_one_line(tmp_path, url, message):
+    with pytest.raises(InvalidInput, match=message):
+        settings(tmp_path, state=url)
+
+
+def flags(**kw):
+    return spec.Flags("blue", kw.pop("subnets", ["10.200.0.0/16"]), overlay="vxlan", **kw)
+
+
+def test_overlay_flags_and_a_hosts_config():
+    f = flags()
+    assert spec.overlay(f, {1, 2}) == {"type": "vxlan", "vni": 3, "subnet": "10.200.0.0/16",
+                                       "hostSubnetSize": 24, "masquerade": True}
+    assert spec.overlay(flags(vni="7", host_subnet_size="26"), set())["hostSubnetSize"] == 26
+    with pytest.raises(Conflict, match="--vni 7 is another cluster network's"):
+        spec.overlay(flags(vni="7"), {7})
+    netconf = {"cniVersion": "1.0.0", "name": "blue", "plugins": [
+        {"type": "bridge", "ipMasq": False,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.200.0.0/16"}]]}}]}
+    local = spec.host_config(netconf, {"subnet": "10.200.3.0/24", "mtu": 1450})
+    assert local["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.200.3.0/24",
+                                                       "gateway": "10.200.3.1"}]]
+    assert local["plugins"][0]["mtu"] == 1450
+    assert netconf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.200.0.0/16"}]]
+
+
+@pytest.mark.parametrize(("kw", "error", "message"), [
+    ({"overlay": "geneve"}, InvalidInput, "unknown --overlay 'geneve'"),
+    ({"driver": "ptp"}, UsageError, "--overlay vxlan is for --driver bridge"),
+    ({"subnets": ["fd00::/48"]}, InvalidInput, "one IPv4 --subnet"),
+    ({"subnets": ["10.1.0.0/16", "10.2.0.0/16"]}, InvalidInput, "one IPv4 --subnet"),
+    ({"host_subnet_size": "16"}, InvalidInput, "must be longer than the subnet's /16"),
+    ({"vni": "16777216"}, InvalidInput, "bad --vni"),
+    ({"gateway": "10.200.0.1"}, UsageError, "--gateway is chosen per host"),
+])
+def test_bad_overlay_flags(kw, error, message):
+    with pytest.raises(error, match=message):
+        spec.Flags("blue", kw.pop("subnets", ["10.200.0.0/16"]), **{"overlay": "vxlan", **kw})
+
+
+def test_vni_without_overlay_is_a_usage_error():
+    with pytest.raises(UsageError, match="are for --overlay vxlan"):
+        spec.Flags("blue", ["10.200.0.0/16"], vni="3")
+
+
+class FakeEtcd:
+    """Keys in a dict; swap as etcd's compare-and-swap transaction does it."""
+
+    def __init__(self):
+        self.kv: dict[bytes, bytes] = {}
+
+    def key(self, *parts):
+        return "/".join(("/circuit", *parts)).encode()
+
+    def swap(self, key, expected, value):
+        if self.kv.get(key) != expected:
+            return False
+        if value is None:
+            self.kv.pop(key, None)
+        else:
+            self.kv[key] = value
+        return True
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = replica.ReplicatedStore(settings(tmp_path, state="etcd://h:1",
+                                         local_state=str(tmp_path / "state")))
+    s.__dict__["etcd"] = FakeEtcd()
+    return s
+
+
+def test_shared_records_go_to_etcd_first_local_ones_never(store):
+    path = store.path("networks", "blue.json")
+    store.write(path, {"name": "blue"})
+    assert store.etcd.kv == {b"/circuit/records/networks/blue.json": encode({"name": "blue"})}
+    store.write(store.path("attachments", "blue", "c@eth0.json"), {"x": 1})
+    assert len(store.etcd.kv) == 1
+    assert store.remove(path) and store.etcd.kv == {}
+
+
+def test_a_write_over_what_another_host_changed_is_refused_and_changes_nothing(store):
+    path = store.path("qos", "blue.json")
+    store.write(path, {"network": None, "attachments": {}})
+    store.etcd.kv[b"/circuit/records/qos/blue.json"] = b"changed elsewhere"
+    with pytest.raises(Conflict, match=r"qos/blue\.json was changed on another host"):
+        store.write(path, {"network": {"rate": 1}, "attachments": {}})
+    with pytest.raises(Conflict):
+        store.remove(path)
+    assert store.read(path) == {"schema": 1, "network": None, "attachments": {}}
+
+
+def test_refresh_mirrors_etcd_and_never_writes_outside_the_shared_directories(store, tmp_path):
+    store.write(store.path("networks", "old.json"), {"name": "old"})
+    changed = store.refresh({"networks/new.json": encode({"name": "new"}),
+                             "services/web.json": encode({"name": "web"}),
+                             "networks/../../escape.json": b"{}", "attachments/x.json": b"{}",
+                             "networks/.hidden.json": b"{}"})
+    assert changed == {"networks", "services"}
+    assert sorted(store.local_records()) == ["networks/new.json", "services/web.json"]
+    assert not (tmp_path / "escape.json").exists()
+
+
+def test_a_snapshot_sorts_keys_by_kind():
+    prefix = b"/circuit/"
+
+    class KV:
+        def __init__(self, key, value):
+            self.key, self.value = prefix + key.encode(), value
+
+    snap = Snapshot(42, [
+        KV("records/networks/blue.json", b"{}"),
+        KV("hosts/h0", json.dumps({"name": "h0", "address": "10.99.0.1"}).encode()),
+        KV("alive/h0", b"10.99.0.1"),
+        KV("subnets/blue/10.200.0.0-24", json.dumps({"subnet": "10.200.0.0/24"}).encode()),
+        KV("attachments/h0/blue/c@eth0", b'{"ips": []}'),
+    ], prefix)
+    assert snap.revision == 42 and list(snap.records) == ["networks/blue.json"]
+    assert snap.alive == {"h0"} and snap.hosts["h0"]["address"] == "10.99.0.1"
+    assert snap.subnets == [{"subnet": "10.200.0.0/24"}]
+    assert snap.attachments == {"h0": {"blue/c@eth0": b'{"ips": []}'}}
+
+
+def test_vteps_and_ranges():
+    assert overlay.vtep("10.200.3.0/24") == "10.200.3.0"
+    assert overlay.vtep_mac("10.200.3.0") == "0a:58:0a:c8:03:00"
+    assert overlay.device_name(16777215) == "cvx16777215"
+    assert prefix_end(b"/circuit/") == b"/circuit0"
