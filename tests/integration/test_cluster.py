@@ -71,6 +71,22 @@ def test_containers_on_three_hosts_reach_each_other(cluster):
     listed = json.loads(cluster.hosts[0].circuit("cluster", "list", "--format", "json").stdout)
     assert [r["name"] for r in listed] == ["h0", "h1"]
 
+    # a network in use on another host is not deleted; once free, every host lets go of it
+    h0, h1 = cluster.hosts[:2]
+    h0.circuit("network", "disconnect", containers[0][1].pid, "blue")
+    proc = h0.circuit("network", "delete", "blue", check=False)
+    assert proc.returncode == 5 and "in use on host(s) h1" in proc.stderr, proc.stderr
+    h1.circuit("network", "disconnect", containers[1][1].pid, "blue")
+    h1.circuit("cluster", "sync")
+    h0.circuit("cluster", "sync")
+    h0.circuit("network", "delete", "blue")
+    h1.circuit("cluster", "sync")
+    for host in (h0, h1):
+        assert not {"cvx1", "cni-blue"} & host_links(host)
+        assert not (host.state / "cluster" / "leases" / "blue.json").exists()
+    listed = json.loads(h1.circuit("cluster", "list", "--format", "json").stdout)
+    assert [r["subnets"] for r in listed] == [{}, {}]
+
 
 def host_links(host) -> set[str]:
     return {line.split(": ")[1].split("@")[0]

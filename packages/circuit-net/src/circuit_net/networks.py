@@ -187,6 +187,8 @@ class Networks:
                     module.network_deleted(self.ctx, name)
                 extensions.unmark(self.store, name, extension)
             self.store.remove(self.network_path(name))
+            if network.get("overlay") and self.store.cluster is not None:
+                self.store.cluster.network_deleted(name)
             self.remove_leftovers(network)
             return attached.records
 

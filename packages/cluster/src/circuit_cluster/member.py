@@ -11,6 +11,7 @@ etcd keys below the prefix (docs/cluster.md):
     attachments/<host>/<network>/<cid>@<ifname>   {containerId, ifName, ips, pid, target}
 """
 
+import contextlib
 import ipaddress
 import json
 import time
@@ -80,7 +81,8 @@ class Member:
             host = self.host()
             subnet = self.claim(network, host)
             mtu = overlay.ensure_device(spec["vni"], subnet, host["address"])
-            lease = {"network": name, "subnet": subnet, "vni": spec["vni"], "mtu": mtu}
+            lease = {"network": name, "subnet": subnet, "vni": spec["vni"], "mtu": mtu,
+                     "bridge": network["config"]["plugins"][0].get("bridge")}
             self.store.write(path, lease)
         from .sync import Reconciler
 
@@ -113,12 +115,26 @@ class Member:
         raise Conflict(f"could not lease a subnet of network {network['name']}: other hosts "
                        "took each one first; try again")
 
+    def network_deleted(self, network: str) -> None:
+        """A cluster network was deleted here: this host's lease goes now, and every host's
+        subnet key (the others let go of their devices on their next pass)."""
+        lease = self.store.read(self.lease_path(network))
+        if lease is not None:
+            self.release(lease)
+        etcd = self.store.etcd
+        etcd.delete(etcd.key("subnets", network, ""), prefix=True)
+
     def release(self, lease: dict) -> None:
-        """Give a lease back: the VXLAN device, etcd's subnet key (if still this host's), the
-        local file."""
+        """Give a lease back: the VXLAN device, the network's bridge when nothing is plugged
+        into it, etcd's subnet key (if still this host's), the local file."""
+        from circuit_net.link import delete_unused_bridge
+
         from . import overlay
 
         overlay.remove_device(lease["vni"])
+        if lease.get("bridge"):
+            with contextlib.suppress(OSError):  # in use after all: left, as on one host
+                delete_unused_bridge(lease["bridge"])
         etcd = self.store.etcd
         key = etcd.key("subnets", lease["network"], subnet_key(lease["subnet"]))
         found = etcd.get(key)
