@@ -70,3 +70,4 @@ bench: setup
     -.venv/bin/python bench/qos.py
     -scripts/kernel-vm python bench/lb.py
     -.venv/bin/python bench/lb_nft.py
+    -.venv/bin/python bench/cluster.py
