@@ -262,3 +262,24 @@ def test_no_lost_update_and_no_overlap_between_hosts(cluster):
     h1.circuit("network", "qos", "set", "--rate", "6000", name)
     h2.circuit("cluster", "sync")
     assert "6mbit" in h2.circuit("network", "qos", "show", name).stdout.lower()
+
+
+def test_the_runc_hook_attaches_to_a_cluster_network_and_detaches(cluster):
+    h0, h1, _ = cluster.hosts
+    join_all(cluster)
+    create_overlay(h0)
+    started = {}
+    for host in (h0, h1):
+        c = host.container()
+        state = {"ociVersion": "1.0.2", "id": f"ctr-{host.index}", "pid": c.pid,
+                 "status": "creating", "bundle": "/nonexistent", "annotations": {}}
+        host.circuit("hook", input=json.dumps(state), env={"CIRCUIT_NETWORK": "blue"})
+        started[host] = (c, state)
+    sync_all(cluster)
+    (c0, _), (c1, _) = started.values()
+    assert c0.ping(c1.addresses()[0])
+    for host, (c, state) in started.items():
+        assert host.reserved_ips("blue") == {c.addresses()[0]}  # in its own host's IPAM dir
+        c.kill()
+        host.circuit("hook", input=json.dumps({**state, "status": "stopped", "pid": 0}))
+        assert host.reserved_ips("blue") == set()

@@ -61,9 +61,12 @@ def test_overlay_flags_and_a_hosts_config():
     netconf = {"cniVersion": "1.0.0", "name": "blue", "plugins": [
         {"type": "bridge", "ipMasq": False,
          "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.200.0.0/16"}]]}}]}
-    local = spec.host_config(netconf, {"subnet": "10.200.3.0/24", "mtu": 1450})
-    assert local["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.200.3.0/24",
-                                                       "gateway": "10.200.3.1"}]]
+    local = spec.host_config(netconf, {"subnet": "10.200.3.0/24", "mtu": 1450}, "/srv/ipam")
+    assert local["plugins"][0]["ipam"] == {
+        "type": "host-local", "ranges": [[{"subnet": "10.200.3.0/24", "gateway": "10.200.3.1"}]],
+        "dataDir": "/srv/ipam"}
+    assert "dataDir" not in spec.host_config(local, {"subnet": "10.200.3.0/24", "mtu": 1450},
+                                             None)["plugins"][0]["ipam"]
     assert local["plugins"][0]["mtu"] == 1450
     assert netconf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.200.0.0/16"}]]
 

@@ -52,7 +52,7 @@ Options:
   --overlay KIND   vxlan: a cluster network (etcd state) whose subnet the hosts share out,
                    one --host-subnet-size block each, joined by VXLAN (docs/cluster.md)
   --vni N          the VXLAN network identifier (default: the lowest free one)
-  --host-subnet-size N  the prefix length of each host's block [default: 24]
+  --host-subnet-size N  the prefix length of each host's block (default: 24)
 """
 
 import os

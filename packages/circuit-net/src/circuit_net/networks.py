@@ -61,14 +61,33 @@ class Networks:
         return self.cni_cache.path("results", f"{attachment['networkName']}-"
                                    f"{attachment['containerId']}-{attachment['ifName']}")
 
-    def get(self, name: str) -> dict:
+    def get(self, name: str, lease: bool = False) -> dict:
+        """The network as this host runs it (see here); with lease, a cluster network's subnet
+        is leased to this host now if it has none yet."""
         record = self.store.read(self.network_path(name), check=check_network)
         if record is None and self.store.cluster is not None:
             # made on another host since this one last synced
             record = self.store.fetch(self.network_path(name), check=check_network)
         if record is None:
             raise NotFound(f"no network named {name!r} (see 'circuit network list')")
-        return record
+        return self.here(record, lease)
+
+    def here(self, network: dict, lease: bool = False) -> dict:
+        """A network record as this host runs it: a cluster network's config over the subnet
+        this host leased, with this host's IPAM directory (every DEL must see what the ADD
+        saw); as stored before its first attach here (with lease: leased now)."""
+        if not network.get("overlay"):
+            return network
+        if self.store.cluster is None:
+            raise InvalidInput(f"network {network['name']} is a cluster network: give --state "
+                               "etcd://HOST:PORT[,...] as when it was created")
+        from .spec import host_config
+
+        cluster = self.store.cluster
+        found = cluster.lease(network) if lease else cluster.local_lease(network)
+        if found is None:
+            return network
+        return {**network, "config": host_config(network["config"], found, self.ipam_dir())}
 
     def all(self) -> Listing:
         """Every network record; unreadable ones are reported, not fatal."""
@@ -109,7 +128,8 @@ class Networks:
         another network's or a route of circuit's netns; an identical re-create is a no-op."""
         from . import spec
 
-        netconf = spec.conflist(flags, self.plugins, self.ipam_dir())
+        # a cluster network's record is every host's: each adds its own IPAM directory (here)
+        netconf = spec.conflist(flags, self.plugins, None if flags.overlay else self.ipam_dir())
         if flags.overlay and self.store.cluster is None:
             raise InvalidInput("--overlay makes a cluster network: give --state etcd://HOST:PORT"
                                "[,...] so every host shares it")
@@ -234,7 +254,7 @@ class Networks:
         capability args; one that no plugin declares is refused, or with only_declared (the
         hook's caps for every network) left out."""
         with self.store.lock("network", name):
-            network = self.on_this_host(self.get(name))
+            network = self.get(name, lease=True)
             if not only_declared:
                 runtime.check_declared([network["config"]], caps or {})
             self.repair(network)
@@ -247,19 +267,6 @@ class Networks:
                 record, rt = self._intend_attach(network, target, ifname, list(ips), mac,
                                                  list(args), caps or {})
         return self._attach(network, record, rt, list(ips))
-
-    def on_this_host(self, network: dict) -> dict:
-        """The network as this host runs it: a cluster network's config over the subnet this
-        host leased (leased now on its first attach here)."""
-        if not network.get("overlay"):
-            return network
-        if self.store.cluster is None:
-            raise InvalidInput(f"network {network['name']} is a cluster network: give --state "
-                               "etcd://HOST:PORT[,...] as when it was created")
-        from .spec import host_config
-
-        lease = self.store.cluster.lease(network)
-        return {**network, "config": host_config(network["config"], lease)}
 
     def peers_elsewhere(self, name: str) -> list[dict]:
         """A cluster network's attachments on other hosts, as this host last synced them."""
@@ -389,7 +396,7 @@ class Networks:
         released, errors = [], []
         listing = self.all()
         errors.extend(listing.errors)
-        for network in listing.records:
+        for network in map(self.here, listing.records):
             name = network["name"]
             prefix = f"{container_id}@"
             if not any(self.store.records(self.attachment_dir(name), prefix=prefix)) \
@@ -553,7 +560,7 @@ class Networks:
         self.cni_cache.sweep("results")
         listing = self.all()
         errors = list(listing.errors)
-        for network in listing.records:
+        for network in map(self.here, listing.records):
             name = network["name"]
             with self.store.lock("network", name):
                 for attachment in self.repair(network):

@@ -196,15 +196,19 @@ def overlay(flags: Flags, taken_vnis: set[int]) -> dict | None:
             "hostSubnetSize": flags.host_subnet_size, "masquerade": flags.masquerade}
 
 
-def host_config(netconf: dict, lease: dict) -> dict:
+def host_config(netconf: dict, lease: dict, data_dir: str | None) -> dict:
     """A cluster network's config on this host: host-local over this host's subnet (its first
-    address the gateway), the overlay's MTU."""
+    address the gateway) with this host's data_dir (None: the plugin's default), the overlay's
+    MTU."""
     import copy
 
     subnet = ipaddress.ip_network(lease["subnet"])
     conf = copy.deepcopy(netconf)
     main = conf["plugins"][0]
     main["ipam"]["ranges"] = [[{"subnet": str(subnet), "gateway": str(subnet[1])}]]
+    main["ipam"].pop("dataDir", None)
+    if data_dir:
+        main["ipam"]["dataDir"] = data_dir
     main["mtu"] = lease["mtu"]
     return conf
 

@@ -63,6 +63,12 @@ class Member:
 
     # -- leases -------------------------------------------------------------------------------
 
+    def local_lease(self, network: dict) -> dict | None:
+        """This host's lease of a cluster network, from its local file (None: not leased)."""
+        lease = self.store.read(self.lease_path(network["name"]))
+        return lease if lease is not None and lease.get("vni") == network["overlay"]["vni"] \
+            else None
+
     def lease(self, network: dict) -> dict:
         """This host's subnet of a cluster network and the overlay's MTU: from the local lease,
         or (first attach here) leased in etcd, with the VXLAN device and routes to the other
@@ -70,20 +76,19 @@ class Member:
         from . import overlay
 
         name, spec = network["name"], network["overlay"]
-        path = self.lease_path(name)
-        lease = self.store.read(path)
-        if lease is not None and lease.get("vni") == spec["vni"]:
+        lease = self.local_lease(network)
+        if lease is not None:
             return lease
         with self.store.lock("lease", name):
-            lease = self.store.read(path)
-            if lease is not None and lease.get("vni") == spec["vni"]:
+            lease = self.local_lease(network)
+            if lease is not None:
                 return lease
             host = self.host()
             subnet = self.claim(network, host)
             mtu = overlay.ensure_device(spec["vni"], subnet, host["address"])
             lease = {"network": name, "subnet": subnet, "vni": spec["vni"], "mtu": mtu,
                      "bridge": network["config"]["plugins"][0].get("bridge")}
-            self.store.write(path, lease)
+            self.store.write(self.lease_path(name), lease)
         from .sync import Reconciler
 
         Reconciler(None, self).program_overlays()
