@@ -89,10 +89,20 @@ class Etcd:
         kvs = answer.get("kvs", [])
         return KeyValue(kvs[0]) if kvs else None
 
-    def revision(self) -> int:
-        """The store's current revision (a cheap way to see whether anything changed)."""
-        answer = self._post("kv/range", {"key": b64(self.key("")), "count_only": True})
-        return int(answer["header"]["revision"])
+    def fingerprint(self, prefixes: list[bytes]) -> tuple:
+        """For each prefix, how many keys it holds and the newest one's revision, in one
+        transaction: it changes when a key below any prefix is created, changed or deleted,
+        and not for keys elsewhere."""
+        ranges = [{"request_range": {"key": b64(p), "range_end": b64(prefix_end(p)),
+                                     "sort_target": "MOD", "sort_order": "DESCEND",
+                                     "limit": 1, "keys_only": True}} for p in prefixes]
+        _, answer = self.txn([], ranges)
+        found = []
+        for response in answer.get("responses", []):
+            listed = response.get("response_range", {})
+            kvs = listed.get("kvs") or [{}]
+            found.append((int(listed.get("count", 0)), int(kvs[0].get("mod_revision", 0))))
+        return tuple(found)
 
     def txn(self, compare: list[dict], success: list[dict],
             failure: list[dict] = ()) -> tuple[bool, dict]:

@@ -87,11 +87,12 @@ class Member:
             subnet = self.claim(network, host)
             mtu = overlay.ensure_device(spec["vni"], subnet, host["address"])
             lease = {"network": name, "subnet": subnet, "vni": spec["vni"], "mtu": mtu,
+                     "cidr": spec["subnet"], "masquerade": spec.get("masquerade", True),
                      "bridge": network["config"]["plugins"][0].get("bridge")}
             self.store.write(self.lease_path(name), lease)
-        from .sync import Reconciler
+            from .sync import Reconciler
 
-        Reconciler(None, self).program_overlays()
+            Reconciler(None, self).program_network(lease)
         return lease
 
     def claim(self, network: dict, host: dict) -> str:

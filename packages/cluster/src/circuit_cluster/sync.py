@@ -132,32 +132,40 @@ class Reconciler:
         if self.store.read(self.member.view_path) != {"schema": 1, **view}:
             self.store.write(self.member.view_path, view)
 
-    def program_overlays(self, snap: Snapshot | None = None) -> int:
+    def program_overlays(self, snap: Snapshot) -> int:
         """Each leased network's peers: every live other host's subnet; the masquerade of
         what leaves the cluster. A lease whose network is gone is given back. The number of
         networks programmed."""
-        leases = self.member.leases()
-        if not leases and self._masqueraded == {}:
-            return 0
-        snap = snap or self.snapshot()
-        me = self.member.host()["name"]
-        masqueraded = {}
-        for lease in leases:
-            body = snap.records.get(f"networks/{lease['network']}.json")
-            if body is None:
+        leases = []
+        for lease in self.member.leases():
+            if f"networks/{lease['network']}.json" in snap.records:
+                leases.append(lease)
+            else:
                 self.member.release(lease)
-                continue
-            spec = json.loads(body).get("overlay") or {}
-            if spec.get("masquerade", True):
-                masqueraded[lease["network"]] = spec.get("subnet", lease["subnet"])
-            peers = {s["subnet"]: s["address"] for s in snap.subnets
-                     if s.get("network") == lease["network"] and s.get("host") != me
-                     and s.get("host") in snap.alive}
-            overlay.program_peers(lease["vni"], peers)
-        if masqueraded != self._masqueraded:
-            overlay.program_masquerade(masqueraded)
-            self._masqueraded = masqueraded
+        me = self.member.host()["name"]
+        for lease in leases:
+            overlay.program_peers(lease["vni"], peers_of(lease, snap.subnets, snap.alive, me))
+        self.program_masquerade(leases)
         return len(leases)
+
+    def program_network(self, lease: dict) -> None:
+        """A network's first lease here: its peers and the masquerade, from two small ranges
+        (not the whole prefix: a container start waits for this)."""
+        subnets = [json.loads(kv.value) for kv in
+                   self.etcd.range(self.etcd.key("subnets", lease["network"], ""))[1]]
+        start = len(self.etcd.key("alive", ""))
+        alive = {kv.key[start:].decode()
+                 for kv in self.etcd.range(self.etcd.key("alive", ""))[1]}
+        me = self.member.host()["name"]
+        overlay.program_peers(lease["vni"], peers_of(lease, subnets, alive, me))
+        self.program_masquerade(self.member.leases())
+
+    def program_masquerade(self, leases: list[dict]) -> None:
+        wanted = {lease["network"]: lease["cidr"] for lease in leases
+                  if lease.get("masquerade", True)}
+        if wanted != self._masqueraded:
+            overlay.program_masquerade(wanted)
+            self._masqueraded = wanted
 
     # -- liveness -----------------------------------------------------------------------------
 
@@ -182,6 +190,13 @@ class Reconciler:
                       json.dumps({**record, "lastSeen": time.time()}, sort_keys=True).encode())
 
 
+def peers_of(lease: dict, subnets: list[dict], alive: set[str], me: str) -> dict[str, str]:
+    """{subnet: underlay address} of the other live hosts on a leased network."""
+    return {s["subnet"]: s["address"] for s in subnets
+            if s.get("network") == lease["network"] and s.get("host") != me
+            and s.get("host") in alive}
+
+
 def local_stamp(store) -> tuple:
     """Changes when an attachment or a lease of this host comes or goes."""
     stamps = []
@@ -195,15 +210,20 @@ def local_stamp(store) -> tuple:
     return tuple(sorted(stamps))
 
 
+WATCHED = ("records", "alive", "subnets", "attachments")  # not hosts/: heartbeats stamp it
+
+
 def run_agent(ctx, interval: float = 0.25) -> int:
-    """Passes until SIGTERM or SIGINT: one whenever etcd's revision or this host's
-    attachments change, a heartbeat every third of the lease's TTL. An unreachable etcd is
-    reported and retried; the agent itself stays up."""
+    """Passes until SIGTERM or SIGINT: one whenever what a pass reads changes in etcd (not the
+    other hosts' heartbeats) or this host's attachments or leases change; a heartbeat every
+    third of the lease's TTL. An unreachable etcd is reported and retried; the agent itself
+    stays up."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     reconciler = Reconciler(ctx)
     ttl = reconciler.member.host()["ttl"]
+    watched = [reconciler.etcd.key(kind, "") for kind in WATCHED]
     seen: tuple = ()
     next_beat = 0.0
     while not stop.is_set():
@@ -211,11 +231,12 @@ def run_agent(ctx, interval: float = 0.25) -> int:
             if time.monotonic() >= next_beat:
                 reconciler.heartbeat()
                 next_beat = time.monotonic() + ttl / 3
-            stamp = local_stamp(reconciler.store)
-            if (reconciler.etcd.revision(), stamp) != seen:
-                # what the pass saw: a change made while it ran makes the next tick pass again
-                seen = (reconciler.reconcile()["revision"], stamp)
-        except CircuitError as e:
+            # taken before the pass: a change made while it runs makes the next tick pass again
+            now = (reconciler.etcd.fingerprint(watched), local_stamp(reconciler.store))
+            if now != seen:
+                reconciler.reconcile()
+                seen = now
+        except (CircuitError, OSError) as e:  # etcd away, a netlink refusal: the next tick
             print(f"circuit: cluster agent: {e}", file=sys.stderr, flush=True)
             stop.wait(1.0)
         stop.wait(interval)
