@@ -168,27 +168,9 @@ def main() -> int:
                 return proc
 
             def local_network(run, name: str, subnet: str, masquerade: bool = True) -> None:
-                """`network create NAME --subnet` (with run: h0.circuit or plain); where that
-                refuses a network without --overlay (seen 2026-11-28: --host-subnet-size's
-                docopt default counts as given), the conflist the flags make, through
-                `network spec --overlay vxlan` with ipMasq as the flags set it, created from
-                its file."""
+                """`network create NAME --subnet` (run: h0.circuit or plain)."""
                 flags = ["--subnet", subnet] + ([] if masquerade else ["--no-masquerade"])
-                proc = run("network", "create", name, *flags, check=False)
-                if proc.returncode == 0:
-                    return
-                if "--vni and --host-subnet-size" not in proc.stderr:
-                    raise AssertionError(f"network create {name} failed: {proc.stderr}")
-                conf = json.loads(run("network", "spec", name, *flags[:2], "--overlay",
-                                      "vxlan").stdout)
-                conf["plugins"][0]["ipMasq"] = masquerade
-                assert conf["plugins"][0]["ipam"]["dataDir"].startswith(tmp), conf
-                path = Path(tmp) / f"{name}.conflist"
-                path.write_text(json.dumps(conf))
-                run("network", "create", path)
-                notes.add("`network create NAME --subnet CIDR` without --overlay fails (exit 2, "
-                          "'--vni and --host-subnet-size are for --overlay vxlan'): the local "
-                          "networks were made from the same conflist through create PATH")
+                run("network", "create", name, *flags)
 
             def writer(plan: dict) -> None:
                 h0.run(sys.executable, Path(__file__).resolve(), "--etcd-writer",
