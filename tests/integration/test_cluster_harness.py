@@ -13,9 +13,6 @@ import harness.cluster
 from harness import netns_names, root_links, sh
 from harness.cluster import CLIENT_PORT, Lab
 
-# until tests/conftest.py lists it with the harness's other plugins (loading it twice is a no-op)
-pytest_plugins = ("harness.cluster",)
-
 
 def test_hosts_reach_each_other_over_the_underlay_and_only_there(cluster):
     lab = cluster.lab
