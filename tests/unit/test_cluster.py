@@ -143,7 +143,8 @@ def test_refresh_mirrors_etcd_and_never_writes_outside_the_shared_directories(st
                              "services/web.json": encode({"name": "web"}),
                              "networks/../../escape.json": b"{}", "attachments/x.json": b"{}",
                              "networks/.hidden.json": b"{}"})
-    assert changed == {"networks", "services"}
+    assert changed == {"networks/new.json": None, "services/web.json": None,
+                       "networks/old.json": encode({"name": "old"})}
     assert sorted(store.local_records()) == ["networks/new.json", "services/web.json"]
     assert not (tmp_path / "escape.json").exists()
 

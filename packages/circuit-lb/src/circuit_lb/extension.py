@@ -5,8 +5,9 @@ from .cli import restore
 from .services import Services
 
 
-def resync(ctx) -> None:
-    """Services changed on another host: program this host's kernel to match, quietly."""
+def resync(ctx, before: dict) -> None:
+    """Services changed on another host (before: {record name: the record before, None when
+    new}): program this host's kernel to match, quietly."""
     Services(ctx).restore()
 
 

@@ -70,8 +70,9 @@ def restore(ctx: Context) -> int:
     return 0
 
 
-def resync(ctx: Context) -> None:
-    """Policies changed on another host: apply them to this host's attachments, quietly."""
+def resync(ctx: Context, before: dict) -> None:
+    """Policies changed on another host (before: {record name: the record before, None when
+    new}): apply them to this host's attachments, quietly."""
     for _ in reapply(ctx):
         pass
 

@@ -71,7 +71,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
             output.emit_json({**report, "mirrored": sorted(report["mirrored"])})
         else:
             print(f"synced at revision {report['revision']}: "
-                  f"{len(report['mirrored'])} kinds of records mirrored, "
+                  f"{len(report['mirrored'])} records mirrored, "
                   f"{report['published']} attachments published, "
                   f"{report['overlays']} overlays programmed")
     elif a["agent"]:

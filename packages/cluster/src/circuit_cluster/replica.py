@@ -3,7 +3,7 @@ policies, LB services, extension markers) are written through to etcd first, by 
 that holds only if etcd still has what this host last saw; everything else stays local.
 
 Reads are local: the shared records in the state directory are a mirror of etcd's, which
-`cluster sync` and the agent keep current (mirror.py). So a container start reads no more than
+`cluster sync` and the agent keep current (sync.py). So a container start reads no more than
 on a single host, and talks to etcd only for its network's first attach on this host."""
 
 import contextlib
@@ -22,6 +22,28 @@ SHARED = ("networks", "qos", "services", "extensions")  # top directories kept i
 RECORDS = "records"  # etcd: <prefix>/records/<path below the state dir>
 LOCK_TTL = 15  # seconds a crashed holder of the cluster lock keeps the others waiting
 RESYNCED_BY = {"qos": "qos", "services": "lb"}  # shared kind → the extension that applies it
+LOCKED_KINDS = ("networks", "services", "extensions")  # what lock_all() mirrors
+
+
+class Renewal:
+    """Keeps an etcd lease alive from a thread until stop()."""
+
+    def __init__(self, etcd, lease: int, every: float):
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(etcd, lease, every),
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, etcd, lease: int, every: float) -> None:
+        while not self._stop.wait(every):
+            with contextlib.suppress(Exception):  # the holder sees a lost lease on revoke
+                etcd.keepalive(lease)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def safe_record_name(name: str) -> bool:
@@ -89,9 +111,7 @@ class ReplicatedStore(Store):
         if name is None:
             return super().write(path, record)
         body = encode(record)
-        expected = self.local_bytes(path)
-        if expected != body:
-            self._swap(name, expected, body)
+        self._swap(name, self.local_bytes(path), body)  # even unchanged: etcd may differ
         self.write_bytes(path, body)
 
     def remove(self, path: str) -> bool:
@@ -106,55 +126,72 @@ class ReplicatedStore(Store):
 
     @contextlib.contextmanager
     def lock_all(self) -> Iterator[None]:
-        """The whole store, on every host: this host's store lock, then etcd's lock key, bound
-        to a lease of LOCK_TTL seconds so a holder that crashed frees it when the lease ends.
-        For what spans shared records (overlapping subnets, one VIP:port per service). Held,
-        the mirror is current and LB services changed elsewhere are in this host's kernel (the
-        LB commands change it from there); re-entered, it is held already."""
+        """The whole store, on every host: etcd's lock key, bound to a lease of LOCK_TTL
+        seconds that is kept alive while waited for and held (a holder that crashed frees it
+        when the lease ends), then this host's store lock, taken second so that waiting for
+        etcd never holds up this host's container starts. For what spans shared records
+        (overlapping subnets, VNIs, one VIP:port per service). Held, the networks, services and
+        markers here are etcd's and LB services changed elsewhere are in this host's kernel
+        (the LB commands change it from there); QoS policies wait for the agent's next pass
+        (applying them takes network locks, which this lock excludes). Re-entered, it is held
+        already."""
         if self._holding_all:
             yield
             return
-        with super().lock_all():
-            etcd = self.etcd
-            key = etcd.key("locks", "store")
-            holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
-            lease = etcd.grant(LOCK_TTL)
+        with self._cluster_lock(), super().lock_all():
+            self._holding_all = True
+            try:
+                self.resync(self.refresh(kinds=LOCKED_KINDS))
+                yield
+            finally:
+                self._holding_all = False
+
+    @contextlib.contextmanager
+    def _cluster_lock(self) -> Iterator[None]:
+        etcd = self.etcd
+        key = etcd.key("locks", "store")
+        holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                             "token": os.urandom(8).hex()}).encode()
+        lease = etcd.grant(LOCK_TTL)
+        renewing = Renewal(etcd, lease, LOCK_TTL / 3)
+        try:
             deadline = time.monotonic() + self.lock_timeout
             pause = 0.02
             while not etcd.create(key, holder, lease):
+                found = etcd.get(key)
+                if found is not None and found.value == holder:
+                    break  # a retried create that the first member had carried out
                 if time.monotonic() >= deadline:
-                    etcd.revoke(lease)
-                    found = etcd.get(key)
                     raise LockTimeout(
                         f"timed out after {self.lock_timeout:g}s waiting for the cluster's "
                         f"store lock, held by {found.value.decode() if found else 'nobody now'}"
                         f"; it ends with its holder, or {LOCK_TTL}s after a crash")
                 time.sleep(pause)
                 pause = min(pause * 2, 0.2)
-            self._holding_all = True
-            try:
-                changed = self.refresh()  # what others wrote before they let go of the lock
-                # QoS changes wait for the next pass: applying them takes network locks,
-                # which this lock excludes
-                self.resync(changed & {"services"})
-                yield
-            finally:
-                self._holding_all = False
-                etcd.revoke(lease)  # deletes the key with it
+            yield
+        finally:
+            renewing.stop()
+            etcd.revoke(lease)  # deletes the key with it
 
-    def resync(self, kinds: set[str]) -> list[str]:
-        """The extensions whose shared records changed make this host's kernel match them;
-        their names."""
-        wanted = {RESYNCED_BY[k] for k in kinds if k in RESYNCED_BY}
-        if not wanted:
+    def resync(self, before: dict[str, bytes | None]) -> list[str]:
+        """The extensions whose shared records changed (before: each changed record's bytes
+        before the change, None when it was new) make this host's kernel match them; their
+        names."""
+        by_extension: dict[str, dict] = {}
+        for name, old in before.items():
+            extension = RESYNCED_BY.get(name.split("/", 1)[0])
+            if extension:
+                by_extension.setdefault(extension, {})[name] = \
+                    None if old is None else json.loads(old)
+        if not by_extension:
             return []
         from circuit_common import cli, extensions
 
         ctx = cli.Context(self.settings, store=self)
         done = []
         for name, module in extensions.registered():
-            if name in wanted and hasattr(module, "resync"):
-                module.resync(ctx)
+            if name in by_extension and hasattr(module, "resync"):
+                module.resync(ctx, by_extension[name])
                 done.append(name)
         return done
 
@@ -174,24 +211,27 @@ class ReplicatedStore(Store):
                             found[os.path.relpath(path, self.root)] = f.read()
         return found
 
-    def refresh(self, records: dict[str, bytes] | None = None) -> set[str]:
-        """Make the shared records here etcd's (records: as a range just read them), under
-        this host's store lock, which the caller holds; the kinds that changed."""
+    def refresh(self, records: dict[str, bytes] | None = None,
+                kinds: tuple[str, ...] = SHARED) -> dict[str, bytes | None]:
+        """Make the shared records of kinds here etcd's (records: as a range just read them),
+        under this host's store lock, which the caller holds; the records that changed, each
+        with its bytes before (None: it is new)."""
         if records is None:
             _, kvs = self.etcd.range(self.etcd.key(RECORDS, ""))
             start = len(self.etcd.key(RECORDS, ""))
             records = {kv.key[start:].decode(): kv.value for kv in kvs}
-        wanted = {n: v for n, v in records.items() if safe_record_name(n)}
-        local = self.local_records()
-        changed = set()
+        wanted = {n: v for n, v in records.items()
+                  if safe_record_name(n) and n.split("/", 1)[0] in kinds}
+        local = {n: v for n, v in self.local_records().items() if n.split("/", 1)[0] in kinds}
+        before = {}
         for name, body in wanted.items():
             if local.get(name) != body:
                 self.mirror(name, body)
-                changed.add(name.split("/", 1)[0])
+                before[name] = local.get(name)
         for name in local.keys() - wanted.keys():
             self.mirror(name, None)
-            changed.add(name.split("/", 1)[0])
-        return changed
+            before[name] = local[name]
+        return before
 
     def _swap(self, name: str, expected: bytes | None, body: bytes | None) -> None:
         if not self.etcd.swap(self.record_key(name), expected, body):

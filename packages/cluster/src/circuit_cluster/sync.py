@@ -76,13 +76,13 @@ class Reconciler:
 
     # -- steps --------------------------------------------------------------------------------
 
-    def mirror(self, records: dict[str, bytes]) -> set[str]:
-        """Make the shared records here etcd's; the kinds that changed."""
+    def mirror(self, records: dict[str, bytes]) -> dict[str, bytes | None]:
+        """Make the shared records here etcd's; those that changed, with their bytes before."""
         wanted = {n: v for n, v in records.items() if safe_record_name(n)}
         if self.store.local_records() == wanted:
-            return set()
+            return {}
         with self.store.local_lock_all():
-            return self.store.refresh(records)
+            return self.store.refresh()  # read again under the lock: never older bytes
 
     def local_attachments(self, host: str) -> dict[str, bytes]:
         """This host's attachments as other hosts see them, by network/cid@ifname."""

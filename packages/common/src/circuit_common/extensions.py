@@ -8,8 +8,10 @@ and the module defines what it needs of:
     detached(ctx, attachment)      before an attachment's record goes
     network_deleted(ctx, network)  when a network it marked is deleted (network: its name)
     restore(ctx) -> int            `circuit restore`, after a reboot; returns an exit code
-    resync(ctx)                    in a cluster: the tool's shared records changed on another
-                                   host; make this host's kernel match them, printing nothing
+    resync(ctx, before)            in a cluster: the tool's shared records changed on another
+                                   host (before: {record name, as services/web.json: the
+                                   record before, None when new}); make this host's kernel
+                                   match them, printing nothing
 circuit-net calls the first three only for networks that carry the extension's marker
 (extensions/<network>/<name>.json, made by mark()): a network no tool extends costs one failed
 directory listing, no entry-point scan and no import of the tool. A marker that names the
