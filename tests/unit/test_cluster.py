@@ -164,8 +164,8 @@ def test_a_snapshot_sorts_keys_by_kind():
         KV("attachments/h0/blue/c@eth0", b'{"ips": []}'),
     ], prefix)
     assert snap.revision == 42 and list(snap.records) == ["networks/blue.json"]
-    assert snap.alive == {"h0"} and snap.hosts["h0"]["address"] == "10.99.0.1"
-    assert snap.subnets == [{"subnet": "10.200.0.0/24"}]
+    assert snap.alive == {"h0": "10.99.0.1"} and snap.hosts["h0"]["address"] == "10.99.0.1"
+    assert snap.subnets == [("blue", b'{"subnet": "10.200.0.0/24"}')]
     assert snap.attachments == {"h0": {"blue/c@eth0": b'{"ips": []}'}}
 
 

@@ -255,9 +255,9 @@ def list_networks(nets: Networks, fmt: str, quiet: bool, running: bool = False) 
         config = network["config"]
         here = [{k: p[k] for k in ("container_id", "pid", "ifname", "ips", "ports", "state")}
                 for p in peers]
-        if nets.store.cluster is not None:
-            me = nets.store.cluster.host()["name"]
-            here = [{**p, "host": me} for p in here] + sorted(
+        joined = nets.store.cluster.joined() if nets.store.cluster is not None else None
+        if joined is not None:
+            here = [{**p, "host": joined["name"]} for p in here] + sorted(
                 (peer_elsewhere(a) for a in nets.peers_elsewhere(network["name"])), key=_ip_key)
         rows.append({"name": network["name"], "type": config["plugins"][0]["type"],
                      "plugins": [p["type"] for p in config["plugins"]],

@@ -73,16 +73,20 @@ class Networks:
         return self.here(record, lease)
 
     def here(self, network: dict, lease: bool = False) -> dict:
-        """A network record as this host runs it: a cluster network's config over the subnet
-        this host leased, with this host's IPAM directory (every DEL must see what the ADD
-        saw); as stored before its first attach here (with lease: leased now)."""
-        if not network.get("overlay"):
+        """A network record as this host runs it. With etcd state, a network from flags gets
+        this host's IPAM directory (every DEL must see what the ADD saw), and a cluster
+        network runs over the subnet this host leased (as stored before its first attach
+        here; with lease: leased now)."""
+        if not network.get("overlay") and (network.get("source") != "flags"
+                                           or self.store.cluster is None):
             return network
         if self.store.cluster is None:
             raise InvalidInput(f"network {network['name']} is a cluster network: give --state "
                                "etcd://HOST:PORT[,...] as when it was created")
-        from .spec import host_config
+        from .spec import host_config, with_data_dir
 
+        if not network.get("overlay"):
+            return {**network, "config": with_data_dir(network["config"], self.ipam_dir())}
         cluster = self.store.cluster
         found = cluster.lease(network) if lease else cluster.local_lease(network)
         if found is None:
@@ -128,14 +132,13 @@ class Networks:
         another network's or a route of circuit's netns; an identical re-create is a no-op."""
         from . import spec
 
-        # a cluster network's record is every host's: each adds its own IPAM directory (here)
-        netconf = spec.conflist(flags, self.plugins, None if flags.overlay else self.ipam_dir())
         if flags.overlay and self.store.cluster is None:
             raise InvalidInput("--overlay makes a cluster network: give --state etcd://HOST:PORT"
                                "[,...] so every host shares it")
-        taken = {n["overlay"]["vni"] for n in self.all().records if n.get("overlay")}
-        return self.define(netconf, "flags", check_overlap=True,
-                           overlay=spec.overlay(flags, taken))
+        # with etcd state the record is every host's: each adds its own IPAM directory (here)
+        shared = self.store.cluster is not None
+        netconf = spec.conflist(flags, self.plugins, None if shared else self.ipam_dir())
+        return self.define(netconf, "flags", check_overlap=True, overlay_flags=flags)
 
     def ipam_dir(self) -> str | None:
         """host-local's dataDir for networks from flags: under the CNI cache dir when it is not
@@ -144,10 +147,11 @@ class Networks:
         return None if cache_dir == DEFAULT_CNI_CACHE_DIR else os.path.join(cache_dir, "networks")
 
     def define(self, netconf: dict, source: str, check_overlap: bool = False,
-               overlay: dict | None = None) -> dict:
+               overlay_flags=None) -> dict:
         """Store a network record for netconf, or return the identical one stored. With
         check_overlap the check and the write hold every lock (no overlapping twin can slip in
-        between)."""
+        between; with etcd state, on every host), and so does the choice of a cluster network's
+        VNI (overlay_flags: the flags that asked for one)."""
         path = self.network_path(netconf["name"])
         existing = self.store.read(path, check=check_network)
         if existing is not None and existing["config"] == netconf:
@@ -162,14 +166,18 @@ class Networks:
                     raise Conflict(f"network {netconf['name']!r} exists with a different config; "
                                    "delete it first or choose another --name")
                 return existing
+            others = self.all().records if check_overlap or overlay_flags else []
             if check_overlap:
                 from .spec import check_overlap as refuse_overlap
 
-                refuse_overlap(netconf, [n["config"] for n in self.all().records])
+                refuse_overlap(netconf, [n["config"] for n in others])
             record = {"name": netconf["name"], "config": netconf, "source": source,
                       "created": now(), "bridges": new_bridges(netconf)}
-            if overlay:
-                record["overlay"] = overlay
+            if overlay_flags and overlay_flags.overlay:
+                from .spec import overlay
+
+                record["overlay"] = overlay(overlay_flags, {n["overlay"]["vni"] for n in others
+                                                            if n.get("overlay")})
             self.store.write(path, record)
             return record
 
@@ -195,7 +203,7 @@ class Networks:
                 ids = ", ".join(a["containerId"] for a in attached.records)
                 raise Conflict(f"network {name} is in use by {len(attached.records)} "
                                f"container(s): {ids}; disconnect them or use --force")
-            elsewhere = sorted({a["host"] for a in self.peers_elsewhere(name)})
+            elsewhere = self.store.cluster.hosts_using(name) if self.store.cluster else []
             if elsewhere:
                 raise Conflict(f"network {name} is in use on host(s) {', '.join(elsewhere)}; "
                                "disconnect the containers there first")

@@ -70,6 +70,10 @@ class Flags:
         if self.gateway:
             raise UsageError("--gateway is chosen per host with --overlay (each host's subnet's "
                              "first address)")
+        if self.internal:
+            raise UsageError("--internal does not go with --overlay: containers reach the "
+                             "other hosts through their host's gateway (--no-masquerade keeps "
+                             "them from reaching beyond the cluster with the host's address)")
 
 
 MAX_VNI = (1 << 24) - 1
@@ -200,16 +204,24 @@ def host_config(netconf: dict, lease: dict, data_dir: str | None) -> dict:
     """A cluster network's config on this host: host-local over this host's subnet (its first
     address the gateway) with this host's data_dir (None: the plugin's default), the overlay's
     MTU."""
-    import copy
-
     subnet = ipaddress.ip_network(lease["subnet"])
-    conf = copy.deepcopy(netconf)
+    conf = with_data_dir(netconf, data_dir)
     main = conf["plugins"][0]
     main["ipam"]["ranges"] = [[{"subnet": str(subnet), "gateway": str(subnet[1])}]]
-    main["ipam"].pop("dataDir", None)
-    if data_dir:
-        main["ipam"]["dataDir"] = data_dir
     main["mtu"] = lease["mtu"]
+    return conf
+
+
+def with_data_dir(netconf: dict, data_dir: str | None) -> dict:
+    """A copy of a network from flags whose host-local keeps its reservations in data_dir
+    (None: the plugin's default)."""
+    import copy
+
+    conf = copy.deepcopy(netconf)
+    ipam = conf["plugins"][0]["ipam"]
+    ipam.pop("dataDir", None)
+    if data_dir:
+        ipam["dataDir"] = data_dir
     return conf
 
 

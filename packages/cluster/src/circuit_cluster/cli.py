@@ -17,7 +17,7 @@ change, until SIGTERM. `leave` gives back this host's subnets and removes it.
 
 Options:
   --address IP   this host's underlay address (IPv4), where the others send VXLAN
-  --name HOST    this host's name in the cluster [default: the hostname]
+  --name HOST    this host's name in the cluster (default: this machine's hostname)
   --ttl SEC      the lease: how long the host stays alive without its agent [default: 10]
   --format FMT   table or json [default: table]
   -q             names only
@@ -35,7 +35,7 @@ from circuit_common.validate import check_name
 
 from . import overlay
 from .member import Member
-from .sync import Reconciler, run_agent
+from .sync import Reconciler, json_object, run_agent
 
 
 def handle(argv: list[str], ctx: cli.Context) -> int:
@@ -92,16 +92,17 @@ def join(ctx: cli.Context, member: Member, address: str, name: str, ttl: str) ->
                            "as 192.168.1.10") from None
     if not (ttl.isascii() and ttl.isdigit() and 2 <= int(ttl) <= 3600):
         raise InvalidInput(f"bad --ttl {ttl!r}: whole seconds from 2 to 3600")
-    with overlay._ipr() as ipr:
-        overlay.underlay_mtu(ipr, address)  # the address is this host's
+    overlay.check_address(address)
     store = member.store
-    joined = store.read(member.host_path)
+    joined = member.joined()
     if joined is not None and joined["name"] != name:
         raise Conflict(f"this host joined as {joined['name']}; run `circuit cluster leave` "
                        "before joining under another name")
+    if joined is None:
+        refuse_single_host_records(store)
     host = {"name": name, "address": address, "ttl": int(ttl),
             "joined": (joined or {}).get("joined") or time.time(),
-            "lease": (joined or {}).get("lease", 0), "cluster": ctx.settings.etcd.url}
+            "lease": (joined or {}).get("lease", 0), "prefix": ctx.settings.etcd.prefix}
     with store.lock("cluster", "host"):
         store.write(member.host_path, host)
         try:
@@ -115,8 +116,22 @@ def join(ctx: cli.Context, member: Member, address: str, name: str, ttl: str) ->
     return host
 
 
+def refuse_single_host_records(store) -> None:
+    """Conflict when the local state dir holds networks, policies or services that etcd does
+    not: a single host's, which the first pass would delete as gone from the cluster."""
+    records = store.etcd.range(store.etcd.key("records", ""))[1]
+    start = len(store.etcd.key("records", ""))
+    theirs = {kv.key[start:].decode(errors="replace") for kv in records}
+    mine = sorted(set(store.local_records()) - theirs)
+    if mine:
+        listed = ", ".join(mine[:3]) + (", ..." if len(mine) > 3 else "")
+        raise Conflict(f"{store.root} holds records that are not the cluster's ({listed}): a "
+                       "single host's state; join with another --local-state directory")
+
+
 def leave(member: Member) -> str:
-    """Give back this host's subnets, unpublish it and end its lease; refused while
+    """Give back this host's subnets, unpublish it and end its lease, take the cluster's
+    services and policies out of this host's kernel and drop the mirror; refused while
     containers here are attached."""
     store, etcd = member.store, member.store.etcd
     host = member.host()
@@ -129,13 +144,19 @@ def leave(member: Member) -> str:
         for lease in member.leases():
             member.release(lease)
         overlay.program_masquerade({})
+        for kv in etcd.range(etcd.key("subnets", ""))[1]:  # those without a local lease too
+            if (json_object(kv.value) or {}).get("host") == host["name"]:
+                etcd.swap(kv.key, kv.value, None)
         etcd.delete(etcd.key("attachments", host["name"], ""), prefix=True)
         etcd.delete(etcd.key("alive", host["name"]))
         etcd.delete(etcd.key("hosts", host["name"]))
         if host.get("lease"):
             etcd.revoke(host["lease"])
-        store.remove(member.view_path)
-        store.remove(member.host_path)
+    with store.local_lock_all():
+        before = store.refresh(records={})
+    store.resync(before)
+    store.remove(member.view_path)
+    store.remove(member.host_path)
     return host["name"]
 
 
@@ -148,8 +169,10 @@ def hosts(member: Member) -> list[dict]:
     reconciler = Reconciler(None, member)
     snap = reconciler.snapshot()
     subnets: dict[str, dict[str, str]] = {}
-    for lease in snap.subnets:
-        subnets.setdefault(lease["host"], {})[lease["network"]] = lease["subnet"]
+    for network, value in snap.subnets:
+        lease = json_object(value) or {}
+        if isinstance(lease.get("host"), str) and isinstance(lease.get("subnet"), str):
+            subnets.setdefault(lease["host"], {})[network] = lease["subnet"]
     return [{"name": name, "address": h.get("address"),
              "state": "alive" if name in snap.alive else "lapsed",
              "subnets": subnets.get(name, {}), "lastSeen": h.get("lastSeen")}

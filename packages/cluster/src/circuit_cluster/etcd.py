@@ -42,8 +42,10 @@ class Etcd:
 
     def __init__(self, state: EtcdState, deadline: float):
         import etcd3gw  # ≈ 130 ms: only commands that talk to etcd pay it
+        import requests
 
         self._etcd3gw = etcd3gw
+        self._requests = requests
         self.state = state
         per_member = max(0.5, min(3.0, deadline / max(1, len(state.endpoints))))
         self._clients = []
@@ -65,7 +67,8 @@ class Etcd:
             try:
                 answer = client.post(client.get_url(path), json=body)
             except (exceptions.ConnectionFailedError, exceptions.ConnectionTimeoutError,
-                    exceptions.InternalServerError) as e:
+                    exceptions.InternalServerError, self._requests.RequestException,
+                    ValueError) as e:  # ValueError: an answer that is not JSON
                 reasons.append(f"{self.state.endpoints[index]}: {_reason(e)}")
                 continue
             except exceptions.Etcd3Exception as e:
@@ -165,7 +168,8 @@ def delete(key: bytes, prefix: bool = False) -> dict:
 
 def _reason(e: Exception) -> str:
     """The short cause of an etcd3gw error (its text can be a whole HTTP body)."""
-    text = " ".join(str(a) for a in e.args if a) or type(e).__name__
+    text = " ".join(str(a) for a in (getattr(e, "detail_text", None), *e.args) if a) \
+        or type(e).__name__
     for marker in ('"error":"', '"message":"'):
         if marker in text:
             return text.split(marker, 1)[1].split('"', 1)[0]

@@ -25,6 +25,45 @@ def subnet_key(subnet: str) -> str:
     return subnet.replace("/", "-")
 
 
+def leased_for(lease: dict, network: dict) -> bool:
+    """Whether a lease belongs to this very network (not an earlier one of its name)."""
+    spec = network["overlay"]
+    return (lease.get("vni"), lease.get("cidr"), lease.get("hostSubnetSize"),
+            lease.get("created")) == (spec["vni"], spec["subnet"], spec["hostSubnetSize"],
+                                      network.get("created"))
+
+
+def subnet_lease(value: bytes, spec: dict) -> dict | None:
+    """A subnet key's value when it is well formed: a host's block of the network's subnet, of
+    its host subnet size, and an IPv4 underlay address; None otherwise (ignored: whatever
+    wrote it, it must not become a route)."""
+    try:
+        lease = json.loads(value)
+        block = ipaddress.ip_network(lease["subnet"])
+        ipaddress.IPv4Address(lease["address"])
+        if not (isinstance(lease["host"], str) and block.version == 4
+                and block.prefixlen == spec["hostSubnetSize"]
+                and block.subnet_of(ipaddress.ip_network(spec["subnet"]))):
+            return None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return lease
+
+
+def refuse_routed(subnet: str, bridge: str | None) -> None:
+    """Conflict when this host already routes its block elsewhere than the network's own bridge
+    and VXLAN device (its underlay, say)."""
+    from circuit_common.proc import routes
+
+    block = ipaddress.ip_network(subnet)
+    for route, dev in routes():
+        if route.prefixlen and route.version == 4 and route.overlaps(block) \
+                and dev != bridge and not dev.startswith("cvx"):
+            raise Conflict(f"this host's subnet {block} of the cluster network overlaps its "
+                           f"route {route} (dev {dev}); create the network over another "
+                           "--subnet")
+
+
 class Member:
     """This host in the cluster (store: its ReplicatedStore)."""
 
@@ -42,9 +81,20 @@ class Member:
     def lease_path(self, network: str) -> str:
         return self.store.path("cluster", "leases", f"{network}.json")
 
+    def joined(self) -> dict | None:
+        """The join record (None: this host has not joined); InvalidInput when this state
+        dir joined under another etcd prefix (its mirror is of another cluster's records)."""
+        host = self.store.read(self.host_path)
+        prefix = self.store.settings.etcd.prefix
+        if host is not None and host.get("prefix") != prefix:
+            raise InvalidInput(f"{self.store.root} belongs to the cluster at etcd prefix "
+                               f"{host.get('prefix')}, not {prefix}: give that --state, or "
+                               "another --local-state")
+        return host
+
     def host(self) -> dict:
         """The join record; InvalidInput when this host has not joined."""
-        host = self.store.read(self.host_path)
+        host = self.joined()
         if host is None:
             raise InvalidInput("this host has not joined the cluster: run `circuit cluster join "
                                "--address UNDERLAY_IP` first")
@@ -58,16 +108,34 @@ class Member:
         """The attachments other hosts published on network, each with its host."""
         return self.view()["attachments"].get(network, [])
 
+    def hosts_using(self, network: str) -> list[str]:
+        """The other hosts with attachments on the network, as etcd has them now (not as this
+        host last synced)."""
+        etcd = self.store.etcd
+        start = len(etcd.key("attachments", ""))
+        me = self.host()["name"]
+        found = set()
+        for kv in etcd.range(etcd.key("attachments", ""))[1]:
+            host, _, rest = kv.key[start:].decode(errors="replace").partition("/")
+            if host != me and rest.partition("/")[0] == network:
+                found.add(host)
+        return sorted(found)
+
+    def in_use(self, network: str) -> bool:
+        """Whether a container here is attached to the network (or being attached)."""
+        return any(any(self.store.records(self.store.path(kind, network)))
+                   for kind in ("attachments", "intents"))
+
     def leases(self) -> list[dict]:
         return self.store.read_all(self.store.path("cluster", "leases")).records
 
     # -- leases -------------------------------------------------------------------------------
 
     def local_lease(self, network: dict) -> dict | None:
-        """This host's lease of a cluster network, from its local file (None: not leased)."""
+        """This host's lease of a cluster network, from its local file (None: not leased, or
+        leased for an earlier network of that name)."""
         lease = self.store.read(self.lease_path(network["name"]))
-        return lease if lease is not None and lease.get("vni") == network["overlay"]["vni"] \
-            else None
+        return lease if lease is not None and leased_for(lease, network) else None
 
     def lease(self, network: dict) -> dict:
         """This host's subnet of a cluster network and the overlay's MTU: from the local lease,
@@ -83,11 +151,17 @@ class Member:
             lease = self.local_lease(network)
             if lease is not None:
                 return lease
+            stale = self.store.read(self.lease_path(name))
+            if stale is not None:  # of a network deleted and made again meanwhile
+                self.release(stale)
             host = self.host()
             subnet = self.claim(network, host)
+            refuse_routed(subnet, network["config"]["plugins"][0].get("bridge"))
             mtu = overlay.ensure_device(spec["vni"], subnet, host["address"])
             lease = {"network": name, "subnet": subnet, "vni": spec["vni"], "mtu": mtu,
-                     "cidr": spec["subnet"], "masquerade": spec.get("masquerade", True),
+                     "cidr": spec["subnet"], "hostSubnetSize": spec["hostSubnetSize"],
+                     "created": network["created"],
+                     "masquerade": spec.get("masquerade", True),
                      "bridge": network["config"]["plugins"][0].get("bridge")}
             self.store.write(self.lease_path(name), lease)
             from .sync import Reconciler
@@ -103,11 +177,12 @@ class Member:
         prefix = etcd.key("subnets", network["name"], "")
         for _ in range(MAX_CLAIMS):
             _, kvs = etcd.range(prefix)
-            held = [json.loads(kv.value) for kv in kvs]
-            mine = [h["subnet"] for h in held if h.get("host") == host["name"]]
+            held = [lease for kv in kvs if (lease := subnet_lease(kv.value, spec))]
+            mine = [h["subnet"] for h in held if h["host"] == host["name"]]
             if mine:
                 return mine[0]
-            taken = {h["subnet"] for h in held}
+            # a key whose value is unreadable still takes its subnet (from the key's name)
+            taken = {kv.key[len(prefix):].decode().replace("-", "/") for kv in kvs}
             free = next((str(s) for s in ipaddress.ip_network(spec["subnet"]).subnets(
                 new_prefix=spec["hostSubnetSize"]) if str(s) not in taken), None)
             if free is None:

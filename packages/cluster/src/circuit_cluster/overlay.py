@@ -88,11 +88,15 @@ def underlay_mtu(ipr, address: str) -> int:
 
 
 def ensure_device(vni: int, subnet: str, address: str) -> int:
-    """The network's VXLAN device, up with its VTEP address; its MTU (the containers' too)."""
+    """The network's VXLAN device, up with its VTEP address, sending from address (made again
+    when it sends from another); its MTU (the containers' too)."""
     name, local = device_name(vni), vtep(subnet)
     with _ipr() as ipr:
         mtu = underlay_mtu(ipr, address) - VXLAN_OVERHEAD
         index = _index(ipr, name)
+        if index is not None and _vxlan_local(ipr, index) not in (address, None):
+            ipr.link("del", index=index)
+            index = None
         if index is None:
             ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=address,
                      vxlan_port=VXLAN_PORT, vxlan_learning=0, address=vtep_mac(local), mtu=mtu)
@@ -107,6 +111,18 @@ def ensure_device(vni: int, subnet: str, address: str) -> int:
         ipr.addr("replace", index=index, address=local, prefixlen=32)
         ipr.link("set", index=index, state="up")
         return mtu
+
+
+def _vxlan_local(ipr, index: int) -> str | None:
+    info = ipr.link("get", index=index)[0].get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info else None
+    return data.get_attr("IFLA_VXLAN_LOCAL") if data else None
+
+
+def check_address(address: str) -> None:
+    """EnvironmentFault unless an interface here holds address."""
+    with _ipr() as ipr:
+        underlay_mtu(ipr, address)
 
 
 def remove_device(vni: int) -> None:

@@ -19,33 +19,60 @@ import time
 from circuit_common.errors import CircuitError, Conflict
 
 from . import overlay
-from .member import Member
+from .member import Member, leased_for, subnet_lease
 from .replica import RECORDS, safe_record_name
 
 
 class Snapshot:
-    """Everything below the prefix at one revision, by kind."""
+    """Everything below the prefix at one revision, by kind. Values are read defensively:
+    one that is not what circuit writes is left out (and counted in skipped), never fatal."""
 
     def __init__(self, revision: int, kvs: list, prefix: bytes):
         self.revision = revision
         self.records: dict[str, bytes] = {}
         self.hosts: dict[str, dict] = {}
-        self.alive: set[str] = set()
-        self.subnets: list[dict] = []
+        self.alive: dict[str, str] = {}  # host → its underlay address, while its lease lives
+        self.subnets: list[tuple[str, bytes]] = []  # (network, value): checked where used
         self.attachments: dict[str, dict[str, bytes]] = {}  # host → {network/cid@if: value}
+        self.skipped = 0
         for kv in kvs:
-            kind, _, rest = kv.key[len(prefix):].decode().partition("/")
+            kind, _, rest = kv.key[len(prefix):].decode(errors="replace").partition("/")
             if kind == RECORDS:
                 self.records[rest] = kv.value
             elif kind == "hosts":
-                self.hosts[rest] = json.loads(kv.value)
+                host = json_object(kv.value)
+                if host is None:
+                    self.skipped += 1
+                else:
+                    self.hosts[rest] = host
             elif kind == "alive":
-                self.alive.add(rest)
+                address = ipv4(kv.value)
+                if address is None:
+                    self.skipped += 1
+                else:
+                    self.alive[rest] = address
             elif kind == "subnets":
-                self.subnets.append(json.loads(kv.value))
+                self.subnets.append((rest.partition("/")[0], kv.value))
             elif kind == "attachments":
                 host, _, name = rest.partition("/")
                 self.attachments.setdefault(host, {})[name] = kv.value
+
+
+def json_object(value: bytes) -> dict | None:
+    try:
+        found = json.loads(value)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def ipv4(value: bytes) -> str | None:
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv4Address(value.decode()))
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 class Reconciler:
@@ -67,7 +94,7 @@ class Reconciler:
         host = self.member.host()
         snap = self.snapshot()
         changed = self.mirror(snap.records)
-        published = self.publish(host["name"], snap.attachments.get(host["name"], {}))
+        published = self.publish(host, snap.attachments.get(host["name"], {}))
         self.write_view(host["name"], snap)
         overlays = self.program_overlays(snap)
         restored = self.store.resync(changed)
@@ -103,16 +130,18 @@ class Reconciler:
                     summary, sort_keys=True).encode()
         return found
 
-    def publish(self, host: str, published: dict[str, bytes]) -> int:
-        """Put this host's attachments that etcd lacks or has otherwise, delete the gone."""
-        local = self.local_attachments(host)
+    def publish(self, host: dict, published: dict[str, bytes]) -> int:
+        """Put this host's attachments that etcd lacks or has otherwise, bound to the host's
+        lease (they go when it lapses, and come back with it), delete the gone."""
+        local = self.local_attachments(host["name"])
         count = 0
         for name, body in local.items():
             if published.get(name) != body:
-                self.etcd.put(self.etcd.key("attachments", host, name), body)
+                self.etcd.put(self.etcd.key("attachments", host["name"], name), body,
+                              host.get("lease", 0))
                 count += 1
         for name in published.keys() - local.keys():
-            self.etcd.delete(self.etcd.key("attachments", host, name))
+            self.etcd.delete(self.etcd.key("attachments", host["name"], name))
             count += 1
         return count
 
@@ -123,8 +152,9 @@ class Reconciler:
             if host == me:
                 continue
             for body in entries.values():
-                entry = json.loads(body)
-                attachments.setdefault(entry["network"], []).append(entry)
+                entry = attachment_entry(body, host)
+                if entry is not None:
+                    attachments.setdefault(entry["network"], []).append(entry)
         hosts = {name: {"address": h.get("address"), "alive": name in snap.alive,
                         "lastSeen": h.get("lastSeen")}
                  for name, h in snap.hosts.items() if name != me}
@@ -133,32 +163,42 @@ class Reconciler:
             self.store.write(self.member.view_path, view)
 
     def program_overlays(self, snap: Snapshot) -> int:
-        """Each leased network's peers: every live other host's subnet; the masquerade of
-        what leaves the cluster. A lease whose network is gone is given back. The number of
-        networks programmed."""
+        """Each leased network's VXLAN device (made again if it went) and peers: every live
+        other host's subnet; the masquerade of what leaves the cluster. A lease whose network
+        is gone (or was made again) is given back, unless containers here still use it. The
+        number of networks programmed."""
+        host = self.member.host()
         leases = []
         for lease in self.member.leases():
-            if f"networks/{lease['network']}.json" in snap.records:
+            network = json_object(snap.records.get(f"networks/{lease['network']}.json", b""))
+            if network is not None and network.get("overlay") \
+                    and leased_for(lease, network):
                 leases.append(lease)
-            else:
+            elif not self.member.in_use(lease["network"]):
                 self.member.release(lease)
-        me = self.member.host()["name"]
         for lease in leases:
-            overlay.program_peers(lease["vni"], peers_of(lease, snap.subnets, snap.alive, me))
+            overlay.ensure_device(lease["vni"], lease["subnet"], host["address"])
+            overlay.program_peers(lease["vni"],
+                                  peers_of(lease, snap.subnets, snap.alive, host["name"]))
         self.program_masquerade(leases)
         return len(leases)
 
     def program_network(self, lease: dict) -> None:
         """A network's first lease here: its peers and the masquerade, from two small ranges
         (not the whole prefix: a container start waits for this)."""
-        subnets = [json.loads(kv.value) for kv in
+        subnets = [(lease["network"], kv.value) for kv in
                    self.etcd.range(self.etcd.key("subnets", lease["network"], ""))[1]]
         start = len(self.etcd.key("alive", ""))
-        alive = {kv.key[start:].decode()
-                 for kv in self.etcd.range(self.etcd.key("alive", ""))[1]}
+        alive = {kv.key[start:].decode(errors="replace"): address
+                 for kv in self.etcd.range(self.etcd.key("alive", ""))[1]
+                 if (address := ipv4(kv.value))}
         me = self.member.host()["name"]
         overlay.program_peers(lease["vni"], peers_of(lease, subnets, alive, me))
         self.program_masquerade(self.member.leases())
+
+    def forget_programmed(self) -> None:
+        """Program the masquerade table on the next pass even if it looks unchanged."""
+        self._masqueraded = None
 
     def program_masquerade(self, leases: list[dict]) -> None:
         wanted = {lease["network"]: lease["cidr"] for lease in leases
@@ -190,11 +230,27 @@ class Reconciler:
                       json.dumps({**record, "lastSeen": time.time()}, sort_keys=True).encode())
 
 
-def peers_of(lease: dict, subnets: list[dict], alive: set[str], me: str) -> dict[str, str]:
-    """{subnet: underlay address} of the other live hosts on a leased network."""
-    return {s["subnet"]: s["address"] for s in subnets
-            if s.get("network") == lease["network"] and s.get("host") != me
-            and s.get("host") in alive}
+def attachment_entry(body: bytes, host: str) -> dict | None:
+    """An attachment another host published, when it is what circuit publishes."""
+    entry = json_object(body)
+    fields = {"network": str, "containerId": str, "ifName": str, "ips": list}
+    if entry is None or entry.get("host") != host or not all(
+            isinstance(entry.get(k), t) for k, t in fields.items()):
+        return None
+    return entry
+
+
+def peers_of(lease: dict, subnets: list[tuple[str, bytes]], alive: dict[str, str],
+             me: str) -> dict[str, str]:
+    """{subnet: underlay address} of the other live hosts on a leased network: blocks of its
+    subnet and size only, at the address each host's alive key gives now."""
+    spec = {"subnet": lease["cidr"], "hostSubnetSize": lease["hostSubnetSize"]}
+    peers = {}
+    for network, value in subnets:
+        held = subnet_lease(value, spec) if network == lease["network"] else None
+        if held and held["host"] != me and held["host"] in alive:
+            peers[held["subnet"]] = alive[held["host"]]
+    return peers
 
 
 def local_stamp(store) -> tuple:
@@ -211,33 +267,55 @@ def local_stamp(store) -> tuple:
 
 
 WATCHED = ("records", "alive", "subnets", "attachments")  # not hosts/: heartbeats stamp it
+FULL_PASS_EVERY = 30.0  # seconds: a pass even when nothing changed (a device or table removed)
 
 
 def run_agent(ctx, interval: float = 0.25) -> int:
     """Passes until SIGTERM or SIGINT: one whenever what a pass reads changes in etcd (not the
-    other hosts' heartbeats) or this host's attachments or leases change; a heartbeat every
-    third of the lease's TTL. An unreachable etcd is reported and retried; the agent itself
-    stays up."""
+    other hosts' heartbeats) or this host's attachments or leases change, and every
+    FULL_PASS_EVERY seconds; heartbeats from a thread of their own, every third of the lease's
+    TTL, so a slow pass never lets the lease lapse. An unreachable etcd or a refusal is
+    reported and retried; the agent itself stays up."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     reconciler = Reconciler(ctx)
-    ttl = reconciler.member.host()["ttl"]
+    beating = threading.Thread(target=beat, args=(ctx, stop), daemon=True)
+    beating.start()
     watched = [reconciler.etcd.key(kind, "") for kind in WATCHED]
     seen: tuple = ()
-    next_beat = 0.0
+    full_pass_at = 0.0
     while not stop.is_set():
         try:
-            if time.monotonic() >= next_beat:
-                reconciler.heartbeat()
-                next_beat = time.monotonic() + ttl / 3
             # taken before the pass: a change made while it runs makes the next tick pass again
             now = (reconciler.etcd.fingerprint(watched), local_stamp(reconciler.store))
-            if now != seen:
+            if now != seen or time.monotonic() >= full_pass_at:
+                if time.monotonic() >= full_pass_at:
+                    reconciler.forget_programmed()
+                    full_pass_at = time.monotonic() + FULL_PASS_EVERY
                 reconciler.reconcile()
                 seen = now
-        except (CircuitError, OSError) as e:  # etcd away, a netlink refusal: the next tick
-            print(f"circuit: cluster agent: {e}", file=sys.stderr, flush=True)
+        except Exception as e:  # etcd away, a netlink refusal: reported, the next tick retries
+            report(e)
             stop.wait(1.0)
         stop.wait(interval)
+    beating.join()
     return 0
+
+
+def beat(ctx, stop: threading.Event) -> None:
+    """The agent's heartbeats, with an etcd client of their own."""
+    reconciler = Reconciler(None, Member(type(ctx.store)(ctx.settings)))
+    ttl = reconciler.member.host()["ttl"]
+    while not stop.is_set():
+        try:
+            reconciler.heartbeat()
+            stop.wait(ttl / 3)
+        except Exception as e:
+            report(e)
+            stop.wait(1.0)
+
+
+def report(e: Exception) -> None:
+    what = str(e) if isinstance(e, CircuitError) else f"{type(e).__name__}: {e}"
+    print(f"circuit: cluster agent: {what}", file=sys.stderr, flush=True)

@@ -153,8 +153,12 @@ def parse_etcd_url(url: str) -> EtcdState:
     endpoints = [h for h in hosts.split(",") if h]
     for endpoint in endpoints:
         host, _, port = endpoint.rpartition(":")
-        if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536) \
-                or not all(c.isalnum() or c in ".-[]:" for c in host):
+        bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
+        name = host[1:-1] if bracketed else host
+        if not name or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536) \
+                or ("[" in name or "]" in name) \
+                or (":" in name and not bracketed) \
+                or not all(c.isascii() and (c.isalnum() or c in ".-:") for c in name):
             raise InvalidInput(f"bad etcd endpoint {endpoint!r} in {url!r}: use HOST:PORT, "
                                "as 10.0.0.1:2379 or [fd00::1]:2379")
     if not endpoints:
