@@ -124,7 +124,11 @@ class Etcd:
             compare = {"key": b64(key), "target": "VALUE", "result": "EQUAL",
                        "value": b64(expected)}
         action = put(key, value) if value is not None else delete(key)
-        return self.txn([compare], [action])[0]
+        if self.txn([compare], [action])[0]:
+            return True
+        # a timed-out request retried on the next member may have been carried out already
+        found = self.get(key)
+        return (found.value if found else None) == value and value != expected
 
     def create(self, key: bytes, value: bytes, lease: int = 0) -> bool:
         """Put value if the key does not exist; False when it does."""
