@@ -81,3 +81,34 @@ def test_the_shaped_hook_path_imports_no_pyroute2(tmp_path):
                           text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_cluster_network_with_its_lease_here_needs_no_etcd_client(tmp_path):
+    """With etcd state, a connect to a cluster network this host holds a lease of, and the
+    poststop hook, read local files only: no etcd3gw, no requests, no pyroute2."""
+    from circuit_common.store import Store
+
+    store = Store(tmp_path)
+    overlay = {"type": "vxlan", "vni": 1, "subnet": "10.200.0.0/16", "hostSubnetSize": 24,
+               "masquerade": True}
+    netconf = {"cniVersion": "1.0.0", "name": "blue", "plugins": [
+        {"type": "bridge", "bridge": "cni-blue", "ipam": {
+            "type": "host-local", "ranges": [[{"subnet": "10.200.0.0/16"}]]}}]}
+    store.write(store.path("networks", "blue.json"), {
+        "name": "blue", "config": netconf, "source": "flags", "created": "now",
+        "bridges": ["cni-blue"], "overlay": overlay})
+    store.write(store.path("cluster", "host.json"), {
+        "name": "h0", "address": "10.99.0.1", "ttl": 10, "joined": 1, "lease": 0,
+        "prefix": "/x"})
+    store.write(store.path("cluster", "leases", "blue.json"), {
+        "network": "blue", "subnet": "10.200.3.0/24", "vni": 1, "mtu": 1450,
+        "cidr": "10.200.0.0/16", "hostSubnetSize": 24, "created": "now", "masquerade": True,
+        "bridge": "cni-blue"})
+    state = ["--state", "etcd://127.0.0.1:9/x", "--local-state", str(tmp_path)]
+    for args, stdin in (([CIRCUIT, *state, "network", "connect", "1", "blue"], None),
+                        ([CIRCUIT, *state], STOPPED)):
+        modules = imported(args, stdin) - imported(["-c", "pass"])
+        assert {m.split(".")[0] for m in modules} <= ALLOWED | {"circuit_cluster"}, \
+            sorted(modules)
+        assert [m for m in modules if m.startswith((*NEVER, "etcd3gw", "requests"))] == []
+        assert "circuit_cluster.member" in modules or stdin  # it did read the lease

@@ -215,9 +215,9 @@ def host_config(netconf: dict, lease: dict, data_dir: str | None) -> dict:
 def with_data_dir(netconf: dict, data_dir: str | None) -> dict:
     """A copy of a network from flags whose host-local keeps its reservations in data_dir
     (None: the plugin's default)."""
-    import copy
+    import json
 
-    conf = copy.deepcopy(netconf)
+    conf = json.loads(json.dumps(netconf))  # a deep copy (json is loaded already; copy is not)
     ipam = conf["plugins"][0]["ipam"]
     ipam.pop("dataDir", None)
     if data_dir:
