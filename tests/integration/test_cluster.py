@@ -283,3 +283,83 @@ def test_the_runc_hook_attaches_to_a_cluster_network_and_detaches(cluster):
         c.kill()
         host.circuit("hook", input=json.dumps({**state, "status": "stopped", "pid": 0}))
         assert host.reserved_ips("blue") == set()
+
+
+# -- deletions reach the other hosts' kernels (the extensions' resync) --------------------------
+
+def record_revision(host, name: str) -> int:
+    """The etcd revision shared record name (as services/web.json) was last written at."""
+    import base64
+
+    key = base64.b64encode(f"{host.lab.prefix}/records/{name}".encode()).decode()
+    return int(host.etcd("kv/range", {"key": key})["kvs"][0]["mod_revision"])
+
+
+def lo_addresses(host) -> str:
+    return host.run("ip", "-4", "-o", "addr", "show", "dev", "lo").stdout
+
+
+def lb_table(host) -> str:
+    return host.run("nft", "list", "table", "inet", "circuit_lb", check=False).stdout
+
+
+def test_an_lb_service_deleted_on_one_host_leaves_no_vip_or_rules_on_another(cluster):
+    h0, h1, _ = cluster.hosts
+    join_all(cluster)
+    for name, port in (("web", 80), ("tls", 443)):  # one VIP, two services
+        h0.circuit("lb", "create", name, f"10.250.0.10:{port}", "--backend", "nftables")
+    h0.circuit("lb", "add", "web", "10.200.0.5:80", "10.200.0.6:80")
+    h1.circuit("cluster", "sync")
+    assert "10.250.0.10/32" in lo_addresses(h1)
+    rules = lb_table(h1)
+    assert "10.200.0.5" in rules and "10.200.0.6" in rules and "svc/tls" in rules, rules
+    revision = record_revision(h0, "services/tls.json")
+
+    h0.circuit("lb", "remove", "web", "10.200.0.6:80")
+    h1.circuit("cluster", "sync")
+    rules = lb_table(h1)
+    assert "10.200.0.5" in rules and "10.200.0.6" not in rules, rules
+
+    h0.circuit("lb", "delete", "web")
+    h1.circuit("cluster", "sync")
+    rules = lb_table(h1)
+    assert "svc/web" not in rules and "10.200.0.5" not in rules and "svc/tls" in rules, rules
+    assert "10.250.0.10/32" in lo_addresses(h1)  # tls still has it
+    assert h1.circuit("lb", "list").stderr == ""  # no drift between h1's kernel and records
+    assert record_revision(h0, "services/tls.json") == revision  # h1 rewrote nothing
+
+    h0.circuit("lb", "delete", "tls")
+    h1.circuit("cluster", "sync")
+    assert "10.250.0.10" not in lo_addresses(h1)
+    assert "circuit_lb" not in h1.run("nft", "list", "tables").stdout
+    for host in (h0, h1):
+        assert json.loads(host.circuit("lb", "list", "--format", "json").stdout) == []
+
+
+def test_a_qos_policy_reset_on_one_host_unshapes_another_hosts_attachments(cluster):
+    from harness import host_veth
+
+    h0, h1, _ = cluster.hosts
+    join_all(cluster)
+    create_overlay(h0)
+    sync_all(cluster)
+    c = h1.container()
+    h1.circuit("network", "connect", c.pid, "blue")
+    veth = host_veth(h1, "blue", c.pid)
+
+    def shaping() -> tuple[str, str]:
+        return (h1.run("tc", "qdisc", "show", "dev", veth).stdout,
+                h1.run("ip", "-o", "link").stdout)
+
+    h0.circuit("network", "qos", "set", "--rate", "5000", "blue")
+    revision = record_revision(h0, "qos/blue.json")
+    h1.circuit("cluster", "sync")
+    qdiscs, links = shaping()
+    assert "htb" in qdiscs and "ingress" in qdiscs and ": cq" in links, qdiscs
+    assert record_revision(h0, "qos/blue.json") == revision  # h1 rewrote nothing
+
+    h0.circuit("network", "qos", "reset", "blue")
+    h1.circuit("cluster", "sync")
+    qdiscs, links = shaping()
+    assert "htb" not in qdiscs and "ingress" not in qdiscs and ": cq" not in links, qdiscs
+    assert c.ping(f"{c.addresses()[0].rsplit('.', 1)[0]}.1")  # its gateway: still connected

@@ -1,6 +1,7 @@
 """circuit-qos in the attachment lifecycle (entry point circuit.extensions: qos): a network's
-policy shapes each new attachment, a detached one leaves no IFB device or policy behind, and
-`circuit restore` re-applies every policy.
+policy shapes each new attachment, a detached one leaves no IFB device or policy behind,
+`circuit restore` re-applies every policy, and in a cluster resync reshapes this host's
+attachments when policies changed on another host.
 
 The hook runs attached and detached on every container start and stop: they send the plan kept
 with the network's policy (plan.py), without loading pyroute2. Without a plan the installed
@@ -9,6 +10,7 @@ code made (another pyroute2, another circuit), they go through pyroute2 (tc.py).
 import os
 
 from circuit_common.cli import Context
+from circuit_common.errors import CircuitError
 from circuit_common.extensions import Attachment
 
 from . import devices, plan, policy
@@ -71,10 +73,79 @@ def restore(ctx: Context) -> int:
 
 
 def resync(ctx: Context, before: dict) -> None:
-    """Policies changed on another host (before: {record name: the record before, None when
-    new}): apply them to this host's attachments, quietly."""
-    for _ in reapply(ctx):
-        pass
+    """Policies changed on another host (before: {record name, as qos/blue.json: the record
+    before, None when new}); the records here are already the new ones. Shape this host's
+    attachments of each such network from the policies before to those now, quietly and
+    writing nothing to the store: an attachment no policy covers any more is unshaped, one
+    that neither covered is left alone. Under each network's lock, taken in turn (the caller
+    holds no lock). An attachment another tool shapes is left to it; a network that fails
+    does not stop the others: the first failure is raised at the end."""
+    changed = {}
+    for name, old in before.items():
+        network = _network_of(name)
+        if network is not None:
+            changed[network] = _policies(old, name)
+    failures = []
+    for network, old in sorted(changed.items()):
+        try:
+            _reshape(ctx, network, old)
+        except (CircuitError, OSError) as e:  # OSError: netlink's refusals among them
+            failures.append(e)
+    if failures:
+        raise failures[0]
+
+
+def _network_of(name: str) -> str | None:
+    """The network a qos record name (qos/<network>.json) is for; None for any other name."""
+    from circuit_common.validate import check_name
+
+    directory, _, file = name.partition("/")
+    if directory != "qos" or not file.endswith(".json"):
+        return None
+    try:
+        return check_name(file[:-len(".json")], "network name")
+    except CircuitError:
+        return None
+
+
+def _policies(record, name: str) -> dict:
+    """The policies of a record from before (EMPTY when there was none, or not one circuit
+    wrote)."""
+    if not isinstance(record, dict):
+        return policy.EMPTY
+    try:
+        policy.check_record(record, name)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return policy.EMPTY
+    return {"network": record.get("network"), "attachments": record["attachments"]}
+
+
+def _reshape(ctx: Context, network: str, old: dict) -> None:
+    """This host's running attachments of network that old's or the stored policies cover,
+    shaped from old's to the stored ones (those another tool shapes left alone, then named)."""
+    from circuit_net.networks import Networks
+
+    from .tc import Links, foreign_shaping
+
+    with ctx.store.lock("network", network):
+        new = policy.load(ctx.store, network)
+        chosen = {}  # veth: attachment
+        for attachment in policy.select(Networks(ctx), network):
+            if (policy.effective(old, attachment) or policy.effective(new, attachment)) \
+                    and attachment.running():
+                veth = devices.host_veth(attachment.host_ifnames)
+                if veth is not None:  # gone with its container, or no veth to shape
+                    chosen[veth] = attachment
+        if not chosen:
+            return
+        with Links() as links:
+            fresh = [(veth, a) for veth, a in chosen.items()
+                     if policy.effective(new, a) and not policy.effective(old, a)]
+            foreign = foreign_shaping(links, [veth for veth, _ in fresh]) if fresh else {}
+            mine = [a for veth, a in chosen.items() if veth not in foreign]
+            if mine:
+                policy.apply_all(links, mine, old, new)
+            policy.refuse_foreign(links, [(veth, a) for veth, a in fresh if veth in foreign])
 
 
 def reapply(ctx: Context):
