@@ -149,3 +149,59 @@ def test_records_and_directories_others_could_write_are_not_trusted(tmp_path):
     os.symlink(root / "elsewhere", root / "qos")
     with pytest.raises(StateCorrupt, match="not a directory"):
         Store(str(root)).read(store.path("qos", "n.json"))
+
+
+def test_a_cached_listing_reads_only_what_changed_and_trusts_nothing_it_did_not_check(tmp_path):
+    store = Store(tmp_path)
+    directory, cache = store.path("attachments", "n"), store.path("cache", "n.json")
+    for name in ("a", "b"):
+        store.write(os.path.join(directory, f"{name}.json"), {"v": name})
+    read = []
+
+    def check(record, path):
+        read.append(os.path.basename(path))
+        if record["v"] == "bad":
+            raise ValueError("bad v")
+
+    def keep(record):
+        return {"v": record["v"]}
+
+    assert store.read_all_cached(directory, cache, check, keep).records == [{"v": "a"},
+                                                                           {"v": "b"}]
+    assert read == ["a.json", "b.json"]
+    read.clear()
+    assert store.read_all_cached(directory, cache, check, keep).records == [{"v": "a"},
+                                                                           {"v": "b"}]
+    assert read == []  # both from the cache
+    store.write(os.path.join(directory, "b.json"), {"v": "bad"})  # replaced: a new inode
+    os.unlink(os.path.join(directory, "a.json"))
+    listing = store.read_all_cached(directory, cache, check, keep)
+    assert listing.records == [] and "bad v" in listing.errors[0] and read == ["b.json"]
+    store.write(os.path.join(directory, "b.json"), {"v": "b"})
+    store.read_all_cached(directory, cache, check, keep)
+    os.chmod(os.path.join(directory, "b.json"), 0o666)  # the mode is in the stamp
+    listing = store.read_all_cached(directory, cache, check, keep)
+    assert listing.records == [] and "others could have planted it" in listing.errors[0]
+
+
+def test_a_settled_directory_is_listed_from_the_cache_alone(tmp_path, monkeypatch):
+    from circuit_common import store as module
+
+    store = Store(tmp_path)
+    directory, cache = store.path("attachments", "n"), store.path("cache", "n.json")
+    store.write(os.path.join(directory, "a.json"), {"v": "a"})
+
+    def listing():
+        return store.read_all_cached(directory, cache, lambda r, p: None, dict).records
+
+    assert len(listing()) == 1
+    assert not store.read(cache)["settled"]  # changed just now: the files are looked at
+    monkeypatch.setattr(module, "SETTLED_NS", 0)
+    listing()
+    assert store.read(cache)["settled"]
+    monkeypatch.setattr(os, "scandir", None)  # from the cache alone
+    assert listing() == [{"schema": 1, "v": "a"}]
+    monkeypatch.undo()
+    monkeypatch.setattr(module, "SETTLED_NS", 0)
+    store.write(os.path.join(directory, "b.json"), {"v": "b"})  # the directory changed
+    assert [r["v"] for r in listing()] == ["a", "b"]

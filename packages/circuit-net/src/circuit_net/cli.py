@@ -234,27 +234,30 @@ def container_netns(attachments: list[dict]) -> list[str]:
     return [seen[a["circuit"]["pid"], a["circuit"]["start_time"]] for a in attachments]
 
 
+def state(op: str | None, netns: str) -> str:
+    """A peer's state in `network list`: an operation under way, else whether it runs."""
+    return {"add": "attaching", "del": "detaching",
+            "interrupted": "interrupted (gc finishes it)"}.get(
+        op, "attached" if netns else "exited")
+
+
 def list_networks(nets: Networks, fmt: str, quiet: bool, running: bool = False) -> int:
     listing = nets.all()
     errors = list(listing.errors)
     rows = []
     for network in listing.records:
-        attached = nets.attachments(network["name"])
+        attached = nets.attachments_listed(network["name"])
         intents = nets.intents(network["name"])
         errors.extend(attached.errors + intents.errors)
         ops = {(i["attachment"]["containerId"], i["attachment"]["ifName"]):
                i["op"] if owner_alive(i) else "interrupted" for i in intents.records}
         netns = container_netns(attached.records)
-        peers = sorted((describe(a, ns) for a, ns in zip(attached.records, netns, strict=True)
-                        if not running or ns), key=_ip_key)
-        for peer in peers:
-            op = ops.get((peer["container_id"], peer["ifname"]))
-            peer["state"] = {"add": "attaching", "del": "detaching",
-                             "interrupted": "interrupted (gc finishes it)"}.get(
-                op, "attached" if peer["netns"] else "exited")
+        here = sorted(({"container_id": a["containerId"], "pid": a["circuit"]["pid"],
+                        "ifname": a["ifName"], "ips": a["ips"], "ports": a["ports"],
+                        "state": state(ops.get((a["containerId"], a["ifName"])), ns)}
+                       for a, ns in zip(attached.records, netns, strict=True)
+                       if not running or ns), key=_ip_key)
         config = network["config"]
-        here = [{k: p[k] for k in ("container_id", "pid", "ifname", "ips", "ports", "state")}
-                for p in peers]
         joined = nets.store.cluster.joined() if nets.store.cluster is not None else None
         if joined is not None:
             here = [{**p, "host": joined["name"]} for p in here] + sorted(

@@ -101,6 +101,14 @@ class Networks:
         """The attachment records of one network, in a stable order."""
         return self.store.read_all(self.attachment_dir(name), check=check_attachment)
 
+    def attachments_listed(self, name: str) -> Listing:
+        """What `network list` shows of a network's attachments (listed()): those whose
+        record is unchanged since the last listing come from its cache
+        (cache/attachments/<network>.json), not opened, parsed and checked again."""
+        return self.store.read_all_cached(
+            self.attachment_dir(name), self.store.path("cache", "attachments", f"{name}.json"),
+            check_attachment, listed)
+
     def attachments_of(self, name: str, target: Target) -> list[dict]:
         """The target's attachments on a network: NotFound when there are none, StateCorrupt
         when there are none but a record could not be read (it may be the target's). Found by
@@ -707,6 +715,14 @@ def as_attachment(record: dict) -> extensions.Attachment:
     meta = record["circuit"]
     return extensions.Attachment(record["networkName"], record["containerId"], record["ifName"],
                                  meta["pid"], meta["start_time"], record["result"] or {})
+
+
+def listed(attachment: dict) -> dict:
+    """The part of an attachment record that `network list` shows."""
+    return {"containerId": attachment["containerId"], "ifName": attachment["ifName"],
+            "circuit": attachment["circuit"], "ips": cni.result_ips(attachment["result"]),
+            "ports": runtime.describe_ports(
+                (attachment.get("capabilityArgs") or {}).get("portMappings") or [])}
 
 
 def attachment_netns(attachment: dict) -> str:

@@ -33,14 +33,41 @@ class Context:
         return ReplicatedStore(self.settings)
 
 
+class Arguments(dict):
+    """docopt's answer; a command or option of another usage line is None."""
+
+    def __missing__(self, key):
+        return None
+
+
 def parse(doc: str, argv: list[str]) -> dict:
     """docopt over argv; a malformed line becomes one UsageError line naming the right usage."""
     from docopt import DocoptExit, docopt
 
     try:
-        return docopt(doc, argv=argv, default_help=True)
+        return Arguments(docopt(for_command(doc, argv), argv=argv, default_help=True))
     except DocoptExit:
         raise UsageError(_usage_hint(doc, argv)) from None
+
+
+def for_command(doc: str, argv: list[str]) -> str:
+    """doc with only the usage lines of the command argv names (docopt then parses a tenth
+    of the patterns: ≈ 3 ms less on every command); all of it for help, or no such command."""
+    words = [a for a in argv if not a.startswith("-")]
+    head, found, rest = doc.partition("Usage:")
+    if not words or not found or {"-h", "--help"} & set(argv):
+        return doc
+    usage, blank, after = rest.partition("\n\n")
+    lines = usage.strip("\n").splitlines()
+    prog = lines[0].split()[0]
+    kept, keeping = [], False
+    for line in lines:
+        tokens = line.split()
+        if tokens[:1] == [prog]:
+            keeping = tokens[1:2] == words[:1]
+        if keeping:
+            kept.append(line)
+    return f"{head}Usage:\n" + "\n".join(kept) + blank + after if kept else doc
 
 
 def _usage_hint(doc: str, argv: list[str]) -> str:

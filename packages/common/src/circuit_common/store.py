@@ -20,6 +20,7 @@ from .errors import EnvironmentFault, LockTimeout, StateCorrupt
 from .validate import check_name
 
 SCHEMA_VERSION = 1
+SETTLED_NS = 2_000_000_000  # a directory unchanged this long: its stamp is trusted
 MAX_RECORD = 64 << 20  # bytes: far above the largest record circuit writes (5,000 LB targets)
 
 # Records that could be read, and one message per record that could not.
@@ -146,8 +147,9 @@ class Store:
         """Replace the record at path atomically: temp file, fsync, rename, fsync of the dir."""
         self.write_bytes(path, encode(record))
 
-    def write_bytes(self, path: str, body: bytes) -> None:
-        """Replace the file at path with body atomically (a record encoded by encode)."""
+    def write_bytes(self, path: str, body: bytes, durable: bool = True) -> None:
+        """Replace the file at path with body atomically (a record encoded by encode); durable:
+        on disk before this returns (not for a cache, which a crash may lose)."""
         directory, name = os.path.split(os.fspath(path))
         self.check_root()
         self._ensure_dir(directory)
@@ -157,14 +159,16 @@ class Store:
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(body)
-                    f.flush()
-                    os.fsync(f.fileno())
+                    if durable:
+                        f.flush()
+                        os.fsync(f.fileno())
                 os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
-            self._fsync_dir(directory)
+            if durable:
+                self._fsync_dir(directory)
         except OSError as e:
             raise environment_fault(e, path) from None
 
@@ -210,6 +214,59 @@ class Store:
                 continue
             if record is not None:
                 listing.records.append(record)
+        return listing
+
+    def read_all_cached(self, directory: str, cache: str, check: Callable[[dict, str], None],
+                        keep: Callable[[dict], dict]) -> "Listing":
+        """read_all as keep(record) gives each record, with what check accepted kept in the
+        file cache under its file's stamp (inode, mtime, size, owner, mode): a record whose
+        file is unchanged since is not opened, parsed or checked again. Records are replaced
+        by rename (a new inode), so a changed record is always read. And as git trusts its
+        index: when the directory itself is unchanged (nothing created, renamed or removed in
+        it) since a listing that found every record good, and it was last changed well before
+        that listing (timestamps are coarse: a change in the same tick would look like none),
+        not even the files are looked at. The cache is rewritten when anything changed (if it
+        can be: a read-only state dir only loses the speed)."""
+        try:
+            st = os.stat(directory)
+            here = [st.st_ino, st.st_mtime_ns]
+        except FileNotFoundError:
+            here = None
+        try:
+            cached = self.read(cache) or {}
+        except StateCorrupt:
+            cached = {}
+        kept = cached.get("entries") if isinstance(cached.get("entries"), dict) else {}
+        if here is not None and cached.get("directory") == here and cached.get("settled"):
+            return Listing([kept[name]["record"] for name in sorted(kept)], [])
+        stamps = {}
+        with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(".json") and not entry.name.startswith("."):
+                    st = entry.stat(follow_symlinks=False)
+                    stamps[entry.name] = [st.st_ino, st.st_mtime_ns, st.st_size, st.st_uid,
+                                          st.st_mode]
+        listing, fresh = Listing([], []), {}
+        for name in sorted(stamps):
+            hit = kept.get(name)
+            if isinstance(hit, dict) and hit.get("stamp") == stamps[name]:
+                fresh[name] = hit
+                listing.records.append(hit["record"])
+                continue
+            try:
+                record = self.read(os.path.join(directory, name), check)
+            except StateCorrupt as e:
+                listing.errors.append(str(e))
+                continue
+            if record is not None:
+                fresh[name] = {"stamp": stamps[name], "record": keep(record)}
+                listing.records.append(fresh[name]["record"])
+        settled = here is not None and not listing.errors \
+            and time.time_ns() - here[1] > SETTLED_NS
+        wanted = {"directory": here, "settled": settled, "entries": fresh}
+        if {k: cached.get(k) for k in wanted} != wanted:
+            with contextlib.suppress(EnvironmentFault):
+                self.write_bytes(cache, encode(wanted), durable=False)
         return listing
 
     def sweep(self, *under: str) -> list[str]:
