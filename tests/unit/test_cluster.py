@@ -174,3 +174,19 @@ def test_vteps_and_ranges():
     assert overlay.vtep_mac("10.200.3.0") == "0a:58:0a:c8:03:00"
     assert overlay.device_name(16777215) == "cvx16777215"
     assert prefix_end(b"/circuit/") == b"/circuit0"
+
+
+def test_a_failed_resync_is_done_with_the_next(store, monkeypatch):
+    calls = []
+
+    def failing(before):
+        calls.append(before)
+        raise Conflict("the kernel refused")
+
+    monkeypatch.setattr(store, "_resync", failing)
+    with pytest.raises(Conflict):
+        store.resync({"services/web.json": b"old web"})
+    monkeypatch.setattr(store, "_resync", lambda before: calls.append(before) or ["lb"])
+    assert store.resync({"qos/blue.json": None, "services/web.json": b"newer"}) == ["lb"]
+    assert calls[-1] == {"qos/blue.json": None, "services/web.json": b"old web"}
+    assert store.resync({}) == ["lb"] and calls[-1] == {}  # nothing pending any more

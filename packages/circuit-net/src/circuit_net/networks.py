@@ -105,9 +105,11 @@ class Networks:
         """What `network list` shows of a network's attachments (listed()): those whose
         record is unchanged since the last listing come from its cache
         (cache/attachments/<network>.json), not opened, parsed and checked again."""
-        return self.store.read_all_cached(
-            self.attachment_dir(name), self.store.path("cache", "attachments", f"{name}.json"),
-            check_attachment, listed)
+        return self.store.read_all_cached(self.attachment_dir(name), self.listing_cache(name),
+                                          check_attachment, listed)
+
+    def listing_cache(self, name: str) -> str:
+        return self.store.path("cache", "attachments", f"{check_name(name, 'network name')}.json")
 
     def attachments_of(self, name: str, target: Target) -> list[dict]:
         """The target's attachments on a network: NotFound when there are none, StateCorrupt
@@ -246,6 +248,8 @@ class Networks:
                           extensions.marker_dir(self.store, name)):
             with contextlib.suppress(OSError):  # absent, or not empty
                 os.rmdir(directory)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.listing_cache(name))
 
     def unused(self) -> list[str]:
         """The networks without attachments."""

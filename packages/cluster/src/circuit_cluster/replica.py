@@ -176,7 +176,25 @@ class ReplicatedStore(Store):
     def resync(self, before: dict[str, bytes | None]) -> list[str]:
         """The extensions whose shared records changed (before: each changed record's bytes
         before the change, None when it was new) make this host's kernel match them; their
-        names."""
+        names. What a failed resync had to do is kept (cluster/resync.json) and done with the
+        next one, so a kernel never stays behind its mirror."""
+        pending_path = self.path("cluster", "resync.json")
+        pending = {name: None if old is None else old.encode("latin-1")
+                   for name, old in ((self.read(pending_path) or {}).get("before") or {}).items()}
+        before = {**before, **pending}  # the oldest bytes of a record win
+        try:
+            done = self._resync(before)
+        except BaseException:
+            if before:
+                self.write(pending_path, {"before": {
+                    name: None if old is None else old.decode("latin-1")
+                    for name, old in before.items()}})
+            raise
+        if pending:
+            self.remove(pending_path)
+        return done
+
+    def _resync(self, before: dict[str, bytes | None]) -> list[str]:
         by_extension: dict[str, dict] = {}
         for name, old in before.items():
             extension = RESYNCED_BY.get(name.split("/", 1)[0])
