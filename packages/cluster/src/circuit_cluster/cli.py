@@ -64,10 +64,11 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
                   ", ".join(f"{n} {s}" for n, s in r["subnets"].items()) or "-",
                   ago(r["lastSeen"])) for r in rows]))
     elif a["sync"]:
+        fmt = output.check_format(a["--format"])  # before the pass, not after
         reconciler = Reconciler(ctx)
         reconciler.heartbeat()
         report = reconciler.reconcile()
-        if output.check_format(a["--format"]) == "json":
+        if fmt == "json":
             output.emit_json({**report, "mirrored": sorted(report["mirrored"])})
         else:
             print(f"synced at revision {report['revision']}: "

@@ -34,10 +34,6 @@ class EtcdState:
         self.endpoints = endpoints
         self.prefix = prefix
 
-    @property
-    def url(self) -> str:
-        return f"etcd://{','.join(self.endpoints)}{self.prefix}"
-
 
 class Settings:
     """What every tool needs to know about its environment."""
