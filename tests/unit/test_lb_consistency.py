@@ -2,6 +2,7 @@
 state write failing, IPVS services made by other tools, a VIP shared by two services. The kernel
 is replaced by recording fakes (no root)."""
 
+import json
 import subprocess
 from types import SimpleNamespace
 
@@ -33,8 +34,6 @@ class Kernel:
         monkeypatch.setattr(ipvs, "ipvs", lambda: self)
 
     def nft(self, args, stdin=None):
-        import json
-
         if self.refuse_nft:
             return subprocess.CompletedProcess(args, 1, "", "internal:0:0-0: Error: Could not "
                                                "process rule: Operation not permitted\n")
@@ -95,9 +94,9 @@ def test_a_failed_state_write_rolls_the_kernel_back(kernel, services, tmp_path, 
     with pytest.raises(OSError):
         services.add("web", [(Endpoint("10.0.0.2", 80), 1)], 1, "masq")
     forward, back = kernel.transactions
-    assert back == table.changes(table.build([{**stored, "targets": [
+    assert back == json.loads(json.dumps(table.changes(table.build([{**stored, "targets": [
         *stored["targets"], {"addr": "10.0.0.2", "port": 80, "forward": "masq", "weight": 1}]}]),
-        table.build([stored]))
+        table.build([stored]))))  # as nft reads it
     added = {"concat": ["tcp", "10.0.0.2", 80]}
     assert {"add": {"element": {**table.TABLE, "name": "out4", "elem": [added]}}} in forward
     assert {"delete": {"element": {**table.TABLE, "name": "out4", "elem": [added]}}} in back

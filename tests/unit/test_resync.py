@@ -164,7 +164,7 @@ def service(name, addr="10.250.0.10", port=80, backend="ipvs", targets=(), vip_a
 
 
 def rebuilt(*records) -> list[dict]:
-    return table.rebuild(table.build(list(records)))
+    return json.loads(json.dumps(table.rebuild(table.build(list(records)))))  # as nft reads it
 
 
 def test_a_service_deleted_elsewhere_leaves_no_ipvs_service_vip_or_table(kernel, store):

@@ -80,9 +80,10 @@ def _add_service(table: Table, record: dict) -> None:
     rules = [{"comment": record["scheduler"], "expr": [{"mangle": {
         "key": {"ct": {"key": "mark"}}, "value": {"|": [{"ct": {"key": "mark"}}, MARK]}}}]}]
     ranges, start = [], 0
+    counted = [f"{count}{version}" for count in COUNTS]
     for target, width in zip(record["targets"], widths(record), strict=True):
         key = (protocol, target["addr"], target["port"])
-        table.elements.update((f"{count}{version}", key) for count in COUNTS)
+        table.elements.update([(name, key) for name in counted])
         if width:
             low = start if width == 1 else {"range": [start, start + width - 1]}
             ranges.append([low, {"concat": [target["addr"], target["port"]]}])
@@ -148,7 +149,7 @@ def rebuild(new: Table) -> list[dict]:
 def _elements(verb: str, items) -> list[dict]:
     by_set: dict[str, list] = {}
     for name, key in items:
-        by_set.setdefault(name, []).append({"concat": list(key)})
+        by_set.setdefault(name, []).append({"concat": key})  # a tuple is a JSON array
     return [{verb: {"element": _ref(name, elem=elem)}} for name, elem in by_set.items()]
 
 

@@ -17,7 +17,9 @@ class NftRefused(CircuitError):
 def transaction(commands: list[dict]) -> None:
     """Carry out commands ({"add": …}, {"delete": …}, …) in one nftables transaction."""
     if commands:
-        proc = _nft(["-j", "-f", "-"], json.dumps({"nftables": commands}))
+        # no circular check: ≈ 25 % of encoding 5,000 LB targets' elements
+        proc = _nft(["-j", "-f", "-"], json.dumps({"nftables": commands}, check_circular=False,
+                                                  separators=(",", ":")))
         if proc.returncode != 0:
             raise NftRefused(_reason(proc))
 
