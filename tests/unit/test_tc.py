@@ -30,7 +30,7 @@ def normalized(message: bytes) -> bytes:
 
 def circuit_requests(change) -> list[bytes]:
     """What change(links) queues, normalized; nothing is sent."""
-    with tc.Links([]) as links:
+    with tc.Links() as links:
         links.by_name = {VETH: (VETH_INDEX, "veth"), tc.ifb_name(VETH): (IFB_INDEX, "ifb")}
         change(links)
         return [normalized(data) for _, data, _ in links.batch.pending]
@@ -116,7 +116,7 @@ def test_the_stored_plan_stamped_for_a_device_is_what_the_pyroute2_path_sends(po
     stored = json.loads(json.dumps(plan.build(network)))
     ready = plan.ready({"network": network, "attachments": {}, "plan": stored})
     ifb = tc.ifb_name(VETH)
-    with tc.Links([]) as links:
+    with tc.Links() as links:
         plan.queue(ready, links.batch, plan.values(VETH_INDEX, ifb,
                                                    IFB_INDEX if ifb_exists else None))
         stamped = [normalized(data) for _, data, _ in links.batch.pending]
@@ -129,7 +129,7 @@ def test_the_stored_plan_stamped_for_a_device_is_what_the_pyroute2_path_sends(po
         else:
             tc.setup_shaping(links, VETH, policy_module.shape(network))
     assert stamped == circuit_requests(pyroute2_path)
-    with tc.Links([]) as links:
+    with tc.Links() as links:
         links.batch.add_copy(ready.make_ifb, {"name": ifb.encode() + b"\0"})
         links.batch.add_copy(ready.delete_ifb, {"name": ifb.encode() + b"\0"})
         made = [normalized(data) for _, data, _ in links.batch.pending]

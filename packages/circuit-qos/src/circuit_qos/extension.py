@@ -32,7 +32,7 @@ def attached(ctx: Context, attachment: Attachment) -> None:
         return
     from .tc import Links
 
-    with Links(ifnames(attachment)) as links:
+    with Links() as links:
         policy.apply_all(links, [attachment], policy.EMPTY, record)
 
 
@@ -54,7 +54,7 @@ def _delete_ifbs(attachment: Attachment) -> None:
     """The IFB devices of an attachment deleted through pyroute2."""
     from .tc import Links
 
-    with Links(ifnames(attachment)) as links:
+    with Links() as links:
         for name in ifnames(attachment):
             if links.kind(name) == "ifb":
                 links.delete(name)

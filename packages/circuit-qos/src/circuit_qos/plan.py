@@ -69,7 +69,7 @@ def build(policy: dict | None) -> dict:
     from .policy import shape
 
     recorder = _Recorder()
-    with tc.Links([], recorder) as links:
+    with tc.Links(recorder) as links:
         links.by_name = {VETH: (VETH_INDEX, "veth"), IFB: (IFB_INDEX, "ifb")}
         if policy is None:
             tc.teardown_shaping(links, VETH)
