@@ -195,3 +195,17 @@ def test_a_stored_plan_asks_the_kernel_nothing_else():
     for change in (retype, two_in_one, no_roles, make_ifb_as_delete, fixed_device,
                    delete_by_index):
         assert plan.ready(planted(change)) is None, change.__name__
+
+
+def test_qdisc_fields_are_read_as_pyroute2_encodes_them():
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    for kind, index, handle, parent in (("htb", 7, 0x10000, 0xFFFFFFFF),
+                                        ("ingress", 300, 0xFFFF0000, 0xFFFFFFF1),
+                                        ("fq_codel", 2, 0, 0xFFFFFFFF)):
+        msg = tcmsg()
+        msg["index"], msg["handle"], msg["parent"] = index, handle, parent
+        msg["attrs"] = [("TCA_KIND", kind)]
+        msg.encode()
+        payload = bytes(msg.data)[16:]  # after the netlink header, as the kernel answers
+        assert tc.qdisc_fields(payload) == (index, handle, parent, kind)

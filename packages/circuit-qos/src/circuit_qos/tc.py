@@ -261,17 +261,38 @@ def foreign_shaping(links: Links, veths: list[str]) -> dict[str, str]:
     IFB). One dump of the netns's qdiscs."""
     wanted = {links.index(veth): veth for veth in veths if links.index(veth) is not None}
     found = {}
-    for qdisc in links.batch.query(_tc_message(RTM_GETQDISC, 0, 0, 0), NLM_F_DUMP):
-        veth = wanted.get(qdisc["index"])
-        kind = qdisc.get_attr("TCA_KIND")
+    for payload in links.batch.query(_tc_message(RTM_GETQDISC, 0, 0, 0), NLM_F_DUMP,
+                                     decode=False):
+        index, handle, parent, kind = qdisc_fields(payload)
+        veth = wanted.get(index)
         if veth is None or veth in found:
             continue
-        if qdisc["parent"] == TC_H_ROOT and kind not in DEFAULT_ROOTS \
-                and (kind, qdisc["handle"]) != ("htb", ROOT):
+        if parent == TC_H_ROOT and kind not in DEFAULT_ROOTS and (kind, handle) != ("htb", ROOT):
             found[veth] = f"a {kind} root qdisc"
-        elif qdisc["parent"] == TC_H_INGRESS and links.index(ifb_name(veth)) is None:
+        elif parent == TC_H_INGRESS and links.index(ifb_name(veth)) is None:
             found[veth] = "an ingress qdisc that redirects elsewhere"
     return found
+
+
+TCMSG = struct.Struct("=BxxxiIII")  # struct tcmsg: family, ifindex, handle, parent, info
+RTATTR = struct.Struct("=HH")
+TCA_KIND = 1
+
+
+def qdisc_fields(payload: bytes) -> tuple[int, int, int, str | None]:
+    """(ifindex, handle, parent, kind) of a qdisc message's payload, read directly: a dump of
+    every qdisc on a host with hundreds of containers, decoded by pyroute2, took ≈ 15 ms."""
+    _, index, handle, parent, _ = TCMSG.unpack_from(payload)
+    offset = TCMSG.size
+    while offset + RTATTR.size <= len(payload):
+        length, kind = RTATTR.unpack_from(payload, offset)
+        if length < RTATTR.size:
+            break
+        if kind == TCA_KIND:
+            value = payload[offset + RTATTR.size:offset + length]
+            return index, handle, parent, value.split(b"\0", 1)[0].decode()
+        offset += (length + 3) & ~3
+    return index, handle, parent, None
 
 
 def probe_netem(links: Links) -> None:

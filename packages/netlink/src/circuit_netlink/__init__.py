@@ -143,9 +143,11 @@ class Batch:
                 raise error
         return len(pending)
 
-    def query(self, msg, flags: int = 0) -> list:
+    def query(self, msg, flags: int = 0, decode: bool = True) -> list:
         """The kernel's answers to one request (a get or, with NLM_F_DUMP, a dump), decoded
-        with msg's class; NetlinkError if it refused."""
+        with msg's class, or (decode False) each answer's payload as bytes, for a caller that
+        reads a few fixed fields of many (pyroute2 decodes every attribute); NetlinkError if it
+        refused."""
         sequence, data = self._encode(msg, flags)
         self.sock.sendall(data)
         answers = []
@@ -160,10 +162,13 @@ class Batch:
                     return answers
                 if kind == NLMSG_DONE:
                     return answers
-                answer = type(msg)(HEADER.pack(HEADER.size + len(payload), kind, 0, got, 0)
-                                   + payload)
-                answer.decode()
-                answers.append(answer)
+                if decode:
+                    answer = type(msg)(HEADER.pack(HEADER.size + len(payload), kind, 0, got, 0)
+                                       + payload)
+                    answer.decode()
+                    answers.append(answer)
+                else:
+                    answers.append(payload)
                 if not flags & NLM_F_DUMP:
                     return answers
 
