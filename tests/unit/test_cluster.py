@@ -4,6 +4,7 @@ config, the shared-record write path against a fake etcd, a snapshot's parsing, 
 import json
 
 import pytest
+from test_resync import FakeEtcd
 
 from circuit_cluster import overlay, replica
 from circuit_cluster.etcd import prefix_end
@@ -88,25 +89,6 @@ def test_bad_overlay_flags(kw, error, message):
 def test_vni_without_overlay_is_a_usage_error():
     with pytest.raises(UsageError, match="are for --overlay vxlan"):
         spec.Flags("blue", ["10.200.0.0/16"], vni="3")
-
-
-class FakeEtcd:
-    """Keys in a dict; swap as etcd's compare-and-swap transaction does it."""
-
-    def __init__(self):
-        self.kv: dict[bytes, bytes] = {}
-
-    def key(self, *parts):
-        return "/".join(("/circuit", *parts)).encode()
-
-    def swap(self, key, expected, value):
-        if self.kv.get(key) != expected:
-            return False
-        if value is None:
-            self.kv.pop(key, None)
-        else:
-            self.kv[key] = value
-        return True
 
 
 @pytest.fixture

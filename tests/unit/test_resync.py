@@ -4,18 +4,18 @@ shared write is an etcd transaction). etcd and the kernel are recording fakes (n
 
 import copy
 import json
-import subprocess
 from collections import namedtuple
 
 import pytest
+from test_lb_consistency import Kernel as RecordingKernel
 
 from circuit_cluster import replica
-from circuit_common import cli, extensions, nft
+from circuit_common import cli, extensions
 from circuit_common.config import load_settings
 from circuit_common.errors import Conflict
 from circuit_common.store import encode
 from circuit_lb import extension as lb
-from circuit_lb import ipvs, table, vip
+from circuit_lb import ipvs, table
 from circuit_lb.address import Endpoint
 from circuit_lb.services import Services
 from circuit_qos import devices, policy, tc
@@ -96,31 +96,14 @@ def another_host(store, **records) -> list[str]:
 
 # -- lb ---------------------------------------------------------------------------------------
 
-class Kernel:
-    """IPVS services, addresses on lo and the nft transactions circuit-lb asked for."""
+class Kernel(RecordingKernel):
+    """A kernel that keeps IPVS services as they are made and removed (read back through
+    /proc/net/ip_vs), besides what the recording one keeps."""
 
     def __init__(self, monkeypatch):
-        self.transactions: list[list[dict]] = []
-        self.local: set[str] = set()
+        super().__init__(monkeypatch)
         self.services: dict[tuple, dict] = {}
-        monkeypatch.setattr(nft, "_nft", self.nft)
-        monkeypatch.setattr(vip, "is_local", lambda ip: ip in self.local)
-        monkeypatch.setattr(vip, "add", self.local.add)
-        monkeypatch.setattr(vip, "remove", self.local.discard)
-        monkeypatch.setattr(ipvs, "ensure_ipvs", lambda: None)
-        monkeypatch.setattr(ipvs, "track_connections", lambda: None)
         monkeypatch.setattr(ipvs, "read_proc", lambda: copy.deepcopy(self.services))
-        monkeypatch.setattr(ipvs, "ipvs", lambda: self)
-
-    def nft(self, args, stdin=None):
-        self.transactions.append(json.loads(stdin)["nftables"])
-        return subprocess.CompletedProcess(args, 0, "", "")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
     @staticmethod
     def _key(record):
