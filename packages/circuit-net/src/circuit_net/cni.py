@@ -134,7 +134,9 @@ def _list_of_objects(result: dict, key: str) -> list[dict]:
 def _check_address(value, where: str, cidr: bool = False) -> None:
     """value an IPv4 or IPv6 address, with cidr an ADDRESS/LENGTH: checked with inet_pton,
     as `network list` reads thousands (ipaddress costs some 20 times as much)."""
-    import socket  # on the ADD path only: a poststop hook does without it
+    # on the ADD path only (a poststop hook does without it); the C module itself: socket's
+    # enums cost ≈ 5 ms to build on every start, and inet_pton needs none of them
+    import _socket as socket
 
     if not isinstance(value, str):
         raise ValueError(f"{where} is missing or not a string")
