@@ -172,3 +172,15 @@ def test_a_failed_resync_is_done_with_the_next(store, monkeypatch):
     assert store.resync({"qos/blue.json": None, "services/web.json": b"newer"}) == ["lb"]
     assert calls[-1] == {"qos/blue.json": None, "services/web.json": b"old web"}
     assert store.resync({}) == ["lb"] and calls[-1] == {}  # nothing pending any more
+
+
+def test_a_resync_of_some_kinds_leaves_the_others_for_later(store, monkeypatch):
+    calls = []
+    monkeypatch.setattr(store, "_resync", lambda before: calls.append(before) or [])
+    store.resync({"qos/blue.json": b"old policy", "services/web.json": None},
+                 kinds=("services",))  # as under lock_all(): QoS takes network locks
+    assert calls[-1] == {"services/web.json": None}
+    store.resync({})
+    assert calls[-1] == {"qos/blue.json": b"old policy"}
+    store.resync({})
+    assert calls[-1] == {}

@@ -141,7 +141,9 @@ class ReplicatedStore(Store):
         with self._cluster_lock(), super().lock_all():
             self._holding_all = True
             try:
-                self.resync(self.refresh(kinds=LOCKED_KINDS))
+                # QoS waits for the agent's pass: applying it takes network locks, which this
+                # lock excludes
+                self.resync(self.refresh(kinds=LOCKED_KINDS), kinds=("services",))
                 yield
             finally:
                 self._holding_all = False
@@ -173,25 +175,30 @@ class ReplicatedStore(Store):
             renewing.stop()
             etcd.revoke(lease)  # deletes the key with it
 
-    def resync(self, before: dict[str, bytes | None]) -> list[str]:
-        """The extensions whose shared records changed (before: each changed record's bytes
-        before the change, None when it was new) make this host's kernel match them; their
-        names. What a failed resync had to do is kept (cluster/resync.json) and done with the
-        next one, so a kernel never stays behind its mirror."""
-        pending_path = self.path("cluster", "resync.json")
-        pending = {name: None if old is None else old.encode("latin-1")
-                   for name, old in ((self.read(pending_path) or {}).get("before") or {}).items()}
-        before = {**before, **pending}  # the oldest bytes of a record win
+    def resync(self, before: dict[str, bytes | None],
+               kinds: tuple[str, ...] = tuple(RESYNCED_BY)) -> list[str]:
+        """The extensions whose shared records (of kinds) changed (before: each changed
+        record's bytes before the change, None when it was new) make this host's kernel match
+        them; their names. What a failed resync had to do, and what was left to other kinds,
+        is kept (cluster/resync.json) and done with the next one of its kind, so a kernel
+        never stays behind its mirror."""
+        path = self.path("cluster", "resync.json")
+        kept = {name: None if old is None else old.encode("latin-1")
+                for name, old in ((self.read(path) or {}).get("before") or {}).items()}
+        everything = {**before, **kept}  # the oldest bytes of a record win
+        now = {n: v for n, v in everything.items() if n.split("/", 1)[0] in kinds}
+        later = {n: v for n, v in everything.items() if n not in now}
         try:
-            done = self._resync(before)
+            done = self._resync(now)
         except BaseException:
-            if before:
-                self.write(pending_path, {"before": {
-                    name: None if old is None else old.decode("latin-1")
-                    for name, old in before.items()}})
+            later |= now
             raise
-        if pending:
-            self.remove(pending_path)
+        finally:
+            if later:
+                self.write(path, {"before": {name: None if old is None else old.decode("latin-1")
+                                             for name, old in later.items()}})
+            elif kept:
+                self.remove(path)
         return done
 
     def _resync(self, before: dict[str, bytes | None]) -> list[str]:
