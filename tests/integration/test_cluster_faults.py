@@ -87,3 +87,26 @@ def test_joining_with_a_single_hosts_state_dir_is_refused(cluster):
     proc = h0.circuit("--local-state", h0.tmp / "fresh", "cluster", "join", "--address",
                       h0.address)  # without --name: the machine's hostname
     assert proc.stdout.startswith("joined the cluster as ")
+
+
+def test_a_host_that_will_not_come_back_is_forgotten(cluster):
+    h0, h1, h2 = cluster.hosts
+    join_all(cluster, ttl="2")
+    create_overlay(h0)
+    blocks = {}
+    for host in (h0, h2):
+        c = host.container()
+        host.circuit("network", "connect", c.pid, "blue")
+        blocks[host.name] = c.addresses()[0].rsplit(".", 1)[0]
+    proc = h0.circuit("cluster", "forget", "h2", check=False)
+    assert proc.returncode == 5 and "is alive" in proc.stderr  # h2's lease still runs
+    assert wait_for(lambda: json.loads(h0.circuit("cluster", "list", "--format", "json")
+                                       .stdout)[2]["state"] == "lapsed", timeout=6)
+    assert h0.circuit("cluster", "forget", "h2").stdout == "h2 forgotten; 1 subnet(s) released\n"
+    listed = json.loads(h0.circuit("cluster", "list", "--format", "json").stdout)
+    assert [r["name"] for r in listed] == ["h0", "h1"]
+    c = h1.container()  # the block h2 held is free again: the first free one, h1's now
+    h1.circuit("network", "connect", c.pid, "blue")
+    assert c.addresses()[0].rsplit(".", 1)[0] == blocks[h2.name]
+    proc = h0.circuit("cluster", "forget", "nobody", check=False)
+    assert proc.returncode == 4 and "no host named 'nobody'" in proc.stderr

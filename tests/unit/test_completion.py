@@ -45,7 +45,7 @@ def test_bash_registers_circuit_and_every_tool():
                        "restore", "version"]),
     (("circuit", "cl"), ["cluster"]),
     (("circuit", "cluster", "j"), ["join"]),
-    (("circuit", "cluster", ""), ["agent", "join", "leave", "list", "sync"]),
+    (("circuit", "cluster", ""), ["agent", "forget", "join", "leave", "list", "sync"]),
     (("circuit", "cluster", "join", "--"), ["--address", "--cni-cache-dir", "--cni-path",
                                             "--config", "--debug", "--help", "--local-state",
                                             "--lock-timeout", "--name", "--runc-root",

@@ -3,6 +3,7 @@
 Usage:
   circuit-cluster join --address IP [--name HOST] [--ttl SEC]
   circuit-cluster leave
+  circuit-cluster forget HOST
   circuit-cluster list [--format FMT] [-q]
   circuit-cluster sync [--format FMT]
   circuit-cluster agent
@@ -13,7 +14,8 @@ Also reached as `circuit cluster ...`; needs --state etcd://HOST:PORT[,HOST:PORT
 `agent` renews. Cluster networks (`circuit network create NAME --subnet CIDR --overlay vxlan`)
 lease each host a subnet on its first attach and reach the other hosts' subnets through VXLAN.
 `sync` runs one reconcile pass; `agent` runs one whenever etcd or this host's attachments
-change, until SIGTERM. `leave` gives back this host's subnets and removes it.
+change, until SIGTERM. `leave` gives back this host's subnets and removes it; `forget HOST`
+does the same in etcd for a host whose lease lapsed and that will not come back.
 
 Options:
   --address IP   this host's underlay address (IPv4), where the others send VXLAN
@@ -30,7 +32,7 @@ import time
 
 from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
-from circuit_common.errors import Conflict, InvalidInput, UsageError
+from circuit_common.errors import Conflict, InvalidInput, NotFound, UsageError
 from circuit_common.validate import check_name
 
 from . import overlay
@@ -51,6 +53,9 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     elif a["leave"]:
         name = leave(member)
         print(f"{name} left the cluster")
+    elif a["forget"]:
+        released = forget(member, check_name(a["HOST"], "host name"))
+        print(f"{a['HOST']} forgotten; {released} subnet(s) released")
     elif a["list"]:
         rows = hosts(member)
         if a["-q"]:
@@ -159,6 +164,24 @@ def leave(member: Member) -> str:
     store.remove(member.view_path)
     store.remove(member.host_path)
     return host["name"]
+
+
+def forget(member: Member, name: str) -> int:
+    """Remove a lapsed host from etcd: its subnets (free for others again), its published
+    attachments, its host record; refused while its lease is alive. The subnets released."""
+    etcd = member.store.etcd
+    if etcd.get(etcd.key("alive", name)) is not None:
+        raise Conflict(f"host {name} is alive; run `circuit cluster leave` on it instead")
+    if etcd.get(etcd.key("hosts", name)) is None:
+        raise NotFound(f"no host named {name!r} in the cluster (see `circuit cluster list`)")
+    released = 0
+    for kv in etcd.range(etcd.key("subnets", ""))[1]:
+        if (json_object(kv.value) or {}).get("host") == name and etcd.swap(kv.key, kv.value,
+                                                                           None):
+            released += 1
+    etcd.delete(etcd.key("attachments", name, ""), prefix=True)
+    etcd.delete(etcd.key("hosts", name))
+    return released
 
 
 def _dirs(path: str) -> list[str]:
