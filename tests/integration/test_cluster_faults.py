@@ -110,3 +110,33 @@ def test_a_host_that_will_not_come_back_is_forgotten(cluster):
     assert c.addresses()[0].rsplit(".", 1)[0] == blocks[h2.name]
     proc = h0.circuit("cluster", "forget", "nobody", check=False)
     assert proc.returncode == 4 and "no host named 'nobody'" in proc.stderr
+
+
+def test_a_host_forgotten_while_away_takes_its_block_back_when_free(cluster):
+    h0, h1, _ = cluster.hosts
+    join_all(cluster, ttl="2")
+    create_overlay(h0)
+    c = h1.container()
+    h1.circuit("network", "connect", c.pid, "blue")
+    assert wait_for(lambda: json.loads(h0.circuit("cluster", "list", "--format", "json")
+                                       .stdout)[1]["state"] == "lapsed", timeout=6)
+    h0.circuit("cluster", "forget", "h1")
+    h1.circuit("cluster", "sync")  # back: a new lease, and its block again
+    listed = {r["name"]: r for r in json.loads(h0.circuit("cluster", "list", "--format",
+                                                          "json").stdout)}
+    assert listed["h1"]["subnets"] == {"blue": f"{c.addresses()[0].rsplit('.', 1)[0]}.0/24"}
+
+
+def test_a_host_forgotten_while_away_whose_block_went_to_another_is_told(cluster):
+    h0, h1, h2 = cluster.hosts
+    join_all(cluster, ttl="2")
+    create_overlay(h0)
+    h1.circuit("network", "connect", h1.container().pid, "blue")
+    assert wait_for(lambda: json.loads(h0.circuit("cluster", "list", "--format", "json")
+                                       .stdout)[1]["state"] == "lapsed", timeout=6)
+    h0.circuit("cluster", "forget", "h1")
+    h2.circuit("cluster", "sync")
+    h2.circuit("network", "connect", h2.container().pid, "blue")  # the first free block: h1's
+    proc = h1.circuit("cluster", "sync", check=False)
+    assert proc.returncode == 5 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "is held by host h2 now" in proc.stderr and "connect them again" in proc.stderr

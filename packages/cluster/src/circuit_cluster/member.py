@@ -25,6 +25,12 @@ def subnet_key(subnet: str) -> str:
     return subnet.replace("/", "-")
 
 
+def subnet_value(network: str, subnet: str, host: dict) -> bytes:
+    """A subnet key's value: which host holds the block, and where the others send to it."""
+    return json.dumps({"network": network, "subnet": subnet, "host": host["name"],
+                       "address": host["address"], "leased": time.time()}).encode()
+
+
 def leased_for(lease: dict, network: dict) -> bool:
     """Whether a lease belongs to this very network (not an earlier one of its name)."""
     spec = network["overlay"]
@@ -189,9 +195,8 @@ class Member:
                 raise Conflict(f"network {network['name']} has no free /"
                                f"{spec['hostSubnetSize']} left in {spec['subnet']} for host "
                                f"{host['name']}; a host that left frees its subnet")
-            value = {"network": network["name"], "subnet": free, "host": host["name"],
-                     "address": host["address"], "leased": time.time()}
-            if etcd.create(prefix + subnet_key(free).encode(), json.dumps(value).encode()):
+            if etcd.create(prefix + subnet_key(free).encode(),
+                           subnet_value(network["name"], free, host)):
                 return free
         raise Conflict(f"could not lease a subnet of network {network['name']}: other hosts "
                        "took each one first; try again")

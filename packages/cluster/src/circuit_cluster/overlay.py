@@ -8,7 +8,9 @@ ensure_device / remove_device and program_peers (which adds what is missing and 
 is no longer wanted) are the whole contract, all through pyroute2; program_masquerade keeps the
 one nftables table that lets containers reach addresses outside the cluster."""
 
+import contextlib
 import ipaddress
+import os
 import socket
 
 from circuit_common.errors import Conflict, EnvironmentFault
@@ -67,10 +69,18 @@ def vtep_mac(address: str) -> str:
     return "0a:58:" + ":".join(f"{b:02x}" for b in socket.inet_aton(address))
 
 
+@contextlib.contextmanager
 def _ipr():
+    """pyroute2's IPRoute; a request the kernel refuses is one line (EnvironmentFault)."""
     from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
 
-    return IPRoute()
+    try:
+        with IPRoute() as ipr:
+            yield ipr
+    except NetlinkError as e:
+        raise EnvironmentFault(f"the kernel refused a VXLAN device, route, neighbour or FDB "
+                               f"change: {os.strerror(e.code)} (errno {e.code})") from None
 
 
 def _index(ipr, name: str) -> int | None:

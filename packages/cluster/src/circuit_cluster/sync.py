@@ -19,7 +19,7 @@ import time
 from circuit_common.errors import CircuitError, Conflict
 
 from . import overlay
-from .member import Member, leased_for, subnet_lease
+from .member import Member, leased_for, subnet_key, subnet_lease, subnet_value
 from .replica import RECORDS, safe_record_name
 
 
@@ -176,12 +176,32 @@ class Reconciler:
                 leases.append(lease)
             elif not self.member.in_use(lease["network"]):
                 self.member.release(lease)
+        lost = [self.reclaim(lease, snap, host) for lease in leases]
         for lease in leases:
             overlay.ensure_device(lease["vni"], lease["subnet"], host["address"])
             overlay.program_peers(lease["vni"],
                                   peers_of(lease, snap.subnets, snap.alive, host["name"]))
         self.program_masquerade(leases)
+        if any(lost):
+            raise Conflict(next(filter(None, lost)))
         return len(leases)
+
+    def reclaim(self, lease: dict, snap: Snapshot, host: dict) -> str | None:
+        """Make sure etcd still gives this host its block (`cluster forget` while it was away
+        takes it back): created again if free; what is wrong when another host holds it."""
+        spec = {"subnet": lease["cidr"], "hostSubnetSize": lease["hostSubnetSize"]}
+        for network, value in snap.subnets:
+            held = subnet_lease(value, spec) if network == lease["network"] else None
+            if held and held["subnet"] == lease["subnet"]:
+                if held["host"] == host["name"]:
+                    return None
+                return (f"this host's block {lease['subnet']} of network {lease['network']} is "
+                        f"held by host {held['host']} now (this one was forgotten while away): "
+                        "disconnect its containers here and connect them again")
+        key = self.etcd.key("subnets", lease["network"], subnet_key(lease["subnet"]))
+        if self.etcd.create(key, subnet_value(lease["network"], lease["subnet"], host)):
+            return None
+        return f"could not take back block {lease['subnet']} of network {lease['network']}"
 
     def program_network(self, lease: dict) -> None:
         """A network's first lease here: its peers and the masquerade, from two small ranges
@@ -248,7 +268,8 @@ def peers_of(lease: dict, subnets: list[tuple[str, bytes]], alive: dict[str, str
     peers = {}
     for network, value in subnets:
         held = subnet_lease(value, spec) if network == lease["network"] else None
-        if held and held["host"] != me and held["host"] in alive:
+        if held and held["host"] != me and held["host"] in alive \
+                and held["subnet"] != lease["subnet"]:  # never a route over this host's own
             peers[held["subnet"]] = alive[held["host"]]
     return peers
 
