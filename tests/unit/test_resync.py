@@ -298,3 +298,17 @@ def test_one_failing_network_does_not_stop_the_others(store, monkeypatch):
         qos.resync(ctx, {"qos/blue.json": None, "qos/red.json": None,
                          "qos/../escape.json": None, "services/web.json": None})
     assert shaper.applied == [(["r"], None, RATE)]
+
+
+def test_restore_writes_no_qos_record_that_is_up_to_date(store, monkeypatch):
+    """In a cluster each write of a shared record is an etcd transaction: `circuit restore`
+    brings older records up to date, and leaves current ones alone."""
+    policy.save(store, "blue", {"network": {"rate": 5_000_000, "ceil": 5_000_000},
+                                "attachments": {}})
+    store.etcd.writes.clear()
+    record = policy.load(store, "blue")
+    policy.save(store, "blue", record, if_changed=True)
+    assert store.etcd.writes == []
+    policy.save(store, "blue", {**record, "network": {"rate": 6_000_000, "ceil": 6_000_000}},
+                if_changed=True)
+    assert store.etcd.writes == [store.etcd.record("qos/blue.json")]

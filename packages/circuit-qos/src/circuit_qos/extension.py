@@ -163,6 +163,7 @@ def reapply(ctx: Context):
         for name in names:
             with ctx.store.lock("network", name):
                 record = policy.load(ctx.store, name)
-                policy.save(ctx.store, name, record)  # marks networks of older circuit versions
+                # marks networks of older circuit versions; writes only what changed
+                policy.save(ctx.store, name, record, if_changed=True)
                 policy.apply_all(links, policy.select(nets, name), record, record)
             yield name

@@ -47,18 +47,25 @@ def check_record(record: dict, path: str) -> None:
         raise ValueError("'plan' must be an object")
 
 
-def save(store: Store, name: str, record: dict, keep_empty: bool = False) -> None:
+def save(store: Store, name: str, record: dict, keep_empty: bool = False,
+         if_changed: bool = False) -> None:
     """Write the network's policies with the plan of the network's (encoded now unless the
     record's is still ready), and mark the network for the qos extension while any. An empty
     record is removed, unless keep_empty: a reset under way, which `circuit restore` finishes
-    should circuit be killed before the kernel is unshaped."""
+    should circuit be killed before the kernel is unshaped. if_changed: only when that differs
+    from the stored record (`circuit restore` bringing older records up to date; in a cluster
+    each write is an etcd transaction). A user's change always writes, so that a write over
+    a change this host has not seen is caught."""
     if record["network"] is None and not record["attachments"] and not keep_empty:
         store.remove(policy_path(store, name))
         extensions.unmark(store, name, "qos")
     else:
-        store.write(policy_path(store, name), {"network": record["network"],
-                                               "attachments": record["attachments"],
-                                               "plan": plan.kept(record)})
+        wanted = {"network": record["network"], "attachments": record["attachments"],
+                  "plan": plan.kept(record)}
+        stored = store.read(policy_path(store, name), check=check_record) if if_changed \
+            else None
+        if stored is None or {k: stored.get(k) for k in wanted} != wanted:
+            store.write(policy_path(store, name), wanted)
         extensions.mark(store, name, "qos", "circuit_qos.extension")
 
 
