@@ -49,7 +49,6 @@ class Flags:
         if self.parent and self.driver not in ("macvlan", "ipvlan"):
             raise UsageError("--parent is for --driver macvlan or ipvlan")
 
-
     def check_overlay_flags(self) -> None:
         if not self.overlay:
             if self.vni or self.host_subnet_size:

@@ -27,12 +27,11 @@ def prefix_end(prefix: bytes) -> bytes:
 class KeyValue:
     """One key as a range returned it."""
 
-    __slots__ = ("key", "lease", "mod_revision", "value")
+    __slots__ = ("key", "lease", "value")
 
     def __init__(self, kv: dict):
         self.key = unb64(kv["key"])
         self.value = unb64(kv.get("value"))
-        self.mod_revision = int(kv.get("mod_revision", 0))
         self.lease = int(kv.get("lease", 0))
 
 

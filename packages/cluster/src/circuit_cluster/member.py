@@ -5,10 +5,12 @@ read; only a network's first attach on this host talks to etcd, to lease a subne
 
 etcd keys below the prefix (docs/cluster.md):
     records/<path>                     a shared record (replica.py)
-    hosts/<host>                       {name, address, joined, lastSeen}
+    hosts/<host>                       {name, address, joined, ttl, lastSeen}
     alive/<host>                       the host's address, bound to its etcd lease
-    subnets/<network>/<a.b.c.d-len>    {network, subnet, host, address}: a host subnet lease
-    attachments/<host>/<network>/<cid>@<ifname>   {containerId, ifName, ips, pid, target}
+    subnets/<network>/<a.b.c.d-len>    {network, subnet, host, address, leased}: a block
+    attachments/<host>/<network>/<cid>@<ifname>   {host, network, containerId, ifName, ips,
+                                       pid, target}, bound to the host's lease
+    locks/store                        the cluster's store lock, bound to its holder's lease
 """
 
 import contextlib
@@ -107,8 +109,8 @@ class Member:
         return host
 
     def view(self) -> dict:
-        """The other hosts as the last reconcile pass saw them."""
-        return self.store.read(self.view_path) or {"hosts": {}, "attachments": {}}
+        """The other hosts' attachments as the last reconcile pass saw them."""
+        return self.store.read(self.view_path) or {"attachments": {}}
 
     def peer_attachments(self, network: str) -> list[dict]:
         """The attachments other hosts published on network, each with its host."""

@@ -3,7 +3,7 @@
 A pass reads everything below the prefix in one range request, then:
   mirror     shared records (networks, QoS, LB services, markers) into the state dir
   publish    this host's attachments, so every host's `network list` shows them
-  view       the other hosts, whether their lease is alive, and their attachments
+  view       the other hosts' attachments, for `network list`
   overlay    for each network this host leased a subnet of: routes, neighbours and FDB
              entries to every live host's subnet; a lease of a deleted network is given back
   resync     the QoS and LB extensions re-apply their kernel state when their records changed
@@ -146,7 +146,7 @@ class Reconciler:
         return count
 
     def write_view(self, me: str, snap: Snapshot) -> None:
-        """The other hosts and their attachments, for `network list` and `network delete`."""
+        """The other hosts' attachments, for `network list`."""
         attachments: dict[str, list] = {}
         for host, entries in sorted(snap.attachments.items()):
             if host == me:
@@ -155,10 +155,7 @@ class Reconciler:
                 entry = attachment_entry(body, host)
                 if entry is not None:
                     attachments.setdefault(entry["network"], []).append(entry)
-        hosts = {name: {"address": h.get("address"), "alive": name in snap.alive,
-                        "lastSeen": h.get("lastSeen")}
-                 for name, h in snap.hosts.items() if name != me}
-        view = {"hosts": hosts, "attachments": attachments}
+        view = {"attachments": attachments}
         if self.store.read(self.member.view_path) != {"schema": 1, **view}:
             self.store.write(self.member.view_path, view)
 
