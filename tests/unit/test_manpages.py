@@ -58,7 +58,7 @@ def test_the_dispatchers_help_and_page_name_every_group(pages):
     out = subprocess.run([BIN / "circuit", "--help"], capture_output=True, text=True).stdout
     page = unescape((pages / "circuit.1").read_text())
     for group in ("circuit network", "circuit network qos", "circuit lb", "circuit hook",
-                  "circuit cluster join|leave|list|sync|agent"):
+                  "circuit cluster join|leave|forget|list|sync|agent"):
         assert f"\n  {group} " in out and f"\n{group} " in page, group
 
 
@@ -80,7 +80,7 @@ def test_man_renders_the_dispatchers_page(pages):
                           text=True, env={"MANWIDTH": "100", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
     assert "circuit completion bash|zsh" in proc.stdout
-    assert "circuit cluster join|leave|list|sync|agent" in proc.stdout
+    assert "circuit cluster join|leave|forget|list|sync|agent" in proc.stdout
     assert "circuit-net(1)" in proc.stdout and "circuit-cluster(1)" in proc.stdout
 
 
