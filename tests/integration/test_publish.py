@@ -3,7 +3,7 @@ the host's address, and the mapping goes with the attachment."""
 
 import json
 
-from harness import bridge_conf, documented_hooks, http_get_bodies, port_open
+from harness import Runc, bridge_conf, documented_hooks, http_get_bodies, make_rootfs, port_open
 
 HOST_IP = "198.51.100.1"  # the test host netns's own address, on its link to the client
 
@@ -93,3 +93,32 @@ def test_a_host_port_published_already_is_refused_on_any_network(host):
     host.circuit("network", "connect", second.pid, "api", "-p", "8080:80/udp")  # another proto
     host.circuit("network", "disconnect", first.pid, "web")
     host.circuit("network", "connect", first.pid, "api", "-p", "8080:80")  # free again
+
+
+def test_the_hook_publishes_from_circuit_publish_in_its_env(host, tmp_path):
+    """CIRCUIT_PUBLISH in the hooks' env: a client outside reaches the container's httpd through
+    the host address and port; the env wins over the annotation; the port closes at delete."""
+    rootfs = make_rootfs(tmp_path / "rootfs")  # this test's own, to serve its own page
+    (rootfs / "www" / "index.html").write_text("published-from-env\n")
+    runc = Runc(host, rootfs)
+    try:
+        env = {"CNI_CONF": host.conf(web_conflist(), "web.conflist"),
+               "CIRCUIT_STATE_DIR": host.state, "CIRCUIT_PUBLISH": "8080:80"}
+        client = host.outside_client(HOST_IP)
+        hooks = documented_hooks("createRuntime", env)
+        assert all("CIRCUIT_PUBLISH=8080:80" in e["env"] for es in hooks.values() for e in es)
+        cid = runc.run("pubenv", hooks, args=("httpd", "-f", "-p", "80", "-h", "/www"),
+                       annotations={"circuit.publish": "9090:80"}).stdout
+        assert http_get_bodies(client.netns, HOST_IP, 2, port=8080) == [
+            "published-from-env"] * 2
+        assert not port_open(client.netns, HOST_IP, 9090)  # the env won over the annotation
+        peer = json.loads(host.circuit("network", "list", "--format", "json").stdout)[0][
+            "peers"][0]
+        assert peer["ports"] == ["8080->80/tcp"]
+        runc.delete(cid)
+        assert not port_open(client.netns, HOST_IP, 8080)
+        assert "CNI-DN-" not in host.run("iptables", "-t", "nat", "-S").stdout
+        rows = json.loads(host.circuit("network", "list", "--format", "json").stdout)
+        assert rows[0]["peers"] == []  # poststop released the attachment
+    finally:
+        runc.close()
