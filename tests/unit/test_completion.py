@@ -1,6 +1,8 @@
-"""Shell completion: bash's complete -p and a scripted COMP_WORDS call, candidates from usage."""
+"""Shell completion: bash's complete -p and a scripted COMP_WORDS call, zsh's Tab in a real
+interactive zsh (zpty), candidates from usage and the state."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +129,73 @@ def test_zsh_script_and_a_bad_shell():
                           text=True)
     assert proc.returncode == 2 and proc.stderr == (
         "circuit: no completion for shell 'fish'; use bash or zsh\n")
+
+
+def zsh_keys(text: str) -> str:
+    """text as a zsh $'...' literal (control keys as \\xHH)."""
+    return "$'" + "".join(c if c.isalnum() or c in " -_./:=${}" else f"\\x{ord(c):02x}"
+                          for c in text) + "'"
+
+
+def zsh_session(tmp_path: Path, keys: list[str], capture: bool = False) -> str:
+    """What a real interactive `zsh -f` (in a pty, through zpty) prints for keys typed after
+    compinit and `source <(circuit completion zsh)`. With capture, every compadd call also
+    writes the matches it adds (builtin compadd -O) to the file $CAP. Keys may arrive while
+    the pty is still in canonical mode (zsh running the line before): none may be one the
+    line discipline acts on (^U, ^W, ^C, ^?, ...); ^A ^E ^K are safe."""
+    setup = ("PS1='> '; unset zle_bracketed_paste; autoload -Uz compinit && compinit -u -D && "
+             "source <(circuit completion zsh)")
+    if capture:
+        setup += ('; compadd() { local -a hits; builtin compadd -O hits "$@"; '
+                  'print -rl -- $hits >> $CAP; builtin compadd "$@" }')
+    lines = ["zmodload zsh/zpty", "zpty z zsh -f -i", f"zpty -w z {zsh_keys(setup)}",
+             *(f"zpty -w -n z {zsh_keys(k)}" for k in keys),
+             "zpty -w z 'print -r -- ${:-FINI}SHED'", "zpty -r z out '*FINISHED*'",
+             'print -rn -- "$out"', "zpty -d z"]
+    proc = subprocess.run(["zsh", "-f", "-c", "\n".join(lines)], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+                               "HOME": str(tmp_path), "TERM": "dumb"})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.replace("\r", "")
+
+
+def zsh_tab(tmp_path: Path, *lines: str) -> list[str]:
+    """The command line after typing each line and Tab in a real zsh, read back by running it
+    under print (no part of the completion system replaced)."""
+    keys = [f"{line}\t\x01print -r -- ${{:-RES}}ULT:\x05:END\n" for line in lines]
+    out = zsh_session(tmp_path, keys)
+    return [" ".join(x.split(":END")[0].split()) for x in out.split("\nRESULT:")[1:]]
+
+
+needs_zsh = pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed "
+                               "(just setup installs it)")
+
+
+@needs_zsh
+def test_zsh_tab_completes_a_command_a_network_a_service_and_a_file(state, tmp_path):
+    (tmp_path / "web.conflist").write_text("{}")  # the session's working directory
+    assert zsh_tab(tmp_path, "circuit netw", f"circuit --state {state} network inspect fr",
+                   f"circuit --state {state} lb delete w", f"circuit-net --state {state} del",
+                   "circuit network create web.c") == [
+        "circuit network", f"circuit --state {state} network inspect front",
+        f"circuit --state {state} lb delete web", f"circuit-net --state {state} delete",
+        "circuit network create web.conflist"]
+
+
+@needs_zsh
+def test_zsh_offers_every_candidate(state, tmp_path):
+    """The matches zsh's completion adds after Tab, recorded by a compadd that calls the
+    builtin twice (-O to record, then to add)."""
+    cases = {"commands": "circuit ", "networks": f"circuit --state {state} network inspect ",
+             "services": f"circuit --state {state} lb delete ",
+             "formats": "circuit network list --format ", "subcommands": "circuit network qos s"}
+    keys = [k for name, line in cases.items() for k in (f"CAP={tmp_path}/cap-{name}\n",
+                                                        f"{line}\t\x01\x0b")]
+    zsh_session(tmp_path, keys, capture=True)
+    offered = {name: (tmp_path / f"cap-{name}").read_text().split() for name in cases}
+    assert offered == {
+        "commands": ["cluster", "completion", "doctor", "hook", "lb", "manpages", "network",
+                     "restore", "version"],
+        "networks": ["back", "front"], "services": ["web"], "formats": ["table", "json"],
+        "subcommands": ["set", "show"]}
