@@ -1,5 +1,6 @@
-"""Networks from flags: the conflist circuit writes carries real traffic (dual-stack), subnets
-that overlap are refused naming the owner, and delete/prune leave no bridge or directory."""
+"""Networks from flags: the conflist circuit writes carries real traffic (dual-stack; macvlan),
+subnets that overlap are refused naming the owner, and delete/prune leave no bridge or
+directory."""
 
 import json
 
@@ -85,3 +86,46 @@ def test_delete_leaves_a_bridge_someone_else_plugged_into_or_a_link_that_is_no_b
         assert host.circuit("network", "delete", name).stdout == f"{name} deleted\n"
     assert {"br-user", "port0", "v-user", "v-peer"} <= {
         line.split(": ")[1].split("@")[0] for line in links(host).splitlines()}
+
+
+def test_a_macvlan_network_from_flags_carries_traffic_and_leaves_nothing(host):
+    """--driver macvlan --parent: two containers on macvlan links of the host's parent (a veth
+    with its peer up, for carrier: this kernel has no dummy links) ping each other; disconnect
+    and delete leave no link, reservation, cached result or state behind, and the parent."""
+    host.run("ip", "link", "add", "parent0", "type", "veth", "peer", "name", "parent0-peer")
+    for link in ("parent0", "parent0-peer"):
+        host.run("ip", "link", "set", link, "up")
+    before = link_names(host)
+    out = host.circuit("network", "create", "lan", "--subnet", "10.100.70.0/24", "--driver",
+                       "macvlan", "--parent", "parent0").stdout
+    assert out == "lan created\n"
+    config = json.loads(host.circuit("network", "inspect", "lan").stdout)["config"]
+    assert [(p["type"], p.get("master"), p.get("mode")) for p in config["plugins"]] == [
+        ("macvlan", "parent0", "bridge")]
+    a, b = host.container(), host.container()
+    host.circuit("network", "connect", a.pid, "lan")
+    host.circuit("network", "connect", b.pid, "lan")
+    ip_a, ip_b = a.addresses()[0], b.addresses()[0]
+    assert ip_a.startswith("10.100.70.") and ip_b.startswith("10.100.70.") and ip_a != ip_b
+    assert "macvlan mode bridge" in a.run("ip", "-d", "link", "show", "eth0").stdout
+    assert a.ping(ip_b) and b.ping(ip_a)
+    assert link_names(host) == before  # the containers' links hang off parent0, not the host
+    assert host.reserved_ips("lan") == {ip_a, ip_b}
+    assert len(list((host.cni_cache / "results").glob("lan-*"))) == 2
+    assert any((host.state / "networks").glob("lan*"))
+    assert (host.state / "attachments" / "lan").exists()
+
+    for c in (a, b):
+        host.circuit("network", "disconnect", c.pid, "lan")
+        assert c.links() == {"lo"}
+    assert host.reserved_ips("lan") == set()
+    assert not any((host.cni_cache / "results").glob("lan-*"))
+    assert host.circuit("network", "delete", "lan").stdout == "lan deleted\n"
+    assert host.circuit("network", "list", "-q").stdout == ""
+    assert link_names(host) == before  # parent0 is the user's: delete leaves it
+    assert not (host.state / "attachments" / "lan").exists()
+    assert not any((host.state / "networks").glob("lan*"))
+
+
+def link_names(host) -> set[str]:
+    return {line.split(": ")[1].split("@")[0] for line in links(host).splitlines()}
