@@ -147,7 +147,7 @@ def zsh_session(tmp_path: Path, keys: list[str], capture: bool = False) -> str:
              "source <(circuit completion zsh)")
     if capture:
         setup += ('; compadd() { local -a hits; builtin compadd -O hits "$@"; '
-                  'print -rl -- $hits >> $CAP; builtin compadd "$@" }')
+                  'print -rl -- "#$#hits" "${(@)hits}" >> $CAP; builtin compadd "$@" }')
     lines = ["zmodload zsh/zpty", "zpty z zsh -f -i", f"zpty -w z {zsh_keys(setup)}",
              *(f"zpty -w -n z {zsh_keys(k)}" for k in keys),
              "zpty -w z 'print -r -- ${:-FINI}SHED'", "zpty -r z out '*FINISHED*'",
@@ -183,19 +183,32 @@ def test_zsh_tab_completes_a_command_a_network_a_service_and_a_file(state, tmp_p
         "circuit network create web.conflist"]
 
 
+def compadd_calls(path: Path) -> list[list[str]]:
+    """The matches of each compadd call a capturing zsh_session wrote to path."""
+    calls: list[list[str]] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and line[1:].isdigit():
+            calls.append([])
+        else:
+            calls[-1].append(line)
+    return calls
+
+
 @needs_zsh
-def test_zsh_offers_every_candidate(state, tmp_path):
+def test_zsh_offers_every_candidate_and_no_empty_one(state, tmp_path):
     """The matches zsh's completion adds after Tab, recorded by a compadd that calls the
-    builtin twice (-O to record, then to add)."""
+    builtin twice (-O to record, then to add). No name at all is no match, not an empty one
+    (which zsh took for a match: no "no matches", no other completer tried)."""
+    (tmp_path / "empty").mkdir()
     cases = {"commands": "circuit ", "networks": f"circuit --state {state} network inspect ",
              "services": f"circuit --state {state} lb delete ",
-             "formats": "circuit network list --format ", "subcommands": "circuit network qos s"}
+             "formats": "circuit network list --format ", "subcommands": "circuit network qos s",
+             "none": f"circuit --state {tmp_path}/empty network inspect "}
     keys = [k for name, line in cases.items() for k in (f"CAP={tmp_path}/cap-{name}\n",
                                                         f"{line}\t\x01\x0b")]
     zsh_session(tmp_path, keys, capture=True)
-    offered = {name: (tmp_path / f"cap-{name}").read_text().split() for name in cases}
+    offered = {name: compadd_calls(tmp_path / f"cap-{name}") for name in cases}
     assert offered == {
-        "commands": ["cluster", "completion", "doctor", "hook", "lb", "manpages", "network",
-                     "restore", "version"],
-        "networks": ["back", "front"], "services": ["web"], "formats": ["table", "json"],
-        "subcommands": ["set", "show"]}
+        "commands": [bash_complete("circuit", "")],  # the list itself: bash's test above
+        "networks": [["back", "front"]], "services": [["web"]], "formats": [["table", "json"]],
+        "subcommands": [["set", "show"]], "none": [[]]}

@@ -46,7 +46,7 @@ ZSH = """\
 # zsh completion for {tools} (circuit completion zsh): as _circuit in $fpath, or sourced
 _circuit() {{
     local -a reply
-    reply=("${{(@f)$(circuit completion words -- "${{(@)words[1,CURRENT]}}" 2>/dev/null)}}")
+    reply=(${{(f)"$(circuit completion words -- "${{(@)words[1,CURRENT]}}" 2>/dev/null)"}})
     case $reply[1] in
         {files}) _files ;;
         {dirs}) _files -/ ;;
