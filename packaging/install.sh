@@ -4,7 +4,7 @@
 #   PREFIX/bin/circuit, circuit-net, ...    links into it
 #   PREFIX/share/man/man1/*.1               man pages, from the tools' usage text
 #   PREFIX/share/bash-completion/completions/circuit*, PREFIX/share/zsh/site-functions/_circuit
-#   PREFIX/lib/systemd/system/circuit-restore.service, circuit-cluster-agent.service (not enabled)
+#   PREFIX/lib/systemd/system/circuit-{restore,cluster-agent,forkserver}.service (not enabled)
 # Nothing refers back to the clone: it may be deleted afterwards. CIRCUIT_PYTHON picks the
 # interpreter (default /usr/bin/python3 when it is 3.11 or newer).
 set -euo pipefail
@@ -15,7 +15,7 @@ lib=$prefix/lib/circuit
 manifest=$lib/installed-files
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=(circuit circuit-net circuit-qos circuit-lb circuit-hook circuit-cluster)
-units=(circuit-restore.service circuit-cluster-agent.service)
+units=(circuit-restore.service circuit-cluster-agent.service circuit-forkserver.service)
 
 uninstall() {
     if [ ! -f "$manifest" ]; then

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 from harness import ROOT, bridge_conf, documented_hooks
 
@@ -63,6 +64,26 @@ def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host,
     runc.delete(cid)
     assert host.reserved_ips("sandbox") == set()
 
+    # the installed fork server runs hooks whose own python cannot import circuit (-S)
+    socket = tmp_path / "forkserver.sock"
+    server = subprocess.Popen([circuit, "forkserver", "--socket", socket], env=tools_env,
+                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while not socket.exists():
+            assert server.poll() is None, server.stderr.read()
+            time.sleep(0.05)
+        for entry in (e for entries in hooks.values() for e in entries):
+            entry["path"] = str(prefix / "lib/circuit/bin/python")
+            entry["args"] = ["python", "-S", str(circuit.resolve())]
+            entry["env"].append(f"CIRCUIT_FORKSERVER={socket}")
+        cid = runc.run("served", hooks).stdout
+        assert runc.container(cid).ping("10.100.10.1")
+        runc.delete(cid)
+        assert host.reserved_ips("sandbox") == set()
+    finally:
+        server.terminate()
+        assert server.wait(timeout=30) == 0
+
     man = subprocess.run(["man", "-w", "circuit", "circuit-lb", "circuit-cluster"],
                          capture_output=True, text=True, env=tools_env)
     assert man.stdout.split() == [str(prefix / "share/man/man1/circuit.1"),
@@ -77,7 +98,10 @@ def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host,
         assert registered.stdout == f"complete -F _circuit {tool}\n"
     units = prefix / "lib/systemd/system"
     assert sorted(p.name for p in units.iterdir()) == ["circuit-cluster-agent.service",
+                                                       "circuit-forkserver.service",
                                                        "circuit-restore.service"]
+    served = (units / "circuit-forkserver.service").read_text()
+    assert f"\nExecStart={circuit} forkserver\n" in served and "\nKillMode=mixed\n" in served
     assert f"ExecStart={circuit} restore\n" in (units / "circuit-restore.service").read_text()
     agent = (units / "circuit-cluster-agent.service").read_text()
     for line in (f"ExecStart={circuit} cluster agent", "Type=simple", "Restart=on-failure",

@@ -43,8 +43,8 @@ def test_bash_registers_circuit_and_every_tool():
 
 
 @pytest.mark.parametrize(("words", "expected"), [
-    (("circuit", ""), ["cluster", "completion", "doctor", "hook", "lb", "manpages", "network",
-                       "restore", "version"]),
+    (("circuit", ""), ["cluster", "completion", "doctor", "forkserver", "hook", "lb", "manpages",
+                       "network", "restore", "version"]),
     (("circuit", "cl"), ["cluster"]),
     (("circuit", "cluster", "j"), ["join"]),
     (("circuit", "cluster", ""), ["agent", "forget", "join", "leave", "list", "sync"]),

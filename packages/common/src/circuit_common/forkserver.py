@@ -1,0 +1,423 @@
+"""circuit's fork server: one resident process that has imported every circuit module and keeps
+children forked from it waiting on a Unix socket; the `circuit` dispatcher hands a command to
+one of them, so a command (a runc hook above all) pays no interpreter start, no imports and no
+fork. It is optional: where none listens, or it declines, the dispatcher runs the command
+itself, as it always did.
+
+The child runs the command as the caller would have: the caller's argv, environment, umask,
+working directory, stdin/stdout/stderr and network namespace. A caller it cannot stand in for
+is declined: another uid, another pid, mount, user, uts or ipc namespace (PIDs and paths would
+mean other things), another installation (its dispatcher script), or code changed on disk
+since the server started (the server then drains and exits, so its service manager starts a
+fresh one).
+
+One connection per command. Client → child: an 8-byte length, then NUL-separated fields
+[MAGIC, dispatcher script, umask, argc, *argv, *environ] with stdin, stdout, stderr and the working
+directory as SCM_RIGHTS; afterwards single bytes, each a signal number for the child. Child →
+client: b"F" + a reason (run it yourself), or b"A" (it runs the command), then b"R" and the exit
+code as a signed 4-byte integer. A client that goes away (killed) takes its child with it
+(SIGKILL): what a kill -9 of an in-process command would do, which circuit's intents repair.
+"""
+
+import contextlib
+import ctypes
+import gc
+import importlib
+import os
+import pkgutil
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+
+from .errors import EnvironmentFault, UsageError
+
+MAGIC = b"circuit-forkserver-1"
+DEFAULT_SOCKET = "/run/circuit/forkserver.sock"  # the dispatcher's default, CIRCUIT_FORKSERVER
+LENGTH = struct.Struct("Q")
+CODE = struct.Struct("i")
+UCRED = struct.Struct("3i")  # pid, uid, gid
+STDIO_AND_CWD = 4  # descriptors every request carries
+MAX_REQUEST = 4 << 20
+IDLE_CHILDREN = 4  # forked ahead, waiting for a request each
+REPORT = struct.Struct("ci")  # a child's report to the server: BUSY or STALE, and its pid
+BUSY, STALE = b"B", b"S"
+REQUEST_TIMEOUT = 2.0  # seconds a client may take to send its request
+SHARED_NAMESPACES = ("pid", "mnt", "user", "uts", "ipc")
+CLONE_NEWNET = 0x40000000
+PACKAGES = ("circuit_common", "circuit_netlink", "circuit_net", "circuit_qos", "circuit_lb",
+            "circuit_hook", "circuit_cluster")
+
+
+class Request:
+    """One command sent by a client: what the child needs to stand in for it."""
+
+    def __init__(self, payload: bytes, fds: list[int], peer: tuple[int, int, int]):
+        fields = payload.split(b"\0")
+        if len(fields) < 4 or fields[0] != MAGIC or len(fds) != STDIO_AND_CWD:
+            raise ValueError("not a circuit fork server request")
+        self.script = os.fsdecode(fields[1])
+        self.umask = int(fields[2])
+        argc = int(fields[3])
+        self.argv = [os.fsdecode(a) for a in fields[4:4 + argc]]
+        self.environ = dict(item.split(b"=", 1) for item in fields[4 + argc:] if b"=" in item)
+        self.stdio, self.cwd = fds[:3], fds[3]
+        self.pid, self.uid, _ = peer
+        self.fds = fds
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+def preload() -> None:
+    """Import every module of circuit's packages, and what their functions import lazily, so a
+    child imports nothing."""
+    for package in PACKAGES:
+        try:
+            root = importlib.import_module(package)
+        except ImportError:
+            continue  # a tool not installed
+        for info in pkgutil.walk_packages(root.__path__, f"{package}."):
+            if not info.name.endswith(".__main__"):
+                importlib.import_module(info.name)
+    for name in sorted(lazy_imports()):
+        with contextlib.suppress(ImportError):  # an optional one (cluster's, pyroute2's)
+            importlib.import_module(name)
+
+
+def lazy_imports() -> set[str]:
+    """The modules circuit's functions import when called (the hot path defers them)."""
+    import ast
+
+    names = set()
+    for path in circuit_files():
+        if not path.endswith(".py"):
+            continue
+        with open(path, "rb") as source:
+            tree = ast.parse(source.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+    return names
+
+
+def circuit_files() -> list[str]:
+    """The source files of circuit's loaded modules, and the dispatcher script."""
+    files = [os.path.realpath(sys.argv[0])]
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] in PACKAGES and getattr(module, "__file__", None):
+            files.append(module.__file__)
+    return files
+
+
+def fingerprint(files: list[str]) -> list[int]:
+    """Modification times of circuit's code: a change means the server runs stale code."""
+    stamps = []
+    for path in files:
+        try:
+            stamps.append(os.stat(path).st_mtime_ns)
+        except OSError:
+            stamps.append(-1)
+    return stamps
+
+
+def namespace(pid: int | str, kind: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def setns(fd: int, kind: int) -> None:
+    if LIBC.setns(fd, kind) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+def prctl(option: int, value: int) -> None:
+    if LIBC.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl")
+
+
+class ForkServer:
+    """Keeps IDLE children forked and waiting in accept() on the shared socket, so no fork lies
+    on a command's path; forks a replacement for each that takes a request, reaps them all.
+    Single-threaded (a poll loop), so fork never copies another thread's locks."""
+
+    def __init__(self, listener: socket.socket, run: Callable[[list[str]], int],
+                 idle: int = IDLE_CHILDREN):
+        self.listener = listener
+        self.run = run
+        self.target = idle
+        self.files = circuit_files()
+        self.stamps = fingerprint(self.files)
+        self.idle: set[int] = set()
+        self.pidfds: dict[int, int] = {}  # pidfd → pid
+        self.stopping = False
+        self.poll = select.poll()
+        self.reports, self.report_to = os.pipe2(os.O_CLOEXEC)  # children: "busy"/"stale" + pid
+
+    def serve(self) -> None:
+        """Until SIGTERM/SIGINT or stale code; then drain: busy children finish their command."""
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_write)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)  # the wakeup fd carries it
+        self.poll.register(wake_read, select.POLLIN)
+        self.poll.register(self.reports, select.POLLIN)
+        gc.freeze()  # children's collections then leave the preloaded objects' pages shared
+        while not self.stopping or self.pidfds:
+            while not self.stopping and len(self.idle) < self.target:
+                self.spawn()
+            for fd, _ in self.poll.poll():
+                if fd == wake_read:
+                    os.read(wake_read, 64)
+                    self.stop()
+                elif fd == self.reports:
+                    self.report(os.read(self.reports, REPORT.size))
+                elif fd in self.pidfds:
+                    self.reap(fd)
+
+    def spawn(self) -> None:
+        pid = os.fork()
+        if pid == 0:
+            Worker(self, self.report_to).serve()  # never returns
+        pidfd = os.pidfd_open(pid)
+        self.pidfds[pidfd] = pid
+        self.idle.add(pid)
+        self.poll.register(pidfd, select.POLLIN)
+
+    def report(self, message: bytes) -> None:
+        kind, pid = REPORT.unpack(message)
+        self.idle.discard(pid)
+        if kind == STALE:
+            self.stop()
+
+    def stop(self) -> None:
+        """No more requests: idle children leave accept() (the socket is shut down under them),
+        busy ones finish."""
+        if not self.stopping:
+            self.stopping = True
+            self.listener.shutdown(socket.SHUT_RDWR)
+
+    def reap(self, pidfd: int) -> None:
+        pid = self.pidfds.pop(pidfd)
+        self.poll.unregister(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        if pid in self.idle:
+            self.idle.discard(pid)
+            if not self.stopping:
+                print(f"circuit forkserver: idle child {pid} died "
+                      f"(exit {os.waitstatus_to_exitcode(status)}); stopping", file=sys.stderr)
+                self.stop()  # rather than fork in a loop
+
+
+class Worker:
+    """A forked child: waits for one request it can stand in for, runs it, exits."""
+
+    def __init__(self, server: ForkServer, report_to: int):
+        self.listener, self.run, self.report_to = server.listener, server.run, report_to
+        self.files, self.stamps = server.files, server.stamps
+        self.namespaces = [namespace("self", kind) for kind in SHARED_NAMESPACES]
+
+    def serve(self) -> None:
+        code, conn = 70, None
+        try:
+            signal.set_wakeup_fd(-1)
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # an idle child ends with its server
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's terminal is not ours
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            while True:
+                try:
+                    conn, _ = self.listener.accept()
+                except OSError:
+                    os._exit(0)  # shut down: the server stops
+                request = self.receive(conn)
+                if request is not None:
+                    break
+            code = self.stand_in(request, conn)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):  # a closed or broken pipe
+                    stream.flush()
+            code = code if isinstance(code, int) else 1
+            if conn is not None:
+                with contextlib.suppress(OSError):  # the client is gone
+                    conn.sendall(b"R" + CODE.pack(code))
+            os._exit(code)
+
+    def receive(self, conn: socket.socket) -> "Request | None":
+        """The request on conn when this child can stand in for its client; otherwise the
+        client is told why (it then runs the command itself) and None."""
+        try:
+            conn.settimeout(REQUEST_TIMEOUT)
+            request = receive(conn)
+        except (OSError, ValueError) as e:
+            print(f"circuit forkserver: bad request: {e}", file=sys.stderr)
+            conn.close()
+            return None
+        reason = self.refusal(request)
+        if not reason:
+            prctl(PR_SET_PDEATHSIG, 0)  # a command under way finishes even if the server dies
+            os.write(self.report_to, REPORT.pack(BUSY, os.getpid()))
+            conn.settimeout(None)
+            conn.sendall(b"A")
+            return request
+        request.close()
+        with contextlib.suppress(OSError):
+            conn.sendall(b"F" + reason.encode())
+        conn.close()
+        if reason.startswith("stale"):
+            os.write(self.report_to, REPORT.pack(STALE, os.getpid()))
+            os._exit(0)
+        return None
+
+    def refusal(self, request: Request) -> str:
+        """Why this child could not stand in for the client; empty when it can."""
+        if request.uid != os.geteuid():
+            return f"uid {request.uid} is not the server's {os.geteuid()}"
+        if os.path.realpath(request.script) != self.files[0]:
+            return f"another installation ({request.script})"
+        if fingerprint(self.files) != self.stamps:
+            return "stale: circuit's code changed since the server started"
+        try:
+            for kind, mine in zip(SHARED_NAMESPACES, self.namespaces, strict=True):
+                if namespace(request.pid, kind) != mine:
+                    return f"another {kind} namespace"
+        except OSError:
+            return "the client's namespaces cannot be read"
+        return ""
+
+    def stand_in(self, request: Request, conn: socket.socket) -> int:
+        """Become the client (namespace, directory, umask, stdio, environment), watch it, and
+        run its command."""
+        self.listener.close()
+        os.setpgid(0, 0)  # the server's terminal, if any, signals the server, not this
+        for target, fd in enumerate(request.stdio):
+            os.dup2(fd, target)
+        try:  # never run the command in the server's own namespace by mistake
+            netns = os.open(f"/proc/{request.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            if os.fstat(netns).st_ino != namespace("self", "net"):
+                setns(netns, CLONE_NEWNET)
+            os.close(netns)
+            os.fchdir(request.cwd)
+        except OSError as e:
+            print(f"circuit: the fork server cannot stand in for this command ({e}); "
+                  "run it with CIRCUIT_FORKSERVER=off", file=sys.stderr)
+            return EnvironmentFault.exit_code
+        os.umask(request.umask)
+        request.close()
+        if sys.stdout is not None:
+            sys.stdout.reconfigure(line_buffering=os.isatty(1))
+        os.environb.clear()
+        os.environb.update(request.environ)
+        sys.argv = [sys.argv[0], *request.argv]
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        threading.Thread(target=watch, args=(conn,), daemon=True).start()
+        return self.run(request.argv)
+
+
+def watch(conn: socket.socket) -> None:
+    """Relay the signals the client sends to this process; the client gone, die as it did."""
+    while True:
+        try:
+            data = conn.recv(64)
+        except OSError:
+            data = b""
+        for sig in data or [signal.SIGKILL]:
+            if 0 < sig < signal.NSIG:
+                os.kill(os.getpid(), sig)
+        if not data:
+            return
+
+
+def receive(conn: socket.socket) -> Request:
+    """Read one request: its length, its payload and the descriptors sent with it."""
+    fds: list[int] = []
+    data, ancillary, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(STDIO_AND_CWD * 4))
+    for level, kind, chunk in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(struct.unpack(f"{len(chunk) // 4}i", chunk[:len(chunk) // 4 * 4]))
+    try:
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        if len(data) < LENGTH.size:
+            raise ValueError("short request")
+        (length,) = LENGTH.unpack_from(data)
+        if length > MAX_REQUEST:
+            raise ValueError("request too large")
+        payload = bytearray(data[LENGTH.size:])
+        while len(payload) < length:
+            more = conn.recv(length - len(payload))
+            if not more:
+                raise ValueError("truncated request")
+            payload += more
+        peer = UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size))
+        return Request(bytes(payload), fds, peer)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def listen(path: str) -> socket.socket:
+    """The server's socket at path, in a directory only its owner can enter."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    old = os.umask(0o077)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    listener.listen(128)
+    return listener
+
+
+USAGE = "usage: circuit forkserver [--socket PATH]  (default: $CIRCUIT_FORKSERVER or " \
+        f"{DEFAULT_SOCKET})"
+
+
+def main(argv: list[str], run: Callable[[list[str]], int]) -> int:
+    """`circuit forkserver`: preload circuit, then serve until SIGTERM."""
+    path = os.environ.get("CIRCUIT_FORKSERVER") or DEFAULT_SOCKET
+    try:
+        if argv[:1] == ["--socket"] and len(argv) == 2:
+            path = argv[1]
+        elif argv:
+            raise UsageError(USAGE)
+        preload()
+        try:
+            listener = listen(path)
+        except OSError as e:
+            raise EnvironmentFault(f"cannot listen on {path}: {e.strerror}") from None
+    except UsageError as e:
+        print(f"circuit: {e}", file=sys.stderr)
+        return e.exit_code
+    except EnvironmentFault as e:
+        print(f"circuit: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"circuit forkserver: listening on {path}", file=sys.stderr, flush=True)
+    try:
+        ForkServer(listener, run).serve()
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return 0

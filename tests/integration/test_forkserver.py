@@ -1,0 +1,231 @@
+"""circuit's fork server: commands and runc hooks handed to a preloaded process, with the
+caller's namespace, directory, stdio and environment; killed, interrupted and declined callers.
+
+A command sent with `python -S circuit` cannot import circuit in its own process (no
+site-packages): when it works, the fork server ran it."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from harness import CIRCUIT, bridge_conf, documented_hooks, snapshot
+
+PYTHON = str(Path(CIRCUIT).parent / "python")
+
+
+class ForkServer:
+    """`circuit forkserver` on a socket of the test's own, stopped (and drained) at the end."""
+
+    def __init__(self, tmp: Path):
+        self.socket = str(tmp / "forkserver.sock")
+        self.log = open(tmp / "forkserver.log", "w+")  # noqa: SIM115 (closed by stop)
+        self.proc = subprocess.Popen([CIRCUIT, "forkserver", "--socket", self.socket],
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.socket):
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.output()
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def children(self) -> list[int]:
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = ForkServer(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+    assert not os.path.exists(s.socket)
+
+
+def through(host, server, *args, no_site=True, **kw) -> subprocess.CompletedProcess:
+    """circuit ARGS in host's netns, handed to server; with no_site it can run nowhere else."""
+    env = {k: v for k, v in os.environ.items() if k != "CNI_PATH"} | {
+        "CIRCUIT_CNI_CACHE_DIR": str(host.cni_cache), "CIRCUIT_FORKSERVER": server.socket,
+        **kw.pop("env", {})}
+    python = [PYTHON, "-S"] if no_site else []
+    return host.run(*python, CIRCUIT, *host.state_args(), *args, check=False, env=env, **kw)
+
+
+def test_a_hook_run_by_the_fork_server_attaches_and_detaches(host, runc, server):
+    env = {"CNI_CONF": host.conf(bridge_conf()), "CIRCUIT_STATE_DIR": host.state,
+           "CIRCUIT_FORKSERVER": server.socket}
+    hooks = documented_hooks("createRuntime", env)
+    for entries in hooks.values():
+        for entry in entries:
+            entry["path"], entry["args"] = PYTHON, ["python", "-S", CIRCUIT]
+    cid = runc.run("web", hooks).stdout
+    c = runc.container(cid)
+    assert c.ping("10.100.10.1")
+    assert host.reserved_ips("sandbox") == set(c.addresses())
+    runc.delete(cid)
+    assert host.reserved_ips("sandbox") == set()
+    assert host.run("ip", "-o", "link", "show", "type", "veth").stdout == ""
+
+
+def test_answers_exit_codes_and_files_are_the_same_as_in_process(host, server, tmp_path):
+    conf = host.conf(bridge_conf(), "net.conf")
+    created = through(host, server, "network", "create", "./net.conf", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    c = host.container()
+    cases = [("network", "list", "--format", "json"), ("network", "inspect", "nope"),
+             ("network", "connect", "1.9", "sandbox"), ("lb", "create", "web", "nonsense"),
+             ("network", "qos", "set", "sandbox", "--rate", "99999999tbit"), ("bogus",)]
+    for args in cases:
+        served = through(host, server, *args)
+        direct = host.circuit(*args, check=False, env={"CIRCUIT_FORKSERVER": "off"})
+        assert (served.returncode, served.stdout, served.stderr) == (
+            direct.returncode, direct.stdout, direct.stderr), args
+    bad_pid = json.dumps({"ociVersion": "1.0.2", "id": "x", "pid": True, "status": "created"})
+    served = through(host, server, input=bad_pid, env={"CNI_CONF": str(conf)})
+    assert served.returncode == 3 and served.stderr.count("\n") == 1, served.stderr
+    connected = through(host, server, "network", "connect", str(c.pid), "sandbox")
+    assert connected.returncode == 0, connected.stderr
+    assert c.ping("10.100.10.1")  # the worker entered the caller's netns, not the server's
+
+
+def slow_network(host, tmp_path) -> tuple[Path, dict]:
+    """A network whose plugin writes its PID and sleeps: a command caught mid-ADD."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    pidfile = tmp_path / "plugin.pid"
+    (plugins / "slow").write_text(
+        "#!/bin/sh\n"
+        f'[ "$CNI_COMMAND" = ADD ] && echo $$ > {pidfile} && exec sleep 30\n'
+        '[ "$CNI_COMMAND" = VERSION ] && echo \'{"cniVersion": "0.4.0", '
+        '"supportedVersions": ["0.3.0", "0.3.1", "0.4.0"]}\'\n'
+        "exit 0\n")
+    (plugins / "slow").chmod(0o755)
+    conf = host.conf({"cniVersion": "0.4.0", "name": "slow", "type": "slow"})
+    env = {"CNI_PATH": str(plugins)}
+    host.circuit("network", "create", conf, env=env)
+    return pidfile, env
+
+
+def started(pidfile: Path) -> int:
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline, "the plugin never started"
+        time.sleep(0.02)
+    return int(pidfile.read_text())
+
+
+def records(host) -> list[str]:
+    return [p for p in snapshot(host.state) if p.startswith(("attachments", "intents"))]
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def gone(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        if stat.rsplit(")", 1)[1].split()[0] in "ZX":
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def background(host, server, *args, env) -> subprocess.Popen:
+    full_env = {k: v for k, v in os.environ.items() if k != "CNI_PATH"} | {
+        "CIRCUIT_CNI_CACHE_DIR": str(host.cni_cache), "CIRCUIT_FORKSERVER": server.socket} | env
+    return subprocess.Popen([PYTHON, "-S", CIRCUIT, *map(str, host.state_args()), *args],
+                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_a_killed_caller_takes_its_command_and_plugins_with_it(host, server, tmp_path):
+    pidfile, env = slow_network(host, tmp_path)
+    c = host.container()
+    client = background(host, server, "network", "connect", str(c.pid), "slow", env=env)
+    plugin = started(pidfile)
+    worker = parent(plugin)
+    assert worker in server.children()  # the command runs in the server's child
+    client.kill()
+    client.wait()
+    assert gone(plugin), "the plugin outlived the command's caller"
+    assert gone(worker)
+    host.circuit("network", "gc", env=env)
+    assert records(host) == []
+
+
+def test_ctrl_c_reaches_the_command(host, server, tmp_path):
+    pidfile, env = slow_network(host, tmp_path)
+    c = host.container()
+    client = background(host, server, "network", "connect", str(c.pid), "slow", env=env)
+    plugin = started(pidfile)
+    client.send_signal(signal.SIGINT)
+    assert client.wait(timeout=15) == 130, client.stderr.read()
+    assert gone(plugin)
+    assert records(host) == []  # the interrupted connect rolled itself back
+
+
+def test_twenty_callers_at_once_get_twenty_addresses(host, server):
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    containers = [host.container() for _ in range(20)]
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda c: through(host, server, "network", "connect",
+                                                  str(c.pid), "sandbox"), containers))
+    assert [r.returncode for r in results] == [0] * 20, [r.stderr for r in results]
+    addresses = {c.addresses()[0] for c in containers}
+    assert len(addresses) == 20 and host.reserved_ips("sandbox") == addresses
+    assert all(c.ping("10.100.10.1") for c in containers[:3])
+
+
+def test_a_caller_in_another_pid_namespace_is_declined(host, server):
+    """PIDs mean other things there: the caller runs the command itself (here it cannot, so
+    it fails), and with site-packages it works."""
+    command = ["unshare", "--pid", "--fork", "--mount-proc"]
+    declined = host.run(*command, PYTHON, "-S", CIRCUIT, *host.state_args(), "network", "list",
+                        check=False, env={**os.environ, "CIRCUIT_FORKSERVER": server.socket})
+    assert declined.returncode != 0 and "No module named" in declined.stderr
+    direct = host.run(*command, CIRCUIT, *host.state_args(), "network", "list", check=False,
+                      env={**os.environ, "CIRCUIT_FORKSERVER": server.socket})
+    assert direct.returncode == 0, direct.stderr
+
+
+def test_changed_code_is_declined_and_the_server_exits(host, server):
+    import circuit_common.errors as module
+
+    path = module.__file__
+    stamp = os.stat(path)
+    try:
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1))
+        result = through(host, server, "network", "list", no_site=False)
+        assert result.returncode == 0, result.stderr
+        assert server.proc.wait(timeout=15) == 0  # drained, so its service manager restarts it
+    finally:
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert not server.children() and not os.path.exists(server.socket)
+    assert through(host, server, "network", "list").returncode != 0  # none listens now
+
+
+def test_a_server_gone_leaves_commands_working(host, tmp_path):
+    stale = tmp_path / "forkserver.sock"
+    stale.touch()  # a socket path left by a killed server: connect fails, run in-process
+    result = host.circuit("network", "list", env={"CIRCUIT_FORKSERVER": str(stale)})
+    assert result.returncode == 0 and result.stderr == ""

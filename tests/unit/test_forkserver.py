@@ -1,0 +1,100 @@
+"""The fork server's protocol: requests parsed and refused, descriptors and credentials carried,
+a command's output and exit code back through the dispatcher's client (the real commands
+through a real server are in tests/integration/test_forkserver.py)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from circuit_common import forkserver
+
+from harness import ROOT
+
+pytestmark = pytest.mark.unit
+
+
+def payload(argv: list[bytes], environ: list[bytes], magic=forkserver.MAGIC) -> bytes:
+    return b"\0".join([magic, b"/x/bin/circuit", b"18", str(len(argv)).encode(), *argv,
+                       *environ])
+
+
+def test_a_request_is_parsed_into_argv_environment_and_descriptors():
+    r = forkserver.Request(payload([b"network", b"list"], [b"A=1", b"B=x=y"]),
+                           [10, 11, 12, 13], (1, 0, 0))
+    assert (r.script, r.umask, r.argv) == ("/x/bin/circuit", 18, ["network", "list"])
+    assert r.environ == {b"A": b"1", b"B": b"x=y"}
+    assert (r.stdio, r.cwd, r.pid, r.uid) == ([10, 11, 12], 13, 1, 0)
+
+
+@pytest.mark.parametrize("data, fds", [
+    (payload([], [], magic=b"other"), [1, 2, 3, 4]),
+    (payload([], []), [1, 2, 3]),
+    (b"circuit-forkserver-1", [1, 2, 3, 4]),
+])
+def test_what_is_not_a_request_is_refused(data, fds):
+    with pytest.raises(ValueError):
+        forkserver.Request(data, fds, (1, 0, 0))
+
+
+def test_receive_takes_a_long_request_its_descriptors_and_the_peer():
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    big = b"X=" + b"y" * 200_000  # more than one read
+    data = payload([b"hook"], [big])
+    r, w = os.pipe()
+    message = forkserver.LENGTH.pack(len(data)) + data
+    sent = theirs.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                       bytes(forkserver.struct.pack("4i", r, w, r, w)))])
+    theirs.sendall(message[sent:])
+    request = forkserver.receive(ours)
+    try:
+        assert request.argv == ["hook"] and request.environ[b"X"] == b"y" * 200_000
+        assert (request.pid, request.uid) == (os.getpid(), os.geteuid())
+        os.write(w, b"ping")
+        assert os.read(request.stdio[0], 4) == b"ping"  # the same pipe, passed along
+    finally:
+        request.close()
+        for fd in (r, w):
+            os.close(fd)
+        ours.close()
+        theirs.close()
+
+
+SERVER = """
+import sys
+from circuit_common import forkserver
+
+def run(argv):
+    print("ran", *argv, flush=True)
+    print("to stderr", file=sys.stderr)
+    return int(argv[-1])
+
+sys.argv[0] = {script!r}
+listener = forkserver.listen({socket!r})
+forkserver.ForkServer(listener, run, idle=2).serve()
+"""
+
+
+def test_the_dispatcher_hands_a_command_over_and_gets_its_output_and_code(tmp_path):
+    path = str(tmp_path / "fs.sock")
+    script = str(ROOT / "bin" / "circuit")
+    server = subprocess.Popen([sys.executable, "-c", SERVER.format(script=script, socket=path)])
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path):
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        env = {**os.environ, "CIRCUIT_FORKSERVER": path}
+        done = subprocess.run([sys.executable, "-S", script, "network", "7"], env=env,
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert (done.returncode, done.stdout, done.stderr) == (7, "ran network 7\n",
+                                                                "to stderr\n")
+        off = subprocess.run([sys.executable, script, "help"], capture_output=True, text=True,
+                             env={**env, "CIRCUIT_FORKSERVER": "off"})
+        assert off.returncode == 0 and off.stdout.startswith("circuit:")  # ran here
+    finally:
+        server.terminate()
+        assert server.wait(timeout=10) == 0
