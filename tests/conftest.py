@@ -6,7 +6,7 @@ import os
 import pytest
 
 pytest.register_assert_rewrite("harness")  # its helpers' asserts explain themselves too
-pytest_plugins = ("harness.netns", "harness.bundles", "harness.cluster")
+pytest_plugins = ("harness.netns", "harness.bundles", "harness.cluster", "harness.forkserver")
 
 TIERS = ("unit", "integration", "kernel")
 

@@ -3,11 +3,13 @@ test, containers as processes (or runc containers) in netns of their own, circui
 host netns with a temporary state dir; everything removed on every path.
 
 By concern: netns (namespaces, hosts, the leak check), bundles (runc), traffic (servers and
-clients), forked (the kernel tier's warm runner). tests/conftest.py loads the modules with
-fixtures as pytest plugins; tests import the helpers from here."""
+clients), forked (the kernel tier's warm runner), forkserver (circuit's fork server).
+tests/conftest.py loads the modules with fixtures as pytest plugins; tests import the helpers
+from here."""
 
 from harness.bundles import BUSYBOX_APPLETS, Runc, documented_hooks, make_rootfs, runc_config
 from harness.forked import dispatcher, run_forked
+from harness.forkserver import ForkServer
 from harness.netns import (
     CIRCUIT,
     PREFIX,
@@ -42,6 +44,7 @@ __all__ = [
     "PREFIX",
     "ROOT",
     "Container",
+    "ForkServer",
     "Host",
     "Runc",
     "answered_by",

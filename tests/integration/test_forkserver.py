@@ -12,49 +12,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from harness import CIRCUIT, bridge_conf, documented_hooks, snapshot
 
 PYTHON = str(Path(CIRCUIT).parent / "python")
-
-
-class ForkServer:
-    """`circuit forkserver` on a socket of the test's own, stopped (and drained) at the end."""
-
-    def __init__(self, tmp: Path):
-        self.socket = str(tmp / "forkserver.sock")
-        self.log = open(tmp / "forkserver.log", "w+")  # noqa: SIM115 (closed by stop)
-        self.proc = subprocess.Popen([CIRCUIT, "forkserver", "--socket", self.socket],
-                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.socket):
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.output()
-            time.sleep(0.05)
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def children(self) -> list[int]:
-        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
-        self.log.close()
-
-
-@pytest.fixture
-def server(tmp_path):
-    s = ForkServer(tmp_path)
-    try:
-        yield s
-    finally:
-        s.stop()
-    assert not os.path.exists(s.socket)
 
 
 def through(host, server, *args, no_site=True, **kw) -> subprocess.CompletedProcess:
@@ -66,9 +26,9 @@ def through(host, server, *args, no_site=True, **kw) -> subprocess.CompletedProc
     return host.run(*python, CIRCUIT, *host.state_args(), *args, check=False, env=env, **kw)
 
 
-def test_a_hook_run_by_the_fork_server_attaches_and_detaches(host, runc, server):
+def test_a_hook_run_by_the_fork_server_attaches_and_detaches(host, runc, forkserver):
     env = {"CNI_CONF": host.conf(bridge_conf()), "CIRCUIT_STATE_DIR": host.state,
-           "CIRCUIT_FORKSERVER": server.socket}
+           "CIRCUIT_FORKSERVER": forkserver.socket}
     hooks = documented_hooks("createRuntime", env)
     for entries in hooks.values():
         for entry in entries:
@@ -82,23 +42,23 @@ def test_a_hook_run_by_the_fork_server_attaches_and_detaches(host, runc, server)
     assert host.run("ip", "-o", "link", "show", "type", "veth").stdout == ""
 
 
-def test_answers_exit_codes_and_files_are_the_same_as_in_process(host, server, tmp_path):
+def test_answers_exit_codes_and_files_are_the_same_as_in_process(host, forkserver, tmp_path):
     conf = host.conf(bridge_conf(), "net.conf")
-    created = through(host, server, "network", "create", "./net.conf", cwd=tmp_path)
+    created = through(host, forkserver, "network", "create", "./net.conf", cwd=tmp_path)
     assert created.returncode == 0, created.stderr
     c = host.container()
     cases = [("network", "list", "--format", "json"), ("network", "inspect", "nope"),
              ("network", "connect", "1.9", "sandbox"), ("lb", "create", "web", "nonsense"),
              ("network", "qos", "set", "sandbox", "--rate", "99999999tbit"), ("bogus",)]
     for args in cases:
-        served = through(host, server, *args)
+        served = through(host, forkserver, *args)
         direct = host.circuit(*args, check=False, env={"CIRCUIT_FORKSERVER": "off"})
         assert (served.returncode, served.stdout, served.stderr) == (
             direct.returncode, direct.stdout, direct.stderr), args
     bad_pid = json.dumps({"ociVersion": "1.0.2", "id": "x", "pid": True, "status": "created"})
-    served = through(host, server, input=bad_pid, env={"CNI_CONF": str(conf)})
+    served = through(host, forkserver, input=bad_pid, env={"CNI_CONF": str(conf)})
     assert served.returncode == 3 and served.stderr.count("\n") == 1, served.stderr
-    connected = through(host, server, "network", "connect", str(c.pid), "sandbox")
+    connected = through(host, forkserver, "network", "connect", str(c.pid), "sandbox")
     assert connected.returncode == 0, connected.stderr
     assert c.ping("10.100.10.1")  # the worker entered the caller's netns, not the server's
 
@@ -158,13 +118,13 @@ def background(host, server, *args, env) -> subprocess.Popen:
                             text=True)
 
 
-def test_a_killed_caller_takes_its_command_and_plugins_with_it(host, server, tmp_path):
+def test_a_killed_caller_takes_its_command_and_plugins_with_it(host, forkserver, tmp_path):
     pidfile, env = slow_network(host, tmp_path)
     c = host.container()
-    client = background(host, server, "network", "connect", str(c.pid), "slow", env=env)
+    client = background(host, forkserver, "network", "connect", str(c.pid), "slow", env=env)
     plugin = started(pidfile)
     worker = parent(plugin)
-    assert worker in server.children()  # the command runs in the server's child
+    assert worker in forkserver.children()  # the command runs in the server's child
     client.kill()
     client.wait()
     assert gone(plugin), "the plugin outlived the command's caller"
@@ -173,10 +133,10 @@ def test_a_killed_caller_takes_its_command_and_plugins_with_it(host, server, tmp
     assert records(host) == []
 
 
-def test_ctrl_c_reaches_the_command(host, server, tmp_path):
+def test_ctrl_c_reaches_the_command(host, forkserver, tmp_path):
     pidfile, env = slow_network(host, tmp_path)
     c = host.container()
-    client = background(host, server, "network", "connect", str(c.pid), "slow", env=env)
+    client = background(host, forkserver, "network", "connect", str(c.pid), "slow", env=env)
     plugin = started(pidfile)
     client.send_signal(signal.SIGINT)
     assert client.wait(timeout=15) == 130, client.stderr.read()
@@ -184,11 +144,11 @@ def test_ctrl_c_reaches_the_command(host, server, tmp_path):
     assert records(host) == []  # the interrupted connect rolled itself back
 
 
-def test_twenty_callers_at_once_get_twenty_addresses(host, server):
+def test_twenty_callers_at_once_get_twenty_addresses(host, forkserver):
     host.circuit("network", "create", host.conf(bridge_conf()))
     containers = [host.container() for _ in range(20)]
     with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(lambda c: through(host, server, "network", "connect",
+        results = list(pool.map(lambda c: through(host, forkserver, "network", "connect",
                                                   str(c.pid), "sandbox"), containers))
     assert [r.returncode for r in results] == [0] * 20, [r.stderr for r in results]
     addresses = {c.addresses()[0] for c in containers}
@@ -196,32 +156,33 @@ def test_twenty_callers_at_once_get_twenty_addresses(host, server):
     assert all(c.ping("10.100.10.1") for c in containers[:3])
 
 
-def test_a_caller_in_another_pid_namespace_is_declined(host, server):
+def test_a_caller_in_another_pid_namespace_is_declined(host, forkserver):
     """PIDs mean other things there: the caller runs the command itself (here it cannot, so
     it fails), and with site-packages it works."""
     command = ["unshare", "--pid", "--fork", "--mount-proc"]
+    env = {**os.environ, "CIRCUIT_FORKSERVER": forkserver.socket}
     declined = host.run(*command, PYTHON, "-S", CIRCUIT, *host.state_args(), "network", "list",
-                        check=False, env={**os.environ, "CIRCUIT_FORKSERVER": server.socket})
+                        check=False, env=env)
     assert declined.returncode != 0 and "No module named" in declined.stderr
     direct = host.run(*command, CIRCUIT, *host.state_args(), "network", "list", check=False,
-                      env={**os.environ, "CIRCUIT_FORKSERVER": server.socket})
+                      env=env)
     assert direct.returncode == 0, direct.stderr
 
 
-def test_changed_code_is_declined_and_the_server_exits(host, server):
+def test_changed_code_is_declined_and_the_server_exits(host, forkserver):
     import circuit_common.errors as module
 
     path = module.__file__
     stamp = os.stat(path)
     try:
         os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1))
-        result = through(host, server, "network", "list", no_site=False)
+        result = through(host, forkserver, "network", "list", no_site=False)
         assert result.returncode == 0, result.stderr
-        assert server.proc.wait(timeout=15) == 0  # drained, so its service manager restarts it
+        assert forkserver.proc.wait(timeout=15) == 0  # drained: its service manager restarts it
     finally:
         os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    assert not server.children() and not os.path.exists(server.socket)
-    assert through(host, server, "network", "list").returncode != 0  # none listens now
+    assert not forkserver.children() and not os.path.exists(forkserver.socket)
+    assert through(host, forkserver, "network", "list").returncode != 0  # none listens now
 
 
 def test_a_server_gone_leaves_commands_working(host, tmp_path):
