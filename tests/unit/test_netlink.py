@@ -2,6 +2,7 @@
 (reads and refused requests only: nothing is changed)."""
 
 import errno
+import socket
 import subprocess
 import sys
 
@@ -81,31 +82,63 @@ def test_send_reports_the_first_refusal_and_counts_ignored_ones_as_done():
 def test_template_copies_are_the_bytes_pyroute2_encodes():
     import random
 
-    from circuit_lb import ipvs
-    from circuit_netlink import Template
+    from circuit_lb import ipvs_netlink as ipvs
 
-    service = {"addr": "10.100.99.1", "port": 80, "protocol": "tcp", "scheduler": "rr"}
     rng = random.Random(7)
 
-    def target(version: int) -> dict:
-        addr = (f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}"
+    def address(version: int) -> str:
+        return (f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}"
                 if version == 4 else f"fd00::{rng.randrange(65536):x}")
-        return {"addr": addr, "port": rng.randrange(1, 65536), "weight": rng.randrange(65536),
-                "forward": rng.choice(("masq", "route"))}
 
-    pyroute2_ipvs = ipvs.pyroute2_ipvs()
-    for command in (pyroute2_ipvs.IPVS_CMD_NEW_DEST, pyroute2_ipvs.IPVS_CMD_DEL_DEST):
-        for version in (4, 6):
-            first = target(version)
-            template = Template(ipvs.message(30, command, service, first), 0,
-                                ipvs.TARGET_SLOTS, ipvs.target_values(first))
-            for sequence in range(1, 50):
-                one = target(version)
-                expected = ipvs.message(30, command, service, one)
-                expected["header"]["flags"] = 0x1  # NLM_F_REQUEST
-                expected["header"]["sequence_number"] = sequence
-                expected.encode()
-                assert template.copy(sequence, ipvs.target_values(one)) == bytes(expected.data)
+    def target(version: int) -> dict:
+        return {"addr": address(version), "port": rng.randrange(1, 65536),
+                "weight": rng.randrange(65536), "forward": rng.choice(("masq", "route"))}
+
+    requests = ipvs.Requests.encoded()
+    for command in ipvs.TARGET_COMMANDS:
+        for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+            for _ in range(5):
+                service = {"addr": address(version), "port": rng.randrange(1, 65536),
+                           "protocol": rng.choice(("tcp", "udp")), "scheduler": "rr"}
+                template = requests.target(command, service, family).retyped(30)
+                for sequence in range(1, 10):
+                    one = target(version)
+                    expected = ipvs.message(30, command, service, one)
+                    expected["header"]["flags"] = 0x1  # NLM_F_REQUEST
+                    expected["header"]["sequence_number"] = sequence
+                    expected.encode()
+                    assert template.copy(sequence, ipvs.target_values(one)) \
+                        == bytes(expected.data)
+
+
+def test_ipvs_requests_are_kept_in_the_store_and_encoded_again_for_other_code(tmp_path,
+                                                                            monkeypatch):
+    from circuit_common.store import Store
+    from circuit_lb import ipvs, ipvs_netlink
+
+    store = Store(tmp_path / "state")
+    monkeypatch.setattr(ipvs, "REQUESTS_STORE", store)
+    assert ipvs_netlink.Requests.kept() is None
+    made = ipvs_netlink.Requests.kept_or_encoded()
+    kept = ipvs_netlink.Requests.kept()
+    assert kept is not None and kept.family.data == made.family.data
+    assert {k: t.data for k, t in kept.targets.items()} \
+        == {k: t.data for k, t in made.targets.items()}
+    monkeypatch.setattr(ipvs_netlink, "tag", lambda: {"pyroute2": "0.0.1", "format": "other"})
+    assert ipvs_netlink.Requests.kept() is None  # made by other code: not used
+
+
+def test_the_ipvs_numbers_circuit_lb_spells_are_pyroute2s():
+    from circuit_lb import ipvs_netlink
+
+    pyroute2_ipvs = ipvs_netlink.pyroute2_ipvs()
+    for name in ("NEW_SERVICE", "SET_SERVICE", "DEL_SERVICE", "GET_SERVICE", "NEW_DEST",
+                 "SET_DEST", "DEL_DEST", "GET_DEST"):
+        assert getattr(ipvs_netlink, f"CMD_{name}") == getattr(pyroute2_ipvs, f"IPVS_CMD_{name}")
+    import pyroute2.netlink as pn
+
+    assert (circuit_netlink.GENL_ID_CTRL, circuit_netlink.CTRL_CMD_GETFAMILY) \
+        == (pn.GENL_ID_CTRL, pn.CTRL_CMD_GETFAMILY)
 
 
 def test_template_field_slots_and_wrong_sizes():

@@ -1,6 +1,6 @@
 """ADDR:PORT as users write it: 192.168.100.235:80 or [2001:db8::1]:80."""
 
-import socket
+from _socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from collections import namedtuple
 
 from circuit_common.errors import InvalidInput
@@ -44,13 +44,13 @@ def parse_endpoint(text: str, what: str = "address") -> Endpoint:
 
 def ip_family(ip: str) -> int:
     """AF_INET or AF_INET6: the family an address is written in."""
-    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+    return AF_INET6 if ":" in ip else AF_INET
 
 
 def normal_ip(text: str) -> str:
     """The one spelling of an IP address (IPv6 compressed); ValueError when it is none."""
     family = ip_family(text)
     try:
-        return socket.inet_ntop(family, socket.inet_pton(family, text))
+        return inet_ntop(family, inet_pton(family, text))
     except OSError:
         raise ValueError(f"not an IP address: {text!r}") from None

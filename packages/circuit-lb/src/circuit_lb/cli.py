@@ -27,7 +27,10 @@ Options:
   -q                     names only
 """
 
+import re
 import sys
+from itertools import repeat
+from operator import itemgetter
 
 from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
@@ -37,30 +40,57 @@ from circuit_common.validate import ascii_number
 from .address import Endpoint, parse_endpoint
 from .services import Services, check_weight
 
+# What a pipeline writes on stdin: lines of a canonical IPv4 address (as normal_ip gives it
+# back), a port and maybe a weight, no comment, no blank line. Such a text is read by C loops;
+# any other line by line (the same targets, and the errors name the line).
+OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+PLAIN_LINE = (rf"^[ \t]*({OCTET}(?:\.{OCTET}){{3}}):([1-9][0-9]{{0,4}})"
+              r"(?:[ \t]+([0-9]{1,5}))?[ \t]*$")
+
 
 def read_targets(words: list[str]) -> list[tuple[Endpoint, int | None]]:
     """TARGET words, with `-` standing for `TARGET [WEIGHT]` lines on stdin."""
     targets = []
     for word in words:
-        if word != "-":
+        if word == "-":
+            targets += read_stdin_targets(sys.stdin.read())
+        else:
             targets.append((parse_endpoint(word, "target"), None))
-            continue
-        for number, line in enumerate(sys.stdin, 1):
-            fields = line.split("#", 1)[0].split()
-            if not fields:
-                continue
-            if len(fields) > 2:
-                raise InvalidInput(f"stdin line {number}: use TARGET [WEIGHT], not {line!r}")
-            weight = check_weight(fields[1]) if len(fields) == 2 else None
-            targets.append((parse_endpoint(fields[0], f"target on stdin line {number}"),
-                            weight))
     if not targets:
         raise InvalidInput("no targets given")
+    if len(set(map(itemgetter(0), targets))) == len(targets):
+        return targets
     seen = set()
     for endpoint, _ in targets:
         if endpoint in seen:
             raise InvalidInput(f"target {endpoint} is given twice; give each target once")
         seen.add(endpoint)
+    return targets
+
+
+def read_stdin_targets(text: str) -> list[tuple[Endpoint, int | None]]:
+    """The `TARGET [WEIGHT]` lines of text (stdin's), in order."""
+    found = re.findall(PLAIN_LINE, text, re.MULTILINE) if text else []
+    # a match per line (it spans one, from ^ to $) when each line is a plain one
+    if found and len(found) == text.count("\n") + (not text.endswith("\n")):
+        ips, ports, weights = zip(*found, strict=True)
+        ports = list(map(int, ports))
+        weights = [int(weight) if weight else None for weight in weights]
+        if max(ports) <= 65535 and max(filter(None, weights), default=0) <= 65535:
+            # Endpoints made without their Python-level __new__
+            return list(zip(map(tuple.__new__, repeat(Endpoint), zip(ips, ports, strict=True)),
+                            weights, strict=True))
+    targets = []
+    lines = text.split("\n")  # as iterating stdin gives them: each with its newline
+    lines = [f"{line}\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+    for number, line in enumerate(lines, 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) > 2:
+            raise InvalidInput(f"stdin line {number}: use TARGET [WEIGHT], not {line!r}")
+        weight = check_weight(fields[1]) if len(fields) == 2 else None
+        targets.append((parse_endpoint(fields[0], f"target on stdin line {number}"), weight))
     return targets
 
 
@@ -131,9 +161,10 @@ def list_services(services: Services, a: dict) -> int:
             if a["--stats"]:
                 row += counter_cells(stats[r["name"]]["service"])
             rows.append(row)
-            if a["--details"] or a["--stats"]:
-                details[i] = [target_line(t, stats.get(r["name"]), a["--stats"])
-                              for t in r["targets"]]
+            if a["--stats"]:
+                details[i] = [target_line(t, stats.get(r["name"]), True) for t in r["targets"]]
+            elif a["--details"]:
+                details[i] = target_lines(r["targets"])
         output.emit(output.render_table(headers, rows, details))
     return StateCorrupt.exit_code if unreadable else 0
 
@@ -141,6 +172,16 @@ def list_services(services: Services, a: dict) -> int:
 def counter_cells(counters: dict) -> list:
     return [counters.get(k, 0) for k in ("connections", "packets_in", "packets_out",
                                           "bytes_in", "bytes_out")]
+
+
+def target_lines(targets: list[dict]) -> list[str]:
+    """target_line of each target, without counters (thousands: no call per target)."""
+    lines = []
+    for target in targets:
+        addr, port = target["addr"], target["port"]
+        where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+        lines.append(f"  -> {where:<22} {target['forward']:<7} weight {target['weight']}")
+    return lines
 
 
 def target_line(target: dict, stats: dict | None, with_stats: bool) -> str:

@@ -12,12 +12,13 @@ import contextlib
 import os
 import re
 import time
+from itertools import repeat
 
 from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound
 from circuit_common.validate import ascii_number, check_name
 
-from . import backends, ipvs, nft, table, vip
+from . import backends, ipvs
 from .address import Endpoint
 from .backends import endpoint
 
@@ -46,11 +47,23 @@ def check_service(record: dict, path: str) -> None:
             or record.get("backend", "ipvs") not in backends.BACKENDS:
         raise ValueError("its protocol, scheduler or backend is not one circuit knows")
     targets = record.get("targets")
-    if not isinstance(targets, list) or not all(
-            isinstance(t, dict) and type(t.get("addr")) is str and type(t.get("port")) is int
-            and type(t.get("weight")) is int and t.get("forward") in ipvs.FORWARDS
-            for t in targets):
+    if not isinstance(targets, list) or not _well_typed(targets):
         raise ValueError("its targets must be a list of {addr, port, weight, forward}")
+
+
+def _well_typed(targets: list) -> bool:
+    """Whether every target is a dict with a str addr, int port and weight, and a forwarding
+    circuit knows (the loops run in C: a service may hold thousands)."""
+    if not all(map(isinstance, targets, repeat(dict))):
+        return False
+    get = dict.get
+    try:
+        return {*map(type, map(get, targets, repeat("addr")))} <= {str} \
+            and {*map(type, map(get, targets, repeat("port"))),
+                 *map(type, map(get, targets, repeat("weight")))} <= {int} \
+            and {*map(get, targets, repeat("forward"))}.issubset(ipvs.FORWARDS)
+    except TypeError:  # an unhashable forwarding
+        return False
 
 
 class Services:
@@ -58,6 +71,7 @@ class Services:
 
     def __init__(self, ctx: Context):
         self.store = ctx.store
+        ipvs.keep_requests_in(self.store)  # IPVS target requests, encoded once
 
     def path(self, name: str):
         return self.store.path("services", f"{check_name(name, 'service name')}.json")
@@ -110,11 +124,12 @@ class Services:
             raise InvalidInput(f"invalid forwarding {forward!r}: use masq, route or tunnel")
         with self.store.lock_all():
             record = self.get(name)
-            wanted = {endpoint(t): t for t in record["targets"]}
-            for where, own_weight in targets:
-                wanted[where] = {"addr": where.ip, "port": where.port, "forward": forward,
-                                 "weight": weight if own_weight is None else own_weight}
-            if any(w.version != endpoint(record).version for w in wanted):
+            # (addr, port) keys: equal to Endpoints, and cheaper by the thousand
+            wanted = {(t["addr"], t["port"]): t for t in record["targets"]}
+            wanted.update({(ip, port): {"addr": ip, "port": port, "forward": forward,
+                                        "weight": weight if own_weight is None else own_weight}
+                           for (ip, port), own_weight in targets})
+            if {":" in ip for ip, _ in wanted} - {":" in record["addr"]}:
                 raise InvalidInput("targets must be of the service's IP version")
             return self._change_targets(record, wanted)
 
@@ -155,6 +170,10 @@ class Services:
         """Take one service from old to new (None: absent): compute, change the kernel (the
         backend's objects, the VIP, table circuit_lb), then write the record; undo the
         kernel's changes when a later step fails."""
+        from . import nft, table
+
+        if old is None or new is None:
+            from . import vip
         record = new or old
         backend, addr, path = backends.of(record), record["addr"], self.path(record["name"])
         others = self._others(record["name"])
@@ -225,6 +244,8 @@ class Services:
     def restore(self) -> list[str]:
         """Make the kernel match the stored services again (after a reboot, ipvsadm -C or
         `nft delete table`): services, targets, VIPs and table circuit_lb."""
+        from . import nft, table, vip
+
         with self.store.lock_all():
             records = self.all()[0]
             if not records:

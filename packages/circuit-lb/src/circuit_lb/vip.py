@@ -2,7 +2,7 @@
 sends to it is routed locally and reaches IPVS or the nftables DNAT."""
 
 import errno
-import socket
+from _socket import AF_INET6, SOCK_DGRAM, if_nametoindex, socket
 
 from circuit_netlink import CREATE, NETLINK_ROUTE, Batch, lean_pyroute2
 
@@ -11,12 +11,14 @@ from .address import ip_family
 
 def is_local(ip: str) -> bool:
     """Whether ip is an address of this netns (bind() succeeds only for local addresses)."""
-    with socket.socket(ip_family(ip), socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((ip, 0))
-            return True
-        except OSError:
-            return False
+    s = socket(ip_family(ip), SOCK_DGRAM)
+    try:
+        s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def add(ip: str) -> None:
@@ -37,8 +39,8 @@ def _request(ip: str, command: str, flags: int = 0, ignore=()) -> None:
     family = ip_family(ip)
     msg = ifaddrmsg()
     msg["family"] = family
-    msg["prefixlen"] = 128 if family == socket.AF_INET6 else 32
-    msg["index"] = socket.if_nametoindex("lo")
+    msg["prefixlen"] = 128 if family == AF_INET6 else 32
+    msg["index"] = if_nametoindex("lo")
     msg["attrs"] = [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)]
     msg["header"]["type"] = getattr(rtnl, command)
     with Batch(NETLINK_ROUTE) as batch:

@@ -9,11 +9,12 @@ A tool that uses pyroute2 calls lean_pyroute2() before it imports pyroute2's mod
 does inside the functions that need them; importing this package alone changes nothing.
 """
 
+import _socket  # not socket, which builds its enums on import
 import errno
 import os
-import socket
 import struct
 import sys
+from itertools import repeat
 
 NETLINK_ROUTE = 0
 NETLINK_GENERIC = 16
@@ -77,8 +78,8 @@ class Batch:
     """Requests for one netlink protocol, sent together by `send()`."""
 
     def __init__(self, protocol: int):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  protocol)
+        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC,
+                                   protocol)
         self.sock.bind((0, 0))
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.sock.settimeout(ANSWER_TIMEOUT)  # a kernel that never answers is an error
@@ -111,6 +112,23 @@ class Batch:
         """Queue a copy of template's request with values in its slots."""
         self.sequence += 1
         self.pending.append((self.sequence, template.copy(self.sequence, values), ignore))
+
+    def add_copies(self, template: "Template", values, ignore: tuple[int, ...] = ()) -> None:
+        """Queue a copy of template's request for each dict of slot values in values."""
+        copy, pending, sequence = template.copy, self.pending, self.sequence
+        for one in values:
+            sequence += 1
+            pending.append((sequence, copy(sequence, one), ignore))
+            self.sequence = sequence
+
+    def add_columns(self, template: "Template", columns: dict[str, list[bytes]], count: int,
+                    ignore: tuple[int, ...] = ()) -> None:
+        """Queue count copies of template's request, copy i with columns[slot][i] in each slot
+        named (see Template.copies)."""
+        first = self.sequence + 1
+        copies = template.copies(first, columns, count)
+        self.pending.extend(zip(range(first, first + count), copies, repeat(ignore)))
+        self.sequence += count
 
     def send(self) -> int:
         """Send the queued requests in order; NetlinkError for the first the kernel refused.
@@ -149,6 +167,14 @@ class Batch:
         reads a few fixed fields of many (pyroute2 decodes every attribute); NetlinkError if it
         refused."""
         sequence, data = self._encode(msg, flags)
+        return self._ask(sequence, data, flags, type(msg) if decode else None)
+
+    def query_copy(self, template: "Template", values: dict[str, bytes] | None = None) -> list:
+        """The kernel's answers (payloads as bytes) to a copy of template's request, a get."""
+        self.sequence += 1
+        return self._ask(self.sequence, template.copy(self.sequence, values or {}), 0, None)
+
+    def _ask(self, sequence: int, data: bytes, flags: int, decoder) -> list:
         self.sock.sendall(data)
         answers = []
         while True:
@@ -162,9 +188,9 @@ class Batch:
                     return answers
                 if kind == NLMSG_DONE:
                     return answers
-                if decode:
-                    answer = type(msg)(HEADER.pack(HEADER.size + len(payload), kind, 0, got, 0)
-                                       + payload)
+                if decoder is not None:
+                    answer = decoder(HEADER.pack(HEADER.size + len(payload), kind, 0, got, 0)
+                                     + payload)
                     answer.decode()
                     answers.append(answer)
                 else:
@@ -248,15 +274,105 @@ class Template:
         """The 32-bit value the request holds at offset."""
         return struct.unpack_from("=i", self.data, offset)[0]
 
+    def retyped(self, kind: int) -> "Template":
+        """The same request with another message type (a generic netlink family's number,
+        which the kernel gives out when the family's module loads)."""
+        template = Template.__new__(Template)
+        template.data = self.data[:4] + struct.pack("=H", kind) + self.data[6:]
+        template.slots = self.slots
+        return template
+
+    def stamped(self, values: dict[str, bytes]) -> "Template":
+        """A template with values written into some of its slots for good (what all the
+        copies of a batch share), the other slots left to copy()."""
+        template = Template.__new__(Template)
+        template.data = self.copy(SEQUENCE.unpack_from(self.data, 8)[0], values)
+        template.slots = {name: span for name, span in self.slots.items() if name not in values}
+        return template
+
     def copy(self, sequence: int, values: dict[str, bytes]) -> bytes:
-        data = bytearray(self.data)
-        struct.pack_into("=I", data, 8, sequence)  # nlmsghdr's sequence number
-        for name, value in values.items():
-            start, length = self.slots[name]
+        """The request with sequence as its number and values in their slots (a slot not in
+        values keeps the template's bytes)."""
+        try:
+            pieces = self._pieces
+        except AttributeError:
+            pieces = self._pieces = _pieces(self.data, self.slots)
+        if not values.keys() <= self.slots.keys():
+            unknown = values.keys() - self.slots.keys()
+            raise KeyError(f"the template has no slot {sorted(unknown)[0]}")
+        if pieces is None:  # overlapping slots: written one after the other
+            data = bytearray(self.data)
+            struct.pack_into("=I", data, 8, sequence)  # nlmsghdr's sequence number
+            for name, value in values.items():
+                start, length = self.slots[name]
+                _check_size(name, value, length)
+                data[start:start + length] = value
+            return bytes(data)
+        head, lead, tail = pieces
+        out = [head, SEQUENCE.pack(sequence), lead]
+        for name, length, fixed, after in tail:
+            value = values.get(name, fixed)
             if len(value) != length:
-                raise ValueError(f"{name}: {len(value)} bytes where the template has {length}")
-            data[start:start + length] = value
-        return bytes(data)
+                _check_size(name, value, length)
+            out.append(value)
+            out.append(after)
+        return b"".join(out)
+
+
+    def copies(self, first_sequence: int, columns: dict[str, list[bytes]],
+               count: int) -> list[bytes]:
+        """count copies of the request numbered from first_sequence on, copy i with
+        columns[slot][i] in each slot named (the others keep the template's bytes): what
+        copy() gives for each, assembled by C loops (no Python code runs per copy)."""
+        if not columns.keys() <= self.slots.keys():
+            unknown = columns.keys() - self.slots.keys()
+            raise KeyError(f"the template has no slot {sorted(unknown)[0]}")
+        for name, column in columns.items():
+            if len(column) != count:
+                raise ValueError(f"{name}: {len(column)} values for {count} copies")
+            for length in {*map(len, column)} - {self.slots[name][1]}:
+                _check_size(name, b"\0" * length, self.slots[name][1])
+        try:
+            pieces = self._pieces
+        except AttributeError:
+            pieces = self._pieces = _pieces(self.data, self.slots)
+        if pieces is None:  # overlapping slots
+            return [self.copy(first_sequence + i, {name: column[i] for name, column in
+                                                   columns.items()}) for i in range(count)]
+        head, fixed, tail = pieces
+        parts = [repeat(head), map(SEQUENCE.pack, range(first_sequence,
+                                                        first_sequence + count))]
+        for name, _, value, after in tail:
+            if name in columns:
+                parts += [repeat(fixed), columns[name]]
+                fixed = after
+            else:
+                fixed += value + after
+        parts.append(repeat(fixed))
+        return list(map(b"".join, zip(*parts, strict=False)))  # the repeats never end
+
+
+SEQUENCE = struct.Struct("=I")
+
+
+def _pieces(data: bytes, slots: dict[str, tuple[int, int]]):
+    """data cut around its sequence number and slots, for copy(): the bytes before the
+    sequence number, those after it up to the first slot, and [(slot, size, its bytes in
+    data, the fixed bytes up to the next slot)]; None when slots overlap."""
+    spans = sorted((start, length, name) for name, (start, length) in slots.items())
+    ends = [start for start, _, _ in spans[1:]] + [len(data)] if spans else []
+    tail, position = [], 12
+    for (start, length, name), following in zip(spans, ends, strict=True):
+        if start < position or following < start + length:
+            return None
+        tail.append((name, length, data[start:start + length], data[start + length:following]))
+        position = start + length
+    return data[:8], data[12:spans[0][0] if spans else len(data)], tail
+
+
+def _check_size(name: str, value: bytes, length: int) -> None:
+    if len(value) != length:
+        raise ValueError(f"{name}: {len(value)} bytes where the template has {length}")
 
 
 def _span(msg, path: tuple[str, ...]) -> tuple[int, int]:
@@ -288,14 +404,42 @@ class NetlinkError(OSError):
         self.done: list[int] = []
 
 
+GENL_ID_CTRL = 16  # generic netlink's own family: its requests name the others
+CTRL_CMD_GETFAMILY = 3
+CTRL_ATTR_FAMILY_ID = 1
+NLA = struct.Struct("=HH")  # nlattr: length, type
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+
+
 def family_id(batch: Batch, name: str) -> int:
     """The message type of generic netlink family name (IPVS, ...)."""
+    return family_of(batch, family_request(name))
+
+
+def family_request(name: str) -> Template:
+    """The request that asks for generic netlink family name, encoded by pyroute2 (a
+    Template without slots: it can be kept, see family_of)."""
     lean_pyroute2()
-    from pyroute2.netlink import CTRL_CMD_GETFAMILY, GENL_ID_CTRL, ctrlmsg
+    from pyroute2.netlink import ctrlmsg
 
     msg = ctrlmsg()
     msg["cmd"] = CTRL_CMD_GETFAMILY
     msg["version"] = 1
     msg["attrs"] = [("CTRL_ATTR_FAMILY_NAME", name)]
     msg["header"]["type"] = GENL_ID_CTRL
-    return batch.query(msg)[0].get_attr("CTRL_ATTR_FAMILY_ID")
+    return Template(msg, 0, {}, {})
+
+
+def family_of(batch: Batch, request: Template) -> int:
+    """The message type of the generic netlink family that request (family_request's) asks
+    for: CTRL_ATTR_FAMILY_ID, read from the answer's attributes after its genlmsghdr."""
+    payload = batch.query_copy(request)[0]
+    offset = 4  # genlmsghdr: cmd, version, reserved
+    while offset + NLA.size <= len(payload):
+        length, kind = NLA.unpack_from(payload, offset)
+        if length < NLA.size:
+            break
+        if kind & NLA_TYPE_MASK == CTRL_ATTR_FAMILY_ID and length >= NLA.size + 2:
+            return struct.unpack_from("=H", payload, offset + NLA.size)[0]
+        offset += (length + 3) & ~3
+    raise NetlinkError(errno.EBADMSG)
