@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from measure import VIP, lb_targets, ratio_line, timed
+from measure import VIP, difference_line, lb_targets, ratio_line, timed
 
 from harness import CIRCUIT, Host
 
@@ -18,7 +18,8 @@ def main() -> int:
     targets = lb_targets()
     rules = f"-A -t {VIP} -s rr\n" + "".join(f"-a -t {VIP} -r {t} -m -w 1\n" for t in targets)
     stdin = "".join(f"{t} 1\n" for t in targets)
-    times: dict[str, list[float]] = {k: [] for k in ("restore", "add", "ln", "list", "python")}
+    times: dict[str, list[float]] = {k: [] for k in ("restore", "add", "ln", "list", "python",
+                                                     "empty")}
     with tempfile.TemporaryDirectory() as tmp:
         host = Host(Path(tmp))
         host.run("ip", "addr", "add", VIP.split(":")[0] + "/32", "dev", "lo")
@@ -35,12 +36,19 @@ def main() -> int:
                                                             "--details")))
                 host.circuit("lb", "delete", "bench")
                 times["python"].append(timed(lambda: host.run(sys.executable, "-c", "pass")))
+                times["empty"].append(timed(lambda: host.run(*circuit, "lb", "list",
+                                                             "--details")))
         finally:
             host.close()
     print(f"{len(targets)} targets, IPVS, {RUNS} runs")
     print(ratio_line("lb add -", times["add"], times["restore"], "ipvsadm -R", budget=1.5))
     print(ratio_line("lb list --details", times["list"], times["ln"], "ipvsadm -Ln", budget=3,
                      floor=times["python"]))
+    # circuit's fixed part (interpreter, imports, docopt, the store) is `lb list` of no service
+    print(ratio_line("lb list --details over its fixed part", times["list"], times["ln"],
+                     "ipvsadm -Ln", floor=times["empty"]))
+    print(difference_line("lb list --details of no service", times["empty"], times["python"],
+                          "python -c pass"))
     return 0
 
 
