@@ -187,3 +187,44 @@ def test_weights_become_ranges_of_one_numgen_map():
     sticky = table.build([{**record, "persistent": 60}]).chains["svc/web"][1][1]
     assert sticky["expr"][1]["dnat"]["addr"]["map"]["key"]["jhash"]["expr"] == {
         "payload": {"protocol": "ip", "field": "saddr"}}
+
+
+def test_an_ipvs_add_whose_table_change_is_refused_puts_the_targets_back(kernel, services,
+                                                                          monkeypatch):
+    """The table changes alongside the IPVS requests (nft runs while circuit encodes them):
+    nft refusing undoes the targets the kernel took, and nothing is stored."""
+    services.create("web", Endpoint("10.100.99.1", 80), "rr", "tcp", None, "ipvs")
+    kernel.ipvs.clear()
+    kernel.refuse_nft = True
+    monkeypatch.setattr(ipvs, "read_proc", lambda: {("tcp", Endpoint("10.100.99.1", 80)): {
+        "scheduler": "rr", "targets": {("10.0.0.1", 80): ("masq", 1)}}})  # IPVS took it
+    with pytest.raises(KernelUnsupported, match="Operation not permitted"):
+        services.add("web", [(Endpoint("10.0.0.1", 80), None)], 1, "masq")
+    queued = [request for request, *_ in kernel.ipvs if request != "commit"]
+    assert queued == ["queue_targets", "queue_targets", "queue_targets", "del_target"]
+    assert services.get("web")["targets"] == []
+
+
+def test_an_ipvs_add_the_kernel_refuses_leaves_table_circuit_lb_as_it_was(kernel, services,
+                                                                          monkeypatch):
+    from circuit_netlink import NetlinkError
+
+    services.create("web", Endpoint("10.100.99.1", 80), "rr", "tcp", None, "ipvs")
+    kernel.transactions.clear()
+
+    refusals = [NetlinkError(17)]  # EEXIST: someone else's target; the put back is taken
+
+    def refuse():
+        if refusals:
+            raise refusals.pop()
+
+    monkeypatch.setattr(kernel, "commit", refuse, raising=False)
+    with pytest.raises(Exception, match="differ from circuit's"):
+        services.add("web", [(Endpoint("10.0.0.1", 80), None)], 1, "masq")
+    forward, back = kernel.transactions  # the masquerade rule added alongside, then removed
+    assert any("rule" in command.get("add", {}) for command in forward)
+    assert back == json.loads(json.dumps(table.changes(
+        table.build([{**services.get("web"), "targets": [
+            {"addr": "10.0.0.1", "port": 80, "forward": "masq", "weight": 1}]}]),
+        table.build([services.get("web")]))))
+    assert services.get("web")["targets"] == []

@@ -191,10 +191,12 @@ class Services:
                 undo.append(backend.create(new))
             elif new is None:
                 undo.append(backend.delete(old))
+            if old is None or new is None:
+                nft.transaction(table.changes(before, after))
+                undo.append(lambda: nft.transaction(table.changes(after, before)))
             else:
-                undo.append(backend.change(old, new))
-            nft.transaction(table.changes(before, after))
-            undo.append(lambda: nft.transaction(table.changes(after, before)))
+                self._change_kernel(backend, old, new, table.changes(before, after),
+                                    lambda: nft.transaction(table.changes(after, before)), undo)
             if new is None:
                 if old["vip_added"] and not sharing:
                     vip.remove(addr)
@@ -207,6 +209,41 @@ class Services:
                 with contextlib.suppress(Exception):  # the first failure is the one to report
                     step()
             raise
+
+    @staticmethod
+    def _change_kernel(backend, old: dict, new: dict, commands: list[dict], undo_table,
+                       undo: list) -> None:
+        """The backend's change from old to new, and table circuit_lb's (commands, undone by
+        undo_table) alongside it: nft is a process of its own, which runs on another CPU
+        while circuit encodes and sends thousands of IPVS requests. As when one ran after
+        the other: the backend's failure is the one reported, the table's when only it
+        failed, and the undo of each change carried out is in undo."""
+        from . import nft
+
+        if not commands:
+            undo.append(backend.change(old, new))
+            undo.append(undo_table)
+            return
+        import threading
+
+        failed: list[BaseException] = []
+
+        def table_change() -> None:
+            try:
+                nft.transaction(commands)
+            except BaseException as e:  # raised below, in the command's thread
+                failed.append(e)
+
+        thread = threading.Thread(target=table_change, name="circuit-lb-nft")
+        thread.start()
+        try:
+            undo.append(backend.change(old, new))
+        finally:
+            thread.join()
+            if not failed:  # the table changed
+                undo.append(undo_table)
+        if failed:
+            raise failed[0]
 
     @staticmethod
     def drift(records: list[dict]) -> list[str]:
