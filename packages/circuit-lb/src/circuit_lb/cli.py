@@ -75,7 +75,8 @@ def read_stdin_targets(text: str) -> list[tuple[Endpoint, int | None]]:
     if found and len(found) == text.count("\n") + (not text.endswith("\n")):
         ips, ports, weights = zip(*found, strict=True)
         ports = list(map(int, ports))
-        weights = [int(weight) if weight else None for weight in weights]
+        weights = list(map(int, weights)) if "" not in weights else [
+            int(weight) if weight else None for weight in weights]
         if max(ports) <= 65535 and max(filter(None, weights), default=0) <= 65535:
             # Endpoints made without their Python-level __new__
             return list(zip(map(tuple.__new__, repeat(Endpoint), zip(ips, ports, strict=True)),

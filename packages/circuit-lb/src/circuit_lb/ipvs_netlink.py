@@ -3,6 +3,7 @@ modules loaded only where one is encoded), target changes sent in batches as cop
 templates (Requests)."""
 
 import errno
+import os
 import struct
 import sys
 from _socket import AF_INET, AF_INET6, inet_ntoa, inet_pton
@@ -164,9 +165,9 @@ class Requests:
     """The requests every IPVS connection sends, encoded by pyroute2: the one that asks for
     IPVS's generic netlink family, and per target command and address family a template with
     the service's and the target's values as slots. They are kept in the state directory
-    (cache/ipvs-requests.json, tagged with pyroute2's version and a digest of the code that
-    lays them out), so that a target change loads no pyroute2 (≈ 0.1 s here, seconds in the
-    kernel tier's VM); a cache made by other code is encoded again."""
+    (cache/ipvs-requests.json, tagged with pyroute2's version and the size and time of the
+    code that lays them out), so that a target change loads no pyroute2 (≈ 0.1 s here,
+    seconds in the kernel tier's VM); a cache made by other code is encoded again."""
 
     def __init__(self, family: Template, targets: dict[tuple[int, int], Template]):
         self.family = family
@@ -253,20 +254,17 @@ def slot_sizes(family: int) -> dict[str, int]:
 
 
 def tag() -> dict:
-    """What kept requests are tagged with: pyroute2's version and a digest of the code that
-    lays them out (None when it cannot be read: no kept requests match)."""
-    from _sha1 import sha1  # not hashlib: OpenSSL's start costs seconds in the kernel tier's VM
-
+    """What kept requests are tagged with: pyroute2's version and the size and modification
+    time of the code that lays them out (as Python checks a .pyc against its source; None when
+    it cannot be read: no kept requests match)."""
     import circuit_netlink
 
-    digest = sha1()
     try:
-        for path in (*LAYOUT, circuit_netlink.__file__):
-            with open(path, "rb") as f:
-                digest.update(f.read())
+        stamps = [[st.st_size, st.st_mtime_ns] for st in map(os.stat, (
+            *LAYOUT, circuit_netlink.__file__))]
     except OSError:
-        return {"pyroute2": pyroute2_version(), "format": None}
-    return {"pyroute2": pyroute2_version(), "format": digest.hexdigest()[:16]}
+        stamps = None
+    return {"pyroute2": pyroute2_version(), "format": stamps}
 
 
 def pyroute2_ipvs():

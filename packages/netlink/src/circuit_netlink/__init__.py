@@ -141,10 +141,11 @@ class Batch:
         pending, self.pending = self.pending, []
         for start in range(0, len(pending), CHUNK):
             chunk = pending[start:start + CHUNK]
-            last = bytearray(chunk[-1][1])
+            sequences, datas, codes = zip(*chunk, strict=True)  # C loops: thousands
+            last = bytearray(datas[-1])
             struct.pack_into("=H", last, 6, HEADER.unpack_from(last)[2] | NLM_F_ACK)
-            self.sock.sendall(b"".join(data for _, data, _ in chunk[:-1]) + last)
-            ignore = {sequence: codes for sequence, _, codes in chunk}
+            self.sock.sendall(b"".join(datas[:-1]) + last)
+            ignore = dict(zip(sequences, codes, strict=True))
             refused, answered = {}, False
             while not answered:
                 for sequence, kind, payload in self._receive():
