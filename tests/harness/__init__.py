@@ -9,7 +9,7 @@ from here."""
 
 from harness.bundles import BUSYBOX_APPLETS, Runc, documented_hooks, make_rootfs, runc_config
 from harness.forked import dispatcher, run_forked
-from harness.forkserver import ForkServer
+from harness.forkserver import DISPATCHER_ONLY, ForkServer
 from harness.netns import (
     CIRCUIT,
     PREFIX,
@@ -41,6 +41,7 @@ from harness.traffic import (
 __all__ = [
     "BUSYBOX_APPLETS",
     "CIRCUIT",
+    "DISPATCHER_ONLY",
     "PREFIX",
     "ROOT",
     "Container",

@@ -1,5 +1,6 @@
-"""The forked runner: code run in a fork of this warm process that entered a netns, and bin/circuit
-loaded as a module, so the kernel tier pays no interpreter start per command under QEMU."""
+"""The forked runner: code run in a fork of this warm process that entered a netns, and the
+dispatcher bin/circuit runs, so the kernel tier pays no interpreter start per command under
+QEMU."""
 
 import os
 import subprocess
@@ -71,16 +72,9 @@ def run_forked(netns: str, main, env: dict | None = None, stdin: str | None = No
 
 
 def dispatcher():
-    """bin/circuit loaded as a module (once)."""
-    global _DISPATCHER
-    if _DISPATCHER is None:
-        from importlib.machinery import SourceFileLoader
-        from importlib.util import module_from_spec, spec_from_loader
+    """The dispatcher bin/circuit runs (circuit_dispatch)."""
+    import circuit_dispatch
 
-        loader = SourceFileLoader("circuit_dispatcher", str(ROOT / "bin" / "circuit"))
-        _DISPATCHER = module_from_spec(spec_from_loader(loader.name, loader))
-        loader.exec_module(_DISPATCHER)
-    return _DISPATCHER
+    return circuit_dispatch
 
 
-_DISPATCHER = None

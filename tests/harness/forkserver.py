@@ -1,5 +1,8 @@
 """circuit's fork server for tests and benchmarks: started on a socket of the caller's own,
-stopped (and drained) at the end; CIRCUIT_FORKSERVER=<socket> hands a command to it."""
+stopped (and drained) at the end; CIRCUIT_FORKSERVER=<socket> hands a command to it.
+
+`python -S circuit` with DISPATCHER_ONLY in its environment can import the dispatcher but not
+circuit itself: a command run so that works was run by the fork server."""
 
 import os
 import signal
@@ -9,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.netns import CIRCUIT
+from harness.netns import CIRCUIT, ROOT
+
+DISPATCHER_ONLY = {"PYTHONPATH": str(ROOT / "packages" / "dispatch" / "src")}
 
 
 class ForkServer:

@@ -1,8 +1,9 @@
 """circuit's fork server: commands and runc hooks handed to a preloaded process, with the
 caller's namespace, directory, stdio and environment; killed, interrupted and declined callers.
 
-A command sent with `python -S circuit` cannot import circuit in its own process (no
-site-packages): when it works, the fork server ran it."""
+A command sent with `python -S circuit` and only the dispatcher on its path
+(harness.DISPATCHER_ONLY) cannot import circuit in its own process: when it works, the fork
+server ran it."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness import CIRCUIT, bridge_conf, documented_hooks, snapshot
+from harness import CIRCUIT, DISPATCHER_ONLY, bridge_conf, documented_hooks, snapshot
 
 PYTHON = str(Path(CIRCUIT).parent / "python")
 
@@ -21,14 +22,14 @@ def through(host, server, *args, no_site=True, **kw) -> subprocess.CompletedProc
     """circuit ARGS in host's netns, handed to server; with no_site it can run nowhere else."""
     env = {k: v for k, v in os.environ.items() if k != "CNI_PATH"} | {
         "CIRCUIT_CNI_CACHE_DIR": str(host.cni_cache), "CIRCUIT_FORKSERVER": server.socket,
-        **kw.pop("env", {})}
+        **(DISPATCHER_ONLY if no_site else {}), **kw.pop("env", {})}
     python = [PYTHON, "-S"] if no_site else []
     return host.run(*python, CIRCUIT, *host.state_args(), *args, check=False, env=env, **kw)
 
 
 def test_a_hook_run_by_the_fork_server_attaches_and_detaches(host, runc, forkserver):
     env = {"CNI_CONF": host.conf(bridge_conf()), "CIRCUIT_STATE_DIR": host.state,
-           "CIRCUIT_FORKSERVER": forkserver.socket}
+           "CIRCUIT_FORKSERVER": forkserver.socket, **DISPATCHER_ONLY}
     hooks = documented_hooks("createRuntime", env)
     for entries in hooks.values():
         for entry in entries:
@@ -112,7 +113,8 @@ def gone(pid: int, timeout: float = 5) -> bool:
 
 def background(host, server, *args, env) -> subprocess.Popen:
     full_env = {k: v for k, v in os.environ.items() if k != "CNI_PATH"} | {
-        "CIRCUIT_CNI_CACHE_DIR": str(host.cni_cache), "CIRCUIT_FORKSERVER": server.socket} | env
+        "CIRCUIT_CNI_CACHE_DIR": str(host.cni_cache), "CIRCUIT_FORKSERVER": server.socket,
+        **DISPATCHER_ONLY} | env
     return subprocess.Popen([PYTHON, "-S", CIRCUIT, *map(str, host.state_args()), *args],
                             env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -162,7 +164,7 @@ def test_a_caller_in_another_pid_namespace_is_declined(host, forkserver):
     command = ["unshare", "--pid", "--fork", "--mount-proc"]
     env = {**os.environ, "CIRCUIT_FORKSERVER": forkserver.socket}
     declined = host.run(*command, PYTHON, "-S", CIRCUIT, *host.state_args(), "network", "list",
-                        check=False, env=env)
+                        check=False, env=env | DISPATCHER_ONLY)
     assert declined.returncode != 0 and "No module named" in declined.stderr
     direct = host.run(*command, CIRCUIT, *host.state_args(), "network", "list", check=False,
                       env=env)

@@ -64,7 +64,11 @@ def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host,
     runc.delete(cid)
     assert host.reserved_ips("sandbox") == set()
 
-    # the installed fork server runs hooks whose own python cannot import circuit (-S)
+    # the installed fork server runs hooks whose own python can import the dispatcher alone
+    dispatcher_only = tmp_path / "dispatcher-only"
+    dispatcher_only.mkdir()
+    (dispatcher_only / "circuit_dispatch").symlink_to(
+        next((prefix / "lib/circuit/lib").glob("python3*/site-packages/circuit_dispatch")))
     socket = tmp_path / "forkserver.sock"
     server = subprocess.Popen([circuit, "forkserver", "--socket", socket], env=tools_env,
                               stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -75,7 +79,7 @@ def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host,
         for entry in (e for entries in hooks.values() for e in entries):
             entry["path"] = str(prefix / "lib/circuit/bin/python")
             entry["args"] = ["python", "-S", str(circuit.resolve())]
-            entry["env"].append(f"CIRCUIT_FORKSERVER={socket}")
+            entry["env"] += [f"CIRCUIT_FORKSERVER={socket}", f"PYTHONPATH={dispatcher_only}"]
         cid = runc.run("served", hooks).stdout
         assert runc.container(cid).ping("10.100.10.1")
         runc.delete(cid)

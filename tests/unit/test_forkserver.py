@@ -12,7 +12,7 @@ import pytest
 
 from circuit_common import forkserver
 
-from harness import ROOT
+from harness import DISPATCHER_ONLY, ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -88,7 +88,8 @@ def test_the_dispatcher_hands_a_command_over_and_gets_its_output_and_code(tmp_pa
             assert server.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         env = {**os.environ, "CIRCUIT_FORKSERVER": path}
-        done = subprocess.run([sys.executable, "-S", script, "network", "7"], env=env,
+        done = subprocess.run([sys.executable, "-S", script, "network", "7"],
+                              env=env | DISPATCHER_ONLY,
                               capture_output=True, text=True, cwd=tmp_path)
         assert (done.returncode, done.stdout, done.stderr) == (7, "ran network 7\n",
                                                                 "to stderr\n")

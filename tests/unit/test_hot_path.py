@@ -10,7 +10,7 @@ import pytest
 CIRCUIT = str(Path(sys.executable).parent / "circuit")
 
 # Top-level modules these paths may load beyond the interpreter's own start: the stdlib they
-# need, and circuit's own net and common packages.
+# need, and circuit's own dispatcher, net and common packages.
 ALLOWED = {
     "__future__", "_collections", "_functools", "_json", "_locale", "_operator",
     "_posixsubprocess", "_sre", "_typing", "_weakrefset", "binascii", "collections",
@@ -18,7 +18,7 @@ ALLOWED = {
     "itertools", "json", "keyword", "locale", "math", "msvcrt", "operator", "re", "reprlib",
     "select", "selectors", "signal", "socket", "_socket", "array", "subprocess", "threading",
     "types", "typing", "warnings",
-    "circuit_common", "circuit_net", "circuit_hook", "docopt",
+    "circuit_common", "circuit_net", "circuit_hook", "circuit_dispatch", "docopt",
 }
 NEVER = ("pyroute2", "circuit_netlink", "circuit_qos", "circuit_lb", "importlib.metadata",
          "toml", "dataclasses", "pathlib", "traceback", "asyncio")

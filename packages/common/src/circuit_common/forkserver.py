@@ -50,7 +50,7 @@ REQUEST_TIMEOUT = 2.0  # seconds a client may take to send its request
 SHARED_NAMESPACES = ("pid", "mnt", "user", "uts", "ipc")
 CLONE_NEWNET = 0x40000000
 PACKAGES = ("circuit_common", "circuit_netlink", "circuit_net", "circuit_qos", "circuit_lb",
-            "circuit_hook", "circuit_cluster")
+            "circuit_hook", "circuit_cluster", "circuit_dispatch")
 
 
 class Request:

@@ -1,0 +1,179 @@
+"""circuit: container network management for runc. Dispatches to the circuit tools in-process.
+
+Usage:
+  circuit network create|list|inspect|spec|connect|disconnect|check|gc|delete ...
+  circuit network qos set|reset|show ...
+  circuit lb create|add|remove|delete|clear|list ...
+  circuit cluster join|leave|forget|list|sync|agent ...  (hosts sharing state through etcd)
+  circuit hook [attach|detach]      (runc hooks: plain `circuit` with the OCI state on stdin)
+  circuit restore                   re-apply QoS and LB state from the store after a reboot
+  circuit version [--format FMT]    circuit's version and what it runs against
+  circuit doctor [--format FMT]     what is missing on this machine, per feature, and the fix
+  circuit completion bash|zsh       the shell completion script
+  circuit manpages DIR              write the man pages circuit(1), circuit-net(1), ... into DIR
+  circuit forkserver [--socket PATH]  keep circuit loaded: commands start in ~1 ms (optional)
+  circuit COMMAND ...               runs circuit-COMMAND from PATH, as git does
+
+Each group has its own help: `circuit network --help`, `circuit network qos --help`,
+`circuit lb --help`, `circuit cluster --help`, `circuit hook --help`.
+"""
+
+import os
+import sys
+
+FORKSERVER = "/run/circuit/forkserver.sock"  # circuit_common.forkserver.DEFAULT_SOCKET
+
+GROUPS = {
+    ("network", "qos"): "circuit_qos.cli",
+    ("network",): "circuit_net.cli",
+    ("lb",): "circuit_lb.cli",
+    ("hook",): "circuit_hook.cli",
+    ("cluster",): "circuit_cluster.cli",
+}
+
+
+def positional_indexes(argv: list[str]) -> list[int]:
+    """Indexes of the words that are not global options or their values."""
+    from circuit_common.config import GLOBAL_VALUE_OPTIONS
+
+    indexes, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg in GLOBAL_VALUE_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            indexes.append(i)
+    return indexes
+
+
+def tool_main(module: str):
+    from importlib import import_module
+
+    return import_module(module).main
+
+
+def restore(argv: list[str]) -> int:
+    """Every installed extension re-applies its kernel state; one failing does not stop the
+    others, and the worst exit code wins."""
+    from circuit_common import cli, extensions
+    from circuit_common.errors import CircuitError, UsageError
+
+    def each(rest: list[str], ctx: cli.Context) -> int:
+        if rest:
+            raise UsageError("circuit restore takes no arguments; see circuit --help")
+        worst = 0
+        for name, module in extensions.registered():
+            if hasattr(module, "restore"):
+                try:
+                    worst = max(worst, module.restore(ctx) or 0)
+                except CircuitError as e:
+                    print(f"circuit: restore of {name}: {e}", file=sys.stderr)
+                    worst = max(worst, e.exit_code)
+        return worst
+
+    return cli.run(each, argv)
+
+
+def main(argv: list[str]) -> int:
+    words = positional_indexes(argv)
+    if not words:
+        if {"-h", "--help"} & set(argv) or sys.stdin.isatty():
+            print(__doc__.strip())
+            return 0 if {"-h", "--help"} & set(argv) else 2
+        return tool_main("circuit_hook.cli")(argv)  # a runc hook: OCI state on stdin
+    first = argv[words[0]]
+    rest = [a for i, a in enumerate(argv) if i != words[0]]
+    if first in ("version", "doctor"):
+        return tool_main("circuit_common.doctor")(argv)
+    if first == "help":
+        print(__doc__.strip())
+        return 0
+    if first == "completion":
+        from circuit_common import completion
+
+        return completion.main(rest, __doc__, GROUPS)
+    if first == "manpages":
+        from importlib import import_module
+
+        from circuit_common import manpage
+        from circuit_common.usage import tool_name
+
+        return manpage.main(rest, {"circuit": __doc__} | {
+            tool_name(module): import_module(module).__doc__ for module in GROUPS.values()})
+    if first == "restore":
+        return restore(rest)
+    if first == "forkserver":
+        from circuit_common import forkserver
+
+        return forkserver.main(rest, run=main)
+    second = argv[words[1]] if len(words) > 1 else None
+    if (first, second) in GROUPS:
+        return tool_main(GROUPS[first, second])([a for i, a in enumerate(argv)
+                                                  if i not in words[:2]])
+    if (first,) in GROUPS:
+        return tool_main(GROUPS[first,])(rest)
+    try:
+        os.execvp(f"circuit-{first}", [f"circuit-{first}", *rest])
+    except OSError:
+        print(f"circuit: unknown command {first!r}; see circuit --help", file=sys.stderr)
+        return 2
+
+
+def through_forkserver(argv: list[str]) -> int | None:
+    """Run the command in circuit's fork server when one listens (CIRCUIT_FORKSERVER, or its
+    default socket), and return its exit code; None when there is none or it declines, and the
+    command runs here. Costs one stat when none listens, and imports nothing that is not built
+    in (protocol: circuit_common.forkserver)."""
+    path = os.environ.get("CIRCUIT_FORKSERVER", FORKSERVER)
+    if not path or path == "off" or "forkserver" in argv:
+        return None
+    try:
+        os.stat(path)
+    except OSError:
+        return None
+    import _signal
+    import _socket
+
+    script = os.path.abspath(sys.argv[0])  # the installation: the server runs the same one
+    fields = [b"circuit-forkserver-1", os.fsencode(script), str(os.umask(0o22)).encode()]
+    os.umask(int(fields[2]))
+    fields += [str(len(argv)).encode(), *map(os.fsencode, argv)]
+    fields += [k + b"=" + v for k, v in os.environb.items()]
+    payload = b"\0".join(fields)
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    cwd = -1
+    try:
+        conn.connect(path)
+        cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd))
+        message = len(payload).to_bytes(8, sys.byteorder) + payload
+        sent = conn.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        conn.sendall(message[sent:])
+        if conn.recv(1) != b"A":
+            return None  # declined (the reason follows), or the server died first
+    except OSError:
+        return None
+    finally:
+        if cwd >= 0:
+            os.close(cwd)
+    for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(sig, lambda number, _: conn.send(bytes([number])))
+    reply = b""
+    while len(reply) < 5:
+        try:
+            more = conn.recv(5 - len(reply))
+        except OSError:
+            more = b""
+        if not more:
+            print("circuit: the fork server's child that ran the command died (killed?); "
+                  "see the server's log, then run the command again", file=sys.stderr)
+            return 10
+        reply += more
+    return int.from_bytes(reply[1:], sys.byteorder, signed=True)
+
+
+def run() -> None:
+    """bin/circuit: the command through the fork server when one takes it, else here."""
+    code = through_forkserver(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]) if code is None else code)
