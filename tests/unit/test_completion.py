@@ -81,6 +81,8 @@ def test_names_come_from_the_state(state):
         "back", "front"]
     assert bash_complete("circuit", "--state", state, "lb", "delete", "") == ["web"]
     assert bash_complete("circuit-net", "--state", state, "delete", "b") == ["back"]
+    assert bash_complete("circuit", "--state", f"~/{state.name}", "lb", "delete", "",
+                         env={"HOME": str(state.parent)}) == ["web"]  # ~ as it was typed
 
 
 def test_hostile_file_names_in_the_state_or_runc_root_never_reach_the_shell(state, tmp_path,
@@ -177,10 +179,10 @@ def test_zsh_tab_completes_a_command_a_network_a_service_and_a_file(state, tmp_p
     (tmp_path / "web.conflist").write_text("{}")  # the session's working directory
     assert zsh_tab(tmp_path, "circuit netw", f"circuit --state {state} network inspect fr",
                    f"circuit --state {state} lb delete w", f"circuit-net --state {state} del",
-                   "circuit network create web.c") == [
+                   "circuit network create web.c", f"circuit --state '{state}' lb delete w") == [
         "circuit network", f"circuit --state {state} network inspect front",
         f"circuit --state {state} lb delete web", f"circuit-net --state {state} delete",
-        "circuit network create web.conflist"]
+        "circuit network create web.conflist", f"circuit --state {state} lb delete web"]
 
 
 def compadd_calls(path: Path) -> list[list[str]]:

@@ -46,7 +46,7 @@ ZSH = """\
 # zsh completion for {tools} (circuit completion zsh): as _circuit in $fpath, or sourced
 _circuit() {{
     local -a reply
-    reply=(${{(f)"$(circuit completion words -- "${{(@)words[1,CURRENT]}}" 2>/dev/null)"}})
+    reply=(${{(f)"$(circuit completion words -- "${{(@Q)words[1,CURRENT]}}" 2>/dev/null)"}})
     case $reply[1] in
         {files}) _files ;;
         {dirs}) _files -/ ;;
@@ -169,8 +169,9 @@ def _for_placeholder(placeholder: str, options: dict, tool: str | None,
         return [source]
     if source is None:
         return []
-    try:
-        settings = load_settings(options)
+    try:  # a path typed as ~/dir: the shell expands it only when the command runs
+        settings = load_settings({k: os.path.expanduser(v) if isinstance(v, str) else v
+                                  for k, v in options.items()})
     except CircuitError:
         return []
     if source == "containers":
