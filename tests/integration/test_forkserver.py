@@ -192,3 +192,49 @@ def test_a_server_gone_leaves_commands_working(host, tmp_path):
     stale.touch()  # a socket path left by a killed server: connect fails, run in-process
     result = host.circuit("network", "list", env={"CIRCUIT_FORKSERVER": str(stale)})
     assert result.returncode == 0 and result.stderr == ""
+
+
+def test_a_circuit_program_from_path_runs_and_its_exit_code_comes_back(host, forkserver,
+                                                                        tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "circuit-foo").write_text("#!/bin/sh\nsleep 0.2\necho \"foo $*\"\nexit 7\n")
+    (bin_dir / "circuit-foo").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    served = through(host, forkserver, "foo", "a", env=env)
+    assert served.returncode == 7, served.stderr
+    assert served.stdout.startswith("foo --state ") and served.stdout.endswith(" a\n")
+
+
+def test_sigterm_and_sighup_end_the_command_as_they_end_circuit(host, forkserver, tmp_path):
+    pidfile, env = slow_network(host, tmp_path)
+    c = host.container()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        pidfile.unlink(missing_ok=True)
+        client = background(host, forkserver, "network", "connect", str(c.pid), "slow", env=env)
+        plugin = started(pidfile)
+        client.send_signal(sig)
+        assert client.wait(timeout=15) == -sig, client.stderr.read()
+        assert gone(plugin)
+        host.circuit("network", "gc", env=env)
+        assert records(host) == []
+
+
+def test_a_caller_with_fewer_capabilities_is_declined(host, forkserver):
+    """The child would run with the server's capabilities: such a caller runs it itself."""
+    fewer = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--"]
+    declined = host.run(*fewer, PYTHON, "-S", CIRCUIT, *host.state_args(), "network", "list",
+                        check=False, env={**os.environ, **DISPATCHER_ONLY,
+                                          "CIRCUIT_FORKSERVER": forkserver.socket})
+    assert declined.returncode != 0 and "No module named" in declined.stderr
+    assert "declined" in forkserver.output() and "Cap" in forkserver.output()
+
+
+def test_the_server_takes_no_path_that_is_not_a_dead_socket(forkserver, tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    for path, says in ((precious, "is not a socket"), (forkserver.socket, "listens on")):
+        second = subprocess.run([CIRCUIT, "forkserver", "--socket", str(path)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 10 and says in second.stderr, second.stderr
+    assert precious.read_text() == "keep me" and os.path.exists(forkserver.socket)

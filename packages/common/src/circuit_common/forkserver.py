@@ -28,6 +28,7 @@ import pkgutil
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -47,7 +48,9 @@ IDLE_CHILDREN = 4  # forked ahead, waiting for a request each
 REPORT = struct.Struct("ci")  # a child's report to the server: BUSY or STALE, and its pid
 BUSY, STALE = b"B", b"S"
 REQUEST_TIMEOUT = 2.0  # seconds a client may take to send its request
-SHARED_NAMESPACES = ("pid", "mnt", "user", "uts", "ipc")
+NAMESPACES = ("pid", "mnt", "user", "uts", "ipc", "cgroup", "time")  # all but net: entered
+STATUS_FIELDS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
+                 "NoNewPrivs", "Seccomp")
 CLONE_NEWNET = 0x40000000
 PACKAGES = ("circuit_common", "circuit_netlink", "circuit_net", "circuit_qos", "circuit_lb",
             "circuit_hook", "circuit_cluster", "circuit_dispatch")
@@ -64,14 +67,17 @@ class Request:
         self.umask = int(fields[2])
         argc = int(fields[3])
         self.argv = [os.fsdecode(a) for a in fields[4:4 + argc]]
-        self.environ = dict(item.split(b"=", 1) for item in fields[4 + argc:] if b"=" in item)
+        self.environ = dict(item.split(b"=", 1) for item in fields[4 + argc:]
+                            if b"=" in item[1:])  # a name, "=", a value
         self.stdio, self.cwd = fds[:3], fds[3]
         self.pid, self.uid, _ = peer
         self.fds = fds
+        self.netns = -1  # opened by Worker.refusal
 
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
+        self.fds = []
 
 
 def preload() -> None:
@@ -145,6 +151,26 @@ def namespace(pid: int | str, kind: str) -> int:
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
 
 
+def context(pid: int | str) -> dict[str, object]:
+    """What a command's meaning and power depend on besides its network namespace: the other
+    namespaces, the root directory, credentials, capabilities, no_new_privs, seccomp and the
+    LSM label. A child stands in only for a client whose context is its own."""
+    facts: dict[str, object] = {}
+    for kind in NAMESPACES:
+        with contextlib.suppress(FileNotFoundError):  # a kind this kernel lacks
+            facts[f"{kind} namespace"] = namespace(pid, kind)
+    root = os.stat(f"/proc/{pid}/root")
+    facts["root directory"] = (root.st_dev, root.st_ino)
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in STATUS_FIELDS:
+                facts[name] = value.strip()
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/attr/current", "rb") as label:
+        facts["security label"] = label.read()
+    return facts
+
+
 LIBC = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
 
@@ -168,6 +194,7 @@ class ForkServer:
                  idle: int = IDLE_CHILDREN):
         self.listener = listener
         self.run = run
+        self.pid = os.getpid()
         self.target = idle
         self.files = circuit_files()
         self.stamps = fingerprint(self.files)
@@ -238,14 +265,17 @@ class Worker:
 
     def __init__(self, server: ForkServer, report_to: int):
         self.listener, self.run, self.report_to = server.listener, server.run, report_to
+        self.server_pid = server.pid
         self.files, self.stamps = server.files, server.stamps
-        self.namespaces = [namespace("self", kind) for kind in SHARED_NAMESPACES]
+        self.context = context("self")
 
     def serve(self) -> None:
         code, conn = 70, None
         try:
             signal.set_wakeup_fd(-1)
             prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # an idle child ends with its server
+            if os.getppid() != self.server_pid:
+                os._exit(0)  # it ended before the line above
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's terminal is not ours
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             while True:
@@ -286,11 +316,16 @@ class Worker:
             return None
         reason = self.refusal(request)
         if not reason:
-            prctl(PR_SET_PDEATHSIG, 0)  # a command under way finishes even if the server dies
-            os.write(self.report_to, REPORT.pack(BUSY, os.getpid()))
-            conn.settimeout(None)
-            conn.sendall(b"A")
-            return request
+            try:
+                os.write(self.report_to, REPORT.pack(BUSY, os.getpid()))
+                conn.sendall(b"A")
+                if conn.recv(1) == b"G":  # the client commits: it will not run it itself
+                    conn.settimeout(None)
+                    prctl(PR_SET_PDEATHSIG, 0)  # under way, it finishes if the server dies
+                    return request
+            except OSError:
+                pass
+            os._exit(0)  # the client gave up (its timeout) or is gone: it is not ours to run
         request.close()
         print(f"circuit forkserver: declined {' '.join(request.argv)!r}: {reason}",
               file=sys.stderr, flush=True)
@@ -303,7 +338,9 @@ class Worker:
         return None
 
     def refusal(self, request: Request) -> str:
-        """Why this child could not stand in for the client; empty when it can."""
+        """Why this child could not stand in for the client; empty when it can. The client's
+        netns is opened here, by its PID: a client that dies and whose PID is taken meanwhile
+        never says "go" (receive), so the namespace read is its own."""
         if request.uid != os.geteuid():
             return f"uid {request.uid} is not the server's {os.geteuid()}"
         if os.path.realpath(request.script) != self.files[0]:
@@ -311,12 +348,14 @@ class Worker:
         if fingerprint(self.files) != self.stamps:
             return "stale: circuit's code changed since the server started"
         try:
-            for kind, mine in zip(SHARED_NAMESPACES, self.namespaces, strict=True):
-                if namespace(request.pid, kind) != mine:
-                    return f"another {kind} namespace"
+            theirs = context(request.pid)
+            request.netns = os.open(f"/proc/{request.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            request.fds.append(request.netns)
         except OSError:
-            return "the client's namespaces cannot be read"
-        return ""
+            return "the client's namespaces and credentials cannot be read"
+        differs = [what for what, value in self.context.items() if theirs.get(what) != value
+                   and not (what == "Groups" and request.uid == 0)]  # root's: no matter
+        return f"another {differs[0]}" if differs else ""
 
     def stand_in(self, request: Request, conn: socket.socket) -> int:
         """Become the client (namespace, directory, umask, stdio, environment), watch it, and
@@ -326,10 +365,8 @@ class Worker:
         for target, fd in enumerate(request.stdio):
             os.dup2(fd, target)
         try:  # never run the command in the server's own namespace by mistake
-            netns = os.open(f"/proc/{request.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            if os.fstat(netns).st_ino != namespace("self", "net"):
-                setns(netns, CLONE_NEWNET)
-            os.close(netns)
+            if os.fstat(request.netns).st_ino != namespace("self", "net"):
+                setns(request.netns, CLONE_NEWNET)
             os.fchdir(request.cwd)
         except OSError as e:
             print(f"circuit: the fork server cannot stand in for this command ({e}); "
@@ -395,11 +432,21 @@ def receive(conn: socket.socket) -> Request:
 
 
 def listen(path: str) -> socket.socket:
-    """The server's socket at path, in a directory only its owner can enter."""
+    """The server's socket at path (a directory it makes is for its owner only). What is at
+    path already is replaced only when it is a socket nobody listens on: a dead server's."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with contextlib.suppress(FileNotFoundError):
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None:
+        if not stat.S_ISSOCK(existing.st_mode):
+            raise EnvironmentFault(f"{path} exists and is not a socket; give --socket a free path")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex(path) == 0:
+                raise EnvironmentFault(f"a fork server listens on {path} already")
         os.unlink(path)
     old = os.umask(0o077)
     try:
@@ -434,9 +481,11 @@ def main(argv: list[str], run: Callable[[list[str]], int]) -> int:
         print(f"circuit: {e}", file=sys.stderr)
         return e.exit_code
     print(f"circuit forkserver: listening on {path}", file=sys.stderr, flush=True)
+    mine = os.stat(path).st_ino
     try:
         ForkServer(listener, run).serve()
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            if os.stat(path).st_ino == mine:  # not a later server's socket
+                os.unlink(path)
     return 0

@@ -11,7 +11,7 @@ Usage:
   circuit doctor [--format FMT]     what is missing on this machine, per feature, and the fix
   circuit completion bash|zsh       the shell completion script
   circuit manpages DIR              write the man pages circuit(1), circuit-net(1), ... into DIR
-  circuit forkserver [--socket PATH]  keep circuit loaded: commands start in ~1 ms (optional)
+  circuit forkserver [--socket PATH]  keep circuit loaded: hooks and commands skip its imports
   circuit COMMAND ...               runs circuit-COMMAND from PATH, as git does
 
 Each group has its own help: `circuit network --help`, `circuit network qos --help`,
@@ -22,6 +22,8 @@ import os
 import sys
 
 FORKSERVER = "/run/circuit/forkserver.sock"  # circuit_common.forkserver.DEFAULT_SOCKET
+HANDOFF_TIMEOUT = 5.0  # seconds for the fork server to take a command before it runs here
+RUN_HERE = {"forkserver", "agent"}  # the server itself; the cluster agent never ends
 
 GROUPS = {
     ("network", "qos"): "circuit_qos.cli",
@@ -75,7 +77,9 @@ def restore(argv: list[str]) -> int:
     return cli.run(each, argv)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], in_fork_server: bool = False) -> int:
+    """The command argv names, run in this process; a `circuit-foo` program from PATH replaces
+    it (in a fork server's child: runs as its child, so its exit code gets back)."""
     words = positional_indexes(argv)
     if not words:
         if {"-h", "--help"} & set(argv) or sys.stdin.isatty():
@@ -106,7 +110,7 @@ def main(argv: list[str]) -> int:
     if first == "forkserver":
         from circuit_common import forkserver
 
-        return forkserver.main(rest, run=main)
+        return forkserver.main(rest, run=lambda command: main(command, in_fork_server=True))
     second = argv[words[1]] if len(words) > 1 else None
     if (first, second) in GROUPS:
         return tool_main(GROUPS[first, second])([a for i, a in enumerate(argv)
@@ -114,6 +118,10 @@ def main(argv: list[str]) -> int:
     if (first,) in GROUPS:
         return tool_main(GROUPS[first,])(rest)
     try:
+        if in_fork_server:
+            import subprocess
+
+            return subprocess.call([f"circuit-{first}", *rest])
         os.execvp(f"circuit-{first}", [f"circuit-{first}", *rest])
     except OSError:
         print(f"circuit: unknown command {first!r}; see circuit --help", file=sys.stderr)
@@ -122,11 +130,12 @@ def main(argv: list[str]) -> int:
 
 def through_forkserver(argv: list[str]) -> int | None:
     """Run the command in circuit's fork server when one listens (CIRCUIT_FORKSERVER, or its
-    default socket), and return its exit code; None when there is none or it declines, and the
-    command runs here. Costs one stat when none listens, and imports nothing that is not built
-    in (protocol: circuit_common.forkserver)."""
+    default socket), and return its exit code; None when there is none, it declines or does
+    not answer in HANDOFF_TIMEOUT, and the command runs here: never in both, for the server's
+    child runs it only once told "go". Costs one stat when none listens, and imports nothing
+    that is not built in (protocol: circuit_common.forkserver)."""
     path = os.environ.get("CIRCUIT_FORKSERVER", FORKSERVER)
-    if not path or path == "off" or "forkserver" in argv:
+    if not path or path == "off" or RUN_HERE & set(argv):
         return None
     try:
         os.stat(path)
@@ -144,6 +153,7 @@ def through_forkserver(argv: list[str]) -> int | None:
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     cwd = -1
     try:
+        conn.settimeout(HANDOFF_TIMEOUT)  # a stopped or wedged server: run it here
         conn.connect(path)
         cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
         fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd))
@@ -152,13 +162,24 @@ def through_forkserver(argv: list[str]) -> int | None:
         conn.sendall(message[sent:])
         if conn.recv(1) != b"A":
             return None  # declined (the reason follows), or the server died first
+        conn.sendall(b"G")  # from here on the command is the child's
     except OSError:
         return None
     finally:
         if cwd >= 0:
             os.close(cwd)
+    conn.settimeout(None)
+    relayed = []
+
+    def relay(number: int, _frame) -> None:
+        relayed.append(number)
+        try:  # noqa: SIM105 (contextlib is not loaded on this path)
+            conn.send(bytes([number]))
+        except OSError:
+            pass  # the child is done: its code is on its way
+
     for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
-        _signal.signal(sig, lambda number, _: conn.send(bytes([number])))
+        _signal.signal(sig, relay)
     reply = b""
     while len(reply) < 5:
         try:
@@ -166,9 +187,12 @@ def through_forkserver(argv: list[str]) -> int | None:
         except OSError:
             more = b""
         if not more:
-            print("circuit: the fork server's child that ran the command died (killed?); "
+            if relayed and relayed[-1] != _signal.SIGINT:  # the child died of it: so do we
+                _signal.signal(relayed[-1], _signal.SIG_DFL)
+                os.kill(os.getpid(), relayed[-1])
+            print("circuit: the fork server's child running the command died (killed?); "
                   "see the server's log, then run the command again", file=sys.stderr)
-            return 10
+            return 70
         reply += more
     return int.from_bytes(reply[1:], sys.byteorder, signed=True)
 
