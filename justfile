@@ -39,6 +39,7 @@ demo: setup
 test: setup
     just test-unit
     just test-integration
+    just test-integration-served
     just test-kernel
 
 # Unit tests: no root, no kernel objects
@@ -48,6 +49,10 @@ test-unit:
 # Integration tests: root, Debian's CNI plugins and runc, in throwaway network namespaces
 test-integration:
     uv run --no-sync pytest -m integration tests/integration
+
+# The integration tests again, every circuit command handed to one fork server
+test-integration-served:
+    CIRCUIT_TEST_FORKSERVER=1 uv run --no-sync pytest -m integration tests/integration
 
 # Kernel tests: IPVS, netem, ipvlan (Debian's stock kernel in a VM where the host lacks them)
 test-kernel *ARGS:

@@ -2,6 +2,7 @@
 docs/runc-hooks.md, and runc containers started inside a test's host netns."""
 
 import json
+import os
 import secrets
 import subprocess
 import tempfile
@@ -59,6 +60,8 @@ def documented_hooks(start_phase: str, env: dict) -> dict:
     """The hooks section of docs/runc-hooks.md, with this checkout's circuit and env overrides."""
     if env.get("CIRCUIT_STATE_DIR"):  # libcni's cache beside the state, never /var/lib/cni
         env = {"CIRCUIT_CNI_CACHE_DIR": Path(env["CIRCUIT_STATE_DIR"]).parent / "cni", **env}
+    # the fork server of `just test-integration-served` runs the hooks too
+    env = {"CIRCUIT_FORKSERVER": os.environ.get("CIRCUIT_FORKSERVER"), **env}
     text = (ROOT / "docs" / "runc-hooks.md").read_text()
     hooks = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])["hooks"]
     hooks[start_phase] = hooks.pop("createRuntime")
