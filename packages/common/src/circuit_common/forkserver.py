@@ -1,22 +1,22 @@
 """circuit's fork server: one resident process that has imported every circuit module and keeps
 children forked from it waiting on a Unix socket; the `circuit` dispatcher hands a command to
-one of them, so a command (a runc hook above all) pays no interpreter start, no imports and no
-fork. It is optional: where none listens, or it declines, the dispatcher runs the command
-itself, as it always did.
+one of them, so a command (a runc hook above all) pays no imports and no fork. It is optional:
+where none listens, or it declines, the dispatcher runs the command itself, as it always did.
 
 The child runs the command as the caller would have: the caller's argv, environment, umask,
 working directory, stdin/stdout/stderr and network namespace. A caller it cannot stand in for
-is declined: another uid, another pid, mount, user, uts or ipc namespace (PIDs and paths would
-mean other things), another installation (its dispatcher script), or code changed on disk
-since the server started (the server then drains and exits, so its service manager starts a
-fresh one).
+is declined: another uid; another namespace but the network's, root directory, credentials,
+capabilities, no_new_privs, seccomp mode or LSM label (see context); another installation (its
+dispatcher script); or code changed on disk since the server started (the server then drains
+and exits, so its service manager starts a fresh one).
 
 One connection per command. Client → child: an 8-byte length, then NUL-separated fields
-[MAGIC, dispatcher script, umask, argc, *argv, *environ] with stdin, stdout, stderr and the working
-directory as SCM_RIGHTS; afterwards single bytes, each a signal number for the child. Child →
-client: b"F" + a reason (run it yourself), or b"A" (it runs the command), then b"R" and the exit
-code as a signed 4-byte integer. A client that goes away (killed) takes its child with it
-(SIGKILL): what a kill -9 of an in-process command would do, which circuit's intents repair.
+[MAGIC, dispatcher script, umask, argc, *argv, *environ] with stdin, stdout, stderr and the
+working directory as SCM_RIGHTS. Child → client: b"F" + a reason (run it yourself), or b"A";
+then client → child b"G" (go: from now on only the child runs it) and single bytes, each a
+signal number for the child; child → client b"R" and the exit code as a signed 4-byte integer.
+A client that goes away (killed) takes its child with it (SIGKILL): what a kill -9 of an
+in-process command would do, which circuit's intents repair.
 """
 
 import contextlib
