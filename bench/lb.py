@@ -52,7 +52,7 @@ def main() -> int:
     print(ratio_line("lb list --details", times["list"], times["ln"], "ipvsadm -Ln", budget=3,
                      floor=times["python"]))
     print(ratio_line("lb list --details through the fork server", times["served list"],
-                     times["ln"], "ipvsadm -Ln", budget=3))
+                     times["ln"], "ipvsadm -Ln", budget=3, floor=times["python"]))
     # circuit's fixed part (interpreter, imports, docopt, the store) is `lb list` of no service
     print(ratio_line("lb list --details over its fixed part", times["list"], times["ln"],
                      "ipvsadm -Ln", floor=times["empty"]))
