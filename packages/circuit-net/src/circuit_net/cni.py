@@ -13,6 +13,7 @@ import subprocess
 from collections import namedtuple
 
 from circuit_common.errors import InvalidInput, NotFound, PluginError
+from circuit_common.proc import PR_SET_PDEATHSIG, libc
 from circuit_common.validate import NAME_RE, check_name
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -170,15 +171,10 @@ def find_plugin(kind: str, cni_path: list[str]) -> str:
 Outcome = namedtuple("Outcome", "returncode stdout stderr")
 
 
-PR_SET_PDEATHSIG = 1
-
-
 def die_with(parent: int):
     """A preexec_fn: the child gets SIGKILL when parent dies (prctl PR_SET_PDEATHSIG), and
     exits at once if parent is gone already."""
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl = libc().prctl  # looked up here: the child only calls it
 
     def arm() -> None:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -20,7 +20,6 @@ in-process command would do, which circuit's intents repair.
 """
 
 import contextlib
-import ctypes
 import gc
 import importlib
 import os
@@ -36,6 +35,7 @@ import traceback
 from collections.abc import Callable
 
 from .errors import EnvironmentFault, UsageError
+from .proc import CLONE_NEWNET, PR_SET_PDEATHSIG, checked, libc
 
 MAGIC = b"circuit-forkserver-1"
 DEFAULT_SOCKET = "/run/circuit/forkserver.sock"  # the dispatcher's default, CIRCUIT_FORKSERVER
@@ -51,7 +51,6 @@ REQUEST_TIMEOUT = 2.0  # seconds a client may take to send its request
 NAMESPACES = ("pid", "mnt", "user", "uts", "ipc", "cgroup", "time")  # all but net: entered
 STATUS_FIELDS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
                  "NoNewPrivs", "Seccomp")
-CLONE_NEWNET = 0x40000000
 PACKAGES = ("circuit_common", "circuit_netlink", "circuit_net", "circuit_qos", "circuit_lb",
             "circuit_hook", "circuit_cluster", "circuit_dispatch")
 
@@ -171,18 +170,9 @@ def context(pid: int | str) -> dict[str, object]:
     return facts
 
 
-LIBC = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def setns(fd: int, kind: int) -> None:
-    if LIBC.setns(fd, kind) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
-
-
-def prctl(option: int, value: int) -> None:
-    if LIBC.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl")
+def pdeathsig(sig: int) -> None:
+    """The signal this process gets when its parent dies (0: none)."""
+    checked(libc().prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl")
 
 
 class ForkServer:
@@ -273,7 +263,7 @@ class Worker:
         code, conn = 70, None
         try:
             signal.set_wakeup_fd(-1)
-            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # an idle child ends with its server
+            pdeathsig(signal.SIGTERM)  # an idle child ends with its server
             if os.getppid() != self.server_pid:
                 os._exit(0)  # it ended before the line above
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's terminal is not ours
@@ -321,7 +311,7 @@ class Worker:
                 conn.sendall(b"A")
                 if conn.recv(1) == b"G":  # the client commits: it will not run it itself
                     conn.settimeout(None)
-                    prctl(PR_SET_PDEATHSIG, 0)  # under way, it finishes if the server dies
+                    pdeathsig(0)  # under way, it finishes if the server dies
                     return request
             except OSError:
                 pass
@@ -366,7 +356,7 @@ class Worker:
             os.dup2(fd, target)
         try:  # never run the command in the server's own namespace by mistake
             if os.fstat(request.netns).st_ino != namespace("self", "net"):
-                setns(request.netns, CLONE_NEWNET)
+                checked(libc().setns(request.netns, CLONE_NEWNET), "setns")
             os.fchdir(request.cwd)
         except OSError as e:
             print(f"circuit: the fork server cannot stand in for this command ({e}); "

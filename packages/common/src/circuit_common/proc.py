@@ -1,6 +1,11 @@
-"""Facts about processes read from /proc: identity that survives PID reuse, and their netns."""
+"""Facts about processes read from /proc: identity that survives PID reuse, and their netns;
+libc's process calls that os lacks (prctl, setns)."""
 
 from collections import namedtuple
+
+PR_SET_PDEATHSIG = 1
+CLONE_NEWNET = 0x40000000
+_LIBC = []
 
 
 class Process(namedtuple("Process", "pid start_time")):
@@ -75,3 +80,20 @@ def routes() -> list[tuple]:
             continue
         found.append((network, fields[9]))
     return found
+
+
+def libc():
+    """libc through ctypes, loaded on first use (errno kept): prctl, setns."""
+    if not _LIBC:
+        import ctypes
+
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+    return _LIBC[0]
+
+
+def checked(result: int, call: str) -> None:
+    """Raise the OSError a libc call that returned -1 left in errno."""
+    if result != 0:
+        import ctypes
+
+        raise OSError(ctypes.get_errno(), call)
