@@ -30,8 +30,8 @@ def session_forkservers(tmp_path_factory):
     for server in servers:
         logs.append(server.output())
         server.stop()
-    unexpected = [line for log in logs for line in log.splitlines() if "declined" in line
-                  and not any(reason in line for reason in EXPECTED_DECLINES)]
+    unexpected = [line for log in logs for line in log.splitlines() if "died" in line or (
+        "declined" in line and not any(reason in line for reason in EXPECTED_DECLINES))]
     assert not unexpected, unexpected
 
 

@@ -156,6 +156,7 @@ def test_twenty_callers_at_once_get_twenty_addresses(host, forkserver):
     addresses = {c.addresses()[0] for c in containers}
     assert len(addresses) == 20 and host.reserved_ips("sandbox") == addresses
     assert all(c.ping("10.100.10.1") for c in containers[:3])
+    assert forkserver.proc.poll() is None and "died" not in forkserver.output()  # still serving
 
 
 def test_a_caller_in_another_pid_namespace_is_declined(host, forkserver):

@@ -193,6 +193,7 @@ class ForkServer:
         self.stopping = False
         self.poll = select.poll()
         self.reports, self.report_to = os.pipe2(os.O_CLOEXEC)  # children: "busy"/"stale" + pid
+        os.set_blocking(self.reports, False)
 
     def serve(self) -> None:
         """Until SIGTERM/SIGINT or stale code; then drain: busy children finish their command."""
@@ -211,7 +212,7 @@ class ForkServer:
                     os.read(wake_read, 64)
                     self.stop()
                 elif fd == self.reports:
-                    self.report(os.read(self.reports, REPORT.size))
+                    self.read_reports()
                 elif fd in self.pidfds:
                     self.reap(fd)
 
@@ -224,11 +225,17 @@ class ForkServer:
         self.idle.add(pid)
         self.poll.register(pidfd, select.POLLIN)
 
-    def report(self, message: bytes) -> None:
-        kind, pid = REPORT.unpack(message)
-        self.idle.discard(pid)
-        if kind == STALE:
-            self.stop()
+    def read_reports(self) -> None:
+        """Every report the children wrote (each one write, so never split)."""
+        while True:
+            try:
+                data = os.read(self.reports, REPORT.size * 64)
+            except BlockingIOError:
+                return
+            for kind, pid in REPORT.iter_unpack(data):
+                self.idle.discard(pid)
+                if kind == STALE:
+                    self.stop()
 
     def stop(self) -> None:
         """No more requests: idle children leave accept() (the socket is shut down under them),
@@ -238,6 +245,7 @@ class ForkServer:
             self.listener.shutdown(socket.SHUT_RDWR)
 
     def reap(self, pidfd: int) -> None:
+        self.read_reports()  # a child that took a request and ended is not an idle one
         pid = self.pidfds.pop(pidfd)
         self.poll.unregister(pidfd)
         os.close(pidfd)
