@@ -82,14 +82,22 @@ class Runc:
         self.rootfs = rootfs
         self.ids: list[str] = []
 
-    def run(self, name: str, hooks: dict | None = None, args=("sleep", "3600"),
-            annotations: dict | None = None, check=True) -> subprocess.CompletedProcess:
-        """`runc run -d`, stdio to files (never pipes: runc hands them to the container)."""
-        cid = f"{PREFIX}{secrets.token_hex(3)}-{name}"
-        bundle = self.host.tmp / "bundles" / cid
+    def bundle(self, name: str, hooks: dict | None = None, args=("sleep", "3600"),
+               annotations: dict | None = None) -> Path:
+        """A bundle directory for container name (its id), with its config.json."""
+        bundle = self.host.tmp / "bundles" / f"{PREFIX}{secrets.token_hex(3)}-{name}"
         bundle.mkdir(parents=True)
         (bundle / "config.json").write_text(json.dumps(
             runc_config(self.rootfs, list(args), hooks, annotations)))
+        return bundle
+
+    def run(self, name: str, hooks: dict | None = None, args=("sleep", "3600"),
+            annotations: dict | None = None, check=True,
+            bundle: Path | None = None) -> subprocess.CompletedProcess:
+        """`runc run -d` of a new bundle (or of bundle, made by `bundle`), stdio to files
+        (never pipes: runc hands them to the container)."""
+        bundle = bundle or self.bundle(name, hooks, args, annotations)
+        cid = bundle.name
         self.ids.append(cid)
         with open(bundle / "stderr", "w+") as err:
             code = subprocess.call(

@@ -128,3 +128,60 @@ def test_a_hundred_containers_started_and_deleted_25_at_a_time(host, runc):
         or list((host.state / "intents" / "sandbox").iterdir()) == []
     assert veths(host) == ""
     assert "CNI-" not in host.run("nft", "list", "table", "ip", "nat", check=False).stdout
+
+
+def test_hook_install_networks_a_runc_spec_bundle(host, runc):
+    """`runc spec` bundle → `circuit hook install` → `runc run -d`: it pings a peer with nothing
+    written by hand, and poststop releases it; installing twice is installing once."""
+    host.circuit("network", "create", "sandbox", "--subnet", "10.100.10.0/24")
+    peer = host.container()
+    host.circuit("network", "connect", peer.pid, "sandbox")
+    bundle = runc.bundle("installed")
+    for _ in range(2):
+        out = host.circuit("hook", "install", bundle, "--network", "sandbox", "-p", "8080:80",
+                           "--alias", "web").stdout
+        assert out == f"hooks installed in {bundle}/config.json (networks sandbox)\n"
+    config = json.loads((bundle / "config.json").read_text())
+    assert [len(config["hooks"][p]) for p in ("createRuntime", "poststop")] == [1, 1]
+    assert config["annotations"] == {"circuit.networks": "sandbox", "circuit.publish": "8080:80",
+                                     "circuit.aliases": "web"}
+    env = dict(e.split("=", 1) for e in config["hooks"]["createRuntime"][0]["env"])
+    assert env["CIRCUIT_STATE"] == str(host.state)
+    assert env["CIRCUIT_CNI_CACHE_DIR"] == str(host.cni_cache)
+
+    cid = runc.run("installed", bundle=bundle).stdout
+    c = runc.container(cid)
+    assert c.ping(peer.addresses()[0])
+    assert cid in {p["container_id"] for p in attachments(host)}
+    runc.delete(cid)
+    assert cid not in {p["container_id"] for p in attachments(host)}
+    assert len(host.reserved_ips("sandbox")) == 1  # the peer's only
+
+    assert host.circuit("hook", "uninstall", bundle).stdout == \
+        f"hooks removed from {bundle}/config.json\n"
+    config = json.loads((bundle / "config.json").read_text())
+    assert "hooks" not in config and "annotations" not in config
+    assert host.circuit("hook", "uninstall", bundle).stdout == \
+        f"no circuit hooks in {bundle}/config.json\n"
+
+
+def test_hook_install_refuses_bad_input_and_changes_nothing(host, runc, tmp_path):
+    host.circuit("network", "create", "sandbox", "--subnet", "10.100.10.0/24")
+    bundle = runc.bundle("bad")
+    before = (bundle / "config.json").read_bytes()
+    cases = [
+        (["hook", "install", tmp_path / "nowhere", "--network", "sandbox"], 3, "not a directory"),
+        (["hook", "install", tmp_path, "--network", "sandbox"], 3, "has no config.json"),
+        (["hook", "install", bundle], 3, "--network NAME"),
+        (["hook", "install", bundle, "--network", "nosuch"], 4, "nosuch"),
+        (["hook", "install", bundle, "--network", "sandbox", "-p", "80"], 3, "--publish"),
+        (["hook", "install", bundle, "--network", "sandbox", "--alias", "-x-"], 3, "alias"),
+    ]
+    for argv, code, words in cases:
+        proc = host.circuit(*argv, check=False)
+        assert proc.returncode == code and words in proc.stderr, (argv, proc)
+        assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert (bundle / "config.json").read_bytes() == before
+    (bundle / "config.json").write_text('{"ociVersion": "1.0.2", "linux": {}}')
+    proc = host.circuit("hook", "install", bundle, "--network", "sandbox", check=False)
+    assert proc.returncode == 3 and "network namespace" in proc.stderr

@@ -58,7 +58,7 @@ def test_bash_registers_circuit_and_every_tool():
     (("circuit", "network", ""), ["check", "connect", "create", "delete", "disconnect", "gc",
                                   "inspect", "list", "prune", "qos", "spec"]),
     (("circuit", "network", "qos", "s"), ["set", "show"]),
-    (("circuit", "hook", ""), ["attach", "detach"]),
+    (("circuit", "hook", ""), ["attach", "detach", "install", "uninstall"]),
     (("circuit", "network", "list", "--format", ""), ["table", "json"]),
     (("circuit", "lb", "create", "x", "1.2.3.4:80", "--forward", ""), ["masq", "route",
                                                                       "tunnel"]),
@@ -81,6 +81,8 @@ def test_names_come_from_the_state(state):
         "back", "front"]
     assert bash_complete("circuit", "--state", state, "lb", "delete", "") == ["web"]
     assert bash_complete("circuit-net", "--state", state, "delete", "b") == ["back"]
+    assert bash_complete("circuit", "--state", state, "hook", "install", "b", "--network",
+                         "f") == ["front"]
     assert bash_complete("circuit", "--state", f"~/{state.name}", "lb", "delete", "",
                          env={"HOME": str(state.parent)}) == ["web"]  # ~ as it was typed
 

@@ -2,6 +2,8 @@
 
 Usage:
   circuit-hook [attach | detach]
+  circuit-hook install BUNDLE [--network NAME]... [--publish SPEC]... [--alias ALIAS]...
+  circuit-hook uninstall BUNDLE
   circuit-hook (-h | --help)
 
 Reads the container's OCI state JSON on stdin. With a pid (prestart, createRuntime) it attaches;
@@ -18,6 +20,16 @@ Published ports ([HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp], comma-separated), th
   CIRCUIT_PUBLISH=8080:80,5353:53/udp   in the hook's env
   annotation circuit.publish=8080:80    in the container's config.json
 They reach the plugins that declare portMappings (portmap) on every network attached.
+
+`install BUNDLE` writes the hooks into BUNDLE/config.json (createRuntime and poststop, running
+this circuit with this command's state, CNI path, libcni cache and runc root) and the
+annotations circuit.networks, circuit.publish and circuit.aliases; installing again replaces
+them. `uninstall BUNDLE` removes them. The networks must exist.
+
+Options:
+  --network NAME           install: a network to attach (repeat: eth0, eth1, ...)
+  -p SPEC, --publish SPEC  install: publish a port, [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]
+  --alias ALIAS            install: another name of the container on its networks
 """
 
 import json
@@ -104,8 +116,17 @@ def attach(nets: Networks, state: dict) -> None:
 
 def handle(argv: list[str], ctx: cli.Context) -> int:
     # runc calls the hook without arguments: spare it docopt on every container start
-    a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv) if argv else {"attach": False,
-                                                                     "detach": False}
+    a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv) if argv else {
+        "attach": False, "detach": False, "install": False, "uninstall": False}
+    if a["install"] or a["uninstall"]:
+        from circuit_hook import install
+
+        if a["install"]:
+            print(install.install(Networks(ctx), a["BUNDLE"], a["--network"], a["--publish"],
+                                  a["--alias"]))
+        else:
+            print(install.uninstall(a["BUNDLE"]))
+        return 0
     state = read_state(sys.stdin)
     nets = Networks(ctx)
     stopping = state.get("status") == "stopped" or not state.get("pid")

@@ -23,7 +23,7 @@ RUNC_ID_RE = re.compile(r"[\w+.-]+", re.ASCII)  # runc's own rule for container 
 # What a placeholder stands for, by tool; the default row applies to every tool.
 SOURCES = {
     None: {"NETWORK": "networks", "NAME": "networks", "TARGET": "containers",
-           "PATH": FILES, "FILE": FILES, "DIR": DIRS, "DIRS": DIRS},
+           "PATH": FILES, "FILE": FILES, "DIR": DIRS, "DIRS": DIRS, "BUNDLE": DIRS},
     "circuit-lb": {"NAME": "services", "TARGET": None},
 }
 

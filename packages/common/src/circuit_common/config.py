@@ -39,6 +39,8 @@ class Settings:
     """What every tool needs to know about its environment."""
 
     def __init__(self):
+        self.state = DEFAULT_STATE_DIR  # as given: a directory or a state URL
+        self.config_path = DEFAULT_CONFIG
         self.state_dir = DEFAULT_STATE_DIR  # this host's records (a mirror, with etcd)
         self.etcd: EtcdState | None = None
         self.cni_path = list(DEFAULT_CNI_PATH)
@@ -46,6 +48,19 @@ class Settings:
         self.plugin_timeout = 10.0
         self.runc_root: str | None = None
         self.cni_cache_dir = DEFAULT_CNI_CACHE_DIR
+
+    def as_environment(self) -> dict[str, str]:
+        """The environment that gives another circuit process (a runc hook) these settings."""
+        env = {"CIRCUIT_STATE": self.state if self.etcd else os.path.abspath(self.state_dir),
+               "CNI_PATH": ":".join(self.cni_path),
+               "CIRCUIT_CNI_CACHE_DIR": self.cni_cache_dir}
+        if self.etcd:
+            env["CIRCUIT_LOCAL_STATE_DIR"] = self.state_dir
+        if self.config_path != DEFAULT_CONFIG:
+            env["CIRCUIT_CONFIG"] = os.path.abspath(self.config_path)
+        if self.runc_root:
+            env["CIRCUIT_RUNC_ROOT"] = self.runc_root
+        return env
 
 
 def split_global_options(argv: list[str]) -> tuple[dict[str, str | bool], list[str]]:
@@ -174,11 +189,13 @@ def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
         raise InvalidInput(f"unknown key {sorted(unknown)[0]!r} in config file {path}; "
                            f"known keys: {', '.join(CONFIG_KEYS)}")
     s = Settings()
+    s.config_path = path
     configured = _string(conf, "state", path) or _string(conf, "state_dir", path)
     state = str(options.get("state") or env.get("CIRCUIT_STATE")
                 or env.get("CIRCUIT_STATE_DIR") or configured or DEFAULT_STATE_DIR)
     if "\0" in state:
         raise InvalidInput("the state directory's path holds a NUL byte")
+    s.state = state
     if state.startswith("etcd://"):
         s.etcd = parse_etcd_url(state)
         s.state_dir = _path(options.get("local_state") or env.get("CIRCUIT_LOCAL_STATE_DIR")

@@ -150,25 +150,10 @@ class Store:
     def write_bytes(self, path: str, body: bytes, durable: bool = True) -> None:
         """Replace the file at path with body atomically (a record encoded by encode); durable:
         on disk before this returns (not for a cache, which a crash may lose)."""
-        directory, name = os.path.split(os.fspath(path))
         self.check_root()
-        self._ensure_dir(directory)
-        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        self._ensure_dir(os.path.dirname(os.fspath(path)))
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(body)
-                    if durable:
-                        f.flush()
-                        os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            if durable:
-                self._fsync_dir(directory)
+            replace_file(path, body, durable=durable)
         except OSError as e:
             raise environment_fault(e, path) from None
 
@@ -339,6 +324,28 @@ class Store:
                     f"({path}); another circuit process holds it")
             time.sleep(pause)
             pause = min(pause * 2, 0.02)
+
+
+def replace_file(path: str, body: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace the file at path with body atomically: a temp file `.<name>.<pid>.<rand>.tmp`
+    beside it (never followed if a link), renamed over it; durable: fsync of the file and of
+    its directory before this returns. Raises OSError, leaving no temp file."""
+    directory, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        Store._fsync_dir(directory or ".")
 
 
 def encode(record: dict) -> bytes:

@@ -6,6 +6,7 @@ Usage:
   circuit lb create|add|remove|delete|clear|list ...
   circuit cluster join|leave|forget|list|sync|agent ...  (hosts sharing state through etcd)
   circuit hook [attach|detach]      (runc hooks: plain `circuit` with the OCI state on stdin)
+  circuit hook install|uninstall BUNDLE ...  (write the hooks into a bundle's config.json)
   circuit restore                   re-apply QoS and LB state from the store after a reboot
   circuit version [--format FMT]    circuit's version and what it runs against
   circuit doctor [--format FMT]     what is missing on this machine, per feature, and the fix
