@@ -8,16 +8,16 @@ import subprocess
 import sys
 import time
 
+import circuit_dispatch
 import pytest
-
-from circuit_common import forkserver
+from circuit_dispatch import forkserver, protocol
 
 from harness import DISPATCHER_ONLY, ROOT
 
 pytestmark = pytest.mark.unit
 
 
-def payload(argv: list[bytes], environ: list[bytes], magic=forkserver.MAGIC) -> bytes:
+def payload(argv: list[bytes], environ: list[bytes], magic=protocol.MAGIC) -> bytes:
     return b"\0".join([magic, b"/x/bin/circuit", b"18", str(len(argv)).encode(), *argv,
                        *environ])
 
@@ -45,9 +45,9 @@ def test_receive_takes_a_long_request_its_descriptors_and_the_peer():
     big = b"X=" + b"y" * 200_000  # more than one read
     data = payload([b"hook"], [big])
     r, w = os.pipe()
-    message = forkserver.LENGTH.pack(len(data)) + data
+    message = len(data).to_bytes(protocol.LENGTH_SIZE, sys.byteorder) + data
     sent = theirs.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                       bytes(forkserver.struct.pack("4i", r, w, r, w)))])
+                                       protocol.pack_descriptors([r, w, r, w]))])
     theirs.sendall(message[sent:])
     request = forkserver.receive(ours)
     try:
@@ -65,7 +65,8 @@ def test_receive_takes_a_long_request_its_descriptors_and_the_peer():
 
 SERVER = """
 import sys
-from circuit_common import forkserver
+import circuit_dispatch
+from circuit_dispatch import forkserver, protocol
 
 def run(argv):
     print("ran", *argv, flush=True)
@@ -99,3 +100,53 @@ def test_the_dispatcher_hands_a_command_over_and_gets_its_output_and_code(tmp_pa
     finally:
         server.terminate()
         assert server.wait(timeout=10) == 0
+
+
+def test_a_request_the_client_builds_is_the_one_the_server_reads():
+    message = protocol.request("/x/bin/circuit", 0o27, ["network", "list", "é"],
+                               {b"A": b"1", b"B": b"x=y"})
+    length = protocol.request_length(message)
+    assert length == len(message) - protocol.LENGTH_SIZE
+    r = forkserver.Request(message[protocol.LENGTH_SIZE:], [3, 4, 5, 6], (1, 0, 0))
+    assert (r.script, r.umask, r.argv) == ("/x/bin/circuit", 0o27, ["network", "list", "é"])
+    assert r.environ == {b"A": b"1", b"B": b"x=y"}
+    assert protocol.exit_code(protocol.result(-7)) == -7
+    with pytest.raises(ValueError):
+        protocol.request_length((protocol.MAX_REQUEST + 1).to_bytes(8, sys.byteorder))
+
+
+@pytest.mark.parametrize("value, path", [(None, circuit_dispatch.DEFAULT_SOCKET),
+                                         ("off", None), ("", None), ("/tmp/s", "/tmp/s")])
+def test_circuit_forkserver_names_the_socket_or_turns_it_off(value, path):
+    environ = {} if value is None else {"CIRCUIT_FORKSERVER": value}
+    assert circuit_dispatch.socket_path(environ) == path
+
+
+def test_with_no_socket_the_dispatcher_loads_nothing_but_itself():
+    """The client's path costs one stat where no server listens: not even the protocol."""
+    code = "import sys; before = set(sys.modules); import circuit_dispatch; " \
+           "circuit_dispatch.through_forkserver(['list']); print(sorted(set(sys.modules) - before))"
+    env = os.environ | DISPATCHER_ONLY | {"CIRCUIT_FORKSERVER": "/nonexistent"}
+    done = subprocess.run([sys.executable, "-c", code], env=env,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['circuit_dispatch']"
+
+
+PRELOADED = """
+import sys
+from circuit_dispatch import GROUPS, forkserver
+forkserver.preload()
+print(" ".join(sorted(sys.modules)))
+"""
+
+
+def test_the_preload_takes_every_group_and_the_circuit_packages_they_import():
+    loaded = subprocess.run([sys.executable, "-c", PRELOADED], capture_output=True, text=True,
+                            check=True).stdout.split()
+    from circuit_dispatch import GROUPS
+
+    for module in GROUPS.values():
+        assert module in loaded
+    for module in ("circuit_common.completion", "circuit_common.manpage", "circuit_netlink",
+                   "circuit_qos.tc", "circuit_lb.ipvs", "circuit_cluster.etcd", "docopt"):
+        assert module in loaded

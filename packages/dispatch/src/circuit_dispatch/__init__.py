@@ -22,8 +22,7 @@ Each group has its own help: `circuit network --help`, `circuit network qos --he
 import os
 import sys
 
-FORKSERVER = "/run/circuit/forkserver.sock"  # circuit_common.forkserver.DEFAULT_SOCKET
-HANDOFF_TIMEOUT = 5.0  # seconds for the fork server to take a command before it runs here
+DEFAULT_SOCKET = "/run/circuit/forkserver.sock"
 RUN_HERE = {"forkserver", "agent"}  # the server itself; the cluster agent never ends
 
 GROUPS = {
@@ -109,7 +108,7 @@ def main(argv: list[str], in_fork_server: bool = False) -> int:
     if first == "restore":
         return restore(rest)
     if first == "forkserver":
-        from circuit_common import forkserver
+        from circuit_dispatch import forkserver
 
         return forkserver.main(rest, run=lambda command: main(command, in_fork_server=True))
     second = argv[words[1]] if len(words) > 1 else None
@@ -129,14 +128,21 @@ def main(argv: list[str], in_fork_server: bool = False) -> int:
         return 2
 
 
+def socket_path(environ=os.environ) -> str | None:
+    """The fork server's socket CIRCUIT_FORKSERVER names (DEFAULT_SOCKET when unset); None
+    when it turns the fork server off (`off` or empty)."""
+    path = environ.get("CIRCUIT_FORKSERVER", DEFAULT_SOCKET)
+    return None if path in ("", "off") else path
+
+
 def through_forkserver(argv: list[str]) -> int | None:
     """Run the command in circuit's fork server when one listens (CIRCUIT_FORKSERVER, or its
     default socket), and return its exit code; None when there is none, it declines or does
-    not answer in HANDOFF_TIMEOUT, and the command runs here: never in both, for the server's
-    child runs it only once told "go". Costs one stat when none listens, and imports nothing
-    that is not built in (protocol: circuit_common.forkserver)."""
-    path = os.environ.get("CIRCUIT_FORKSERVER", FORKSERVER)
-    if not path or path == "off" or RUN_HERE & set(argv):
+    not answer in its HANDOFF_TIMEOUT, and the command runs here: never in both, for the
+    server's child runs it only once told "go". Costs one stat when none listens; then imports
+    the protocol (circuit_dispatch.protocol) and what is built in."""
+    path = socket_path()
+    if path is None or RUN_HERE & set(argv):
         return None
     try:
         os.stat(path)
@@ -145,25 +151,24 @@ def through_forkserver(argv: list[str]) -> int | None:
     import _signal
     import _socket
 
+    from circuit_dispatch import protocol
+
     script = os.path.abspath(sys.argv[0])  # the installation: the server runs the same one
-    fields = [b"circuit-forkserver-1", os.fsencode(script), str(os.umask(0o22)).encode()]
-    os.umask(int(fields[2]))
-    fields += [str(len(argv)).encode(), *map(os.fsencode, argv)]
-    fields += [k + b"=" + v for k, v in os.environb.items()]
-    payload = b"\0".join(fields)
+    umask = os.umask(0o22)
+    os.umask(umask)
+    message = protocol.request(script, umask, argv, os.environb)
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     cwd = -1
     try:
-        conn.settimeout(HANDOFF_TIMEOUT)  # a stopped or wedged server: run it here
+        conn.settimeout(protocol.HANDOFF_TIMEOUT)  # a stopped or wedged server: run it here
         conn.connect(path)
         cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
-        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd))
-        message = len(payload).to_bytes(8, sys.byteorder) + payload
+        fds = protocol.pack_descriptors([0, 1, 2, cwd])
         sent = conn.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         conn.sendall(message[sent:])
-        if conn.recv(1) != b"A":
+        if conn.recv(1) != protocol.ACCEPTED:
             return None  # declined (the reason follows), or the server died first
-        conn.sendall(b"G")  # from here on the command is the child's
+        conn.sendall(protocol.GO)  # from here on the command is the child's
     except OSError:
         return None
     finally:
@@ -182,9 +187,9 @@ def through_forkserver(argv: list[str]) -> int | None:
     for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
         _signal.signal(sig, relay)
     reply = b""
-    while len(reply) < 5:
+    while len(reply) < protocol.RESULT_SIZE:
         try:
-            more = conn.recv(5 - len(reply))
+            more = conn.recv(protocol.RESULT_SIZE - len(reply))
         except OSError:
             more = b""
         if not more:
@@ -195,7 +200,7 @@ def through_forkserver(argv: list[str]) -> int | None:
                   "see the server's log, then run the command again", file=sys.stderr)
             return 70
         reply += more
-    return int.from_bytes(reply[1:], sys.byteorder, signed=True)
+    return protocol.exit_code(reply)
 
 
 def run() -> None:

@@ -10,13 +10,9 @@ capabilities, no_new_privs, seccomp mode or LSM label (see context); another ins
 dispatcher script); or code changed on disk since the server started (the server then drains
 and exits, so its service manager starts a fresh one).
 
-One connection per command. Client → child: an 8-byte length, then NUL-separated fields
-[MAGIC, dispatcher script, umask, argc, *argv, *environ] with stdin, stdout, stderr and the
-working directory as SCM_RIGHTS. Child → client: b"F" + a reason (run it yourself), or b"A";
-then client → child b"G" (go: from now on only the child runs it) and single bytes, each a
-signal number for the child; child → client b"R" and the exit code as a signed 4-byte integer.
-A client that goes away (killed) takes its child with it (SIGKILL): what a kill -9 of an
-in-process command would do, which circuit's intents repair.
+The protocol: circuit_dispatch.protocol. A client that goes away (killed) takes its child
+with it (SIGKILL): what a kill -9 of an in-process command would do, which circuit's intents
+repair.
 """
 
 import contextlib
@@ -34,16 +30,12 @@ import threading
 import traceback
 from collections.abc import Callable
 
-from .errors import EnvironmentFault, UsageError
-from .proc import CLONE_NEWNET, PR_SET_PDEATHSIG, checked, libc
+from circuit_common.errors import EnvironmentFault, UsageError
+from circuit_common.proc import CLONE_NEWNET, PR_SET_PDEATHSIG, checked, libc
+from circuit_dispatch import DEFAULT_SOCKET, GROUPS, protocol
+from circuit_dispatch.protocol import ACCEPTED, DECLINED, GO, STDIO_AND_CWD
 
-MAGIC = b"circuit-forkserver-1"
-DEFAULT_SOCKET = "/run/circuit/forkserver.sock"  # the dispatcher's default, CIRCUIT_FORKSERVER
-LENGTH = struct.Struct("Q")
-CODE = struct.Struct("i")
 UCRED = struct.Struct("3i")  # pid, uid, gid
-STDIO_AND_CWD = 4  # descriptors every request carries
-MAX_REQUEST = 4 << 20
 IDLE_CHILDREN = 4  # forked ahead, waiting for a request each
 REPORT = struct.Struct("ci")  # a child's report to the server: BUSY or STALE, and its pid
 BUSY, STALE = b"B", b"S"
@@ -51,23 +43,16 @@ REQUEST_TIMEOUT = 2.0  # seconds a client may take to send its request
 NAMESPACES = ("pid", "mnt", "user", "uts", "ipc", "cgroup", "time")  # all but net: entered
 STATUS_FIELDS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
                  "NoNewPrivs", "Seccomp")
-PACKAGES = ("circuit_common", "circuit_netlink", "circuit_net", "circuit_qos", "circuit_lb",
-            "circuit_hook", "circuit_cluster", "circuit_dispatch")
+OWN_PREFIX = "circuit_"  # circuit's own packages: circuit_common, circuit_net, ...
 
 
 class Request:
     """One command sent by a client: what the child needs to stand in for it."""
 
     def __init__(self, payload: bytes, fds: list[int], peer: tuple[int, int, int]):
-        fields = payload.split(b"\0")
-        if len(fields) < 4 or fields[0] != MAGIC or len(fds) != STDIO_AND_CWD:
+        if len(fds) != STDIO_AND_CWD:
             raise ValueError("not a circuit fork server request")
-        self.script = os.fsdecode(fields[1])
-        self.umask = int(fields[2])
-        argc = int(fields[3])
-        self.argv = [os.fsdecode(a) for a in fields[4:4 + argc]]
-        self.environ = dict(item.split(b"=", 1) for item in fields[4 + argc:]
-                            if b"=" in item[1:])  # a name, "=", a value
+        self.script, self.umask, self.argv, self.environ = protocol.parse_request(payload)
         self.stdio, self.cwd = fds[:3], fds[3]
         self.pid, self.uid, _ = peer
         self.fds = fds
@@ -81,29 +66,42 @@ class Request:
 
 def preload() -> None:
     """Import every module of circuit's packages, and what their functions import lazily, so a
-    child imports nothing."""
-    for package in PACKAGES:
+    child imports nothing. The packages: the dispatcher's, its command groups' (GROUPS) and
+    the circuit packages those import (circuit_common, circuit_netlink)."""
+    walked: set[str] = set()
+    pending = ["circuit_dispatch", *(module.split(".")[0] for module in GROUPS.values())]
+    while pending:
+        package = pending.pop(0)
+        if package in walked:
+            continue
+        walked.add(package)
         try:
             root = importlib.import_module(package)
         except ImportError:
             continue  # a tool not installed
-        for info in pkgutil.walk_packages(root.__path__, f"{package}."):
+        for info in pkgutil.walk_packages(getattr(root, "__path__", []), f"{package}."):
             if not info.name.endswith(".__main__"):
                 importlib.import_module(info.name)
+        pending += [name for name in own_packages() if name not in walked]
     for name in sorted(lazy_imports()):
         with contextlib.suppress(ImportError):  # an optional one (cluster's, pyroute2's)
             importlib.import_module(name)
     warm_parsers()
 
 
+def own_packages() -> set[str]:
+    """circuit's packages among those loaded."""
+    return {name.split(".")[0] for name in list(sys.modules) if name.startswith(OWN_PREFIX)}
+
+
 def warm_parsers() -> None:
     """Let docopt compile its regular expressions here, once (re caches them), not in every
     child: ≈ 3 ms of every command that parses its arguments."""
-    from .cli import parse
-    from .config import GLOBAL_HELP
+    from circuit_common.cli import parse
+    from circuit_common.config import GLOBAL_HELP
 
     for name, module in list(sys.modules.items()):
-        if name.split(".")[0] in PACKAGES and name.endswith(".cli") and module.__doc__:
+        if name.startswith(OWN_PREFIX) and name.endswith(".cli") and module.__doc__:
             with contextlib.suppress(Exception):  # no command given: a usage error
                 parse(module.__doc__ + "\n" + GLOBAL_HELP, [])
 
@@ -130,7 +128,7 @@ def circuit_files() -> list[str]:
     """The source files of circuit's loaded modules, and the dispatcher script."""
     files = [os.path.realpath(sys.argv[0])]
     for name, module in list(sys.modules.items()):
-        if name.split(".")[0] in PACKAGES and getattr(module, "__file__", None):
+        if name.startswith(OWN_PREFIX) and getattr(module, "__file__", None):
             files.append(module.__file__)
     return files
 
@@ -299,7 +297,7 @@ class Worker:
             code = code if isinstance(code, int) else 1
             if conn is not None:
                 with contextlib.suppress(OSError):  # the client is gone
-                    conn.sendall(b"R" + CODE.pack(code))
+                    conn.sendall(protocol.result(code))
             os._exit(code)
 
     def receive(self, conn: socket.socket) -> "Request | None":
@@ -316,8 +314,8 @@ class Worker:
         if not reason:
             try:
                 os.write(self.report_to, REPORT.pack(BUSY, os.getpid()))
-                conn.sendall(b"A")
-                if conn.recv(1) == b"G":  # the client commits: it will not run it itself
+                conn.sendall(ACCEPTED)
+                if conn.recv(1) == GO:  # the client commits: it will not run it itself
                     conn.settimeout(None)
                     pdeathsig(0)  # under way, it finishes if the server dies
                     return request
@@ -328,7 +326,7 @@ class Worker:
         print(f"circuit forkserver: declined {' '.join(request.argv)!r}: {reason}",
               file=sys.stderr, flush=True)
         with contextlib.suppress(OSError):
-            conn.sendall(b"F" + reason.encode())
+            conn.sendall(DECLINED + reason.encode())
         conn.close()
         if reason.startswith("stale"):
             os.write(self.report_to, REPORT.pack(STALE, os.getpid()))
@@ -406,16 +404,12 @@ def receive(conn: socket.socket) -> Request:
     data, ancillary, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(STDIO_AND_CWD * 4))
     for level, kind, chunk in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.extend(struct.unpack(f"{len(chunk) // 4}i", chunk[:len(chunk) // 4 * 4]))
+            fds.extend(protocol.unpack_descriptors(chunk))
     try:
         for fd in fds:
             os.set_inheritable(fd, False)
-        if len(data) < LENGTH.size:
-            raise ValueError("short request")
-        (length,) = LENGTH.unpack_from(data)
-        if length > MAX_REQUEST:
-            raise ValueError("request too large")
-        payload = bytearray(data[LENGTH.size:])
+        length = protocol.request_length(data)
+        payload = bytearray(data[protocol.LENGTH_SIZE:])
         while len(payload) < length:
             more = conn.recv(length - len(payload))
             if not more:
