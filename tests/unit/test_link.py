@@ -1,48 +1,40 @@
-"""circuit_net.link: the link dump read without pyroute2 (names, kinds, masters)."""
+"""circuit_netlink.rtnl, circuit-net's link messages read without pyroute2 (names, kinds,
+masters): crafted answers, and the running kernel's own dump (reads only)."""
 
+import socket
 import struct
 
-import pytest
-
-from circuit_net.link import (
-    IFINFOMSG,
-    IFLA_IFNAME,
-    IFLA_INFO_KIND,
-    IFLA_LINKINFO,
-    IFLA_MASTER,
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    NLMSG_HEADER,
-    RTATTR,
-    RTM_NEWLINK,
-    parse_links,
-)
+from circuit_netlink import NETLINK_ROUTE, Batch, attribute, rtnl
 
 
-def attr(kind: int, value: bytes) -> bytes:
-    return RTATTR.pack(RTATTR.size + len(value), kind) + value + b"\0" * (-len(value) % 4)
-
-
-def message(kind: int, body: bytes) -> bytes:
-    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), kind, 2, 1, 0) + body
-
-
-def newlink(index: int, name: str, kind: str = "", master: int | None = None) -> bytes:
-    body = IFINFOMSG.pack(0, 1, index, 0, 0) + attr(IFLA_IFNAME, name.encode() + b"\0")
+def newlink(index: int, name: str, kind: str = "", master: int | None = None,
+            data: bytes = b"") -> bytes:
+    body = rtnl.IFINFOMSG.pack(0, 1, index, 0, 0) + attribute(rtnl.IFLA_IFNAME,
+                                                              name.encode() + b"\0")
     if kind:
-        body += attr(IFLA_LINKINFO | 0x8000, attr(IFLA_INFO_KIND, kind.encode() + b"\0"))
+        info = attribute(rtnl.IFLA_INFO_KIND, kind.encode() + b"\0")
+        if data:
+            info += attribute(rtnl.IFLA_INFO_DATA | 0x8000, data)
+        body += attribute(rtnl.IFLA_LINKINFO | 0x8000, info)  # NLA_F_NESTED
     if master is not None:
-        body += attr(IFLA_MASTER, struct.pack("=I", master))
-    return message(RTM_NEWLINK, body)
+        body += attribute(rtnl.IFLA_MASTER, struct.pack("=I", master))
+    return body
 
 
-def test_links_their_kinds_and_masters_are_read_from_a_dump():
-    data = newlink(1, "lo") + newlink(7, "br0", "bridge") + newlink(8, "veth1", "veth", 7)
-    assert parse_links(data) == ({"lo": (1, ""), "br0": (7, "bridge"), "veth1": (8, "veth")},
-                                 {8: 7}, False)
-    assert parse_links(message(NLMSG_DONE, struct.pack("=i", 0)))[2] is True
+def test_links_their_kinds_masters_and_kind_data_are_read():
+    assert rtnl.read_link(newlink(1, "lo")) == rtnl.Link(1, "lo", "", None, None, {})
+    assert rtnl.read_link(newlink(8, "veth1", "veth", 7)) \
+        == rtnl.Link(8, "veth1", "veth", 7, None, {})
+    vxlan = rtnl.read_link(newlink(9, "cvx7", "vxlan", data=attribute(1, struct.pack("=I", 7))))
+    assert (vxlan.kind, vxlan.data) == ("vxlan", {1: struct.pack("=I", 7)})
 
 
-def test_a_netlink_error_in_the_dump_is_an_oserror():
-    with pytest.raises(OSError, match="cannot list links"):
-        parse_links(message(NLMSG_ERROR, struct.pack("=i", -1) + b"\0" * 16))
+def test_the_kernels_links_and_addresses_are_read_without_pyroute2():
+    with Batch(NETLINK_ROUTE) as batch:
+        links = {link.name: link for link in rtnl.links(batch)}
+        assert links["lo"].index == socket.if_nametoindex("lo") and links["lo"].mtu
+        assert rtnl.link(batch, "lo") == links["lo"]
+        assert rtnl.link(batch, index=links["lo"].index) == links["lo"]
+        assert rtnl.link(batch, "circuit-nosuch") is None
+        assert rtnl.delete_link(batch, "circuit-nosuch") is False
+        assert all(isinstance(index, int) for index, _ in rtnl.addresses(batch, socket.AF_INET))

@@ -1,12 +1,17 @@
-"""Netlink requests in bulk: messages built with pyroute2's classes, many per system call.
+"""circuit's one netlink core: a socket, its framing, dumps and acknowledgements, many requests
+per system call.
 
-pyroute2's sockets send one request and wait for its answer through an asyncio loop, about
-1 ms a request. A Batch encodes each request with pyroute2's message classes (or copies a
-Template of one) and sends them in chunks: what thousands of IPVS targets or the tc objects of
-fifty attachments need.
+The low layer needs no pyroute2: Batch sends requests given as bytes (add_request) and reads
+the kernel's answers as bytes (query_bytes); attribute() and attributes() pack and read
+netlink attributes, and circuit_netlink.rtnl spells the few link and address messages
+circuit-net needs. On it, requests encoded by pyroute2's message classes: Batch.add and
+Batch.query take pyroute2 messages, and a Template copies one pyroute2 encoding for many
+requests. pyroute2's own sockets send one request and wait for its answer through an asyncio
+loop, about 1 ms a request; a Batch sends them in chunks, what thousands of IPVS targets or the
+tc objects of fifty attachments need.
 
 A tool that uses pyroute2 calls lean_pyroute2() before it imports pyroute2's modules, which it
-does inside the functions that need them; importing this package alone changes nothing.
+does inside the functions that need them; importing this package alone loads no pyroute2.
 """
 
 import _socket  # not socket, which builds its enums on import
@@ -22,6 +27,7 @@ NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_DUMP_INTR = 0x10  # on a message of a dump: what was dumped changed while it was read
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 CREATE = NLM_F_CREATE | NLM_F_EXCL  # make it; EEXIST if it is there
@@ -30,8 +36,12 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # an error acknowledgement carries only the request's header
 CHUNK = 64  # requests per send: their refusals must fit the receive buffer
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
+SEQUENCE = struct.Struct("=I")  # nlmsghdr's sequence number, at offset 8
+NLA = struct.Struct("=HH")  # nlattr: length, type
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 RECEIVE = 1 << 16  # bytes per read: more than the kernel puts in one message of a dump
 ANSWER_TIMEOUT = 10.0  # seconds the kernel may take to answer a batch
+DUMP_ATTEMPTS = 10  # dumps tried when each is interrupted, before giving up
 PYROUTE2_SERIES = "0.9"  # the minor version Template's slots were verified against
 
 
@@ -77,11 +87,15 @@ def pyroute2_version() -> str | None:
 class Batch:
     """Requests for one netlink protocol, sent together by `send()`."""
 
-    def __init__(self, protocol: int):
-        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC,
-                                   protocol)
-        self.sock.bind((0, 0))
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+    def __init__(self, protocol: int, sock=None):
+        """A Batch on a new netlink socket of protocol, or on sock (a test's socketpair that
+        stands in for the kernel)."""
+        if sock is None:
+            sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC,
+                                  protocol)
+            sock.bind((0, 0))
+            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self.sock = sock
         self.sock.settimeout(ANSWER_TIMEOUT)  # a kernel that never answers is an error
         self.sequence = 0
         self.pending: list[tuple[int, bytes, tuple[int, ...]]] = []
@@ -103,9 +117,16 @@ class Batch:
         return self.sequence, bytes(msg.data)
 
     def add(self, msg, flags: int = 0, ignore: tuple[int, ...] = ()) -> None:
-        """Queue a request (msg["header"]["type"] set); errors in ignore count as success."""
+        """Queue a request encoded by pyroute2 (msg["header"]["type"] set); errors in ignore
+        count as success."""
         sequence, data = self._encode(msg, flags)
         self.pending.append((sequence, data, ignore))
+
+    def add_request(self, kind: int, body: bytes, flags: int = 0,
+                    ignore: tuple[int, ...] = ()) -> None:
+        """Queue a request of message type kind whose payload is body (no pyroute2)."""
+        self.sequence += 1
+        self.pending.append((self.sequence, _request(kind, flags, self.sequence, body), ignore))
 
     def add_copy(self, template: "Template", values: dict[str, bytes],
                  ignore: tuple[int, ...] = ()) -> None:
@@ -148,7 +169,7 @@ class Batch:
             ignore = dict(zip(sequences, codes, strict=True))
             refused, answered = {}, False
             while not answered:
-                for sequence, kind, payload in self._receive():
+                for sequence, kind, _, payload in self._receive():
                     if kind != NLMSG_ERROR or sequence not in ignore:
                         continue
                     code = -struct.unpack_from("=i", payload)[0]
@@ -163,32 +184,56 @@ class Batch:
         return len(pending)
 
     def query(self, msg, flags: int = 0, decode: bool = True) -> list:
-        """The kernel's answers to one request (a get or, with NLM_F_DUMP, a dump), decoded
-        with msg's class, or (decode False) each answer's payload as bytes, for a caller that
-        reads a few fixed fields of many (pyroute2 decodes every attribute); NetlinkError if it
-        refused."""
-        sequence, data = self._encode(msg, flags)
-        return self._ask(sequence, data, flags, type(msg) if decode else None)
+        """The kernel's answers to one request encoded by pyroute2 (a get or, with NLM_F_DUMP,
+        a dump), decoded with msg's class, or (decode False) each answer's payload as bytes,
+        for a caller that reads a few fixed fields of many (pyroute2 decodes every attribute);
+        NetlinkError if it refused."""
+        return self._ask(self._encode(msg, flags)[1], type(msg) if decode else None)
+
+    def query_bytes(self, kind: int, body: bytes, flags: int = 0) -> list[bytes]:
+        """The payloads of the kernel's answers to a request of type kind with payload body
+        (a get or, with NLM_F_DUMP, a dump): no pyroute2; NetlinkError if it refused."""
+        self.sequence += 1
+        return self._ask(_request(kind, flags, self.sequence, body), None)
 
     def query_copy(self, template: "Template", values: dict[str, bytes] | None = None) -> list:
         """The kernel's answers (payloads as bytes) to a copy of template's request, a get."""
         self.sequence += 1
-        return self._ask(self.sequence, template.copy(self.sequence, values or {}), 0, None)
+        return self._ask(template.copy(self.sequence, values or {}), None)
 
-    def _ask(self, sequence: int, data: bytes, flags: int, decoder) -> list:
+    def _ask(self, data: bytes, decoder) -> list:
+        """The answers to request data. A dump the kernel marks interrupted (NLM_F_DUMP_INTR
+        on any of its messages: what it lists changed meanwhile) is read to its end and asked
+        again under a new sequence number, DUMP_ATTEMPTS times at most."""
+        dump = bool(HEADER.unpack_from(data)[2] & NLM_F_DUMP)
+        for _ in range(DUMP_ATTEMPTS):
+            answers, interrupted = self._answers(data, dump, decoder)
+            if not interrupted:
+                return answers
+            self.sequence += 1
+            data = bytearray(data)
+            SEQUENCE.pack_into(data, 8, self.sequence)
+            data = bytes(data)
+        raise NetlinkError(errno.EINTR, f"the kernel's dump was interrupted {DUMP_ATTEMPTS} "
+                                        f"times in a row by changes to what it lists; try again")
+
+    def _answers(self, data: bytes, dump: bool, decoder) -> tuple[list, bool]:
+        """The answers to one sending of request data, and whether the dump was interrupted."""
+        sequence = SEQUENCE.unpack_from(data, 8)[0]
         self.sock.sendall(data)
-        answers = []
+        answers, interrupted = [], False
         while True:
-            for got, kind, payload in self._receive():
+            for got, kind, flags, payload in self._receive():
                 if got != sequence:
                     continue
+                interrupted |= bool(flags & NLM_F_DUMP_INTR)
                 if kind == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", payload)[0]
                     if code:
                         raise NetlinkError(code)
-                    return answers
+                    return answers, interrupted
                 if kind == NLMSG_DONE:
-                    return answers
+                    return answers, interrupted
                 if decoder is not None:
                     answer = decoder(HEADER.pack(HEADER.size + len(payload), kind, 0, got, 0)
                                      + payload)
@@ -196,22 +241,46 @@ class Batch:
                     answers.append(answer)
                 else:
                     answers.append(payload)
-                if not flags & NLM_F_DUMP:
-                    return answers
+                if not dump:
+                    return answers, interrupted
 
     def _receive(self):
-        """(sequence, type, payload) of each message in one read from the socket."""
+        """(sequence, type, flags, payload) of each message in one read from the socket."""
         try:
             data = self.sock.recv(RECEIVE)
         except TimeoutError:
             raise NetlinkError(errno.ETIMEDOUT) from None
         offset = 0
         while offset + HEADER.size <= len(data):
-            length, kind, _, sequence, _ = HEADER.unpack_from(data, offset)
+            length, kind, flags, sequence, _ = HEADER.unpack_from(data, offset)
             if length < HEADER.size:
                 raise NetlinkError(errno.EBADMSG)
-            yield sequence, kind, data[offset + HEADER.size:offset + length]
+            yield sequence, kind, flags, data[offset + HEADER.size:offset + length]
             offset += (length + 3) & ~3
+
+
+def _request(kind: int, flags: int, sequence: int, body: bytes) -> bytes:
+    """One netlink request: its header, then body."""
+    return HEADER.pack(HEADER.size + len(body), kind, flags | NLM_F_REQUEST, sequence, 0) + body
+
+
+def attribute(kind: int, value: bytes) -> bytes:
+    """A netlink attribute (nlattr) of type kind holding value, padded to 4 bytes."""
+    return NLA.pack(NLA.size + len(value), kind) + value + b"\0" * (-len(value) % 4)
+
+
+def attributes(data: bytes, start: int = 0, end: int | None = None) -> dict[int, bytes]:
+    """The attributes between start and end of data (its end by default), their values by
+    type (NLA_F_NESTED and NLA_F_NET_BYTEORDER dropped); the first of a type repeated wins."""
+    end = len(data) if end is None else end
+    found = {}
+    while start + NLA.size <= end:
+        length, kind = NLA.unpack_from(data, start)
+        if length < NLA.size:
+            break
+        found.setdefault(kind & NLA_TYPE_MASK, data[start + NLA.size:start + length])
+        start += (length + 3) & ~3
+    return found
 
 
 class Template:
@@ -353,9 +422,6 @@ class Template:
         return list(map(b"".join, zip(*parts, strict=False)))  # the repeats never end
 
 
-SEQUENCE = struct.Struct("=I")
-
-
 def _pieces(data: bytes, slots: dict[str, tuple[int, int]]):
     """data cut around its sequence number and slots, for copy(): the bytes before the
     sequence number, those after it up to the first slot, and [(slot, size, its bytes in
@@ -397,19 +463,17 @@ class TemplateMismatch(RuntimeError):
 
 
 class NetlinkError(OSError):
-    """The kernel refused a request; errno says why. From Batch.send, done lists the positions
-    of the requests that were carried out."""
+    """The kernel refused a request; errno says why (strerror, unless a message is given). From
+    Batch.send, done lists the positions of the requests that were carried out."""
 
-    def __init__(self, code: int):
-        super().__init__(code, os.strerror(code))
+    def __init__(self, code: int, message: str | None = None):
+        super().__init__(code, message or os.strerror(code))
         self.done: list[int] = []
 
 
 GENL_ID_CTRL = 16  # generic netlink's own family: its requests name the others
 CTRL_CMD_GETFAMILY = 3
 CTRL_ATTR_FAMILY_ID = 1
-NLA = struct.Struct("=HH")  # nlattr: length, type
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 
 def family_id(batch: Batch, name: str) -> int:
@@ -433,14 +497,9 @@ def family_request(name: str) -> Template:
 
 def family_of(batch: Batch, request: Template) -> int:
     """The message type of the generic netlink family that request (family_request's) asks
-    for: CTRL_ATTR_FAMILY_ID, read from the answer's attributes after its genlmsghdr."""
+    for: CTRL_ATTR_FAMILY_ID, read from the answer's attributes."""
     payload = batch.query_copy(request)[0]
-    offset = 4  # genlmsghdr: cmd, version, reserved
-    while offset + NLA.size <= len(payload):
-        length, kind = NLA.unpack_from(payload, offset)
-        if length < NLA.size:
-            break
-        if kind & NLA_TYPE_MASK == CTRL_ATTR_FAMILY_ID and length >= NLA.size + 2:
-            return struct.unpack_from("=H", payload, offset + NLA.size)[0]
-        offset += (length + 3) & ~3
-    raise NetlinkError(errno.EBADMSG)
+    found = attributes(payload, 4)  # after genlmsghdr: cmd, version, reserved
+    if len(found.get(CTRL_ATTR_FAMILY_ID, b"")) < 2:
+        raise NetlinkError(errno.EBADMSG)
+    return struct.unpack_from("=H", found[CTRL_ATTR_FAMILY_ID])[0]
