@@ -149,8 +149,6 @@ class Member:
         """This host's subnet of a cluster network and the overlay's MTU: from the local lease,
         or (first attach here) leased in etcd, with the VXLAN device and routes to the other
         hosts set up before the first container needs them."""
-        from . import overlay
-
         name, spec = network["name"], network["overlay"]
         lease = self.local_lease(network)
         if lease is not None:
@@ -165,6 +163,8 @@ class Member:
             host = self.host()
             subnet = self.claim(network, host)
             refuse_routed(subnet, network["config"]["plugins"][0].get("bridge"))
+            from . import overlay  # the netlink core: only when this host takes a lease
+
             mtu = overlay.ensure_device(spec["vni"], subnet, host["address"])
             lease = {"network": name, "subnet": subnet, "vni": spec["vni"], "mtu": mtu,
                      "cidr": spec["subnet"], "hostSubnetSize": spec["hostSubnetSize"],
