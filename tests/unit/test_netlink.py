@@ -3,6 +3,7 @@
 
 import errno
 import socket
+import struct
 import subprocess
 import sys
 
@@ -186,3 +187,116 @@ def test_the_kernel_constants_circuit_netlink_spells_are_pyroute2s():
                  "NLM_F_REQUEST", "NLM_F_ACK", "NLM_F_DUMP", "NLM_F_REPLACE", "NLM_F_EXCL",
                  "NLM_F_CREATE"):
         assert getattr(circuit_netlink, name) == getattr(pn, name), name
+
+
+class FakeKernel:
+    """The far end of a socketpair standing in for the kernel: it answers each request with
+    the messages answer(sequence, attempt) gives, and keeps the requests it read."""
+
+    def __init__(self, answer):
+        import threading
+
+        self.near, self.far = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.answer, self.requests = answer, []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while request := self.far.recv(1 << 16):
+            self.requests.append(request)
+            sequence = circuit_netlink.HEADER.unpack_from(request)[3]
+            for message in self.answer(sequence, len(self.requests)):
+                self.far.send(message)
+
+    def close(self):
+        self.far.close()
+        self.thread.join()
+
+
+def message(kind: int, sequence: int, payload: bytes, flags: int = 0) -> bytes:
+    return circuit_netlink.HEADER.pack(circuit_netlink.HEADER.size + len(payload), kind,
+                                       flags | 0x2, sequence, 0) + payload  # NLM_F_MULTI
+
+
+def link_dump(names, interrupted: bool, on_done: bool = False):
+    """An RTM_GETLINK dump's answer: one RTM_NEWLINK per name, then NLMSG_DONE; the
+    NLM_F_DUMP_INTR flag on its first link (or, on_done, on NLMSG_DONE only)."""
+    from circuit_netlink import NLM_F_DUMP_INTR, NLMSG_DONE, attribute, rtnl
+
+    def answer(sequence, _):
+        flag = NLM_F_DUMP_INTR if interrupted and not on_done else 0
+        for index, name in enumerate(names, 1):
+            body = rtnl.IFINFOMSG.pack(0, 1, index, 0, 0) \
+                + attribute(rtnl.IFLA_IFNAME, name.encode() + b"\0")
+            yield message(rtnl.RTM_NEWLINK, sequence, body, flag if index == 1 else 0)
+        yield message(NLMSG_DONE, sequence, b"\0" * 4,
+                      NLM_F_DUMP_INTR if interrupted and on_done else 0)
+    return answer
+
+
+def read_links_decoded(batch):
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    msg = ifinfmsg()
+    msg["header"]["type"] = 18  # RTM_GETLINK
+    return [link.get_attr("IFLA_IFNAME") for link in batch.query(msg, NLM_F_DUMP)]
+
+
+def read_links_bytes(batch):
+    from circuit_netlink import rtnl
+
+    return [link.name for link in rtnl.links(batch)]
+
+
+READERS = {"pyroute2 decoded (qos, lb, overlay)": read_links_decoded,
+           "rtnl (circuit-net)": read_links_bytes}
+
+
+@pytest.mark.parametrize("read", READERS.values(), ids=READERS.keys())
+@pytest.mark.parametrize("on_done", [False, True], ids=["on a link", "on NLMSG_DONE"])
+def test_an_interrupted_dump_is_asked_again_and_only_a_whole_one_is_read(read, on_done):
+    """The kernel sets NLM_F_DUMP_INTR on a dump whose objects changed while it was read: what
+    it gave may miss some or hold stale ones, so the dump is asked again (a new sequence
+    number), and only an uninterrupted one is the answer."""
+    def answer(sequence, attempt):
+        if attempt <= 3:  # interrupted three times, and incomplete each time
+            return link_dump(["lo"], interrupted=True, on_done=on_done)(sequence, attempt)
+        return link_dump(["lo", "eth0"], interrupted=False)(sequence, attempt)
+
+    kernel = FakeKernel(answer)
+    with Batch(NETLINK_ROUTE, sock=kernel.near) as batch:
+        assert read(batch) == ["lo", "eth0"]
+    kernel.close()
+    sequences = [circuit_netlink.HEADER.unpack_from(r)[3] for r in kernel.requests]
+    assert len(sequences) == 4 and len(set(sequences)) == 4
+    assert {r[4:6] + r[12:] for r in kernel.requests} == {kernel.requests[0][4:6]
+                                                          + kernel.requests[0][12:]}
+
+
+@pytest.mark.parametrize("read", READERS.values(), ids=READERS.keys())
+def test_a_dump_interrupted_every_time_is_an_error_not_an_answer(read):
+    from circuit_netlink import DUMP_ATTEMPTS
+
+    kernel = FakeKernel(link_dump(["lo"], interrupted=True))
+    with Batch(NETLINK_ROUTE, sock=kernel.near) as batch, \
+            pytest.raises(NetlinkError, match=f"interrupted {DUMP_ATTEMPTS} times") as failed:
+        read(batch)
+    kernel.close()
+    assert failed.value.errno == errno.EINTR and len(kernel.requests) == DUMP_ATTEMPTS
+
+
+def test_a_get_and_a_refusal_through_the_fake_kernel():
+    """The same reader for a get (one answer, no NLMSG_DONE) and an error acknowledgement."""
+    from circuit_netlink import NLMSG_ERROR, rtnl
+
+    def answer(sequence, attempt):
+        if attempt == 1:
+            yield from list(link_dump(["lo"], interrupted=False)(sequence, attempt))[:1]
+        else:
+            yield message(NLMSG_ERROR, sequence, struct.pack("=i", -errno.ENODEV) + b"\0" * 16)
+
+    kernel = FakeKernel(answer)
+    with Batch(NETLINK_ROUTE, sock=kernel.near) as batch:
+        assert rtnl.link(batch, "lo").name == "lo"
+        assert rtnl.link(batch, "nosuch") is None
+    kernel.close()
