@@ -48,39 +48,100 @@ def test_the_hot_path_imports_only_its_allow_list(path, tmp_path):
 
 
 SHAPED_HOOK = """
-import os, sys, types
+import json, os, socket, sys, threading, types
 import circuit_netlink
 from circuit_common import extensions, proc
 from circuit_common.extensions import Attachment
 from circuit_common.store import Store
 from circuit_qos import devices
 
-devices.driver = {"vethhot0": "veth", "cni0": "bridge"}.get  # the netns has no such links:
-devices.index = {"vethhot0": 7}.get                          # stand-ins, and nothing is sent
-circuit_netlink.Batch.send = lambda batch: len(batch.pending)
+sent, kinds = [], []  # the requests the kernel was sent, as hex, and their message types
+
+
+def kernel(far):
+    # the far end of a socketpair standing in for the kernel: it keeps every request and
+    # acknowledges those that ask (NLM_F_ACK), as the kernel does a batch's last
+    while data := far.recv(1 << 16):
+        offset = 0
+        while offset < len(data):
+            length, kind, flags, sequence, _ = circuit_netlink.HEADER.unpack_from(data, offset)
+            sent.append(data[offset:offset + length].hex())
+            kinds.append(kind)
+            if flags & circuit_netlink.NLM_F_ACK:
+                far.send(circuit_netlink.HEADER.pack(36, circuit_netlink.NLMSG_ERROR, 0,
+                                                     sequence, 0) + bytes(20))
+            offset += (length + 3) & ~3
+
+
+def on_the_fake_kernel(batch, protocol, sock=None):
+    near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    threading.Thread(target=kernel, args=(far,), daemon=True).start()
+    on_a_netlink_socket(batch, protocol, near)
+
+
+on_a_netlink_socket = circuit_netlink.Batch.__init__
+circuit_netlink.Batch.__init__ = on_the_fake_kernel
+IFB = devices.ifb_name("vethhot0")
+devices.driver = {"vethhot0": "veth", "cni0": "bridge", IFB: "ifb"}.get  # the netns has none
+devices.index = lambda name: 7 if name == "vethhot0" else 8 if name == IFB and 16 in kinds \
+    else None  # the IFB's index once RTM_NEWLINK made it
 store = Store(sys.argv[1])
 ctx = types.SimpleNamespace(store=store)
 result = {"interfaces": [{"name": "cni0"}, {"name": "vethhot0"}, {"name": "eth0", "sandbox": "x"}]}
 attachment = Attachment("sandbox", "c1", "eth0", os.getpid(), proc.start_time(os.getpid()), result)
 module = extensions.load(store, "sandbox", "qos")
 module.attached(ctx, attachment)
+attached = len(sent)
 module.detached(ctx, attachment)
-print(sorted(m for m in sys.modules if m.startswith(("pyroute2", "importlib.metadata"))))
+print(json.dumps({"modules": sorted(m for m in sys.modules
+                                    if m.startswith(("pyroute2", "importlib.metadata"))),
+                  "attached": sent[:attached], "detached": sent[attached:]}))
 """
+RTM_NEWLINK, RTM_DELLINK, RTM_NEWQDISC, RTM_NEWTCLASS, RTM_NEWTFILTER = 16, 17, 36, 40, 44
 
 
-def test_the_shaped_hook_path_imports_no_pyroute2(tmp_path):
+def test_the_shaped_hook_path_imports_no_pyroute2_and_sends_the_shaping(tmp_path):
     """attached and detached of a network whose policy keeps its plan: the extension found by
-    its marker (no entry-point scan), the requests stamped without pyroute2."""
+    its marker (no entry-point scan), the requests stamped without pyroute2 and sent through
+    the Batch's real send path to a stand-in kernel, which must receive the IFB device, the
+    HTB qdiscs and classes of the policy's rate on the veth and the IFB, the redirect filter,
+    and on detach the IFB's deletion."""
+    import json
+
     from circuit_common.store import Store
-    from circuit_qos import policy
+    from circuit_netlink import lean_pyroute2
+    from circuit_qos import devices, policy
 
     policy.save(Store(tmp_path), "sandbox", {"network": {"rate": 5_000_000, "ceil": 5_000_000},
                                              "attachments": {}})
     proc = subprocess.run([sys.executable, "-c", SHAPED_HOOK, str(tmp_path)], capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+    out = json.loads(proc.stdout)
+    assert out["modules"] == []
+    lean_pyroute2()
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    def decoded(request: str):
+        data = bytes.fromhex(request)
+        msg = (ifinfmsg if int.from_bytes(data[4:6], sys.byteorder) < 20 else tcmsg)(data)
+        msg.decode()
+        return msg
+
+    attached = [decoded(r) for r in out["attached"]]
+    ifb = devices.ifb_name("vethhot0")
+    assert (attached[0]["header"]["type"], attached[0].get_attr("IFLA_IFNAME")) \
+        == (RTM_NEWLINK, ifb)
+    tc = {(m["header"]["type"], m["index"]) for m in attached[1:]}
+    assert {(RTM_NEWQDISC, 7), (RTM_NEWTCLASS, 7), (RTM_NEWTFILTER, 7), (RTM_NEWQDISC, 8),
+            (RTM_NEWTCLASS, 8)} <= tc
+    rates = {m.get_attr("TCA_OPTIONS").get_attr("TCA_HTB_PARMS")["rate"] for m in attached
+             if m["header"]["type"] == RTM_NEWTCLASS}
+    assert rates == {5_000_000 // 8}  # bytes a second
+    detached = [decoded(r) for r in out["detached"]]
+    assert [(m["header"]["type"], m.get_attr("IFLA_IFNAME")) for m in detached] \
+        == [(RTM_DELLINK, ifb)]
 
 
 def test_a_cluster_network_with_its_lease_here_needs_no_etcd_client(tmp_path):
