@@ -25,10 +25,24 @@ def test_circuit_net_imports_no_extension_and_no_pyroute2():
     assert out.strip() == "[]"
 
 
-def test_circuit_net_does_not_depend_on_pyroute2():
+def test_circuit_net_depends_on_the_netlink_core_without_pyroute2():
+    """circuit-net needs circuit-netlink's low layer only; pyroute2 is the extra that qos, lb
+    and cluster ask for."""
     tree = subprocess.run(["uv", "tree", "--package", "circuit-net", "--frozen"],
                           capture_output=True, text=True, check=True).stdout
-    assert "circuit-net" in tree and "pyroute2" not in tree and "circuit-qos" not in tree
+    assert "circuit-net" in tree and "circuit-netlink" in tree
+    assert "pyroute2" not in tree and "circuit-qos" not in tree
+    qos = subprocess.run(["uv", "tree", "--package", "circuit-qos", "--frozen"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "circuit-netlink[pyroute2]" in qos and "pyroute2 v0.9" in qos
+
+
+def test_the_netlink_core_low_layer_loads_no_pyroute2():
+    code = ("import sys, circuit_net.link, circuit_netlink.rtnl\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_qos_and_lb_register_and_restore_is_theirs():
