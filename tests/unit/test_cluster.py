@@ -184,3 +184,58 @@ def test_a_resync_of_some_kinds_leaves_the_others_for_later(store, monkeypatch):
     assert calls[-1] == {"qos/blue.json": b"old policy"}
     store.resync({})
     assert calls[-1] == {}
+
+
+def test_the_overlays_requests_are_the_bytes_iproute_sends():
+    """The VXLAN device, its address, and a peer's route, neighbour and FDB entry, added and
+    removed: circuit's messages (sent through its netlink core) are what pyroute2's IPRoute
+    encodes for the same calls (IPBatch: its request compiler, into a buffer)."""
+    import struct
+
+    from pyroute2 import IPBatch
+    from pyroute2.netlink.rtnl import RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWNEIGH, RTM_NEWROUTE
+
+    from circuit_netlink import CREATE, NETLINK_ROUTE, NLM_F_ACK, REPLACE, Batch
+
+    def normalized(message: bytes) -> bytes:  # as test_tc: no sequence, port, NLM_F_ACK
+        (flags,) = struct.unpack_from("=H", message, 6)
+        return message[:6] + struct.pack("=H", flags & ~NLM_F_ACK) + bytes(8) + message[16:]
+
+    mac, peer_mac, index = "0a:58:0a:c8:03:00", "0a:58:0a:c8:04:00", 4
+    bridge, inet = overlay.AF_BRIDGE, 2
+    with Batch(NETLINK_ROUTE) as batch:  # queued, never sent
+        batch.add(overlay._vxlan_device("cvx7", 7, "10.99.0.1", mac, 1450), CREATE)
+        batch.add(overlay._address(index, "10.200.3.0"), REPLACE)
+        batch.add(overlay._route(RTM_NEWROUTE, "10.200.4.0/24", "10.200.4.0", index,
+                                 overlay.RTPROT_STATIC, overlay.RTN_UNICAST,
+                                 overlay.RTNH_F_ONLINK), REPLACE)
+        batch.add(overlay._route(RTM_DELROUTE, "10.200.4.0/24", oif=index))
+        batch.add(overlay._neighbour(RTM_NEWNEIGH, inet, index, overlay.NUD_PERMANENT,
+                                     dst="10.200.4.0", lladdr=peer_mac), REPLACE)
+        batch.add(overlay._neighbour(RTM_DELNEIGH, inet, index, overlay.NUD_PERMANENT,
+                                     dst="10.200.4.0"))
+        batch.add(overlay._neighbour(RTM_NEWNEIGH, bridge, index, overlay.NUD_PERMANENT,
+                                     overlay.NTF_SELF, lladdr=peer_mac, dst="10.99.0.2"), REPLACE)
+        batch.add(overlay._neighbour(RTM_DELNEIGH, bridge, index,
+                                     overlay.NUD_PERMANENT | overlay.NUD_NOARP, overlay.NTF_SELF,
+                                     lladdr=peer_mac, dst="10.99.0.2"))
+        ours = [normalized(data) for _, data, _ in batch.pending]
+    reference = IPBatch()
+    reference.link("add", ifname="cvx7", kind="vxlan", vxlan_id=7, vxlan_local="10.99.0.1",
+                   vxlan_port=overlay.VXLAN_PORT, vxlan_learning=0, address=mac, mtu=1450)
+    reference.addr("replace", index=index, address="10.200.3.0", prefixlen=32)
+    reference.route("replace", dst="10.200.4.0/24", gateway="10.200.4.0", oif=index,
+                    flags=overlay.RTNH_F_ONLINK, proto=overlay.RTPROT_STATIC)
+    reference.route("del", dst="10.200.4.0/24", oif=index)
+    reference.neigh("replace", dst="10.200.4.0", lladdr=peer_mac, ifindex=index,
+                    state=overlay.NUD_PERMANENT)
+    reference.neigh("del", dst="10.200.4.0", ifindex=index)
+    reference.fdb("replace", ifindex=index, lladdr=peer_mac, dst="10.99.0.2",
+                  state=overlay.NUD_PERMANENT, flags=overlay.NTF_SELF)
+    reference.fdb("del", ifindex=index, lladdr=peer_mac, dst="10.99.0.2", flags=overlay.NTF_SELF)
+    data, theirs = bytes(reference.batch), []
+    while data:
+        (length,) = struct.unpack_from("=I", data)
+        theirs.append(normalized(data[:length]))
+        data = data[(length + 3) & ~3:]
+    assert ours == theirs
