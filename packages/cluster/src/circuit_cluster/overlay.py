@@ -186,16 +186,16 @@ def program_peers(vni: int, peers: dict[str, str]) -> None:
     """Make the device's routes, neighbours and FDB entries exactly those for peers
     ({subnet: underlay address of the host that leased it}): three dumps, then the changes
     in one batch."""
-    from pyroute2.netlink.rtnl import (
-        RTM_DELNEIGH,
-        RTM_DELROUTE,
-        RTM_GETNEIGH,
-        RTM_GETROUTE,
-        RTM_NEWNEIGH,
-        RTM_NEWROUTE,
-    )
-
     with _netlink() as batch:
+        from pyroute2.netlink.rtnl import (
+            RTM_DELNEIGH,
+            RTM_DELROUTE,
+            RTM_GETNEIGH,
+            RTM_GETROUTE,
+            RTM_NEWNEIGH,
+            RTM_NEWROUTE,
+        )
+
         device = rtnl.link(batch, device_name(vni))
         if device is None:
             return
