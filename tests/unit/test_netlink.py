@@ -209,8 +209,9 @@ class FakeKernel:
                 self.far.send(message)
 
     def close(self):
-        self.far.close()
+        """After the Batch closed its end: the server reads the end of the stream and stops."""
         self.thread.join()
+        self.far.close()
 
 
 def message(kind: int, sequence: int, payload: bytes, flags: int = 0) -> bytes:
