@@ -185,8 +185,19 @@ def test_the_kernel_constants_circuit_netlink_spells_are_pyroute2s():
 
     for name in ("NETLINK_ROUTE", "NETLINK_GENERIC", "NLMSG_ERROR", "NLMSG_DONE",
                  "NLM_F_REQUEST", "NLM_F_ACK", "NLM_F_DUMP", "NLM_F_REPLACE", "NLM_F_EXCL",
-                 "NLM_F_CREATE"):
+                 "NLM_F_CREATE", "NLM_F_DUMP_INTR"):
         assert getattr(circuit_netlink, name) == getattr(pn, name), name
+    from pyroute2.netlink import rtnl as pyroute2_rtnl
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    from circuit_netlink import rtnl
+
+    for name in ("RTM_NEWLINK", "RTM_DELLINK", "RTM_GETLINK", "RTM_GETADDR"):
+        assert getattr(rtnl, name) == getattr(pyroute2_rtnl, name), name
+    for name in ("IFLA_IFNAME", "IFLA_MTU", "IFLA_MASTER", "IFLA_LINKINFO"):
+        assert ifinfmsg.nla_map[getattr(rtnl, name)][0] == name
+    assert ifaddrmsg.nla_map[rtnl.IFA_ADDRESS][0] == "IFA_ADDRESS"
 
 
 class FakeKernel:
