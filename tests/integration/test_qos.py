@@ -1,6 +1,7 @@
 """circuit-qos with real traffic: iperf3 through HTB shaping in both directions."""
 
 import json
+import struct
 
 from harness import bridge_conf, host_veth, iperf_mbit, snapshot
 
@@ -170,3 +171,61 @@ def test_shaping_by_another_tool_is_refused_and_left_as_it_was(host):
         assert qdiscs(host) == before and snapshot(host.state) == state and ifbs(host) == []
     host.circuit("network", "disconnect", plugin_shaped.pid, "shaped")
     host.circuit("network", "disconnect", hand_shaped.pid, "sandbox")
+
+
+def test_request_bytes_planted_in_the_shared_record_are_never_sent(host):
+    """qos/<network>.json (in a cluster, etcd's) holds the policy only. Request bytes planted
+    in it as an older circuit's "plan", tagged as this code tags its own, with classes at
+    1 Mbit/s where the policy says 5 and the redirect of traffic out of the container aimed at
+    the bridge, are never sent: the attachments are shaped by the policy, from this host's
+    own plan, and `circuit restore` drops them, naming the record in one line."""
+    from circuit_common.store import Store
+    from circuit_qos import devices, plan
+
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    first = host.container()
+    host.circuit("network", "connect", first.pid, "sandbox")  # makes the bridge
+    host.circuit("network", "qos", "set", "--rate", "5000", "--ceiling", "6000", "sandbox")
+    path = host.state / "qos" / "sandbox.json"
+    record = json.loads(path.read_text())
+    assert set(record) == {"schema", "network", "attachments"}  # no request bytes shared
+    kept = host.state / "cache" / "qos-plans" / "sandbox.json"
+    assert kept.exists()
+
+    bridge_index = int(host.run("ip", "-o", "link", "show", "cni0").stdout.split(":")[0])
+    planted = plan.build({"rate": 1_000_000, "ceil": 1_000_000})
+    for request in planted["requests"]:
+        if request["values"].pop("redirect", None):  # the mirred action's target: the bridge
+            data = bytearray.fromhex(request["template"]["data"])
+            struct.pack_into("=I", data, request["template"]["slots"].pop("redirect")[0],
+                             bridge_index)
+            request["template"]["data"] = data.hex()
+    planted |= {"policy": record["network"],
+                "tag": plan.kept_at(Store(host.state), "sandbox").tag()}
+    path.write_text(json.dumps({**record, "plan": planted}))
+    kept.unlink()  # this host's own plan: lost
+
+    def shaped_by_the_policy(container) -> None:
+        veth = host_veth(host, "sandbox", container.pid)
+        ifb = devices.ifb_name(veth)
+        for device in (veth, ifb):
+            classes = host.run("tc", "class", "show", "dev", device).stdout
+            assert "rate 5Mbit ceil 6Mbit" in classes and "1Mbit" not in classes, classes
+        redirect = host.run("tc", "filter", "show", "dev", veth, "ingress").stdout
+        assert f"to device {ifb}" in redirect and "cni0" not in redirect, redirect
+
+    shaped_by_the_policy(first)
+    second = host.container()
+    host.circuit("network", "connect", second.pid, "sandbox")  # through pyroute2
+    shaped_by_the_policy(second)
+    assert kept.exists()  # kept again by that attach
+
+    proc = host.circuit("restore")
+    named = [line for line in proc.stderr.splitlines() if str(path) in line]
+    assert len(named) == 1 and "never sends" in named[0], proc.stderr
+    assert set(json.loads(path.read_text())) == {"schema", "network", "attachments"}
+    shaped_by_the_policy(second)
+
+    later = host.container()
+    host.circuit("network", "connect", later.pid, "sandbox")  # from this host's plan
+    shaped_by_the_policy(later)

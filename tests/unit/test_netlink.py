@@ -2,6 +2,8 @@
 (reads and refused requests only: nothing is changed)."""
 
 import errno
+import json
+import os
 import socket
 import struct
 import subprocess
@@ -125,8 +127,43 @@ def test_ipvs_requests_are_kept_in_the_store_and_encoded_again_for_other_code(tm
     assert kept is not None and kept.family.data == made.family.data
     assert {k: t.data for k, t in kept.targets.items()} \
         == {k: t.data for k, t in made.targets.items()}
-    monkeypatch.setattr(ipvs_netlink, "tag", lambda: {"pyroute2": "0.0.1", "format": "other"})
-    assert ipvs_netlink.Requests.kept() is None  # made by other code: not used
+    kept_file = tmp_path / "state" / "cache" / "ipvs-requests.json"
+    record = json.loads(kept_file.read_text())
+    kept_file.write_text(json.dumps({**record, "tag": {**record["tag"], "pyroute2": "0.0.1"}}))
+    assert ipvs_netlink.Requests.kept() is None  # made by another pyroute2: not used
+
+
+def test_kept_requests_are_used_only_while_the_code_that_laid_them_out_is_unchanged(tmp_path):
+    """circuit_netlink.kept, the one scheme for qos plans and IPVS requests: what is kept is
+    this host's cache, used while pyroute2 and the layout code (size and mtime) are those that
+    made it; a cache that cannot be read is no error, only nothing kept."""
+    from circuit_common.store import Store
+    from circuit_netlink.kept import Kept
+
+    layout = tmp_path / "layout.py"
+    layout.write_text("A = 1\n")
+    kept = Kept(Store(tmp_path / "state"), "test.json", (str(layout),))
+    assert kept.load() is None
+    kept.keep({"requests": [1, 2]})
+    assert kept.load()["requests"] == [1, 2]
+    assert kept.path == str(tmp_path / "state" / "cache" / "test.json")
+    layout.write_text("A = 22\n")  # another size
+    assert kept.load() is None
+    kept.keep({"requests": [3]})
+    os.utime(layout, ns=(0, 0))  # the same size, another time
+    assert kept.load() is None
+    kept.keep({"requests": [4]})
+    assert kept.load()["requests"] == [4]
+    layout.unlink()  # code that cannot be read matches nothing
+    assert kept.load() is None
+    layout.write_text("A = 22\n")
+    kept.keep({"requests": [5]})
+    assert kept.load()["requests"] == [5]
+    os.chmod(kept.path, 0o666)  # anyone could have written it: not used, and no error
+    assert kept.load() is None
+    kept.drop()
+    assert not os.path.exists(kept.path)
+    kept.drop()  # nothing kept counts as removed
 
 
 def test_the_ipvs_numbers_circuit_lb_spells_are_pyroute2s():

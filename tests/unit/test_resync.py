@@ -18,7 +18,7 @@ from circuit_lb import extension as lb
 from circuit_lb import ipvs, table
 from circuit_lb.address import Endpoint
 from circuit_lb.services import Services
-from circuit_qos import devices, policy, tc
+from circuit_qos import devices, plan, policy, tc
 from circuit_qos import extension as qos
 
 KV = namedtuple("KV", "key value")
@@ -235,13 +235,14 @@ class Shaper:
         monkeypatch.setattr(extensions.Attachment, "running", lambda a: a.pid != 0)
         monkeypatch.setattr(devices, "host_veth", lambda names: names[0])
         monkeypatch.setattr(policy, "select", lambda nets, name: attachments.get(name, []))
+        self.real_links = tc.Links  # what records a plan for this host's cache
         monkeypatch.setattr(tc, "Links", self.links)
         monkeypatch.setattr(tc, "foreign_shaping", lambda links, veths: {
             v: "a tbf root qdisc" for v in veths if v in foreign})
         monkeypatch.setattr(policy, "apply_all", self.apply_all)
 
-    def links(self, names=None):
-        return self
+    def links(self, batch=None):
+        return self if batch is None else self.real_links(batch)
 
     def __enter__(self):
         return self
@@ -263,8 +264,10 @@ def test_a_policy_reset_elsewhere_unshapes_this_hosts_attachments(store, monkeyp
                                            attachment("gone", pid=0)]})
     assert another_host(store, qos__blue=qos_record(RATE)) == ["qos"]
     assert shaper.applied == [(["a", "b"], None, RATE)]
+    assert plan.ready(store, "blue", RATE) is not None  # kept here for the next attach
     assert another_host(store, qos__blue=None) == ["qos"]
     assert shaper.applied[-1] == (["a", "b"], RATE, None)
+    assert not plan.kept_at(store, "blue").load()
     assert store.etcd.writes == [] and store.etcd.locked == 0  # network locks only
 
 

@@ -109,12 +109,12 @@ POLICIES = {"rate-ceiling-delay-bursts-priority": {"rate": 5_000_000, "ceil": 6_
     ("rate-ceiling-delay-bursts-priority", True), ("rate", True), ("delay-only", True),
     ("delay-only", False), ("unshaped", True), ("unshaped", False)])
 def test_the_stored_plan_stamped_for_a_device_is_what_the_pyroute2_path_sends(policy, ifb_exists):
-    """The plan a policy's record keeps, through JSON, stamped for a veth (whose IFB exists
-    or not) queues the requests the pyroute2 path queues for that veth, and its link requests
-    are pyroute2's for the veth's IFB."""
+    """The plan kept for a policy, through JSON, stamped for a veth (whose IFB exists or not)
+    queues the requests the pyroute2 path queues for that veth, and its link requests are
+    pyroute2's for the veth's IFB."""
     network = POLICIES[policy]
     stored = json.loads(json.dumps(plan.build(network)))
-    ready = plan.ready({"network": network, "attachments": {}, "plan": stored})
+    ready = plan.usable(stored, network)
     ifb = tc.ifb_name(VETH)
     with tc.Links() as links:
         plan.queue(ready, links.batch, plan.values(VETH_INDEX, ifb,
@@ -138,19 +138,54 @@ def test_the_stored_plan_stamped_for_a_device_is_what_the_pyroute2_path_sends(po
                                      ("link", ("del",), {"ifname": ifb}))
 
 
-def test_a_plan_from_another_pyroute2_or_layout_or_policy_is_not_used():
-    network = POLICIES["rate"]
-    stored = plan.build(network)
-    assert plan.ready({"network": network, "plan": stored}) is not None
+def test_a_plan_from_another_pyroute2_or_layout_or_policy_is_not_used(tmp_path):
+    """The plan is kept in this host's cache, never in the shared qos record; one kept by
+    another pyroute2 or other layout code, or for another policy, is not used."""
+    from circuit_common.store import Store
+
+    store, network = Store(tmp_path), POLICIES["rate"]
+    policy_module.save(store, "sandbox", {"network": network, "attachments": {}})
+    assert json.loads((tmp_path / "qos" / "sandbox.json").read_text()) == {
+        "schema": 1, "network": network, "attachments": {}}  # policy only
+    cached = tmp_path / "cache" / "qos-plans" / "sandbox.json"
+    stored = json.loads(cached.read_text())
+    assert plan.ready(store, "sandbox", network) is not None
+    assert plan.ready(store, "sandbox", POLICIES["delay-only"]) is None
+    assert plan.ready(store, "other", network) is None  # nothing kept for it
     for changed in ({"tag": {**stored["tag"], "pyroute2": "0.8.0"}},
-                    {"tag": {**stored["tag"], "format": "0" * 16}},
+                    {"tag": {**stored["tag"], "layout": [[1, 2]]}},
                     {"policy": POLICIES["delay-only"]}, {"requests": [{"template": {}}]}):
-        assert plan.ready({"network": network, "plan": {**stored, **changed}}) is None
-    assert plan.ready({"network": network}) is None
+        cached.write_text(json.dumps({**stored, **changed}))
+        assert plan.ready(store, "sandbox", network) is None, changed
+    plan.keep(store, "sandbox", network)  # encoded again
+    assert plan.ready(store, "sandbox", network) is not None
+    policy_module.save(store, "sandbox", policy_module.EMPTY)
+    assert not cached.exists() and not (tmp_path / "qos" / "sandbox.json").exists()
+
+
+def test_a_plan_an_older_circuit_stored_in_the_shared_record_is_never_read(tmp_path):
+    """qos/<network>.json from before holds a "plan" (hostile here: one request aimed at
+    device 1): it is not a policy, nothing reads it, and the record's next write drops it."""
+    from circuit_common.store import Store
+
+    store, network = Store(tmp_path), POLICIES["rate"]
+    old = plan.build(network)
+    data = bytearray.fromhex(old["requests"][0]["template"]["data"])
+    struct.pack_into("=i", data, plan.DEVICE_INDEX, 1)
+    old["requests"][0] = {"template": {"data": data.hex(), "slots": {}}, "values": {},
+                          "ignore": []}
+    path = policy_module.policy_path(store, "sandbox")
+    store.write(path, {"network": network, "attachments": {}, "plan": old})
+    assert policy_module.load(store, "sandbox") == {"network": network, "attachments": {}}
+    assert plan.ready(store, "sandbox", network) is None  # the record's plan is not the cache
+    policy_module.save(store, "sandbox", policy_module.load(store, "sandbox"), if_changed=True)
+    assert json.loads((tmp_path / "qos" / "sandbox.json").read_text()) == {
+        "schema": 1, "network": network, "attachments": {}}
+    assert plan.ready(store, "sandbox", network) is not None
 
 
 def test_a_stored_plan_asks_the_kernel_nothing_else():
-    """A plan read back from the state directory is refused (the pyroute2 path runs instead)
+    """A plan read back from this host's cache is refused (the pyroute2 path runs instead)
     when it holds a request of another type, more than one request in a template, a request
     that names no device of the attachment, or the kernel numbers it checks drift."""
     import copy
@@ -161,12 +196,12 @@ def test_a_stored_plan_asks_the_kernel_nothing_else():
     assert plan.REQUEST_TYPES == (rtnl.RTM_NEWQDISC, rtnl.RTM_DELQDISC, rtnl.RTM_NEWTCLASS,
                                   rtnl.RTM_NEWTFILTER, rtnl.RTM_DELLINK)
     policy = {"rate": 5_000_000, "ceil": 5_000_000}
-    record = {"network": policy, "attachments": {}, "plan": plan.build(policy)}
-    assert plan.ready(record) is not None
+    kept = plan.build(policy)
+    assert plan.usable(kept, policy) is not None
 
     def planted(change) -> dict:
-        evil = copy.deepcopy(record)
-        change(evil["plan"])
+        evil = copy.deepcopy(kept)
+        change(evil)
         return evil
 
     def retype(p):  # an RTM_DELLINK where an RTM_NEWQDISC was
@@ -194,7 +229,7 @@ def test_a_stored_plan_asks_the_kernel_nothing_else():
 
     for change in (retype, two_in_one, no_roles, make_ifb_as_delete, fixed_device,
                    delete_by_index):
-        assert plan.ready(planted(change)) is None, change.__name__
+        assert plan.usable(planted(change), policy) is None, change.__name__
 
 
 def test_qdisc_fields_are_read_as_pyroute2_encodes_them():

@@ -7,7 +7,6 @@ import os
 import struct
 import sys
 from _socket import AF_INET, AF_INET6, inet_ntoa, inet_pton
-from contextlib import suppress
 from itertools import repeat
 from operator import itemgetter
 
@@ -23,7 +22,6 @@ from circuit_netlink import (
     family_of,
     family_request,
     lean_pyroute2,
-    pyroute2_version,
 )
 
 from . import ipvs
@@ -47,7 +45,7 @@ from .ipvs import (
 class Ipvs:
     """IPVS requests, encoded with pyroute2's ipvsmsg and sent in batches: queue target
     changes with set_target / del_target, then `commit()`. Target requests are copies of
-    templates (Requests) that pyroute2 encoded once and the state directory keeps."""
+    templates (Requests) that pyroute2 encoded once and this host's cache keeps."""
 
     def __init__(self):
         self.batch = Batch(NETLINK_GENERIC)
@@ -157,17 +155,18 @@ SAMPLES = {AF_INET: ({"addr": "192.0.2.1", "port": 4660, "protocol": "udp"},
            AF_INET6: ({"addr": "2001:db8::1", "port": 4660, "protocol": "udp"},
                              {"addr": "2001:db8::2", "port": 22136, "weight": 258,
                               "forward": "tunnel"})}
-KEPT_AT = ("cache", "ipvs-requests.json")  # below the state directory
-LAYOUT = (__file__,)  # besides circuit_netlink: the code that decides the requests' bytes
+KEPT_AS = "ipvs-requests.json"  # below the state directory's cache/
+LAYOUT = (os.path.abspath(__file__),)  # besides circuit_netlink: decides the requests' bytes
 
 
 class Requests:
     """The requests every IPVS connection sends, encoded by pyroute2: the one that asks for
     IPVS's generic netlink family, and per target command and address family a template with
-    the service's and the target's values as slots. They are kept in the state directory
-    (cache/ipvs-requests.json, tagged with pyroute2's version and the size and time of the
-    code that lays them out), so that a target change loads no pyroute2 (≈ 0.1 s here,
-    seconds in the kernel tier's VM); a cache made by other code is encoded again."""
+    the service's and the target's values as slots. They are kept in this host's cache
+    (cache/ipvs-requests.json, circuit_netlink.kept: tagged with pyroute2's version and the
+    size and time of the code that lays them out), so that a target change loads no pyroute2
+    (≈ 0.1 s here, seconds in the kernel tier's VM); a cache made by other code is encoded
+    again."""
 
     def __init__(self, family: Template, targets: dict[tuple[int, int], Template]):
         self.family = family
@@ -194,29 +193,19 @@ class Requests:
         return cls(family_request("IPVS"), targets)
 
     def keep(self) -> None:
-        """Write them to the store's cache (a cache: nothing fails when it cannot)."""
-        from circuit_common.errors import CircuitError
-        from circuit_common.store import encode
-
-        record = {"tag": tag(), "family": self.family.saved(),
-                  "targets": {f"{command}/{family}": template.saved()
-                              for (command, family), template in self.targets.items()}}
-        store = ipvs.REQUESTS_STORE
-        with suppress(CircuitError, OSError):
-            store.write_bytes(store.path(*KEPT_AT), encode(record), durable=False)
+        """Keep them in the store's cache (a cache: nothing fails when it cannot)."""
+        kept_at(ipvs.REQUESTS_STORE).keep({
+            "family": self.family.saved(),
+            "targets": {f"{command}/{family}": template.saved()
+                        for (command, family), template in self.targets.items()}})
 
     @classmethod
     def kept(cls) -> "Requests | None":
         """The kept requests, if this code made them; else None."""
-        from circuit_common.errors import CircuitError
-
         if ipvs.REQUESTS_STORE is None:
             return None
-        try:
-            record = ipvs.REQUESTS_STORE.read(ipvs.REQUESTS_STORE.path(*KEPT_AT))
-        except CircuitError:
-            return None
-        if record is None or record.get("tag") != tag():
+        record = kept_at(ipvs.REQUESTS_STORE).load()
+        if record is None:
             return None
         try:
             family = Template.restored(record["family"], (GENL_ID_CTRL,))
@@ -253,18 +242,11 @@ def slot_sizes(family: int) -> dict[str, int]:
             "forward": 4}
 
 
-def tag() -> dict:
-    """What kept requests are tagged with: pyroute2's version and the size and modification
-    time of the code that lays them out (as Python checks a .pyc against its source; None when
-    it cannot be read: no kept requests match)."""
-    import circuit_netlink
+def kept_at(store):
+    """Where this host keeps the requests (circuit_netlink.kept.Kept)."""
+    from circuit_netlink.kept import Kept
 
-    try:
-        stamps = [[st.st_size, st.st_mtime_ns] for st in map(os.stat, (
-            *LAYOUT, circuit_netlink.__file__))]
-    except OSError:
-        stamps = None
-    return {"pyroute2": pyroute2_version(), "format": stamps}
+    return Kept(store, KEPT_AS, LAYOUT)
 
 
 def pyroute2_ipvs():

@@ -3,11 +3,13 @@ policy shapes each new attachment, a detached one leaves no IFB device or policy
 `circuit restore` re-applies every policy, and in a cluster resync reshapes this host's
 attachments when policies changed on another host.
 
-The hook runs attached and detached on every container start and stop: they send the plan kept
-with the network's policy (plan.py), without loading pyroute2. Without a plan the installed
-code made (another pyroute2, another circuit), they go through pyroute2 (tc.py)."""
+The hook runs attached and detached on every container start and stop: they send the plan this
+host keeps for the network's policy (plan.py), without loading pyroute2. Without a plan the
+installed code made for that policy (another pyroute2, another circuit, a policy set on another
+host), they go through pyroute2 (tc.py), and attached keeps the plan for the next one."""
 
 import os
+import sys
 
 from circuit_common.cli import Context
 from circuit_common.errors import CircuitError
@@ -25,7 +27,7 @@ def ifnames(attachment: Attachment) -> list[str]:
 def attached(ctx: Context, attachment: Attachment) -> None:
     """Shape a new attachment by its network's policy."""
     record = policy.load(ctx.store, attachment.network)
-    ready = plan.ready(record)
+    ready = plan.ready(ctx.store, attachment.network, record["network"])
     if ready is not None and attachment.key not in record["attachments"]:
         if attachment.running():
             plan.shape_fresh(ready, policy.host_veth(attachment))
@@ -34,12 +36,14 @@ def attached(ctx: Context, attachment: Attachment) -> None:
 
     with Links() as links:
         policy.apply_all(links, [attachment], policy.EMPTY, record)
+    if ready is None:
+        plan.keep(ctx.store, attachment.network, record["network"])
 
 
 def detached(ctx: Context, attachment: Attachment) -> None:
     """Remove what shaping left beside the veth (its IFB device), and its own policy."""
     record = policy.load(ctx.store, attachment.network)
-    ready = plan.ready(record)
+    ready = plan.ready(ctx.store, attachment.network, record["network"])
     if ready is not None:
         plan.delete_ifbs(ready, attachment.host_ifnames)
     else:
@@ -63,6 +67,7 @@ def _delete_ifbs(attachment: Attachment) -> None:
 
 def network_deleted(ctx: Context, network: str) -> None:
     ctx.store.remove(policy.policy_path(ctx.store, network))
+    plan.forget(ctx.store, network)
 
 
 def restore(ctx: Context) -> int:
@@ -117,7 +122,7 @@ def _policies(record, name: str) -> dict:
         policy.check_record(record, name)
     except (AttributeError, KeyError, TypeError, ValueError):
         return policy.EMPTY
-    return {"network": record.get("network"), "attachments": record["attachments"]}
+    return policy.policies(record)
 
 
 def _reshape(ctx: Context, network: str, old: dict) -> None:
@@ -129,6 +134,10 @@ def _reshape(ctx: Context, network: str, old: dict) -> None:
 
     with ctx.store.lock("network", network):
         new = policy.load(ctx.store, network)
+        if new == policy.EMPTY:
+            plan.forget(ctx.store, network)
+        else:
+            plan.keep(ctx.store, network, new["network"])  # for this host's next attach
         chosen = {}  # veth: attachment
         for attachment in policy.select(Networks(ctx), network):
             if (policy.effective(old, attachment) or policy.effective(new, attachment)) \
@@ -162,7 +171,13 @@ def reapply(ctx: Context):
     with Links() as links:
         for name in names:
             with ctx.store.lock("network", name):
-                record = policy.load(ctx.store, name)
+                path = policy.policy_path(ctx.store, name)
+                stored = ctx.store.read(path, check=policy.check_record)
+                if stored is not None and "plan" in stored:
+                    print(f"circuit: {path} holds netlink requests an older circuit stored "
+                          "(its plan), which circuit never sends: the record now holds the "
+                          "policy only", file=sys.stderr)
+                record = policy.policies(stored)
                 # marks networks of older circuit versions; writes only what changed
                 policy.save(ctx.store, name, record, if_changed=True)
                 policy.apply_all(links, policy.select(nets, name), record, record)

@@ -1,21 +1,24 @@
 """A network policy's requests for a fresh attachment, encoded by pyroute2 when the policy is
-saved (`qos set`, `circuit restore`) and kept in its record: the hook stamps them with the
-attachment's device indexes and sends them without loading pyroute2 (≈ 60 ms less a start).
+saved (`qos set`, `circuit restore`, or the first attach after a change) and kept in this
+host's cache: the hook stamps them with the attachment's device indexes and sends them without
+loading pyroute2 (≈ 60 ms less a start).
 
-    "plan": {"tag": {"pyroute2": "0.9.7", "format": DIGEST}, "policy": <the network's>,
-             "delay": bool, "make_ifb": TEMPLATE, "delete_ifb": TEMPLATE,
-             "requests": [{"template": TEMPLATE, "values": {SLOT: ROLE}, "ignore": [ERRNO]}]}
+    cache/qos-plans/<network>.json
+        {"tag": {"pyroute2": "0.9.7", "layout": STAMPS}, "policy": <the network's>,
+         "delay": bool, "make_ifb": TEMPLATE, "delete_ifb": TEMPLATE,
+         "requests": [{"template": TEMPLATE, "values": {SLOT: ROLE}, "ignore": [ERRNO]}]}
 
-TEMPLATE is `circuit_netlink.Template.saved()`; a ROLE names what a slot gets: the veth's or
-the IFB's index, or the IFB's name. The plan is recorded from what tc.setup_shaping (for no
-policy, tc.teardown_shaping) queues for made-up devices, so it holds the same requests as the
-pyroute2 path, and Template checks each slot when the plan is built. A plan tagged with another
-pyroute2 version or another layout (FORMAT: a digest of the code that lays it out) is not used:
-the pyroute2 path runs instead, and the next save encodes the plan again.
+The plan is this host's own (circuit_netlink.kept): never in qos/<network>.json, a shared
+record that a cluster keeps in etcd, which holds the policy only. TEMPLATE is
+`circuit_netlink.Template.saved()`; a ROLE names what a slot gets: the veth's or the IFB's
+index, or the IFB's name. The plan is recorded from what tc.setup_shaping (for no policy,
+tc.teardown_shaping) queues for made-up devices, so it holds the same requests as the pyroute2
+path, and Template checks each slot when the plan is built. A plan made for another policy, by
+another pyroute2 version or by other layout code is not used: the pyroute2 path runs instead,
+and the plan is encoded again.
 """
 
 import errno
-import hashlib
 import os
 import struct
 from collections import namedtuple
@@ -28,26 +31,18 @@ VETH, VETH_INDEX, IFB_INDEX = "vethplan0", 0x7FFF0001, 0x7FFF0002  # made-up dev
 IFB = devices.ifb_name(VETH)
 ROLES = {struct.pack("=i", VETH_INDEX): "veth_index", struct.pack("=i", IFB_INDEX): "ifb_index",
          IFB.encode() + b"\0": "ifb_name"}
-LAYOUT = ("plan.py", "tc.py")  # this package's modules that decide a plan's bytes
+HERE = os.path.dirname(os.path.abspath(__file__))
+LAYOUT = tuple(os.path.join(HERE, name) for name in ("plan.py", "tc.py"))  # decide its bytes
 
-# A stored plan made ready to send: Templates restored, requests as (template, roles, ignore).
+# A kept plan made ready to send: Templates restored, requests as (template, roles, ignore).
 Plan = namedtuple("Plan", "rate delay make_ifb delete_ifb requests")
 
 
-def tag() -> dict:
-    """What a plan made now is tagged with: pyroute2's version and the layout's digest (None
-    when the sources cannot be read, which no stored plan matches)."""
-    import circuit_netlink
+def kept_at(store, network: str):
+    """Where this host keeps network's plan (circuit_netlink.kept.Kept)."""
+    from circuit_netlink.kept import Kept
 
-    digest = hashlib.sha1()
-    here = os.path.dirname(__file__)
-    try:
-        for path in (*(os.path.join(here, name) for name in LAYOUT), circuit_netlink.__file__):
-            with open(path, "rb") as f:
-                digest.update(f.read())
-    except OSError:
-        return {"pyroute2": circuit_netlink.pyroute2_version(), "format": None}
-    return {"pyroute2": circuit_netlink.pyroute2_version(), "format": digest.hexdigest()[:16]}
+    return Kept(store, os.path.join("qos-plans", f"{network}.json"), LAYOUT)
 
 
 class _Recorder:
@@ -77,7 +72,7 @@ def build(policy: dict | None) -> dict:
             tc.setup_shaping(links, VETH, shape(policy))
         make_ifb, _ = links.link_request(tc.RTM_NEWLINK, IFB, "ifb")
         delete_ifb, _ = links.link_request(tc.RTM_DELLINK, IFB)
-    return {"tag": tag(), "policy": policy, "delay": bool(policy and policy.get("delay")),
+    return {"policy": policy, "delay": bool(policy and policy.get("delay")),
             "make_ifb": make_ifb.saved(), "delete_ifb": delete_ifb.saved(),
             "requests": [{"template": template.saved(),
                           "values": {slot: ROLES[value] for slot, value in values.items()},
@@ -85,16 +80,18 @@ def build(policy: dict | None) -> dict:
                          for template, values, ignore in recorder.queued]}
 
 
-def ready(record: dict) -> Plan | None:
-    """The record's plan, ready to send, if the installed code made it for the record's network
-    policy; else None."""
+def ready(store, network: str, policy: dict | None) -> Plan | None:
+    """network's kept plan, ready to send, if the installed code made it for policy (the
+    network's); else None."""
+    return usable(kept_at(store, network).load(), policy)
+
+
+def usable(stored: dict | None, policy: dict | None) -> Plan | None:
+    """stored (a kept plan) ready to send, if it was made for policy and every request in it
+    can only touch the attachment's own devices; else None."""
     from circuit_netlink import Template
 
-    stored = record.get("plan")
-    if not isinstance(stored, dict) or stored.get("policy") != record["network"]:
-        return None
-    now = tag()
-    if now["format"] is None or stored.get("tag") != now:
+    if not isinstance(stored, dict) or stored.get("policy") != policy:
         return None
     try:
         requests = [(Template.restored(r["template"], REQUEST_TYPES), dict(r["values"]),
@@ -105,10 +102,22 @@ def ready(record: dict) -> Plan | None:
                                                 (delete_ifb, {"name": "ifb_name"}, ()),
                                                 *requests])):
             return None
-        return Plan(bool(record["network"] and record["network"].get("rate")),
-                    bool(stored["delay"]), make_ifb, delete_ifb, requests)
+        return Plan(bool(policy and policy.get("rate")), bool(stored["delay"]), make_ifb,
+                    delete_ifb, requests)
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def keep(store, network: str, policy: dict | None) -> None:
+    """Keep the plan of network's policy in this host's cache, encoded now unless the one kept
+    is still ready."""
+    if ready(store, network, policy) is None:
+        kept_at(store, network).keep(build(policy))
+
+
+def forget(store, network: str) -> None:
+    """Remove network's kept plan."""
+    kept_at(store, network).drop()
 
 
 def aims_at_the_attachment(request: tuple) -> bool:
@@ -123,11 +132,6 @@ def aims_at_the_attachment(request: tuple) -> bool:
         return set(roles.values()) == {"ifb_name"} and template.field(DEVICE_INDEX) == 0
     return template.slots.get("index") == (DEVICE_INDEX, 4) \
         and roles["index"] in ("veth_index", "ifb_index")
-
-
-def kept(record: dict) -> dict:
-    """The plan to store with record: the one it has while ready, else encoded now."""
-    return record["plan"] if ready(record) is not None else build(record["network"])
 
 
 # The requests a stored plan may hold, and what may be stamped into them: a plan read back from

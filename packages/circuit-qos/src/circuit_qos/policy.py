@@ -1,11 +1,13 @@
 """QoS policies in the state store and their application to attachments.
 
-State: qos/<network>.json  {"network": {policy} | null, "attachments": {"<cid>@<ifname>": {policy}},
-                           "plan": {the network policy's requests for a new attachment}}
+State: qos/<network>.json  {"network": {policy} | null, "attachments": {"<cid>@<ifname>": {policy}}}
 A policy is {"rate", "ceil" (bit/s), "delay" (µs), "buffer", "cbuffer" (bytes), "priority"}.
 The network's policy applies to every attachment, present and future; an attachment's own
 policy (--container / --interface) replaces it for that attachment. A network with a record
 carries the qos extension marker, so circuit-net shapes its new attachments (extension.py).
+The record holds policy only (in a cluster it is shared through etcd): the requests that shape
+a new attachment are this host's plan, kept in its cache (plan.py). A "plan" an older circuit
+stored in the record is never read, and goes with the record's next write.
 """
 
 import contextlib
@@ -29,7 +31,14 @@ def policy_path(store: Store, name: str) -> str:
 
 def load(store: Store, name: str) -> dict:
     """The network's policies (EMPTY when it has none); StateCorrupt for a malformed record."""
-    return store.read(policy_path(store, name), check=check_record) or EMPTY
+    return policies(store.read(policy_path(store, name), check=check_record))
+
+
+def policies(record: dict | None) -> dict:
+    """The policies of a stored record (EMPTY for None), without anything else it holds."""
+    if record is None:
+        return EMPTY
+    return {"network": record.get("network"), "attachments": record["attachments"]}
 
 
 def check_record(record: dict, path: str) -> None:
@@ -43,29 +52,28 @@ def check_record(record: dict, path: str) -> None:
                 and all(type(v) is int and v >= 0 for v in policy.values())):
             raise ValueError(f"a policy must map {', '.join(FIELDS)} to whole numbers, "
                              f"not {policy!r}")
-    if not isinstance(record.get("plan", {}), dict):
-        raise ValueError("'plan' must be an object")
 
 
 def save(store: Store, name: str, record: dict, keep_empty: bool = False,
          if_changed: bool = False) -> None:
-    """Write the network's policies with the plan of the network's (encoded now unless the
-    record's is still ready), and mark the network for the qos extension while any. An empty
-    record is removed, unless keep_empty: a reset under way, which `circuit restore` finishes
-    should circuit be killed before the kernel is unshaped. if_changed: only when that differs
-    from the stored record (`circuit restore` bringing older records up to date; in a cluster
-    each write is an etcd transaction). A user's change always writes, so that a write over
-    a change this host has not seen is caught."""
+    """Write the network's policies, keep the plan of the network's in this host's cache, and
+    mark the network for the qos extension while any. An empty record is removed, with its
+    plan, unless keep_empty: a reset under way, which `circuit restore` finishes should circuit
+    be killed before the kernel is unshaped. if_changed: only when that differs from the
+    stored record, or the stored record holds more (`circuit restore` bringing older records
+    up to date; in a cluster each write is an etcd transaction). A user's change always
+    writes, so that a write over a change this host has not seen is caught."""
     if record["network"] is None and not record["attachments"] and not keep_empty:
         store.remove(policy_path(store, name))
         extensions.unmark(store, name, "qos")
+        plan.forget(store, name)
     else:
-        wanted = {"network": record["network"], "attachments": record["attachments"],
-                  "plan": plan.kept(record)}
+        wanted = {"network": record["network"], "attachments": record["attachments"]}
         stored = store.read(policy_path(store, name), check=check_record) if if_changed \
             else None
-        if stored is None or {k: stored.get(k) for k in wanted} != wanted:
+        if stored is None or {k: v for k, v in stored.items() if k != "schema"} != wanted:
             store.write(policy_path(store, name), wanted)
+        plan.keep(store, name, record["network"])
         extensions.mark(store, name, "qos", "circuit_qos.extension")
 
 

@@ -157,6 +157,20 @@ class Store:
         except OSError as e:
             raise environment_fault(e, path) from None
 
+    def read_cache(self, path: str) -> dict | None:
+        """The record of a cache file (this host's, rebuilt when lost); None when there is none
+        or it cannot be used: a cache is never an error."""
+        try:
+            return self.read(path)
+        except StateCorrupt:
+            return None
+
+    def write_cache(self, path: str, record: dict) -> None:
+        """Replace a cache file's record, not durably (a crash may lose it); nothing fails
+        when it cannot be written."""
+        with contextlib.suppress(EnvironmentFault):
+            self.write_bytes(path, encode(record), durable=False)
+
     def remove(self, path: str) -> bool:
         """Delete the record at path; False when it was already gone."""
         try:
