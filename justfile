@@ -3,7 +3,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 export UV_PYTHON_DOWNLOADS := "never"
 
-debs := "containernetworking-plugins iptables nftables runc busybox-static iperf3 iproute2 util-linux procps qemu-system-x86 linux-image-amd64 ipvsadm podman man-db etcd-server etcd-client zsh"
+debs := "containernetworking-plugins iptables nftables runc busybox-static iperf3 iproute2 util-linux procps qemu-system-x86 linux-image-amd64 ipvsadm podman man-db etcd-server etcd-client zsh dnsmasq-base dnsperf"
 
 default:
     @just --list

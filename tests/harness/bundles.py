@@ -12,7 +12,8 @@ import pytest
 
 from harness.netns import CIRCUIT, PREFIX, ROOT, Container, Host, sh
 
-BUSYBOX_APPLETS = ("sh", "sleep", "ping", "ip", "httpd", "nc", "wget", "cat", "ifconfig")
+BUSYBOX_APPLETS = ("sh", "sleep", "ping", "ip", "httpd", "nc", "wget", "cat", "ifconfig",
+                   "nslookup")
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +36,9 @@ def make_rootfs(root: Path) -> Path:
 
 
 def runc_config(rootfs: Path, args: list[str], hooks: dict | None = None,
-                annotations: dict | None = None) -> dict:
-    """`runc spec`, made non-interactive, with the given process and hooks."""
+                annotations: dict | None = None, binds: dict | None = None) -> dict:
+    """`runc spec`, made non-interactive, with the given process and hooks; binds: {path in
+    the container: file on the host}, bind-mounted read-only."""
     config = _spec()
     config["process"]["terminal"] = False
     config["process"]["args"] = args
@@ -47,6 +49,9 @@ def runc_config(rootfs: Path, args: list[str], hooks: dict | None = None,
         config["hooks"] = hooks
     if annotations:
         config["annotations"] = annotations
+    for destination, source in (binds or {}).items():
+        config["mounts"].append({"destination": destination, "type": "bind",
+                                 "source": str(source), "options": ["rbind", "ro"]})
     return config
 
 
@@ -83,20 +88,20 @@ class Runc:
         self.ids: list[str] = []
 
     def bundle(self, name: str, hooks: dict | None = None, args=("sleep", "3600"),
-               annotations: dict | None = None) -> Path:
+               annotations: dict | None = None, binds: dict | None = None) -> Path:
         """A bundle directory for container name (its id), with its config.json."""
         bundle = self.host.tmp / "bundles" / f"{PREFIX}{secrets.token_hex(3)}-{name}"
         bundle.mkdir(parents=True)
         (bundle / "config.json").write_text(json.dumps(
-            runc_config(self.rootfs, list(args), hooks, annotations)))
+            runc_config(self.rootfs, list(args), hooks, annotations, binds)))
         return bundle
 
     def run(self, name: str, hooks: dict | None = None, args=("sleep", "3600"),
-            annotations: dict | None = None, check=True,
-            bundle: Path | None = None) -> subprocess.CompletedProcess:
+            annotations: dict | None = None, check=True, bundle: Path | None = None,
+            binds: dict | None = None) -> subprocess.CompletedProcess:
         """`runc run -d` of a new bundle (or of bundle, made by `bundle`), stdio to files
         (never pipes: runc hands them to the container)."""
-        bundle = bundle or self.bundle(name, hooks, args, annotations)
+        bundle = bundle or self.bundle(name, hooks, args, annotations, binds)
         cid = bundle.name
         self.ids.append(cid)
         with open(bundle / "stderr", "w+") as err:

@@ -20,7 +20,8 @@ ALLOWED = {
     "types", "typing", "warnings",
     "circuit_common", "circuit_net", "circuit_hook", "circuit_dispatch", "docopt",
 }
-NEVER = ("pyroute2", "circuit_netlink", "circuit_qos", "circuit_lb", "importlib.metadata",
+NEVER = ("pyroute2", "circuit_netlink", "circuit_qos", "circuit_lb", "circuit_dns", "dnslib",
+         "importlib.metadata",
          "toml", "dataclasses", "pathlib", "traceback", "asyncio")
 STOPPED = '{"ociVersion": "1.0.2", "id": "never-started", "status": "stopped"}'
 
@@ -173,3 +174,36 @@ def test_a_cluster_network_with_its_lease_here_needs_no_etcd_client(tmp_path):
             sorted(modules)
         assert [m for m in modules if m.startswith((*NEVER, "etcd3gw", "requests"))] == []
         assert "circuit_cluster.member" in modules or stdin  # it did read the lease
+
+
+DNS_HOOK = """
+import os, sys, types
+from circuit_common import extensions, proc
+from circuit_common.extensions import Attachment
+from circuit_common.store import Store
+
+store = Store(sys.argv[1])
+extensions.mark(store, "sandbox", "dns", "circuit_dns.extension")
+ctx = types.SimpleNamespace(store=store)
+result = {"ips": [{"address": "10.1.2.3/24"}], "interfaces": [{"name": "eth0", "sandbox": "x"}]}
+attachment = Attachment("sandbox", "c1", "eth0", os.getpid(), proc.start_time(os.getpid()),
+                        result, ("web",))
+module = extensions.load(store, "sandbox", "dns")
+reloads = []
+module.control.reload = lambda store, network=None, start=True: reloads.append(start)
+module.attached(ctx, attachment)
+print(open(store.path("dns", "sandbox", "hosts")).read().splitlines()[-1])
+module.detached(ctx, attachment)
+print(reloads, sorted(m for m in sys.modules if m.startswith(("dnslib", "importlib.metadata",
+                                                              "socket"))))
+"""
+
+
+def test_the_dns_hook_path_imports_no_dnslib(tmp_path):
+    """attached and detached of a DNS network: the names stored, the server asked to reload
+    (stood in for here: a real one would listen), without dnslib, the socket module or an
+    entry-point scan."""
+    proc = subprocess.run([sys.executable, "-c", DNS_HOOK, str(tmp_path)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["10.1.2.3\tweb c1", "[True, False] []"]

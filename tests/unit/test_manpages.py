@@ -32,8 +32,8 @@ def pages(tmp_path_factory) -> Path:
 
 def test_one_page_per_tool(pages):
     assert sorted(p.name for p in pages.iterdir()) == [
-        "circuit-cluster.1", "circuit-hook.1", "circuit-lb.1", "circuit-net.1", "circuit-qos.1",
-        "circuit.1"]
+        "circuit-cluster.1", "circuit-dns.1", "circuit-hook.1", "circuit-lb.1", "circuit-net.1",
+        "circuit-qos.1", "circuit.1"]
 
 
 @pytest.mark.parametrize("tool", TOOLS)

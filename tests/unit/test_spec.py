@@ -33,7 +33,8 @@ def test_a_dual_stack_bridge_network():
     assert conf == {"cniVersion": "1.0.0", "name": "web", "circuitLabels": {"a": "b"},
                     "plugins": [
         {"type": "bridge", "bridge": "cni-web", "isGateway": True, "ipMasq": True,
-         "hairpinMode": True, "ipam": {
+         "hairpinMode": True,
+         "dns": {"nameservers": ["10.89.0.254", "fd00:89::1"], "search": ["web"]}, "ipam": {
              "type": "host-local", "dataDir": "/d",
              "ranges": [[{"subnet": "10.89.0.0/24", "gateway": "10.89.0.254"}],
                         [{"subnet": "fd00:89::/64"}]],

@@ -21,6 +21,9 @@ Published ports ([HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp], comma-separated), th
   annotation circuit.publish=8080:80    in the container's config.json
 They reach the plugins that declare portMappings (portmap) on every network attached.
 
+Names beside the container id (DNS, with circuit-dns), comma-separated, on every network:
+  annotation circuit.aliases=web,www
+
 `install BUNDLE` writes the hooks into BUNDLE/config.json (createRuntime and poststop, running
 this circuit with this command's state, CNI path, libcni cache and runc root) and the
 annotations circuit.networks, circuit.publish and circuit.aliases; installing again replaces
@@ -40,7 +43,7 @@ from circuit_common import cli
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import InvalidInput, NotFound
 from circuit_common.proc import process
-from circuit_common.validate import check_name, check_pid
+from circuit_common.validate import check_dns_name, check_name, check_pid
 from circuit_net.networks import Networks
 from circuit_net.runtime import check_declared, parse_publish_list
 from circuit_net.target import Target
@@ -91,6 +94,13 @@ def wanted_capabilities(state: dict, env=os.environ) -> dict:
     return {"portMappings": mappings} if mappings else {}
 
 
+def wanted_aliases(state: dict) -> tuple[str, ...]:
+    """The container's names from the circuit.aliases annotation, checked as host names."""
+    text = (state.get("annotations") or {}).get("circuit.aliases") or ""
+    return tuple(dict.fromkeys(check_dns_name(n.strip(), "alias in circuit.aliases")
+                               for n in text.split(",") if n.strip()))
+
+
 def attach(nets: Networks, state: dict) -> None:
     """Attach the container to each wanted network; on any failure detach what this hook
     attached (never what another process attached since), then fail."""
@@ -101,13 +111,15 @@ def attach(nets: Networks, state: dict) -> None:
     target = Target(state["id"], state["id"], proc)
     names = wanted_networks(nets, state)
     caps = wanted_capabilities(state)
+    aliases = wanted_aliases(state)
     configs = [nets.get(name)["config"] for name in names]  # all must exist before attaching
     check_declared(configs, caps)  # published ports must reach at least one network
     nets.detach_container(target.container_id)  # a repeated start replaces, never duplicates
     made = []
     try:
         for name in names:
-            made.append((name, nets.connect(name, target, caps=caps, only_declared=True)))
+            made.append((name, nets.connect(name, target, caps=caps, only_declared=True,
+                                                    aliases=aliases)))
     except BaseException:
         for name, record in reversed(made):
             nets.release(name, record)

@@ -8,7 +8,7 @@ import sys
 from circuit_common.config import read_small_file
 from circuit_common.errors import EnvironmentFault, InvalidInput
 from circuit_common.store import replace_file
-from circuit_common.validate import check_name
+from circuit_common.validate import check_dns_name, check_name
 from circuit_net.networks import Networks
 from circuit_net.runtime import check_declared, parse_publish
 
@@ -100,7 +100,7 @@ def install(nets: Networks, bundle: str, networks: list[str], publish: list[str]
     mappings = [parse_publish(spec) for spec in publish]
     if mappings:
         check_declared(configs, {"portMappings": mappings})
-    aliases = [check_name(a, "alias") for a in aliases]
+    aliases = [check_dns_name(a, "alias") for a in aliases]
     env = nets.ctx.settings.as_environment() | {"PATH": os.environ.get("PATH") or DEFAULT_PATH}
     entry = {"path": hook_program(), "env": [f"{k}={v}" for k, v in sorted(env.items())]}
     config = without_circuit(config)

@@ -4,14 +4,15 @@ Usage:
   circuit-net create PATH [--name NAME]
   circuit-net create NAME (--subnet CIDR)... [--gateway IP] [--driver DRIVER] [--bridge IF]
                      [--parent IF] [--mtu N] [--internal] [--no-masquerade] [--label KV]...
-                     [--overlay KIND [--vni N] [--host-subnet-size N]]
+                     [--overlay KIND [--vni N] [--host-subnet-size N]] [--dns | --no-dns]
   circuit-net spec [NAME (--subnet CIDR)... [--gateway IP] [--driver DRIVER] [--bridge IF]
                    [--parent IF] [--mtu N] [--internal] [--no-masquerade] [--label KV]...
-                   [--overlay KIND [--vni N] [--host-subnet-size N]]]
+                   [--overlay KIND [--vni N] [--host-subnet-size N]] [--dns | --no-dns]]
   circuit-net list [--format FMT] [-q] [--running]
   circuit-net inspect NAME [--format FMT]
   circuit-net connect TARGET NETWORK [--ifname IF] [--ip IP]... [--mac MAC] [--args ARGS]
-                      [--publish SPEC]... [--cap CAP]... [--format FMT]
+                      [--publish SPEC]... [--cap CAP]... [--name NAME] [--alias NAME]...
+                      [--format FMT]
   circuit-net disconnect TARGET NETWORK
   circuit-net check TARGET NETWORK
   circuit-net gc
@@ -27,7 +28,9 @@ network's or a route of the host is refused. Deleting a network removes the brid
 created when no other network uses it.
 
 Options:
-  --name NAME      network name, instead of the config's "name"
+  --name NAME      create: network name, instead of the config's "name"; connect: the
+                   container's name on the network (DNS, with circuit-dns)
+  --alias NAME     connect: another name of the container on the network (repeat for several)
   --format FMT     table or json (default: table; json for inspect)
   -q               names only
   --ifname IF      interface inside the container (default: the first free ethN)
@@ -53,15 +56,18 @@ Options:
                    one --host-subnet-size block each, joined by VXLAN (docs/cluster.md)
   --vni N          the VXLAN network identifier (default: the lowest free one)
   --host-subnet-size N  the prefix length of each host's block (default: 24)
+  --dns            containers find each other by name (circuit-dns; the default for bridge
+                   networks that are neither --internal nor --overlay, docs/dns.md)
+  --no-dns         no DNS server for the network
 """
 
 import os
 import sys
 
-from circuit_common import cli, output
+from circuit_common import cli, extensions, output
 from circuit_common.config import GLOBAL_HELP
-from circuit_common.errors import StateCorrupt, UsageError
-from circuit_common.validate import check_mac
+from circuit_common.errors import NotFound, StateCorrupt, UsageError
+from circuit_common.validate import check_dns_name, check_mac
 
 from . import cni, runtime
 from .networks import Networks, attachment_netns, owner_alive, parse_cni_args
@@ -76,7 +82,10 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         record = nets.create(check_path(a["PATH"]), a["--name"])
         print(f"{record['name']} created")
     elif a["create"]:
-        record = nets.create_from_flags(flags(check_flags_name(a["NAME"]), a))
+        wanted = flags(check_flags_name(a["NAME"]), a)
+        record = nets.create_from_flags(wanted)
+        if wanted.dns:
+            extensions.enable(ctx, record, "dns")
         print(f"{record['name']} created")
     elif a["list"]:
         return list_networks(nets, output.check_format(a["--format"]), a["-q"], a["--running"])
@@ -100,7 +109,8 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         record = nets.connect(a["NETWORK"], resolve(a["TARGET"], runc_root), a["--ifname"],
                               tuple(runtime.parse_ips(a["--ip"])),
                               a["--mac"] and check_mac(a["--mac"]),
-                              tuple(parse_cni_args(a["--args"])), caps)
+                              tuple(parse_cni_args(a["--args"])), caps,
+                              aliases=aliases(a["--name"], a["--alias"]))
         if fmt == "json":
             output.emit_json(describe(record))
         else:
@@ -146,13 +156,27 @@ def check_flags_name(name: str) -> str:
 
 
 def flags(name: str, a: dict):
-    """The network that create/spec's flags describe."""
+    """The network that create/spec's flags describe; DNS by default only when a tool
+    provides it (circuit-dns), and asked for in one line when none does."""
     from .spec import Flags
 
-    return Flags(name, a["--subnet"] or ["10.100.10.0/24"], a["--gateway"], a["--driver"],
-                 a["--bridge"], a["--parent"], a["--mtu"], a["--internal"],
-                 not a["--no-masquerade"], a["--label"], a["--overlay"], a["--vni"],
-                 a["--host-subnet-size"])
+    dns = True if a["--dns"] else False if a["--no-dns"] else None
+    wanted = Flags(name, a["--subnet"] or ["10.100.10.0/24"], a["--gateway"], a["--driver"],
+                   a["--bridge"], a["--parent"], a["--mtu"], a["--internal"],
+                   not a["--no-masquerade"], a["--label"], a["--overlay"], a["--vni"],
+                   a["--host-subnet-size"], dns)
+    if wanted.dns and extensions.provided("dns") is None:
+        if dns:
+            raise NotFound("--dns needs circuit-dns, which is not installed: install it, or "
+                           "leave --dns out")
+        wanted.dns = False
+    return wanted
+
+
+def aliases(name: str | None, more: list[str]) -> tuple[str, ...]:
+    """connect's --name and --alias values, checked as host names, without repeats."""
+    return tuple(dict.fromkeys(check_dns_name(n, "container name") for n in
+                               ([name] if name else []) + more))
 
 
 def prune(nets: Networks, force: bool, quiet: bool) -> None:

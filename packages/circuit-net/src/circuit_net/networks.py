@@ -18,7 +18,7 @@ from circuit_common.config import DEFAULT_CNI_CACHE_DIR, read_small_file
 from circuit_common.errors import CircuitError, Conflict, InvalidInput, NotFound, StateCorrupt
 from circuit_common.proc import Process, interfaces, process
 from circuit_common.store import Listing, Store
-from circuit_common.validate import NAME_RE, check_ifname, check_name
+from circuit_common.validate import DNS_NAME_RE, NAME_RE, check_ifname, check_name
 
 from . import cni, runtime
 from .target import Target
@@ -269,10 +269,11 @@ class Networks:
     def connect(self, name: str, target: Target, ifname: str | None = None,
                 ips: tuple[str, ...] = (), mac: str | None = None,
                 args: tuple[tuple[str, str], ...] = (), caps: dict | None = None,
-                only_declared: bool = False) -> dict:
+                only_declared: bool = False, aliases: tuple[str, ...] = ()) -> dict:
         """ADD the target to a network through the whole chain and cache the result. caps are
         capability args; one that no plugin declares is refused, or with only_declared (the
-        hook's caps for every network) left out."""
+        hook's caps for every network) left out. aliases: names of the container on the
+        network, kept in the record for the extensions (DNS)."""
         with self.store.lock("network", name):
             network = self.get(name, lease=True)
             if not only_declared:
@@ -285,7 +286,7 @@ class Networks:
             slot = binascii.crc32(target.container_id.encode()) % CONTAINER_LOCKS
             with self.store.lock("container", str(slot)):
                 record, rt = self._intend_attach(network, target, ifname, list(ips), mac,
-                                                 list(args), caps or {})
+                                                 list(args), caps or {}, aliases)
         return self._attach(network, record, rt, list(ips))
 
     def peers_elsewhere(self, name: str) -> list[dict]:
@@ -308,7 +309,7 @@ class Networks:
 
     def _intend_attach(self, network: dict, target: Target, ifname: str | None,
                        ips: list[str], mac: str | None, args: list[tuple[str, str]],
-                       caps: dict) -> tuple[dict, cni.Runtime]:
+                       caps: dict, aliases: tuple[str, ...] = ()) -> tuple[dict, cni.Runtime]:
         """Check the target, choose its ifname and write the intent (under the network's and
         the container's locks): the attachment record without a result, and its runtime
         parameters."""
@@ -329,6 +330,8 @@ class Networks:
         record = cni.cache_entry(netconf, rt, None)
         record["circuit"] = {"pid": target.process.pid, "start_time": target.process.start_time,
                              "target": target.label, "created": now()}
+        if aliases:
+            record["circuit"]["aliases"] = list(aliases)
         wanted = capability_args.get("portMappings") or []
         if not wanted:
             self._intend("add", record)
@@ -669,6 +672,10 @@ def check_attachment_fields(record: dict) -> None:
     if not isinstance(meta, dict) or not all(
             type(meta.get(k)) is int and meta[k] >= 0 for k in ("pid", "start_time")):
         raise ValueError("its 'circuit' object needs a whole-number pid and start_time")
+    aliases = meta.get("aliases", [])
+    if not isinstance(aliases, list) or not all(
+            isinstance(a, str) and DNS_NAME_RE.fullmatch(a) for a in aliases):
+        raise ValueError("its aliases must be a list of host names")
     if not isinstance(record.get("cniArgs", []), list) \
             or not isinstance(record.get("capabilityArgs") or {}, dict):
         raise ValueError("cniArgs must be a list and capabilityArgs an object")
@@ -718,7 +725,8 @@ def as_attachment(record: dict) -> extensions.Attachment:
     """An attachment record as extensions see it."""
     meta = record["circuit"]
     return extensions.Attachment(record["networkName"], record["containerId"], record["ifName"],
-                                 meta["pid"], meta["start_time"], record["result"] or {})
+                                 meta["pid"], meta["start_time"], record["result"] or {},
+                                 tuple(meta.get("aliases", ())))
 
 
 def listed(attachment: dict) -> dict:

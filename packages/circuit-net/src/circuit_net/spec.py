@@ -20,7 +20,8 @@ class Flags:
                  driver: str | None = None, bridge: str | None = None,
                  parent: str | None = None, mtu: str | None = None, internal: bool = False,
                  masquerade: bool = True, labels: list[str] = (), overlay: str | None = None,
-                 vni: str | None = None, host_subnet_size: str | None = None):
+                 vni: str | None = None, host_subnet_size: str | None = None,
+                 dns: bool | None = None):
         self.name = check_name(name, "network name")
         self.subnets = [parse_subnet(s) for s in subnets]
         self.driver = driver or "bridge"
@@ -39,6 +40,16 @@ class Flags:
             if host_subnet_size else None
         self.check_driver_flags()
         self.check_overlay_flags()
+        self.dns = self.check_dns(dns)
+
+    def check_dns(self, dns: bool | None) -> bool:
+        """Whether the network gets DNS (circuit-dns): asked, or by default a bridge network
+        that is neither internal nor an overlay."""
+        if dns is None:
+            return self.driver == "bridge" and not self.overlay and not self.internal
+        if dns and (self.driver != "bridge" or self.overlay):
+            raise UsageError("--dns is for --driver bridge networks without --overlay")
+        return dns
 
     def check_driver_flags(self) -> None:
         if self.bridge and self.driver != "bridge":
@@ -153,12 +164,23 @@ def ipam(flags: Flags, data_dir: str | None) -> dict:
     return conf
 
 
+def gateways(flags: Flags) -> list:
+    """The gateway of each subnet: --gateway in its own, else the subnet's first address."""
+    return [flags.gateway if flags.gateway and flags.gateway in s else s[1]
+            for s in sorted(flags.subnets, key=lambda s: s.version)]
+
+
 def main_plugin(flags: Flags, data_dir: str | None) -> dict:
     """The interface plugin of the chain, by driver."""
     plugin: dict = {"type": flags.driver}
     if flags.driver == "bridge":
+        # a DNS server listens on the gateway address, so an internal network with DNS has one
         plugin.update(bridge=flags.bridge or default_bridge(flags.name),
-                      isGateway=not flags.internal, ipMasq=flags.masquerade, hairpinMode=True)
+                      isGateway=not flags.internal or flags.dns, ipMasq=flags.masquerade,
+                      hairpinMode=True)
+        if flags.dns:  # the CNI result's dns, which the bridge plugin passes on
+            plugin["dns"] = {"nameservers": [str(g) for g in gateways(flags)],
+                             "search": [flags.name]}
         if flags.overlay:
             plugin["ipMasq"] = False  # traffic between hosts keeps its source address
     elif flags.driver == "ptp":

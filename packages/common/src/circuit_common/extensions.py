@@ -6,6 +6,8 @@ A tool registers a module in its pyproject:
 and the module defines what it needs of:
     attached(ctx, attachment)      after an attachment is made; raising rolls the attach back
     detached(ctx, attachment)      before an attachment's record goes
+    network_created(ctx, network)  when a network is created with the extension (enable();
+                                   network: its record)
     network_deleted(ctx, network)  when a network it marked is deleted (network: its name)
     restore(ctx) -> int            `circuit restore`, after a reboot; returns an exit code
     resync(ctx, before)            in a cluster: the tool's shared records changed on another
@@ -30,8 +32,10 @@ GROUP = "circuit.extensions"
 MODULE_RE = re.compile(r"circuit_[a-z]+\.extension")  # what a marker may name
 
 
-class Attachment(namedtuple("Attachment", "network container_id ifname pid start_time result")):
-    """One container interface on one network, as circuit-net hands it to extensions."""
+class Attachment(namedtuple("Attachment", "network container_id ifname pid start_time result "
+                                         "aliases", defaults=((),))):
+    """One container interface on one network, as circuit-net hands it to extensions (aliases:
+    the names connect's --name/--alias or the hook's circuit.aliases gave it)."""
 
     __slots__ = ()
 
@@ -72,6 +76,29 @@ def unmark(store, network: str, name: str) -> None:
     store.remove(os.path.join(marker_dir(store, network), f"{name}.json"))
     with contextlib.suppress(OSError):  # other markers remain, or none was ever made
         os.rmdir(marker_dir(store, network))
+
+
+def provided(name: str) -> str | None:
+    """The module (its entry point's value) of the installed extension name, None when no
+    installed tool provides it (an entry-point scan: not for the hot path)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=GROUP, name=name):
+        return entry.value
+    return None
+
+
+def enable(ctx, network: dict, name: str) -> None:
+    """Mark a new network (its record) for extension name and tell the extension
+    (network_created); NotFound in one line when no installed tool provides it."""
+    module = provided(name)
+    if module is None or not MODULE_RE.fullmatch(module):
+        raise NotFound(f"network {network['name']} asks for extension {name!r}, which no "
+                       f"installed tool provides: install circuit-{name}")
+    mark(ctx.store, network["name"], name, module)
+    extension = load(ctx.store, network["name"], name)
+    if hasattr(extension, "network_created"):
+        extension.network_created(ctx, network)
 
 
 def load(store, network: str, name: str):

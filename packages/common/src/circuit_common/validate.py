@@ -6,6 +6,8 @@ from .errors import InvalidInput
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 IFNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DNS_NAME_RE = re.compile(rf"{DNS_LABEL}(?:\.{DNS_LABEL})*")
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 
 
@@ -22,6 +24,15 @@ def check_ifname(value: str) -> str:
     if not IFNAME_RE.fullmatch(value or ""):
         raise InvalidInput(f"invalid interface name {value!r}: use 1-15 letters, digits, "
                            "'_', '.' or '-'")
+    return value
+
+
+def check_dns_name(value: str, what: str = "name") -> str:
+    """value if it is a host name DNS can answer (dot-separated labels of letters, digits and
+    inner '-', at most 63 each, 253 in all), else InvalidInput."""
+    if not isinstance(value, str) or len(value) > 253 or not DNS_NAME_RE.fullmatch(value):
+        raise InvalidInput(f"invalid {what} {value!r}: use letters, digits and '-' (not first "
+                           "or last), at most 63 between dots")
     return value
 
 

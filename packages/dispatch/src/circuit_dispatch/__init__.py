@@ -5,6 +5,7 @@ Usage:
   circuit network qos set|reset|show ...
   circuit lb create|add|remove|delete|clear|list ...
   circuit cluster join|leave|forget|list|sync|agent ...  (hosts sharing state through etcd)
+  circuit dns show|status|serve|stop ...       (containers find each other by name)
   circuit hook [attach|detach]      (runc hooks: plain `circuit` with the OCI state on stdin)
   circuit hook install|uninstall BUNDLE ...  (write the hooks into a bundle's config.json)
   circuit restore                   re-apply QoS and LB state from the store after a reboot
@@ -31,6 +32,7 @@ GROUPS = {
     ("lb",): "circuit_lb.cli",
     ("hook",): "circuit_hook.cli",
     ("cluster",): "circuit_cluster.cli",
+    ("dns",): "circuit_dns.cli",
 }
 
 

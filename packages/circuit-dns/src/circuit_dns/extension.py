@@ -1,0 +1,75 @@
+"""circuit-dns in the attachment lifecycle (entry point circuit.extensions: dns): a new
+attachment's names are stored and answered before its connect returns (the network's server
+started on the first), a detached one's go, a deleted network's files go, and `circuit
+restore` rebuilds every network's names from its attachments and starts the server.
+
+On the hook's path: no dnslib, no socket module (control.py talks through _socket)."""
+
+import contextlib
+import os
+
+from circuit_common.cli import Context
+from circuit_common.errors import CircuitError
+from circuit_common.extensions import Attachment
+
+from . import control, records
+
+
+def attached(ctx: Context, attachment: Attachment) -> None:
+    """Store the attachment's names and have the server answer them; raising (port 53 taken)
+    rolls the attach back."""
+    record = records.load(ctx.store, attachment.network)
+    record["entries"][attachment.key] = records.entry(attachment)
+    records.save(ctx.store, record)
+    control.reload(ctx.store, attachment.network)
+
+
+def detached(ctx: Context, attachment: Attachment) -> None:
+    """Drop the attachment's names; a server that runs stops answering them (none is started
+    for it, and a detach never fails on the server)."""
+    record = records.load(ctx.store, attachment.network)
+    if record["entries"].pop(attachment.key, None) is not None:
+        records.save(ctx.store, record)
+        with contextlib.suppress(CircuitError):
+            control.reload(ctx.store, start=False)
+
+
+def network_created(ctx: Context, network: dict) -> None:
+    """The network's resolv.conf and hosts file, and its (empty) names."""
+    records.write_resolv_conf(ctx.store, network)
+    if ctx.store.read(records.record_path(ctx.store, network["name"])) is None:
+        records.save(ctx.store, {"network": network["name"], "entries": {}})
+
+
+def network_deleted(ctx: Context, network: str) -> None:
+    store = ctx.store
+    for path in (records.record_path(store, network), records.resolv_conf_path(store, network),
+                 records.hosts_path(store, network)):
+        store.remove(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(records.files_dir(store, network))
+    with contextlib.suppress(CircuitError):
+        control.reload(store, start=False)
+
+
+def restore(ctx: Context) -> int:
+    """Every DNS network's names again from its attachments whose containers run, its
+    resolv.conf from the host's; the server started when a name is to be answered."""
+    from circuit_net.networks import Networks, as_attachment
+
+    nets = Networks(ctx)
+    restored = []
+    for name in records.dns_networks(ctx.store):
+        with ctx.store.lock("network", name):
+            network = nets.get(name)
+            running = [a for a in map(as_attachment, nets.attachments(name).records)
+                       if a.running()]
+            records.save(ctx.store, {"network": name,
+                                     "entries": {a.key: records.entry(a) for a in running}})
+            records.write_resolv_conf(ctx.store, network)
+        restored.append((name, bool(running)))
+    if any(serving for _, serving in restored):
+        control.reload(ctx.store)
+    for name, _ in restored:
+        print(f"dns restored for {name}")
+    return 0
