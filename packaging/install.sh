@@ -4,7 +4,7 @@
 #   PREFIX/bin/circuit, circuit-net, ...    links into it
 #   PREFIX/share/man/man1/*.1               man pages, from the tools' usage text
 #   PREFIX/share/bash-completion/completions/circuit*, PREFIX/share/zsh/site-functions/_circuit
-#   PREFIX/lib/systemd/system/circuit-{restore,cluster-agent,forkserver}.service (not enabled)
+#   PREFIX/lib/systemd/system/circuit-{restore,cluster-agent,forkserver,dns}.service (not enabled)
 # Nothing refers back to the clone: it may be deleted afterwards. CIRCUIT_PYTHON picks the
 # interpreter (default /usr/bin/python3 when it is 3.11 or newer).
 set -euo pipefail
@@ -14,8 +14,9 @@ prefix=$(realpath -m "${2:-/usr/local}")
 lib=$prefix/lib/circuit
 manifest=$lib/installed-files
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-tools=(circuit circuit-net circuit-qos circuit-lb circuit-hook circuit-cluster)
-units=(circuit-restore.service circuit-cluster-agent.service circuit-forkserver.service)
+tools=(circuit circuit-net circuit-qos circuit-lb circuit-hook circuit-cluster circuit-dns)
+units=(circuit-restore.service circuit-cluster-agent.service circuit-forkserver.service
+       circuit-dns.service)
 
 uninstall() {
     if [ ! -f "$manifest" ]; then
