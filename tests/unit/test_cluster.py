@@ -6,9 +6,10 @@ import json
 import pytest
 from test_resync import FakeEtcd
 
-from circuit_cluster import overlay, replica
+from circuit_cluster import overlay, placement, replica
 from circuit_cluster.etcd import prefix_end
 from circuit_cluster.sync import Snapshot
+from circuit_common.backend import StateBackend, open_backend
 from circuit_common.config import load_settings
 from circuit_common.errors import Conflict, InvalidInput, UsageError
 from circuit_common.store import encode
@@ -19,19 +20,25 @@ def settings(tmp_path, **options):
     return load_settings(options, env={"CIRCUIT_CONFIG": str(tmp_path / "none.toml")})
 
 
+def backend(tmp_path, **options):
+    return open_backend(settings(tmp_path, **options))
+
+
 def test_state_urls(tmp_path):
-    s = settings(tmp_path, state="etcd://10.0.0.1:2379,[fd00::2]:2379/team/a",
-                 local_state=str(tmp_path))
-    assert (s.etcd.endpoints, s.etcd.prefix) == (["10.0.0.1:2379", "[fd00::2]:2379"], "/team/a")
-    assert s.state_dir == str(tmp_path)
-    assert settings(tmp_path, state="etcd://h:2379").etcd.prefix == "/circuit"
-    assert settings(tmp_path, state="etcd://h:2379").state_dir == "/var/lib/circuit"
-    s = settings(tmp_path, state=f"file://{tmp_path}")
-    assert (s.etcd, s.state_dir) == (None, str(tmp_path))
+    s = backend(tmp_path, state="etcd://10.0.0.1:2379,[fd00::2]:2379/team/a",
+                local_state=str(tmp_path))
+    assert isinstance(s, replica.ReplicatedStore)
+    assert (s.etcd_state.endpoints, s.etcd_state.prefix) == (
+        ["10.0.0.1:2379", "[fd00::2]:2379"], "/team/a")
+    assert s.root == str(tmp_path)
+    assert backend(tmp_path, state="etcd://h:2379").etcd_state.prefix == "/circuit"
+    assert backend(tmp_path, state="etcd://h:2379").root == "/var/lib/circuit"
+    s = backend(tmp_path, state=f"file://{tmp_path}")
+    assert (type(s), s.root) == (StateBackend, str(tmp_path))
     conf = tmp_path / "circuit.toml"
     conf.write_text('state = "etcd://h:1/x"\nlocal_state_dir = "/srv/circuit"\n')
-    s = load_settings({}, env={"CIRCUIT_CONFIG": str(conf)})
-    assert (s.etcd.prefix, s.state_dir) == ("/x", "/srv/circuit")
+    s = open_backend(load_settings({}, env={"CIRCUIT_CONFIG": str(conf)}))
+    assert (s.etcd_state.prefix, s.root) == ("/x", "/srv/circuit")
 
 
 @pytest.mark.parametrize(("url", "message"), [
@@ -40,12 +47,13 @@ def test_state_urls(tmp_path):
     ("etcd://h:99999", "bad etcd endpoint 'h:99999'"),
     ("etcd://h:1/a/../b", "bad etcd key prefix"),
     ("etcd://h;rm:1", "bad etcd endpoint"),
-    ("consul://h:1", "unknown state URL"),
+    ("consul://h:1", "unknown state URL 'consul://h:1': no installed tool serves consul://; "
+                     r"use a directory, file://DIR or etcd://HOST:PORT\[,HOST:PORT\.\.\.\]"),
     ("file://", "file:// needs a directory"),
 ])
 def test_bad_state_urls_are_one_line(tmp_path, url, message):
     with pytest.raises(InvalidInput, match=message):
-        settings(tmp_path, state=url)
+        backend(tmp_path, state=url)
 
 
 def flags(**kw):
@@ -53,21 +61,26 @@ def flags(**kw):
 
 
 def test_overlay_flags_and_a_hosts_config():
-    f = flags()
-    assert spec.overlay(f, {1, 2}) == {"type": "vxlan", "vni": 3, "subnet": "10.200.0.0/16",
-                                       "hostSubnetSize": 24, "masquerade": True}
-    assert spec.overlay(flags(vni="7", host_subnet_size="26"), set())["hostSubnetSize"] == 26
+    requested = spec.requested_overlay(flags())
+    assert requested == {"type": "vxlan", "vni": None, "subnet": "10.200.0.0/16",
+                         "hostSubnetSize": 24, "masquerade": True}
+    with_vnis = [{"overlay": {"vni": 1}}, {"overlay": {"vni": 2}}, {"name": "single-host"}]
+    assert placement.place_overlay(requested, with_vnis) == {**requested, "vni": 3}
+    assert placement.place_overlay(spec.requested_overlay(
+        flags(vni="7", host_subnet_size="26")), [])["hostSubnetSize"] == 26
     with pytest.raises(Conflict, match="--vni 7 is another cluster network's"):
-        spec.overlay(flags(vni="7"), {7})
+        placement.place_overlay(spec.requested_overlay(flags(vni="7")),
+                                [{"overlay": {"vni": 7}}])
     netconf = {"cniVersion": "1.0.0", "name": "blue", "plugins": [
         {"type": "bridge", "ipMasq": False,
          "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.200.0.0/16"}]]}}]}
-    local = spec.host_config(netconf, {"subnet": "10.200.3.0/24", "mtu": 1450}, "/srv/ipam")
+    local = placement.host_config(netconf, {"subnet": "10.200.3.0/24", "mtu": 1450},
+                                  "/srv/ipam")
     assert local["plugins"][0]["ipam"] == {
         "type": "host-local", "ranges": [[{"subnet": "10.200.3.0/24", "gateway": "10.200.3.1"}]],
         "dataDir": "/srv/ipam"}
-    assert "dataDir" not in spec.host_config(local, {"subnet": "10.200.3.0/24", "mtu": 1450},
-                                             None)["plugins"][0]["ipam"]
+    assert "dataDir" not in placement.host_config(
+        local, {"subnet": "10.200.3.0/24", "mtu": 1450}, None)["plugins"][0]["ipam"]
     assert local["plugins"][0]["mtu"] == 1450
     assert netconf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.200.0.0/16"}]]
 

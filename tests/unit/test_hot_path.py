@@ -147,7 +147,8 @@ def test_the_shaped_hook_path_imports_no_pyroute2_and_sends_the_shaping(tmp_path
 
 def test_a_cluster_network_with_its_lease_here_needs_no_etcd_client(tmp_path):
     """With etcd state, a connect to a cluster network this host holds a lease of, and the
-    poststop hook, read local files only: no etcd3gw, no requests, no pyroute2."""
+    poststop hook, read local files only: no etcd3gw, no requests, no pyroute2, and no
+    entry-point scan for the backend."""
     from circuit_common.store import Store
 
     store = Store(tmp_path)
@@ -167,6 +168,10 @@ def test_a_cluster_network_with_its_lease_here_needs_no_etcd_client(tmp_path):
         "cidr": "10.200.0.0/16", "hostSubnetSize": 24, "created": "now", "masquerade": True,
         "bridge": "cni-blue"})
     state = ["--state", "etcd://127.0.0.1:9/x", "--local-state", str(tmp_path)]
+    # the first command finds the etcd backend by its entry point and keeps it in the cache
+    subprocess.run([CIRCUIT, *state, "network", "list"], capture_output=True, check=True)
+    assert store.read(store.path("cache", "state-backends.json")) == {
+        "schema": 1, "etcd": "circuit_cluster.replica:ReplicatedStore"}
     for args, stdin in (([CIRCUIT, *state, "network", "connect", "1", "blue"], None),
                         ([CIRCUIT, *state], STOPPED)):
         modules = imported(args, stdin) - imported(["-c", "pass"])

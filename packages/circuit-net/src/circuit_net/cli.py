@@ -282,9 +282,9 @@ def list_networks(nets: Networks, fmt: str, quiet: bool, running: bool = False) 
                        for a, ns in zip(attached.records, netns, strict=True)
                        if not running or ns), key=_ip_key)
         config = network["config"]
-        joined = nets.store.cluster.joined() if nets.store.cluster is not None else None
-        if joined is not None:
-            here = [{**p, "host": joined["name"]} for p in here] + sorted(
+        host = nets.store.host_name()
+        if host is not None:
+            here = [{**p, "host": host} for p in here] + sorted(
                 (peer_elsewhere(a) for a in nets.peers_elsewhere(network["name"])), key=_ip_key)
         rows.append({"name": network["name"], "type": config["plugins"][0]["type"],
                      "plugins": [p["type"] for p in config["plugins"]],

@@ -65,33 +65,16 @@ class Networks:
         """The network as this host runs it (see here); with lease, a cluster network's subnet
         is leased to this host now if it has none yet."""
         record = self.store.read(self.network_path(name), check=check_network)
-        if record is None and self.store.cluster is not None:
-            # made on another host since this one last synced
+        if record is None:  # made on another host since this one last synced
             record = self.store.fetch(self.network_path(name), check=check_network)
         if record is None:
             raise NotFound(f"no network named {name!r} (see 'circuit network list')")
         return self.here(record, lease)
 
     def here(self, network: dict, lease: bool = False) -> dict:
-        """A network record as this host runs it. With etcd state, a network from flags gets
-        this host's IPAM directory (every DEL must see what the ADD saw), and a cluster
-        network runs over the subnet this host leased (as stored before its first attach
-        here; with lease: leased now)."""
-        if not network.get("overlay") and (network.get("source") != "flags"
-                                           or self.store.cluster is None):
-            return network
-        if self.store.cluster is None:
-            raise InvalidInput(f"network {network['name']} is a cluster network: give --state "
-                               "etcd://HOST:PORT[,...] as when it was created")
-        from .spec import host_config, with_data_dir
-
-        if not network.get("overlay"):
-            return {**network, "config": with_data_dir(network["config"], self.ipam_dir())}
-        cluster = self.store.cluster
-        found = cluster.lease(network) if lease else cluster.local_lease(network)
-        if found is None:
-            return network
-        return {**network, "config": host_config(network["config"], found, self.ipam_dir())}
+        """A network record as this host runs it, as the state backend has it
+        (StateBackend.network_here: with lease, a cluster network's subnet is leased now)."""
+        return self.store.network_here(network, self.ipam_dir(), lease)
 
     def all(self) -> Listing:
         """Every network record; unreadable ones are reported, not fatal."""
@@ -142,13 +125,13 @@ class Networks:
         another network's or a route of circuit's netns; an identical re-create is a no-op."""
         from . import spec
 
-        if flags.overlay and self.store.cluster is None:
-            raise InvalidInput("--overlay makes a cluster network: give --state etcd://HOST:PORT"
-                               "[,...] so every host shares it")
-        # with etcd state the record is every host's: each adds its own IPAM directory (here)
-        shared = self.store.cluster is not None
-        netconf = spec.conflist(flags, self.plugins, None if shared else self.ipam_dir())
-        return self.define(netconf, "flags", check_overlap=True, overlay_flags=flags)
+        requested = spec.requested_overlay(flags)
+        if requested and not self.store.shared:
+            self.store.place_overlay(requested, [])  # refused before any plugin is asked
+        # with shared state the record is every host's: each adds its own IPAM directory
+        netconf = spec.conflist(flags, self.plugins,
+                                None if self.store.shared else self.ipam_dir())
+        return self.define(netconf, "flags", check_overlap=True, overlay=requested)
 
     def ipam_dir(self) -> str | None:
         """host-local's dataDir for networks from flags: under the CNI cache dir when it is not
@@ -157,11 +140,11 @@ class Networks:
         return None if cache_dir == DEFAULT_CNI_CACHE_DIR else os.path.join(cache_dir, "networks")
 
     def define(self, netconf: dict, source: str, check_overlap: bool = False,
-               overlay_flags=None) -> dict:
+               overlay: dict | None = None) -> dict:
         """Store a network record for netconf, or return the identical one stored. With
         check_overlap the check and the write hold every lock (no overlapping twin can slip in
-        between; with etcd state, on every host), and so does the choice of a cluster network's
-        VNI (overlay_flags: the flags that asked for one)."""
+        between; with shared state, on every host), and so does the state backend's placing
+        of a cluster network (overlay: as requested, spec.requested_overlay)."""
         path = self.network_path(netconf["name"])
         existing = self.store.read(path, check=check_network)
         if existing is not None and existing["config"] == netconf:
@@ -176,18 +159,15 @@ class Networks:
                     raise Conflict(f"network {netconf['name']!r} exists with a different config; "
                                    "delete it first or choose another --name")
                 return existing
-            others = self.all().records if check_overlap or overlay_flags else []
+            others = self.all().records if check_overlap or overlay else []
             if check_overlap:
                 from .spec import check_overlap as refuse_overlap
 
                 refuse_overlap(netconf, [n["config"] for n in others])
             record = {"name": netconf["name"], "config": netconf, "source": source,
                       "created": now(), "bridges": new_bridges(netconf)}
-            if overlay_flags and overlay_flags.overlay:
-                from .spec import overlay
-
-                record["overlay"] = overlay(overlay_flags, {n["overlay"]["vni"] for n in others
-                                                            if n.get("overlay")})
+            if overlay:
+                record["overlay"] = self.store.place_overlay(overlay, others)
             self.store.write(path, record)
             return record
 
@@ -213,7 +193,7 @@ class Networks:
                 ids = ", ".join(a["containerId"] for a in attached.records)
                 raise Conflict(f"network {name} is in use by {len(attached.records)} "
                                f"container(s): {ids}; disconnect them or use --force")
-            elsewhere = self.store.cluster.hosts_using(name) if self.store.cluster else []
+            elsewhere = self.store.hosts_using(name)
             if elsewhere:
                 raise Conflict(f"network {name} is in use on host(s) {', '.join(elsewhere)}; "
                                "disconnect the containers there first")
@@ -225,8 +205,7 @@ class Networks:
                     module.network_deleted(self.ctx, name)
                 extensions.unmark(self.store, name, extension)
             self.store.remove(self.network_path(name))
-            if network.get("overlay") and self.store.cluster is not None:
-                self.store.cluster.network_deleted(name)
+            self.store.network_deleted(network)
             self.remove_leftovers(network)
             return attached.records
 
@@ -291,7 +270,7 @@ class Networks:
 
     def peers_elsewhere(self, name: str) -> list[dict]:
         """A cluster network's attachments on other hosts, as this host last synced them."""
-        return self.store.cluster.peer_attachments(name) if self.store.cluster else []
+        return self.store.peer_attachments(name)
 
     def refuse_attached(self, name: str, target: Target) -> None:
         """Conflict when the target's container id is attached to the network, or being

@@ -209,41 +209,13 @@ def conflist(flags: Flags, plugins: cni.Plugins, data_dir: str | None = None) ->
     return conf
 
 
-def overlay(flags: Flags, taken_vnis: set[int]) -> dict | None:
-    """The overlay part of a cluster network's record: its VNI (the lowest free one unless
-    --vni) and how the subnet is shared out among hosts."""
+def requested_overlay(flags: Flags) -> dict | None:
+    """What the flags ask of a cluster network's overlay, for the state backend to place
+    (StateBackend.place_overlay): its "vni" is None unless --vni."""
     if not flags.overlay:
         return None
-    vni = flags.vni or next(v for v in range(1, MAX_VNI + 1) if v not in taken_vnis)
-    if vni in taken_vnis:
-        raise Conflict(f"--vni {vni} is another cluster network's; choose another")
-    return {"type": flags.overlay, "vni": vni, "subnet": str(flags.subnets[0]),
+    return {"type": flags.overlay, "vni": flags.vni, "subnet": str(flags.subnets[0]),
             "hostSubnetSize": flags.host_subnet_size, "masquerade": flags.masquerade}
-
-
-def host_config(netconf: dict, lease: dict, data_dir: str | None) -> dict:
-    """A cluster network's config on this host: host-local over this host's subnet (its first
-    address the gateway) with this host's data_dir (None: the plugin's default), the overlay's
-    MTU."""
-    subnet = ipaddress.ip_network(lease["subnet"])
-    conf = with_data_dir(netconf, data_dir)
-    main = conf["plugins"][0]
-    main["ipam"]["ranges"] = [[{"subnet": str(subnet), "gateway": str(subnet[1])}]]
-    main["mtu"] = lease["mtu"]
-    return conf
-
-
-def with_data_dir(netconf: dict, data_dir: str | None) -> dict:
-    """A copy of a network from flags whose host-local keeps its reservations in data_dir
-    (None: the plugin's default)."""
-    import json
-
-    conf = json.loads(json.dumps(netconf))  # a deep copy (json is loaded already; copy is not)
-    ipam = conf["plugins"][0]["ipam"]
-    ipam.pop("dataDir", None)
-    if data_dir:
-        ipam["dataDir"] = data_dir
-    return conf
 
 
 def netconf_subnets(netconf: dict) -> list:

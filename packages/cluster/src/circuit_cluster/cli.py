@@ -37,15 +37,16 @@ from circuit_common.validate import check_name
 
 from . import overlay
 from .member import Member
+from .replica import ReplicatedStore
 from .sync import Reconciler, json_object, run_agent
 
 
 def handle(argv: list[str], ctx: cli.Context) -> int:
     a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv)
-    if ctx.settings.etcd is None:
+    if not isinstance(ctx.store, ReplicatedStore):
         raise UsageError("circuit cluster needs the state in etcd: give --state "
                          "etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (or CIRCUIT_STATE)")
-    member: Member = ctx.store.cluster
+    member: Member = ctx.store.member
     if a["join"]:
         host = join(ctx, member, a["--address"], a["--name"] or socket.gethostname(),
                     a["--ttl"])
@@ -108,7 +109,7 @@ def join(ctx: cli.Context, member: Member, address: str, name: str, ttl: str) ->
         refuse_single_host_records(store)
     host = {"name": name, "address": address, "ttl": int(ttl),
             "joined": (joined or {}).get("joined") or time.time(),
-            "lease": (joined or {}).get("lease", 0), "prefix": ctx.settings.etcd.prefix}
+            "lease": (joined or {}).get("lease", 0), "prefix": ctx.store.etcd_state.prefix}
     with store.lock("cluster", "host"):
         store.write(member.host_path, host)
         try:

@@ -5,8 +5,9 @@ Keys and values are bytes here; etcd3gw's transport does the HTTP and the gatewa
 
 import base64
 
-from circuit_common.config import EtcdState
 from circuit_common.errors import Unavailable
+
+from .url import EtcdState
 
 API_PATH = "/v3/"
 

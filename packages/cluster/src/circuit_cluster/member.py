@@ -1,7 +1,8 @@
 """This host as a member of the cluster, from its local files (cluster/ in the state dir):
 its join record, its subnet leases and its view of the other hosts, which the reconcile pass
-(sync.py) keeps current. circuit-net reaches it as store.cluster: reading a lease is a file
-read; only a network's first attach on this host talks to etcd, to lease a subnet.
+(sync.py) keeps current. circuit-net reaches it through the state backend's hooks
+(ReplicatedStore, placement.py): reading a lease is a file read; only a network's first
+attach on this host talks to etcd, to lease a subnet.
 
 etcd keys below the prefix (docs/cluster.md):
     records/<path>                     a shared record (replica.py)
@@ -93,7 +94,7 @@ class Member:
         """The join record (None: this host has not joined); InvalidInput when this state
         dir joined under another etcd prefix (its mirror is of another cluster's records)."""
         host = self.store.read(self.host_path)
-        prefix = self.store.settings.etcd.prefix
+        prefix = self.store.etcd_state.prefix
         if host is not None and host.get("prefix") != prefix:
             raise InvalidInput(f"{self.store.root} belongs to the cluster at etcd prefix "
                                f"{host.get('prefix')}, not {prefix}: give that --state, or "

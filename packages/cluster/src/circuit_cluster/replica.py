@@ -14,9 +14,12 @@ import time
 from collections.abc import Iterator
 from functools import cached_property
 
+from circuit_common.backend import StateBackend
 from circuit_common.config import Settings
 from circuit_common.errors import Conflict, LockTimeout
-from circuit_common.store import Store, encode
+from circuit_common.store import encode
+
+from .url import parse_etcd_url
 
 SHARED = ("networks", "qos", "services", "extensions")  # top directories kept in etcd
 RECORDS = "records"  # etcd: <prefix>/records/<path below the state dir>
@@ -53,19 +56,24 @@ def safe_record_name(name: str) -> bool:
         p and p not in (".", "..") and not p.startswith(".") for p in parts)
 
 
-class ReplicatedStore(Store):
-    """A Store whose shared records are etcd's, mirrored here."""
+class ReplicatedStore(StateBackend):
+    """The etcd:// state backend: a store whose shared records are etcd's, mirrored here, and
+    the cluster's answers to circuit-net's questions about networks that span hosts."""
+
+    schemes = ("etcd",)
+    url_help = "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"
+    shared = True
 
     def __init__(self, settings: Settings):
-        super().__init__(settings.state_dir, settings.lock_timeout)
-        self.settings = settings
+        super().__init__(settings)
+        self.etcd_state = parse_etcd_url(settings.state_url)
         self._holding_all = False
 
     @cached_property
     def etcd(self):
         from .etcd import Etcd
 
-        return Etcd(self.settings.etcd, self.lock_timeout)
+        return Etcd(self.etcd_state, self.lock_timeout)
 
     def shared_name(self, path: str) -> str | None:
         """The path below the state dir of a shared record, None for a local one."""
@@ -74,10 +82,13 @@ class ReplicatedStore(Store):
         return relative if top in SHARED and not relative.startswith("..") else None
 
     @cached_property
-    def cluster(self):
+    def member(self):
+        """This host as a member of the cluster."""
         from .member import Member
 
         return Member(self)
+
+    # -- the state backend's hooks (circuit_common.backend.StateBackend) -------------------
 
     def fetch(self, path: str, check=None) -> dict | None:
         """A shared record that is not mirrored here yet, from etcd (mirrored now)."""
@@ -87,6 +98,32 @@ class ReplicatedStore(Store):
             return None
         self.mirror(name, found.value)
         return self.read(path, check)
+
+    def host_name(self) -> str | None:
+        joined = self.member.joined()
+        return joined["name"] if joined is not None else None
+
+    def network_here(self, network: dict, ipam_dir: str | None, lease: bool = False) -> dict:
+        from .placement import network_here
+
+        return network_here(self.member, network, ipam_dir, lease)
+
+    def place_overlay(self, requested: dict, networks: list[dict]) -> dict:
+        from .placement import place_overlay
+
+        return place_overlay(requested, networks)
+
+    def hosts_using(self, network: str) -> list[str]:
+        return self.member.hosts_using(network)
+
+    def peer_attachments(self, network: str) -> list[dict]:
+        return self.member.peer_attachments(network)
+
+    def network_deleted(self, network: dict) -> None:
+        if network.get("overlay"):
+            self.member.network_deleted(network["name"])
+
+    # -- shared records ----------------------------------------------------------------------
 
     def mirror(self, name: str, body: bytes | None) -> None:
         """Set the local copy of shared record name to etcd's body (None: it is gone)."""

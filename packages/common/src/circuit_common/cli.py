@@ -4,9 +4,9 @@ import sys
 from collections.abc import Callable
 from functools import cached_property
 
+from .backend import StateBackend, open_backend
 from .config import Settings, load_settings, split_global_options
-from .errors import CircuitError, NotFound, UsageError
-from .store import Store
+from .errors import CircuitError, UsageError
 
 INTERNAL_ERROR = 70
 
@@ -14,23 +14,16 @@ INTERNAL_ERROR = 70
 class Context:
     """What a command handler gets: the merged settings and the state store."""
 
-    def __init__(self, settings: Settings, store: Store | None = None):
+    def __init__(self, settings: Settings, store: StateBackend | None = None):
         self.settings = settings
         if store is not None:
             self.store = store  # the cached property's slot
 
     @cached_property
-    def store(self) -> Store:
-        """The state directory; with etcd:// state, circuit-cluster's replica of it (shared
-        records written through to etcd, the rest local)."""
-        if self.settings.etcd is None:
-            return Store(self.settings.state_dir, self.settings.lock_timeout)
-        try:
-            from circuit_cluster.replica import ReplicatedStore
-        except ImportError:
-            raise NotFound("etcd:// state needs circuit-cluster, which is not installed; "
-                              "install it or give --state a directory") from None
-        return ReplicatedStore(self.settings)
+    def store(self) -> StateBackend:
+        """The state backend of --state: the directory, or the backend registered for the
+        URL's scheme (circuit_common.backend)."""
+        return open_backend(self.settings)
 
 
 class Arguments(dict):
@@ -90,6 +83,7 @@ def run(handler: Callable[[list[str], Context], int | None], argv: list[str] | N
     try:
         options, rest = split_global_options(argv)
         ctx = Context(load_settings(options))
+        ctx.store  # noqa: B018 (a --state no backend serves is refused before any command)
         return handler(rest, ctx) or 0
     except CircuitError as e:
         if debug:

@@ -26,15 +26,6 @@ GLOBAL_HELP = """Global options (anywhere on the line):
   --debug             show tracebacks"""
 
 
-class EtcdState:
-    """Where shared state lives when --state is an etcd:// URL: the members to try, in order,
-    and the key prefix below which circuit keeps everything."""
-
-    def __init__(self, endpoints: list[str], prefix: str):
-        self.endpoints = endpoints
-        self.prefix = prefix
-
-
 class Settings:
     """What every tool needs to know about its environment."""
 
@@ -42,7 +33,7 @@ class Settings:
         self.state = DEFAULT_STATE_DIR  # as given: a directory or a state URL
         self.config_path = DEFAULT_CONFIG
         self.state_dir = DEFAULT_STATE_DIR  # this host's records (a mirror, with etcd)
-        self.etcd: EtcdState | None = None
+        self.state_url: str | None = None  # a state backend's URL (circuit_common.backend)
         self.cni_path = list(DEFAULT_CNI_PATH)
         self.lock_timeout = 30.0
         self.plugin_timeout = 10.0
@@ -51,10 +42,10 @@ class Settings:
 
     def as_environment(self) -> dict[str, str]:
         """The environment that gives another circuit process (a runc hook) these settings."""
-        env = {"CIRCUIT_STATE": self.state if self.etcd else os.path.abspath(self.state_dir),
+        env = {"CIRCUIT_STATE": self.state_url or os.path.abspath(self.state_dir),
                "CNI_PATH": ":".join(self.cni_path),
                "CIRCUIT_CNI_CACHE_DIR": self.cni_cache_dir}
-        if self.etcd:
+        if self.state_url:
             env["CIRCUIT_LOCAL_STATE_DIR"] = self.state_dir
         if self.config_path != DEFAULT_CONFIG:
             env["CIRCUIT_CONFIG"] = os.path.abspath(self.config_path)
@@ -153,33 +144,6 @@ def _path(value, what: str) -> str | None:
     return None if value is None else str(value)
 
 
-ETCD_PREFIX = "/circuit"
-
-
-def parse_etcd_url(url: str) -> EtcdState:
-    """etcd://HOST:PORT[,HOST:PORT...][/PREFIX] checked: ports in range, a prefix of plain
-    path characters (default /circuit)."""
-    hosts, slash, prefix = url.removeprefix("etcd://").partition("/")
-    prefix = "/" + prefix.strip("/") if slash and prefix.strip("/") else ETCD_PREFIX
-    endpoints = [h for h in hosts.split(",") if h]
-    for endpoint in endpoints:
-        host, _, port = endpoint.rpartition(":")
-        bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
-        name = host[1:-1] if bracketed else host
-        if not name or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536) \
-                or ("[" in name or "]" in name) \
-                or (":" in name and not bracketed) \
-                or not all(c.isascii() and (c.isalnum() or c in ".-:") for c in name):
-            raise InvalidInput(f"bad etcd endpoint {endpoint!r} in {url!r}: use HOST:PORT, "
-                               "as 10.0.0.1:2379 or [fd00::1]:2379")
-    if not endpoints:
-        raise InvalidInput(f"no etcd endpoint in {url!r}: use etcd://HOST:PORT[,HOST:PORT...]")
-    if not all(c.isalnum() or c in "/._-" for c in prefix) or "//" in prefix or ".." in prefix:
-        raise InvalidInput(f"bad etcd key prefix {prefix!r} in {url!r}: use letters, digits, "
-                           "'.', '_', '-' and '/'")
-    return EtcdState(endpoints, prefix)
-
-
 def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
     """Merge config file, environment and global options into Settings."""
     path = str(options.get("config") or env.get("CIRCUIT_CONFIG") or DEFAULT_CONFIG)
@@ -196,14 +160,11 @@ def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
     if "\0" in state:
         raise InvalidInput("the state directory's path holds a NUL byte")
     s.state = state
-    if state.startswith("etcd://"):
-        s.etcd = parse_etcd_url(state)
+    if "://" in state and not state.startswith("file://"):
+        s.state_url = state  # its backend checks it (circuit_common.backend)
         s.state_dir = _path(options.get("local_state") or env.get("CIRCUIT_LOCAL_STATE_DIR")
                             or _string(conf, "local_state_dir", path) or DEFAULT_STATE_DIR,
                             "local state directory")
-    elif "://" in state and not state.startswith("file://"):
-        raise InvalidInput(f"unknown state URL {state!r}: use a directory, file://DIR or "
-                           "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
     else:
         s.state_dir = state.removeprefix("file://")
         if not s.state_dir:

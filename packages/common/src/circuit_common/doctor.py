@@ -174,7 +174,7 @@ def handle(argv: list[str], ctx: Context) -> int:
         else:
             print_version(f)
         return 0
-    etcd = ctx.settings.etcd
+    etcd = getattr(ctx.store, "etcd_state", None)
     results = checks(f, used(ctx), machine.etcd_members(etcd.endpoints) if etcd else None)
     if fmt == "json":
         emit_json([c._asdict() for c in results])
