@@ -6,7 +6,7 @@ import json
 from test_cli import circuit
 from test_machine import closed_port, etcd  # noqa: F401 (a fixture)
 
-from circuit_common.doctor import NOT_CONFIGURED, cluster_check
+from circuit_cluster.doctor import NOT_CONFIGURED, cluster_check
 from circuit_common.errors import NotFound, Unavailable
 
 

@@ -45,10 +45,30 @@ def test_the_netlink_core_low_layer_loads_no_pyroute2():
     assert out.strip() == "[]"
 
 
-def test_qos_and_lb_register_and_restore_is_theirs():
-    names = [name for name, _ in extensions.registered()]
-    assert "qos" in names
-    assert all(hasattr(module, "restore") for _, module in extensions.registered())
+def test_qos_and_lb_register_and_load_with_their_parts_of_the_lifecycle():
+    """Each entry point loads (registered() imports its module) and is the tool's module with
+    the hooks circuit-net, restore and the cluster's resync call: if qos or lb vanished, or
+    its module no longer loaded, this fails."""
+    modules = dict(extensions.registered())
+    assert {"lb", "qos"} <= set(modules)
+    assert modules["qos"].__name__ == "circuit_qos.extension"
+    assert modules["lb"].__name__ == "circuit_lb.extension"
+    hooks = {"qos": ("attached", "detached", "network_deleted", "restore", "resync"),
+             "lb": ("restore", "resync")}
+    for name, wanted in hooks.items():
+        assert [h for h in wanted if not callable(getattr(modules[name], h, None))] == [], name
+
+
+def test_every_tool_declares_its_doctor_checks_and_etcd_its_state_backend():
+    from importlib.metadata import entry_points
+
+    from circuit_cluster.replica import ReplicatedStore
+    from circuit_common import backend, doctor
+
+    checks = {e.name: e.load() for e in entry_points(group=doctor.GROUP)}
+    assert sorted(checks) == ["cluster", "lb", "net", "qos"]
+    assert all(callable(c) for c in checks.values())
+    assert backend.registered() == [ReplicatedStore]
 
 
 def test_markers_are_made_listed_and_dropped(tmp_path):

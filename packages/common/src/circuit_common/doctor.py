@@ -23,8 +23,10 @@ from collections import namedtuple
 
 from . import VERSION, machine
 from .cli import Context, parse, run
-from .errors import KernelUnsupported, NotFound, Unavailable
+from .errors import KernelUnsupported, NotFound
 from .output import check_format, emit, emit_json, render_table
+
+GROUP = "circuit.doctor"  # each tool's checks: name = "circuit_<tool>.doctor:checks"
 
 # One feature's verdict: ok, whether the state uses it, what was found or is missing, the fix.
 Check = namedtuple("Check", "feature ok used detail fix exit_code")
@@ -64,23 +66,8 @@ def print_version(f: dict) -> None:
         emit("  none\n")
 
 
-def used(ctx: Context) -> dict:
-    """What the state asks of the machine: plugin types by network, QoS and LB needs."""
-    store = ctx.store
-    networks = store.read_all(store.path("networks")).records
-    policies = []
-    for record in store.read_all(store.path("qos")).records:
-        policies += [record.get("network"), *record.get("attachments", {}).values()]
-    services = store.read_all(store.path("services")).records
-    return {"plugins": {n.get("name"): [p.get("type") for p in n.get("config", {}).get(
-                            "plugins", [])] for n in networks},
-            "qos": any(policies), "delay": any(p and p.get("delay") for p in policies),
-            "ipvs": any(s.get("backend", "ipvs") == "ipvs" for s in services),
-            "masq": any(s.get("backend") == "nftables" or t.get("forward") == "masq"
-                        for s in services for t in s.get("targets", [{}]))}
-
-
 def kernel_check(feature: str, kernel: dict, names: list[str], in_use: bool) -> Check:
+    """Whether the kernel has the features names (machine.KERNEL_FEATURES) for feature."""
     missing = [n for n in names if kernel[n] not in machine.USABLE]
     detail = ", ".join(f"{n} {kernel[n]}" for n in names)
     if not missing:
@@ -90,68 +77,23 @@ def kernel_check(feature: str, kernel: dict, names: list[str], in_use: bool) -> 
                  KERNEL_FIX.format(option=option, module=module), KernelUnsupported.exit_code)
 
 
-def checks(f: dict, use: dict, etcd: list[dict] | None = None) -> list[Check]:
-    """Per feature: does this machine have what it needs, and does the state use it.
-    etcd: each endpoint's answer (machine.etcd_members) when the state is in etcd, else None."""
-    found = {p["name"] for p in f["cni_plugins"] if "error" not in p}
-    path = ":".join(f["cni_path"])
-    missing = {net: [t for t in types if t not in found] for net, types in use["plugins"].items()}
-    missing = {net: types for net, types in missing.items() if types}
-    get_plugins = ("apt-get install containernetworking-plugins, or point cni_path / CNI_PATH / "
-                   "--cni-path at the plugins")
-    if missing:
-        plugins = Check("networks", False, True, "; ".join(
-            f"network {net} needs {', '.join(types)}, not in {path}"
-            for net, types in missing.items()), get_plugins, NotFound.exit_code)
-    else:
-        plugins = Check("networks", bool(found), bool(use["plugins"]),
-                        f"{len(found)} CNI plugins in {path}", "" if found else get_plugins,
-                        0 if found else NotFound.exit_code)
-    kernel = f["kernel"]
-    return [plugins,
-            kernel_check("networks", kernel, ["bridge", "veth"], bool(use["plugins"])),
-            program_check("runc ids", "runc", f["runc"], "apt-get install runc", False),
-            program_check("qos, lb", "pyroute2", f["pyroute2"] and {"version": f["pyroute2"]},
-                          "reinstall circuit (just install)", use["qos"] or use["ipvs"]),
-            kernel_check("qos", kernel, ["htb", "ifb"], use["qos"]),
-            kernel_check("qos delay", kernel, ["netem"], use["delay"]),
-            kernel_check("lb", kernel, ["ipvs"], use["ipvs"]),
-            kernel_check("lb nftables", kernel, ["nftables"], use["masq"]),
-            program_check("lb nftables", "nft", f["nft"], "apt-get install nftables", use["masq"]),
-            cluster_check(f["etcd3gw"], etcd)]
-
-
 def program_check(feature: str, name: str, found: dict | None, fix: str, in_use: bool) -> Check:
+    """Whether program (or library) name was found ({"version"}) for feature."""
     if found:
         return Check(feature, True, in_use, f"{name} {found['version']}", "", 0)
     return Check(feature, False, in_use, f"no {name}", fix, NotFound.exit_code)
 
 
-NOT_CONFIGURED = "not configured (--state etcd://...)"
-ETCD_FIX = ("start etcd on its hosts (Debian's etcd-server), or name the members that run it in "
-            "--state / CIRCUIT_STATE / state in the config file")
+def checks(ctx: Context, f: dict) -> list[Check]:
+    """Per feature, from every installed tool's checks (entry-point group circuit.doctor: a
+    function (ctx, facts) -> [Check]): does this machine have what it needs, and does the
+    state use it. By feature, each tool's in its own order."""
+    from importlib.metadata import entry_points
 
-
-def cluster_check(etcd3gw: str | None, etcd: list[dict] | None) -> Check:
-    """The cluster feature: etcd3gw installed and, when the state is in etcd, an endpoint that
-    answers. etcd itself need not run on this host."""
-    in_use = etcd is not None
-    if not etcd3gw:
-        return Check("cluster", False, in_use, "no etcd3gw" + ("" if in_use else
-                                                               f"; {NOT_CONFIGURED}"),
-                     "reinstall circuit (just install)", NotFound.exit_code)
-    if not in_use:
-        return Check("cluster", True, False, NOT_CONFIGURED, "", 0)
-    answered = [m for m in etcd if "version" in m]
-    silent = "; ".join(f"{m['endpoint']} {m['error']}" for m in etcd if "error" in m)
-    if not answered:
-        return Check("cluster", False, True, f"no etcd endpoint answers: {silent}", ETCD_FIX,
-                     Unavailable.exit_code)
-    versions = sorted({m["version"] for m in answered})
-    detail = (f"etcd {', '.join(versions)} answers at "
-              f"{', '.join(m['endpoint'] for m in answered)}")
-    return Check("cluster", True, True, detail + (f"; no answer: {silent}" if silent else ""),
-                 "", 0)
+    found = []
+    for point in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        found += point.load()(ctx, f)
+    return sorted(found, key=lambda c: c.feature)
 
 
 def print_checks(results: list[Check]) -> None:
@@ -174,8 +116,7 @@ def handle(argv: list[str], ctx: Context) -> int:
         else:
             print_version(f)
         return 0
-    etcd = getattr(ctx.store, "etcd_state", None)
-    results = checks(f, used(ctx), machine.etcd_members(etcd.endpoints) if etcd else None)
+    results = checks(ctx, f)
     if fmt == "json":
         emit_json([c._asdict() for c in results])
     else:
