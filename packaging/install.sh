@@ -13,6 +13,7 @@ action=${1:?usage: packaging/install.sh install|uninstall [PREFIX]}
 prefix=$(realpath -m "${2:-/usr/local}")
 lib=$prefix/lib/circuit
 manifest=$lib/installed-files
+made_dirs=$lib/installed-dirs   # the directories install made, deepest last
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=(circuit circuit-net circuit-qos circuit-lb circuit-hook circuit-cluster circuit-dns)
 units=(circuit-restore.service circuit-cluster-agent.service circuit-forkserver.service
@@ -24,7 +25,12 @@ uninstall() {
         return 0
     fi
     while read -r path; do rm -f "$prefix/$path"; done < "$manifest"
+    local dirs=()
+    [ -f "$made_dirs" ] && mapfile -t dirs < "$made_dirs"
     rm -rf "$lib"
+    for ((i = ${#dirs[@]} - 1; i >= 0; i--)); do   # only those install made, once empty
+        rmdir "$prefix/${dirs[i]}" 2>/dev/null || true
+    done
     echo "circuit removed from $prefix"
 }
 
@@ -38,8 +44,22 @@ python() {
     fi
 }
 
+new_dirs=()
+# mkdir -p, remembering (relative to PREFIX) each directory that did not exist
+ensure_dir() {
+    local dir=$1 missing=()
+    while [ ! -d "$dir" ] && [ "$dir" != "$prefix" ]; do
+        missing=("$dir" "${missing[@]}")
+        dir=$(dirname "$dir")
+    done
+    mkdir -p "$1"
+    for dir in "${missing[@]}"; do new_dirs+=("${dir#"$prefix"/}"); done
+}
+
 install() {
     local files=()
+    [ -f "$made_dirs" ] && mapfile -t new_dirs < "$made_dirs"   # an upgrade keeps the list
+    ensure_dir "$(dirname "$lib")"   # the venv itself goes with rm -rf
     dist=$(mktemp -d)
     trap 'rm -rf "$dist"' EXIT
     # each package's wheel on its own; the third-party versions the lock file pins
@@ -50,17 +70,19 @@ install() {
     # sync: an upgrade replaces every package and drops what the new version no longer needs
     uv pip sync --quiet --reinstall --compile-bytecode --python "$lib/bin/python" "$dist/requirements.txt"
 
-    mkdir -p "$prefix/bin"
+    ensure_dir "$prefix/bin"
     for tool in "${tools[@]}"; do
         ln -sfn "$lib/bin/$tool" "$prefix/bin/$tool"
         files+=("bin/$tool")
     done
     local circuit=$lib/bin/circuit
+    ensure_dir "$prefix/share/man/man1"
     for page in $("$circuit" manpages "$prefix/share/man/man1"); do
         files+=("${page#"$prefix"/}")
     done
     local bash_dir=$prefix/share/bash-completion/completions zsh_dir=$prefix/share/zsh/site-functions
-    mkdir -p "$bash_dir" "$zsh_dir"
+    ensure_dir "$bash_dir"
+    ensure_dir "$zsh_dir"
     "$circuit" completion bash > "$bash_dir/circuit"
     for tool in "${tools[@]:1}"; do   # bash-completion loads a command's file by its name
         ln -sfn circuit "$bash_dir/$tool"
@@ -68,12 +90,13 @@ install() {
     "$circuit" completion zsh > "$zsh_dir/_circuit"
     files+=("${tools[@]/#/share/bash-completion/completions/}" share/zsh/site-functions/_circuit)
     local unit_dir=$prefix/lib/systemd/system
-    mkdir -p "$unit_dir"
+    ensure_dir "$unit_dir"
     for unit in "${units[@]}"; do   # installed, never enabled: that is the admin's call
         sed "s|@BINDIR@|$prefix/bin|g" "$repo/packaging/$unit" > "$unit_dir/$unit"
         files+=("lib/systemd/system/$unit")
     done
     printf '%s\n' "${files[@]}" > "$manifest"
+    printf '%s\n' "${new_dirs[@]}" | awk 'NF && !seen[$0]++' > "$made_dirs"
     echo "circuit $("$circuit" version | head -n 1 | cut -d' ' -f2) installed in $prefix"
 }
 

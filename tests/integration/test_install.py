@@ -89,13 +89,15 @@ def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host,
         server.terminate()
         assert server.wait(timeout=30) == 0
 
-    man = subprocess.run(["man", "-w", "circuit", "circuit-lb", "circuit-cluster"],
-                         capture_output=True, text=True, env=tools_env)
-    assert man.stdout.split() == [str(prefix / "share/man/man1/circuit.1"),
-                                  str(prefix / "share/man/man1/circuit-lb.1"),
-                                  str(prefix / "share/man/man1/circuit-cluster.1")], man.stderr
+    man = subprocess.run(["man", "-w", "circuit", "circuit-lb", "circuit-cluster",
+                          "circuit-network"], capture_output=True, text=True, env=tools_env)
+    assert man.stdout.split() == [str(prefix / f"share/man/man1/{page}.1") for page in (
+        "circuit", "circuit-lb", "circuit-cluster", "circuit-net")], man.stderr  # .so followed
     assert sorted(p.name for p in (prefix / "share/man/man1").iterdir()) == sorted(
-        f"{tool}.1" for tool in TOOLS)
+        [*(f"{tool}.1" for tool in TOOLS), "circuit-network.1"])
+    network_page = subprocess.run(["man", "circuit-network"], capture_output=True, text=True,
+                                  env={**tools_env, "MANWIDTH": "100"})
+    assert "circuit-net connect TARGET NETWORK" in network_page.stdout, network_page.stderr
     completions = prefix / "share/bash-completion/completions"
     for tool in ("circuit-net", "circuit-cluster"):
         registered = subprocess.run(["bash", "--norc", "-c", f"source {completions}/{tool}; "
@@ -123,4 +125,4 @@ def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host,
             assert verify.returncode == 0, verify.stderr
 
     just("uninstall", prefix, cwd=ROOT, env=env)
-    assert [p for p in prefix.rglob("*") if not p.is_dir()] == []
+    assert list(prefix.rglob("*")) == [], "uninstall leaves files or the directories it made"

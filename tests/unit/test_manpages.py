@@ -33,7 +33,28 @@ def pages(tmp_path_factory) -> Path:
 def test_one_page_per_tool(pages):
     assert sorted(p.name for p in pages.iterdir()) == [
         "circuit-cluster.1", "circuit-dns.1", "circuit-hook.1", "circuit-lb.1", "circuit-net.1",
-        "circuit-qos.1", "circuit.1"]
+        "circuit-network.1", "circuit-qos.1", "circuit.1"]
+    assert (pages / "circuit-network.1").read_text() == ".so man1/circuit-net.1\n"
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_page_has_examples_environment_and_files(pages, tool):
+    text = unescape((pages / f"{tool}.1").read_text())
+    examples = text.split(".SH EXAMPLES\n", 1)[1].split(".SH ", 1)[0]
+    assert f"circuit {tool.removeprefix('circuit-').replace('net', 'network')}" in examples \
+        or "circuit network qos" in examples or "circuit hook install" in examples
+    environment = text.split(".SH ENVIRONMENT\n", 1)[1].split(".SH ", 1)[0]
+    for name in ("CIRCUIT_STATE", "CIRCUIT_STATE_DIR", "CIRCUIT_CONFIG", "CNI_PATH",
+                 "CIRCUIT_RUNC_ROOT", "CIRCUIT_CNI_CACHE_DIR", "CIRCUIT_LOCAL_STATE_DIR"):
+        assert f"\\fB{name}\\fR" in environment, name
+    assert "/etc/circuit/circuit.toml" in text.split(".SH FILES\n", 1)[1]
+
+
+def test_options_with_a_short_and_a_long_name_each_keep_their_help(pages):
+    text = unescape((pages / "circuit-net.1").read_text())
+    assert ".TP\n\\fB-p\\fR, \\fB--publish\\fR \\fISPEC\\fR\npublish a port" in text
+    ip_help = text.split("\\fB--ip\\fR", 1)[1].split(".TP", 1)[0]
+    assert "--publish" not in ip_help
 
 
 @pytest.mark.parametrize("tool", TOOLS)

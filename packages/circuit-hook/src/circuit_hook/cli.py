@@ -33,6 +33,19 @@ Options:
   --network NAME           install: a network to attach (repeat: eth0, eth1, ...)
   -p SPEC, --publish SPEC  install: publish a port, [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]
   --alias ALIAS            install: another name of the container on its networks
+
+Examples:
+  runc spec --bundle /root/web-00
+  circuit hook install /root/web-00 --network sandbox -p 8080:80
+  runc run -d --bundle /root/web-00 web-00
+The hooks it writes into config.json, as they would be written by hand:
+  "hooks": {
+    "createRuntime": [{"path": "/usr/local/bin/circuit",
+                       "env": ["CIRCUIT_STATE=/var/lib/circuit", "CNI_PATH=/usr/lib/cni",
+                               "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}],
+    "poststop": [{"path": "/usr/local/bin/circuit", "env": ["..."]}]
+  },
+  "annotations": {"circuit.networks": "sandbox", "circuit.publish": "8080:80"}
 """
 
 import json

@@ -25,6 +25,14 @@ Options:
   --stats                show connections, packets and bytes from the kernel
   --format FMT           table or json [default: table]
   -q                     names only
+
+Examples:
+  circuit lb create web 10.100.99.1:80 --scheduler wrr
+  circuit lb add web 10.100.10.2:80 10.100.10.3:80 --weight 2
+  printf '10.100.10.4:80 3\n10.100.10.5:80\n' | circuit lb add web -
+  circuit lb list --details --stats
+  circuit lb remove web 10.100.10.3:80
+  circuit lb delete web
 """
 
 import re

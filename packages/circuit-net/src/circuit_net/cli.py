@@ -59,6 +59,15 @@ Options:
   --dns            containers find each other by name (circuit-dns; the default for bridge
                    networks that are neither --internal nor --overlay, docs/dns.md)
   --no-dns         no DNS server for the network
+
+Examples:
+  circuit network create sandbox --subnet 10.100.10.0/24 --subnet fd00:100:10::/64
+  circuit network create /etc/cni/net.d/10-sandbox.conflist
+  circuit network connect web-00 sandbox -p 8080:80     # a runc id, or a PID
+  circuit network list --format json | jq -r '.[].peers[].ips[]'
+  circuit network disconnect web-00 sandbox
+  circuit network gc                                    # release what exited
+  circuit network delete sandbox --force
 """
 
 import os

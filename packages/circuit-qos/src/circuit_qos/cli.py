@@ -23,6 +23,13 @@ Options:
   --interface IFACE   one attachment by its host-side interface
   --format FMT        table or json [default: table]
   -q                  the shaped containers only (PID or runc id, as connected)
+
+Examples:
+  circuit network qos set --rate 5000 --ceiling 6000 sandbox    # 5 Mbit/s, up to 6
+  circuit network qos set --delay 50ms sandbox                  # rate kept, delay added
+  circuit network qos set --rate 1mbit --container web-00 sandbox
+  circuit network qos show sandbox --format json
+  circuit network qos reset sandbox
 """
 
 import copy

@@ -23,6 +23,13 @@ Options:
   --ttl SEC      the lease: how long the host stays alive without its agent [default: 10]
   --format FMT   table or json [default: table]
   -q             names only
+
+Examples:
+  export CIRCUIT_STATE=etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
+  circuit cluster join --address 10.0.0.11
+  systemctl enable --now circuit-cluster-agent.service
+  circuit network create shared --subnet 10.200.0.0/16 --overlay vxlan
+  circuit cluster list
 """
 
 import ipaddress

@@ -1,14 +1,17 @@
 """Man pages (roff, section 1) made from the tools' docopt usage text, so they cannot drift.
 
 NAME from the summary line, SYNOPSIS from the usage lines, DESCRIPTION from the other
-paragraphs, OPTIONS and GLOBAL OPTIONS from the option lists, EXIT STATUS from the error classes.
+paragraphs, OPTIONS and GLOBAL OPTIONS from the option lists, EXAMPLES from an "Examples:"
+paragraph, ENVIRONMENT from the variables the global options name ("env NAME"), FILES from
+the defaults, EXIT STATUS from the error classes.
 """
 
 import os
+import re
 
 from . import VERSION, errors
 from .cli import INTERNAL_ERROR, Context, run
-from .config import GLOBAL_HELP
+from .config import DEFAULT_CNI_CACHE_DIR, DEFAULT_CONFIG, DEFAULT_STATE_DIR, GLOBAL_HELP
 from .errors import EnvironmentFault, UsageError
 from .usage import Option, Usage, parse_options
 
@@ -47,6 +50,22 @@ def _paragraph(block: str) -> list[str]:
     return [".PP", *out]
 
 
+FILES = ((DEFAULT_CONFIG, "the config file: keys as the global options, e.g. state, cni_path"),
+         (DEFAULT_STATE_DIR, "the state: networks, attachments, intents, QoS policies, services"),
+         (DEFAULT_CNI_CACHE_DIR, "libcni's cache: CNI results, host-local's reservations"),
+         ("/run/runc", "runc's root, where runc container ids are looked up"))
+ALIASES = {"circuit-network": "circuit-net"}  # `circuit network` is circuit-net
+
+
+def environment() -> list[tuple[str, str]]:
+    """(variable, meaning) of each environment variable a global option stands for."""
+    found = []
+    for option in parse_options(GLOBAL_HELP):
+        for name in re.findall(r"\benv ([A-Z_]+)(?: or ([A-Z_]+))?", option.help):
+            found += [(n, f"as {option.names[0]}") for n in name if n]
+    return found
+
+
 def render(doc: str, see_also: list[str]) -> str:
     """The man page of the tool whose docopt text is doc."""
     usage = Usage(doc)
@@ -54,12 +73,23 @@ def render(doc: str, see_also: list[str]) -> str:
             ".SH NAME", f"{escape(usage.prog)} \\- {escape(usage.summary)}",
             ".SH SYNOPSIS", ".nf", *(escape(line) for line in usage.lines), ".fi",
             ".SH DESCRIPTION"]
+    examples = [b for b in usage.paragraphs if b.startswith("Examples:")]
     for block in usage.paragraphs:
-        page += _paragraph(block)
+        if block not in examples:
+            page += _paragraph(block)
     if usage.options:
         page += [".SH OPTIONS", *_options(usage.options)]
     page += [".SH GLOBAL OPTIONS", "They may stand anywhere on the command line.",
-             *_options(parse_options(GLOBAL_HELP)), ".SH EXIT STATUS"]
+             *_options(parse_options(GLOBAL_HELP))]
+    for block in examples:
+        page += [".SH EXAMPLES", *_paragraph(block.partition("\n")[2])[1:]]
+    page += [".SH ENVIRONMENT"]
+    for name, meaning in environment():
+        page += [".TP", f"\\fB{name}\\fR", escape(meaning)]
+    page += [".SH FILES"]
+    for path, meaning in FILES:
+        page += [".TP", f"\\fI{escape(path)}\\fR", escape(meaning)]
+    page += [".SH EXIT STATUS"]
     for code, meaning in exit_codes():
         page += [".TP", f"\\fB{code}\\fR", escape(meaning)]
     page += [".SH SEE ALSO", ", ".join(f"\\fB{escape(n)}\\fR(1)" for n in see_also
@@ -76,6 +106,12 @@ def write_all(directory: str, docs: dict[str, str]) -> list[str]:
         with open(path, "w") as f:
             f.write(render(doc, list(docs)))
         paths.append(path)
+    for alias, name in ALIASES.items():
+        if name in docs:
+            path = os.path.join(directory, f"{alias}.1")
+            with open(path, "w") as f:
+                f.write(f".so man1/{name}.1\n")
+            paths.append(path)
     return paths
 
 

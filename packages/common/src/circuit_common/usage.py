@@ -9,8 +9,9 @@ from collections import namedtuple
 
 Option = namedtuple("Option", "names value help")  # names ("-q",) or ("--format",); value "FMT"
 
-_OPTION_LINE = re.compile(r"\s*((?:-\w|--[\w-]+)(?:,? (?:-\w|--[\w-]+))*)( [A-Z][A-Z0-9_]*)?"
-                          r"(?:\s{2,}(.*))?$")
+# an option's names, each with its value or not ("-p SPEC, --publish SPEC"), then its help
+_OPTION_LINE = re.compile(r"\s*((?:-\w|--[\w-]+)(?: [A-Z][A-Z0-9_]*)?"
+                          r"(?:,? (?:-\w|--[\w-]+)(?: [A-Z][A-Z0-9_]*)?)*)(?:\s{2,}(.*))?$")
 
 
 class Usage:
@@ -52,7 +53,8 @@ def parse_options(body: str) -> list[Option]:
         found = _OPTION_LINE.match(line)
         if found and line.lstrip().startswith("-"):
             names = tuple(re.findall(r"--?\w[\w-]*", found[1]))
-            options.append(Option(names, (found[2] or "").strip(), found[3] or ""))
+            value = re.search(r" ([A-Z][A-Z0-9_]*)", found[1])
+            options.append(Option(names, value[1] if value else "", found[2] or ""))
         elif options and line.strip():
             last = options[-1]
             options[-1] = last._replace(help=f"{last.help} {line.strip()}".strip())

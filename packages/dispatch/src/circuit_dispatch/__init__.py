@@ -1,7 +1,7 @@
 """circuit: container network management for runc. Dispatches to the circuit tools in-process.
 
 Usage:
-  circuit network create|list|inspect|spec|connect|disconnect|check|gc|delete ...
+  circuit network create|list|inspect|spec|connect|disconnect|check|gc|delete|prune ...
   circuit network qos set|reset|show ...
   circuit lb create|add|remove|delete|clear|list ...
   circuit cluster join|leave|forget|list|sync|agent ...  (hosts sharing state through etcd)
@@ -57,6 +57,14 @@ def tool_main(module: str):
     return import_module(module).main
 
 
+RESTORE_HELP = """circuit restore: re-apply QoS and LB state from the store after a reboot.
+
+Every installed extension (circuit-qos, circuit-lb) makes this host's kernel match its records:
+QoS policies on the attachments that exist, LB services, targets and VIPs. One failing does
+not stop the others; the exit code is the worst of theirs. circuit-restore.service runs it at
+boot (`just install`)."""
+
+
 def restore(argv: list[str]) -> int:
     """Every installed extension re-applies its kernel state; one failing does not stop the
     others, and the worst exit code wins."""
@@ -64,6 +72,9 @@ def restore(argv: list[str]) -> int:
     from circuit_common.errors import CircuitError, UsageError
 
     def each(rest: list[str], ctx: cli.Context) -> int:
+        if rest in (["-h"], ["--help"]):
+            print(RESTORE_HELP)
+            return 0
         if rest:
             raise UsageError("circuit restore takes no arguments; see circuit --help")
         worst = 0
