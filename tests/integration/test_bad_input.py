@@ -299,7 +299,7 @@ CASES = [
          name="hook id number"),
     *(case("network", "hook", 3, "invalid pid", stdin=hook_state(pid), pidns=True,
            name=f"hook pid {pid}")
-      for pid in ("true", "1.9", '"abc"', "[1]", "-5", "10" * 40, '"²"', "1e3")),
+      for pid in ("true", "1.9", '"abc"', "[1]", "-5", "10" * 40, '"²"', "1e3", '"2"', '"1"')),
     case("network", "hook", 3, "status", stdin=hook_state(extra=', "status": 5'), pidns=True,
          name="hook status number"),
     case("network", "hook", 3, "annotations", pidns=True, name="hook annotations number",
@@ -344,3 +344,59 @@ def run_circuit(host: Host, argv: list[str], stdin: str | None, env: dict | None
     return host.run("unshare", "--pid", "--fork", "--mount-proc", CIRCUIT, "--state", host.state,
                     *argv, check=False, input=stdin, env=full_env)
 
+
+
+# -- the host's own namespace: a target in PID 1's netns, circuit in another ---------------------
+
+WATCHED_PLUGIN = "#!/bin/sh\n[ \"$CNI_COMMAND\" = VERSION ] || touch \"$0.ran\"\n" \
+                 "exec /usr/lib/cni/$(basename \"$0\") \"$@\"\n"
+
+
+def watched_plugins(tmp_path) -> str:
+    """A CNI path whose bridge and host-local leave a mark when they run anything but VERSION
+    (then do the real work)."""
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    for kind in ("bridge", "host-local"):
+        (directory / kind).write_text(WATCHED_PLUGIN)
+        (directory / kind).chmod(0o755)
+    return str(directory)
+
+
+@pytest.mark.parametrize(("command", "fragment"), [
+    ('network connect "$pid" sandbox', "host's network namespace (PID 1's)"),
+    ('network connect "0$pid" sandbox', "without leading zeros"),
+    ('network connect "+$pid" sandbox', "not a PID as the kernel writes it"),
+    ('network connect " $pid" sandbox', "not a PID as the kernel writes it"),
+    ("network connect 1 sandbox", "host's network namespace (PID 1's)"),
+    ("hook", "host's network namespace (PID 1's)"),
+], ids=["pid", "leading zero", "plus", "space", "pid 1", "hook"])
+def test_a_target_in_pid_1s_netns_is_refused_before_any_plugin_runs(tmp_path, command,
+                                                                    fragment):
+    """In a PID namespace of its own whose PID 1 (a shell) is in the test's host netns, circuit
+    runs in a fresh netns of its own, and is asked to connect a process in PID 1's netns (what
+    `ip netns exec NS circuit network connect 12 NET` did to the machine's root namespace).
+    Refused with one line before any plugin ran; PID 1's netns, circuit's state unchanged."""
+    host = Host(tmp_path)
+    try:
+        plugins = watched_plugins(tmp_path)
+        host.circuit("--cni-path", plugins, "network", "create", host.conf(bridge_conf()))
+        state, kernel = snapshot(host.state), kernel_objects(host)
+        stdin = '{"id": "evil", "status": "creating", "pid": %s}' if command == "hook" else ""
+        (tmp_path / "inner.sh").write_text(
+            f'printf \'{stdin}\' "$pid" | {CIRCUIT} --state {host.state} --cni-path {plugins} '
+            f"{command}\n")
+        script = f"busybox sleep 60 & pid=$!; export pid; unshare --net sh {tmp_path}/inner.sh; " \
+                 "rc=$?; kill $pid; exit $rc"
+        proc = host.run("unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script,
+                        check=False, env={**os.environ, "CIRCUIT_NETWORK": "sandbox",
+                                          "CIRCUIT_CNI_CACHE_DIR": str(host.cni_cache)})
+        assert proc.stdout == ""
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("circuit: "), proc.stderr
+        assert proc.returncode == 3, proc.stderr
+        assert fragment in proc.stderr
+        assert not list((tmp_path / "plugins").glob("*.ran")), "a plugin ran"
+        assert snapshot(host.state) == state
+        assert kernel_objects(host) == kernel
+    finally:
+        host.close()

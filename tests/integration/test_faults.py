@@ -104,7 +104,7 @@ def test_hook_pids_are_never_coerced_and_pid_1_stays_untouched(host, pid):
     before = host_veths(host)
     proc = host.run("unshare", "--pid", "--fork", "--mount-proc", CIRCUIT, "--state",
                     host.state, "hook", input=state, check=False)
-    if pid in ("1", '"1"'):  # PID 1 here is the unshare'd circuit itself: circuit's own netns
+    if pid == "1":  # PID 1 here is the unshare'd circuit itself: circuit's own netns
         assert proc.returncode == 3 and "circuit's own network namespace" in proc.stderr
     else:
         assert proc.returncode == 3 and "invalid pid in the OCI state" in proc.stderr

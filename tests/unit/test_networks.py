@@ -40,7 +40,7 @@ class HeldExec(FakeExec):
 def nets(tmp_path, monkeypatch):
     """Networks over a temp store with network n, plugins that run nothing, and this test's
     own process standing in for a container in a netns of its own."""
-    monkeypatch.setattr(networks, "check_own_netns", lambda target: None)
+    monkeypatch.setattr(networks, "check_connectable", lambda target, host_netns=False: None)
     monkeypatch.setattr(networks, "interfaces", lambda pid: set())
     settings = Settings()
     settings.state_dir, settings.cni_cache_dir = str(tmp_path / "state"), str(tmp_path / "cni")

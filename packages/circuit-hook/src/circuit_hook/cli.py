@@ -57,7 +57,7 @@ from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import InvalidInput, NotFound
 from circuit_common.proc import process
 from circuit_common.validate import check_dns_name, check_name, check_pid
-from circuit_net.networks import Networks
+from circuit_net.networks import Networks, check_connectable
 from circuit_net.runtime import check_declared, parse_publish_list
 from circuit_net.target import Target
 
@@ -78,6 +78,9 @@ def read_state(stream) -> dict:
     check_name(state["id"], "container id")
     pid = state.get("pid")
     if pid is not None and not (type(pid) is int and pid == 0):  # 0 or none: stopped
+        if type(pid) is not int:  # "2" is refused, never coerced
+            raise InvalidInput(f"invalid pid in the OCI state {pid!r}: a PID is a JSON number, "
+                               "as runc writes it")
         check_pid(pid, "pid in the OCI state")
     if not isinstance(state.get("status", ""), str):
         raise InvalidInput(f"status in the OCI state is {state['status']!r}, not a string")
@@ -127,6 +130,7 @@ def attach(nets: Networks, state: dict) -> None:
     aliases = wanted_aliases(state)
     configs = [nets.get(name)["config"] for name in names]  # all must exist before attaching
     check_declared(configs, caps)  # published ports must reach at least one network
+    check_connectable(target)  # before any plugin runs ADD or DEL
     nets.detach_container(target.container_id)  # a repeated start replaces, never duplicates
     made = []
     try:

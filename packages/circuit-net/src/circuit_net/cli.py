@@ -12,7 +12,7 @@ Usage:
   circuit-net inspect NAME [--format FMT]
   circuit-net connect TARGET NETWORK [--ifname IF] [--ip IP]... [--mac MAC] [--args ARGS]
                       [--publish SPEC]... [--cap CAP]... [--name NAME] [--alias NAME]...
-                      [--format FMT]
+                      [--format FMT] [--host-netns]
   circuit-net disconnect TARGET NETWORK
   circuit-net check TARGET NETWORK
   circuit-net gc
@@ -41,6 +41,8 @@ Options:
   --cap CAP        another capability arg, NAME=JSON (bandwidth, ipRanges, aliases, ...)
   --mac MAC        request this MAC (runtimeConfig "mac", or CNI_ARGS MAC)
   --args ARGS      extra CNI_ARGS, KEY=VALUE;KEY=VALUE
+  --host-netns     connect even a process in the host's network namespace (PID 1's):
+                   its new interface, address and routes change the host's own
   --force          delete: disconnect attached containers first; prune: do not ask
   --running        list: leave out containers that exited (gc releases them)
   --subnet CIDR    a subnet of the network (repeat for several, IPv4 and IPv6)
@@ -119,7 +121,8 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
                               tuple(runtime.parse_ips(a["--ip"])),
                               a["--mac"] and check_mac(a["--mac"]),
                               tuple(parse_cni_args(a["--args"])), caps,
-                              aliases=aliases(a["--name"], a["--alias"]))
+                              aliases=aliases(a["--name"], a["--alias"]),
+                              host_netns=a["--host-netns"])
         if fmt == "json":
             output.emit_json(describe(record))
         else:

@@ -16,7 +16,7 @@ from circuit_common import extensions
 from circuit_common.cli import Context
 from circuit_common.config import DEFAULT_CNI_CACHE_DIR, read_small_file
 from circuit_common.errors import CircuitError, Conflict, InvalidInput, NotFound, StateCorrupt
-from circuit_common.proc import Process, interfaces, process
+from circuit_common.proc import Process, interfaces, kernel_thread, process, shares_netns
 from circuit_common.store import Listing, Store
 from circuit_common.validate import DNS_NAME_RE, NAME_RE, check_ifname, check_name
 
@@ -248,13 +248,16 @@ class Networks:
     def connect(self, name: str, target: Target, ifname: str | None = None,
                 ips: tuple[str, ...] = (), mac: str | None = None,
                 args: tuple[tuple[str, str], ...] = (), caps: dict | None = None,
-                only_declared: bool = False, aliases: tuple[str, ...] = ()) -> dict:
+                only_declared: bool = False, aliases: tuple[str, ...] = (),
+                host_netns: bool = False) -> dict:
         """ADD the target to a network through the whole chain and cache the result. caps are
         capability args; one that no plugin declares is refused, or with only_declared (the
         hook's caps for every network) left out. aliases: names of the container on the
-        network, kept in the record for the extensions (DNS)."""
+        network, kept in the record for the extensions (DNS). host_netns: a target in the
+        host's network namespace is meant (see check_connectable)."""
         with self.store.lock("network", name):
             network = self.get(name, lease=True)
+            check_connectable(target, host_netns)  # before a repair can run any plugin
             if not only_declared:
                 runtime.check_declared([network["config"]], caps or {})
             self.repair(network)
@@ -265,7 +268,8 @@ class Networks:
             slot = binascii.crc32(target.container_id.encode()) % CONTAINER_LOCKS
             with self.store.lock("container", str(slot)):
                 record, rt = self._intend_attach(network, target, ifname, list(ips), mac,
-                                                 list(args), caps or {}, aliases)
+                                                 list(args), caps or {}, aliases,
+                                                 host_netns)
         return self._attach(network, record, rt, list(ips))
 
     def peers_elsewhere(self, name: str) -> list[dict]:
@@ -288,14 +292,15 @@ class Networks:
 
     def _intend_attach(self, network: dict, target: Target, ifname: str | None,
                        ips: list[str], mac: str | None, args: list[tuple[str, str]],
-                       caps: dict, aliases: tuple[str, ...] = ()) -> tuple[dict, cni.Runtime]:
+                       caps: dict, aliases: tuple[str, ...] = (),
+                       host_netns: bool = False) -> tuple[dict, cni.Runtime]:
         """Check the target, choose its ifname and write the intent (under the network's and
         the container's locks): the attachment record without a result, and its runtime
         parameters."""
         netconf = network["config"]
         if not target.netns:
             raise NotFound(f"container {target.label} has exited")
-        check_own_netns(target)
+        check_connectable(target, host_netns)
         taken = interfaces(target.process.pid) | self.ifnames_of(target.container_id)
         ifname = check_ifname(ifname) if ifname else first_free_ifname(taken)
         if ifname in taken:
@@ -689,15 +694,26 @@ def same_netns(netns: str) -> bool:
     return (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def check_own_netns(target: Target) -> None:
-    """Refuse a container that shares circuit's own network namespace (the host's, often):
-    its ethN and default route would land beside circuit's own."""
+def check_connectable(target: Target, host_netns: bool = False) -> None:
+    """Refuse what is not a container with a netns of its own, before any plugin runs: a
+    kernel thread, a process in circuit's own network namespace, or (unless host_netns) one
+    in the host's, PID 1's as circuit sees it; their ethN and default route would land beside
+    the host's own."""
     if not os.path.exists(target.netns):
         raise NotFound(f"container {target.label} has exited")
+    pid = target.process.pid
+    if kernel_thread(pid):
+        raise InvalidInput(f"PID {pid} is a kernel thread, not a container: give the PID of a "
+                           "container's process or its runc id")
     if same_netns(target.netns):
         raise InvalidInput(f"container {target.label} is in circuit's own network namespace, "
                            "not one of its own: start it with a new network namespace (runc: "
                            "a 'network' entry in linux.namespaces)")
+    if not host_netns and shares_netns(pid, 1):
+        raise InvalidInput(f"container {target.label} is in the host's network namespace "
+                           "(PID 1's), not one of its own: start it with a new network "
+                           "namespace, or give --host-netns to change the host's own "
+                           "interfaces and routes")
 
 
 def as_attachment(record: dict) -> extensions.Attachment:

@@ -1,12 +1,15 @@
 """TARGET on the command line: a PID or a runc container id, pinned so PID reuse cannot fool us."""
 
 import json
+import re
 import subprocess
 from collections import namedtuple
 
-from circuit_common.errors import NotFound
+from circuit_common.errors import InvalidInput, NotFound
 from circuit_common.proc import Process, process
 from circuit_common.validate import ascii_number, check_name, check_pid
+
+NOT_CANONICAL_PID = re.compile(r"\s*[+-]?\s*[0-9]+\s*", re.ASCII)  # " 12", "+12", "12 "
 
 
 class Target(namedtuple("Target", "container_id label process", defaults=(None,))):
@@ -51,6 +54,9 @@ def runc_pid(container: str, runc_root: str | None) -> int | None:
 def resolve(target: str, runc_root: str | None = None, must_run: bool = True) -> Target:
     """The Target named on the command line; NotFound when it must run and does not."""
     if target.isascii() and target.isdigit():  # all digits: a PID, never a runc id
+        if len(target) > 1 and target.startswith("0"):
+            raise InvalidInput(f"TARGET {target!r} is not a PID as the kernel writes it: give "
+                               f"{target.lstrip('0') or '0'}, without leading zeros")
         proc = process(check_pid(target))
         if proc is None:
             if must_run:
@@ -58,6 +64,9 @@ def resolve(target: str, runc_root: str | None = None, must_run: bool = True) ->
                                "container or its runc id")
             return Target(container_id="", label=target)
         return Target(pid_container_id(proc), target, proc)
+    if NOT_CANONICAL_PID.fullmatch(target):
+        raise InvalidInput(f"TARGET {target!r} is not a PID as the kernel writes it: give its "
+                           "digits alone, without sign or spaces")
     check_name(target, "container id")
     pid = runc_pid(target, runc_root)
     proc = process(pid) if pid else None

@@ -1,10 +1,14 @@
 """Facts about processes read from /proc: identity that survives PID reuse, and their netns;
 libc's process calls that os lacks (prctl, setns)."""
 
+import os
 from collections import namedtuple
 
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNET = 0x40000000
+PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
+KTHREADD = 2  # the kernel threads' parent, in the initial PID namespace
+PROC = "/proc"  # the proc mount that process facts come from (unit tests: a fake tree)
 _LIBC = []
 
 
@@ -15,26 +19,64 @@ class Process(namedtuple("Process", "pid start_time")):
 
     @property
     def netns(self) -> str:
-        return f"/proc/{self.pid}/ns/net"
+        return f"{PROC}/{self.pid}/ns/net"
 
     def alive(self) -> bool:
         """True while this very process (not a later one with its PID) runs."""
         return start_time(self.pid) == self.start_time
 
 
-def start_time(pid: int) -> int | None:
-    """The start time of pid from /proc/PID/stat; None when there is no such process, or only
-    its remains: a zombie (Z) or a dead task (X) has exited, even if no parent reaped it."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after comm (state first), None when there is no such
+    process."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"{PROC}/{pid}/stat") as f:
             stat = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # comm (field 2) may hold spaces and parentheses: split after its closing parenthesis.
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):  # field 3, the state
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of pid from /proc/PID/stat; None when there is no such process, or only
+    its remains: a zombie (Z) or a dead task (X) has exited, even if no parent reaped it."""
+    fields = stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):  # field 3, the state
         return None
     return int(fields[19])  # field 22 of stat, the 20th after comm
+
+
+def kernel_thread(pid: int) -> bool:
+    """Whether pid is a kernel thread (whose netns is the host's): PF_KTHREAD in its flags, a
+    child of kthreadd, or no executable behind it."""
+    fields = stat_fields(pid)
+    if fields is None:
+        return False
+    parent, flags = int(fields[1]), int(fields[6])  # fields 4 and 9 of stat
+    if flags & PF_KTHREAD:
+        return True
+    if parent == KTHREADD:  # in circuit's PID namespace PID 2 may be a plain process
+        kthreadd = stat_fields(KTHREADD)
+        if kthreadd is not None and int(kthreadd[6]) & PF_KTHREAD:
+            return True
+    try:
+        os.readlink(f"{PROC}/{pid}/exe")
+    except FileNotFoundError:
+        return start_time(pid) is not None  # exited meanwhile: not a kernel thread
+    except OSError:  # not ours to read: it has an executable
+        return False
+    return False
+
+
+def shares_netns(pid: int, other: int | str) -> bool:
+    """Whether process pid is in the network namespace of other (a PID or "self"); False
+    when either is gone."""
+    try:
+        theirs, mine = os.stat(f"{PROC}/{pid}/ns/net"), os.stat(f"{PROC}/{other}/ns/net")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def process(pid: int) -> Process | None:
@@ -46,7 +88,7 @@ def process(pid: int) -> Process | None:
 def interfaces(pid: int) -> set[str]:
     """Names of the network interfaces in the netns of pid, read without entering it."""
     try:
-        with open(f"/proc/{pid}/net/dev") as f:
+        with open(f"{PROC}/{pid}/net/dev") as f:
             lines = f.readlines()[2:]
     except FileNotFoundError:
         return set()
