@@ -42,6 +42,15 @@ def test_rate_and_ceiling_shape_both_directions_and_reset_restores(host):
     assert again["in"]["packets"] > counters["in"]["packets"]
     table = host.circuit("network", "qos", "show", "sandbox").stdout
     assert "rate 5mbit ceil 6mbit" in table and host_veth(host, "sandbox", server.pid) in table
+    policies = {line.split()[2]: " ".join(line.split()[3:7]) for line in table.splitlines()
+                if line.split()[2:3] in (["in"], ["out"])}
+    assert policies == {"in": "rate 5mbit ceil 6mbit", "out": "rate 5mbit ceil 6mbit"}
+    host.circuit("network", "create", "other", "--subnet", "10.100.77.0/24")
+    every = host.circuit("network", "qos", "show").stdout
+    assert every.startswith("network other: unshaped\n") and \
+        "\nnetwork sandbox: rate 5mbit ceil 6mbit\n" in every and table.strip() in every
+    assert [s["network"] for s in json.loads(host.circuit(
+        "network", "qos", "show", "--format", "json").stdout)] == ["other", "sandbox"]
 
     out = host.circuit("network", "qos", "reset", "sandbox")
     assert out.stdout == "qos reset for sandbox\n"

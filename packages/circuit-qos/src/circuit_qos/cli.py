@@ -4,7 +4,7 @@ Usage:
   circuit-qos set [--rate R] [--ceiling C] [--delay D] [--buffer B] [--cbuffer B]
                   [--priority P] [--container TARGET] [--interface IFACE] NETWORK
   circuit-qos reset [--container TARGET] [--interface IFACE] NETWORK
-  circuit-qos show NETWORK [--format FMT] [-q]
+  circuit-qos show [NETWORK] [--format FMT] [-q]
   circuit-qos restore
   circuit-qos (-h | --help)
 
@@ -29,14 +29,16 @@ Examples:
   circuit network qos set --delay 50ms sandbox                  # rate kept, delay added
   circuit network qos set --rate 1mbit --container web-00 sandbox
   circuit network qos show sandbox --format json
+  circuit network qos show                                      # every network
   circuit network qos reset sandbox
 """
 
 import copy
+import sys
 
 from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
-from circuit_common.errors import Conflict, InvalidInput
+from circuit_common.errors import Conflict, InvalidInput, StateCorrupt
 from circuit_common.validate import ascii_number, check_ifname
 from circuit_net.networks import Networks, as_attachment
 from circuit_net.target import resolve
@@ -68,15 +70,15 @@ def changes_from(a: dict) -> dict:
     return changes
 
 
-def describe(policy: dict | None) -> str:
-    if not policy:
-        return "unshaped"
+def describe(policy: dict | None, direction: str = "in") -> str:
+    """A policy as show prints it; out of the container only the rate applies (the delay is
+    added on the way in)."""
     parts = []
-    if "rate" in policy:
+    if policy and "rate" in policy:
         parts.append(f"rate {format_rate(policy['rate'])} ceil {format_rate(policy['ceil'])}")
-    if "delay" in policy:
+    if policy and "delay" in policy and direction == "in":
         parts.append(f"delay {format_delay(policy['delay'])}")
-    return " ".join(parts)
+    return " ".join(parts) or "unshaped"
 
 
 def handle(argv: list[str], ctx: cli.Context) -> int:
@@ -136,43 +138,69 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     return 0
 
 
-def show(nets: Networks, name: str, fmt: str, quiet: bool) -> int:
-    """The network's policy and each attachment's policy and live counters (quiet: only the
-    containers that have a policy, from the store)."""
-    nets.get(name)
-    record = qos.load(nets.store, name)
+def show(nets: Networks, name: str | None, fmt: str, quiet: bool) -> int:
+    """The network's policy (every network's, without a name) and each attachment's policy and
+    live counters (quiet: only the containers that have a policy, from the store)."""
+    unreadable: list[str] = []
+    if name is not None:
+        nets.get(name)
+        names = [name]
+    else:
+        listing = nets.all()
+        names = sorted(network["name"] for network in listing.records)
+        unreadable = list(listing.errors)
     if quiet:
         output.emit_names(list(dict.fromkeys(
-            attached["circuit"]["target"] for attached in nets.attachments(name).records
-            if qos.effective(record, as_attachment(attached)))))
-        return 0
-    from .tc import Links, counters
+            attached["circuit"]["target"] for network in names
+            for attached in nets.attachments(network).records
+            if qos.effective(qos.load(nets.store, network), as_attachment(attached)))))
+        return report(unreadable)
+    from .tc import Links
 
-    rows = []
     with Links() as links:
-        for attached in nets.attachments(name).records:
-            attachment, label = as_attachment(attached), attached["circuit"]["target"]
-            veth = qos.host_veth(attachment) if attachment.running() else None
-            rows.append({"container_id": attachment.container_id, "target": label,
-                         "ifname": attachment.ifname, "interface": veth,
-                         "policy": qos.effective(record, attachment),
-                         "own_policy": attachment.key in record["attachments"],
-                         "counters": counters(links, veth) if veth else {}})
+        shown = [network_status(nets, links, network) for network in names]
     if fmt == "json":
-        output.emit_json({"network": name, "policy": record["network"], "attachments": rows})
-        return 0
-    print(f"network {name}: {describe(record['network'])}")
-    table = []
-    for row in rows:
-        for direction in ("in", "out"):
-            c = row["counters"].get(direction, {})
-            table.append((row["target"], row["interface"] or "-", direction,
-                          describe(row["policy"]) if direction == "in" else "",
-                          c.get("bytes", "-"), c.get("packets", "-"), c.get("drops", "-"),
-                          c.get("overlimits", "-")))
-    output.emit(output.render_table(["container", "interface", "dir", "policy", "bytes",
-                                     "packets", "drops", "overlimits"], table, min_width=10))
-    return 0
+        output.emit_json(shown[0] if name is not None else shown)
+        return report(unreadable)
+    for i, status in enumerate(shown):
+        print(("\n" if i else "") + f"network {status['network']}: "
+              f"{describe(status['policy'])}")
+        table = []
+        for row in status["attachments"]:
+            for direction in ("in", "out"):
+                c = row["counters"].get(direction, {})
+                table.append((row["target"], row["interface"] or "-", direction,
+                              describe(row["policy"], direction),
+                              c.get("bytes", "-"), c.get("packets", "-"), c.get("drops", "-"),
+                              c.get("overlimits", "-")))
+        output.emit(output.render_table(["container", "interface", "dir", "policy", "bytes",
+                                         "packets", "drops", "overlimits"], table,
+                                        min_width=10))
+    return report(unreadable)
+
+
+def report(unreadable: list[str]) -> int:
+    """The networks show could not read, one line each; exit 9 when there are any."""
+    for error in unreadable:
+        print(f"circuit: {error}", file=sys.stderr)
+    return StateCorrupt.exit_code if unreadable else 0
+
+
+def network_status(nets: Networks, links, name: str) -> dict:
+    """One network's policy and its attachments' policies and counters, as show prints them."""
+    from .tc import counters
+
+    record = qos.load(nets.store, name)
+    rows = []
+    for attached in nets.attachments(name).records:
+        attachment, label = as_attachment(attached), attached["circuit"]["target"]
+        veth = qos.host_veth(attachment) if attachment.running() else None
+        rows.append({"container_id": attachment.container_id, "target": label,
+                     "ifname": attachment.ifname, "interface": veth,
+                     "policy": qos.effective(record, attachment),
+                     "own_policy": attachment.key in record["attachments"],
+                     "counters": counters(links, veth) if veth else {}})
+    return {"network": name, "policy": record["network"], "attachments": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
