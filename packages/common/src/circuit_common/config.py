@@ -101,21 +101,27 @@ def read_small_file(path: str, what: str) -> bytes:
     return data
 
 
-def _read_config_file(path: str) -> dict:
-    """The config file's table ({} when there is none)."""
-    if not os.path.exists(path):
+def _read_config_file(path: str, explicit: bool) -> dict:
+    """The config file's table ({} when there is none; one named by --config must exist)."""
+    if not os.path.lexists(path):
+        if explicit:
+            raise InvalidInput(f"no config file {path}; give an existing file to --config, "
+                               "or leave it out")
         return {}
-    import toml
+    import tomllib
 
     data = read_small_file(path, "config file")
     try:
-        return toml.loads(data.decode())
-    except (UnicodeDecodeError, toml.TomlDecodeError, RecursionError) as e:
+        return tomllib.loads(data.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as e:
         raise InvalidInput(f"cannot read config file {path}: {e}") from None
 
 
+MIN_SECONDS = 0.1  # below it every plugin would time out before it could start
+
+
 def seconds(value, what: str) -> float:
-    """A positive, finite number of seconds (ASCII digits only), at most a day."""
+    """A finite number of seconds (ASCII digits only), from 0.1 to a day."""
     text = value if isinstance(value, str) else None
     if isinstance(value, int | float) and not isinstance(value, bool):
         text = repr(value)
@@ -123,8 +129,8 @@ def seconds(value, what: str) -> float:
     if text is not None and text.isascii():
         with contextlib.suppress(ValueError):
             number = float(text)
-    if not (0 < number <= MAX_SECONDS):  # also refuses nan
-        raise InvalidInput(f"{what} must be a number of seconds above 0 and at most "
+    if not (MIN_SECONDS <= number <= MAX_SECONDS):  # also refuses nan
+        raise InvalidInput(f"{what} must be a number of seconds from {MIN_SECONDS:g} to "
                            f"{MAX_SECONDS:g}, not {value!r}")
     return number
 
@@ -147,7 +153,7 @@ def _path(value, what: str) -> str | None:
 def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
     """Merge config file, environment and global options into Settings."""
     path = str(options.get("config") or env.get("CIRCUIT_CONFIG") or DEFAULT_CONFIG)
-    conf = _read_config_file(path)
+    conf = _read_config_file(path, explicit=bool(options.get("config")))
     unknown = set(conf) - set(CONFIG_KEYS)
     if unknown:
         raise InvalidInput(f"unknown key {sorted(unknown)[0]!r} in config file {path}; "
@@ -169,6 +175,12 @@ def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
         s.state_dir = state.removeprefix("file://")
         if not s.state_dir:
             raise InvalidInput("file:// needs a directory, as file:///var/lib/circuit")
+        if not os.path.isabs(s.state_dir) and (state.startswith("file://")
+                                               or state == configured):
+            where = "in a file:// URL" if state.startswith("file://") else \
+                f"in config file {path}"
+            raise InvalidInput(f"the state directory {where} must be an absolute path, not "
+                               f"{s.state_dir!r} (relative to what?)")
     cni_path = options.get("cni_path") or env.get("CNI_PATH")
     if cni_path:
         s.cni_path = [p for p in str(cni_path).split(":") if p]
