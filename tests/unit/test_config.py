@@ -63,7 +63,7 @@ def test_an_unfinished_list_is_a_broken_file_not_an_empty_list(tmp_path, text):
 def test_a_relative_state_directory_in_the_config_file_or_a_file_url_is_refused(tmp_path):
     conf = tmp_path / "circuit.toml"
     conf.write_text('state_dir = "var/state"\n')
-    with pytest.raises(InvalidInput, match="in config file .* must be an absolute path"):
+    with pytest.raises(InvalidInput, match=r"in config file .* must be an absolute path"):
         load_settings({}, env={"CIRCUIT_CONFIG": str(conf)})
     with pytest.raises(InvalidInput, match="in a file:// URL must be an absolute path"):
         load_settings({"state": "file://var/state"}, env={"CIRCUIT_CONFIG": str(tmp_path / "x")})
@@ -71,5 +71,5 @@ def test_a_relative_state_directory_in_the_config_file_or_a_file_url_is_refused(
 
 @pytest.mark.parametrize("value", ["1e-300", "0.05", "5e-05"])
 def test_a_lock_timeout_too_short_for_any_plugin_is_refused(tmp_path, value):
-    with pytest.raises(InvalidInput, match="lock timeout must be a number of seconds from 0.1"):
+    with pytest.raises(InvalidInput, match=r"lock timeout must be a number of seconds from 0\.1"):
         load_settings({"lock_timeout": value}, env={"CIRCUIT_CONFIG": str(tmp_path / "x")})

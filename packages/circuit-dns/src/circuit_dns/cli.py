@@ -18,7 +18,7 @@ foreground (circuit-dns.service), `stop` ends it. See docs/dns.md.
 
 Options:
   --format FMT  table or json [default: table]
-  -q            names only
+  -q            names only (not with --format json)
 """
 
 import os
@@ -35,7 +35,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv)
     store = ctx.store
     if a["show"]:
-        fmt = output.check_format(a["--format"])
+        fmt = output.check_format(a["--format"], a["-q"])
         names = [a["NETWORK"]] if a["NETWORK"] else records.dns_networks(store)
         rows = []
         for network in names:

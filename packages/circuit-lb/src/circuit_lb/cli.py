@@ -24,7 +24,7 @@ Options:
   --details              show targets
   --stats                show connections, packets and bytes from the kernel
   --format FMT           table or json [default: table]
-  -q                     names only
+  -q                     names only (not with --format json)
 
 Examples:
   circuit lb create web 10.100.99.1:80 --scheduler wrr
@@ -103,12 +103,16 @@ def read_stdin_targets(text: str) -> list[tuple[Endpoint, int | None]]:
     return targets
 
 
+MAX_PERSISTENT = 86400
+
+
 def persistent_seconds(value: str | None) -> int | None:
     if value is None:
         return None
     seconds = ascii_number(value)
-    if not seconds:
-        raise InvalidInput(f"invalid --persistent {value!r}: give a number of seconds")
+    if not seconds or seconds > MAX_PERSISTENT:
+        raise InvalidInput(f"invalid --persistent {value!r}: give a number of seconds from 1 "
+                           f"to {MAX_PERSISTENT} (a day)")
     return seconds
 
 
@@ -148,7 +152,7 @@ def restore(ctx: cli.Context) -> int:
 
 
 def list_services(services: Services, a: dict) -> int:
-    fmt = output.check_format(a["--format"])
+    fmt = output.check_format(a["--format"], a["-q"])
     records, unreadable = services.all()
     errors = unreadable + [f"{line}; run `circuit restore`" for line in services.drift(records)]
     stats = services.stats(records) if a["--stats"] else {}

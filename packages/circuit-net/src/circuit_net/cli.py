@@ -32,7 +32,7 @@ Options:
                    container's name on the network (DNS, with circuit-dns)
   --alias NAME     connect: another name of the container on the network (repeat for several)
   --format FMT     table or json (default: table; json for inspect)
-  -q               names only
+  -q               names only (not with --format json)
   --ifname IF      interface inside the container (default: the first free ethN)
   --ip IP          request this address, CIDR or not; repeat for IPv4 and IPv6
                    (runtimeConfig "ips", or CNI_ARGS IP)
@@ -99,7 +99,8 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
             extensions.enable(ctx, record, "dns")
         print(f"{record['name']} created")
     elif a["list"]:
-        return list_networks(nets, output.check_format(a["--format"]), a["-q"], a["--running"])
+        return list_networks(nets, output.check_format(a["--format"], a["-q"]), a["-q"],
+                             a["--running"])
     elif a["inspect"]:
         fmt = output.check_format(a["--format"] or "json")
         network = nets.get(a["NAME"])

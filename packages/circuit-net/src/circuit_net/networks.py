@@ -342,7 +342,7 @@ class Networks:
                         continue  # left by a killed circuit: the next repair undoes it
                     for taken in (mappings(record) or {}).get("portMappings") or []:
                         for mapping in wanted:
-                            if same_host_port(mapping, taken):
+                            if runtime.same_host_port(mapping, taken):
                                 owner = record.get("attachment", record)["circuit"]["target"]
                                 raise Conflict(
                                     f"host port {mapping['hostPort']}/{mapping['protocol']} is "
@@ -596,14 +596,6 @@ class Networks:
         if errors:
             raise StateCorrupt(f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
                                                  if len(errors) > 1 else ""))
-
-
-def same_host_port(one: dict, other: dict) -> bool:
-    """Whether two portMappings take the same host port (no hostIP: every address)."""
-    return (one["hostPort"], one.get("protocol", "tcp")) == \
-        (other.get("hostPort"), other.get("protocol", "tcp")) \
-        and (not one.get("hostIP") or not other.get("hostIP")
-             or one["hostIP"] == other["hostIP"])
 
 
 def owner_alive(intent: dict) -> bool:

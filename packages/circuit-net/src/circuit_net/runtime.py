@@ -17,7 +17,7 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 def parse_publish(spec: str) -> dict:
     """One portMappings entry from [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO] (HOSTIP of IPv6 in
     brackets), as libcni's callers pass it: hostPort, containerPort, protocol, hostIP."""
-    text, _, protocol = spec.strip().partition("/")
+    text, _, protocol = spec.partition("/")
     protocol = protocol or "tcp"
     if protocol not in PROTOCOLS:
         raise InvalidInput(f"bad --publish {spec!r}: protocol must be {', '.join(PROTOCOLS)}")
@@ -51,8 +51,31 @@ def _port(text: str, spec: str) -> int:
 
 
 def parse_publish_list(text: str) -> list[dict]:
-    """portMappings from a comma-separated list (annotation circuit.publish, CIRCUIT_PUBLISH)."""
-    return [parse_publish(item) for item in text.split(",") if item.strip()]
+    """portMappings from a comma-separated list (annotation circuit.publish, CIRCUIT_PUBLISH),
+    spaces around an item allowed; each host port at most once."""
+    return check_published([parse_publish(item.strip()) for item in text.split(",")
+                            if item.strip()])
+
+
+def check_published(mappings: list[dict]) -> list[dict]:
+    """mappings, refused when two take one host port (the same mapping twice included)."""
+    for i, mapping in enumerate(mappings):
+        for other in mappings[:i]:
+            if same_host_port(mapping, other):
+                both = " and ".join(describe_ports([other, mapping]))
+                raise InvalidInput(f"host port {mapping['hostPort']}/{mapping['protocol']} is "
+                                   f"published twice ({both}); publish each host port once")
+    return mappings
+
+
+def same_host_port(one: dict, other: dict) -> bool:
+    """Whether two portMappings take the same host port (no hostIP: every address)."""
+    return (one["hostPort"], one.get("protocol", "tcp")) == \
+        (other.get("hostPort"), other.get("protocol", "tcp")) \
+        and (not one.get("hostIP") or not other.get("hostIP")
+             or one["hostIP"] == other["hostIP"])
+
+
 
 
 def parse_cap(text: str) -> tuple[str, object]:
@@ -81,7 +104,7 @@ def parse_ips(values: list[str]) -> list[str]:
 
 def capabilities(publish: list[dict], caps: list[str]) -> dict:
     """The capability args asked for on a command line or by a hook: --publish and --cap."""
-    wanted: dict = {"portMappings": publish} if publish else {}
+    wanted: dict = {"portMappings": check_published(publish)} if publish else {}
     for name, value in map(parse_cap, caps):
         if name in wanted:
             raise UsageError(f"capability {name} given twice (--cap {name}, or --publish with "

@@ -88,7 +88,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         return extension.restore(ctx)
     name = a["NETWORK"]
     if a["show"]:
-        return show(nets, name, output.check_format(a["--format"]), a["-q"])
+        return show(nets, name, output.check_format(a["--format"], a["-q"]), a["-q"])
     if a["--container"] and a["--interface"]:
         raise InvalidInput("give --container or --interface, not both")
     if a["--interface"] is not None:

@@ -22,7 +22,7 @@ Options:
   --name HOST    this host's name in the cluster (default: this machine's hostname)
   --ttl SEC      the lease: how long the host stays alive without its agent [default: 10]
   --format FMT   table or json [default: table]
-  -q             names only
+  -q             names only (not with --format json)
 
 Examples:
   export CIRCUIT_STATE=etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
@@ -55,8 +55,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
                          "etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (or CIRCUIT_STATE)")
     member: Member = ctx.store.member
     if a["join"]:
-        host = join(ctx, member, a["--address"], a["--name"] or socket.gethostname(),
-                    a["--ttl"])
+        host = join(ctx, member, a["--address"], host_name(a["--name"]), a["--ttl"])
         print(f"joined the cluster as {host['name']} ({host['address']})")
     elif a["leave"]:
         name = leave(member)
@@ -65,10 +64,11 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         released = forget(member, check_name(a["HOST"], "host name"))
         print(f"{a['HOST']} forgotten; {released} subnet(s) released")
     elif a["list"]:
+        fmt = output.check_format(a["--format"], a["-q"])
         rows = hosts(member)
         if a["-q"]:
             output.emit_names([r["name"] for r in rows])
-        elif output.check_format(a["--format"]) == "json":
+        elif fmt == "json":
             output.emit_json(rows)
         else:
             output.emit(output.render_table(
@@ -92,6 +92,12 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         member.host()  # joined, or one line now rather than from the loop
         return run_agent(ctx)
     return 0
+
+
+def host_name(given: str | None) -> str:
+    """This host's name in the cluster: --name, or the machine's hostname when not given (an
+    empty --name is refused, not replaced)."""
+    return check_name(socket.gethostname() if given is None else given, "host name")
 
 
 def join(ctx: cli.Context, member: Member, address: str, name: str, ttl: str) -> dict:

@@ -7,13 +7,17 @@ from collections.abc import Sequence
 FORMATS = ("table", "json")
 
 
-def check_format(value: str | None) -> str:
-    """The --format value, refused unless it is one circuit knows."""
-    from .errors import InvalidInput
+def check_format(value: str | None, quiet: bool = False) -> str:
+    """The --format value, refused unless it is one circuit knows; with quiet (-q, names
+    only) json is refused: the two ask for different output."""
+    from .errors import InvalidInput, UsageError
 
     fmt = value or "table"
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    if quiet and fmt == "json":
+        raise UsageError("-q prints names only, --format json the whole listing; give one of "
+                         "them")
     return fmt
 
 

@@ -19,11 +19,17 @@ def check_name(value: str, what: str = "name") -> str:
     return value
 
 
+RESERVED_IFNAMES = ("all", "default")  # /proc/sys/net/*/conf/ names: no device may take them
+
+
 def check_ifname(value: str) -> str:
     """value if it is a usable interface name, else InvalidInput."""
     if not IFNAME_RE.fullmatch(value or ""):
         raise InvalidInput(f"invalid interface name {value!r}: use 1-15 letters, digits, "
                            "'_', '.' or '-'")
+    if value in RESERVED_IFNAMES:
+        raise InvalidInput(f"invalid interface name {value!r}: the kernel keeps 'all' and "
+                           "'default' for its settings; choose another")
     return value
 
 

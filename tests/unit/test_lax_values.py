@@ -1,0 +1,60 @@
+"""Values that were accepted though they mean nothing usable (issue 27 §4): each refused with
+one clear error where it is read."""
+
+import pytest
+
+from circuit_common.errors import InvalidInput, UsageError
+from circuit_common.output import check_format
+from circuit_common.validate import check_ifname
+from circuit_lb.cli import persistent_seconds
+from circuit_net.runtime import capabilities, parse_publish, parse_publish_list
+
+
+def test_names_only_and_json_are_refused_together():
+    with pytest.raises(UsageError, match="-q prints names only, --format json"):
+        check_format("json", quiet=True)
+    assert check_format("table", quiet=True) == "table"
+    assert check_format(None, quiet=True) == "table"
+
+
+@pytest.mark.parametrize("name", ["all", "default"])
+def test_the_kernels_reserved_interface_names_are_refused(name):
+    with pytest.raises(InvalidInput, match="the kernel keeps 'all' and 'default'"):
+        check_ifname(name)
+
+
+@pytest.mark.parametrize("value", ["99999999999", "86401"])
+def test_a_persistence_beyond_a_day_is_refused(value):
+    with pytest.raises(InvalidInput, match="from 1 to 86400"):
+        persistent_seconds(value)
+    assert persistent_seconds("86400") == 86400
+
+
+@pytest.mark.parametrize("spec", [" 80:80", "80:80 ", "80 :80", "\t80:80"])
+def test_a_publish_spec_with_spaces_is_refused(spec):
+    with pytest.raises(InvalidInput, match="bad --publish"):
+        parse_publish(spec)
+
+
+@pytest.mark.parametrize("specs", [["8080:80", "8080:80"], ["8080:80", "8080:81"],
+                                   ["8080:80", "127.0.0.1:8080:81"],
+                                   ["[::1]:53:53/udp", "53:5353/udp"]])
+def test_one_host_port_published_twice_is_refused(specs):
+    with pytest.raises(InvalidInput, match=r"host port \d+/\w+ is published twice"):
+        capabilities([parse_publish(s) for s in specs], [])
+    with pytest.raises(InvalidInput, match="published twice"):
+        parse_publish_list(",".join(specs))
+
+
+def test_one_port_on_two_protocols_or_two_host_ips_is_no_conflict():
+    assert len(capabilities([parse_publish(s) for s in ("53:53/udp", "53:53/tcp")],
+                            [])["portMappings"]) == 2
+    assert len(parse_publish_list("10.0.0.1:80:80, 10.0.0.2:80:80")) == 2
+
+
+def test_an_empty_cluster_host_name_is_refused_not_replaced_by_the_hostname():
+    from circuit_cluster.cli import host_name
+
+    with pytest.raises(InvalidInput, match="invalid host name ''"):
+        host_name("")
+    assert host_name(None)
