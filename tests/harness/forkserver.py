@@ -20,11 +20,12 @@ DISPATCHER_ONLY = {"PYTHONPATH": str(ROOT / "packages" / "dispatch" / "src")}
 class ForkServer:
     """`circuit forkserver` on a socket of the test's own, stopped (and drained) at the end."""
 
-    def __init__(self, tmp: Path, timeout: float = 60):
+    def __init__(self, tmp: Path, timeout: float = 60, env: dict | None = None):
         self.socket = str(tmp / "forkserver.sock")
-        self.log = open(tmp / "forkserver.log", "w+")  # noqa: SIM115 (closed by stop)
+        self.log = open(tmp / "forkserver.log", "a+")  # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen([CIRCUIT, "forkserver", "--socket", self.socket],
-                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+                                     env=None if env is None else os.environ | env)
         deadline = time.monotonic() + timeout  # the preload: seconds under QEMU's emulation
         while not os.path.exists(self.socket):
             assert self.proc.poll() is None and time.monotonic() < deadline, self.output()

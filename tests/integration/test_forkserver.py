@@ -7,13 +7,18 @@ server ran it."""
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness import CIRCUIT, DISPATCHER_ONLY, bridge_conf, documented_hooks, snapshot
+import pytest
+
+from harness import CIRCUIT, DISPATCHER_ONLY, ForkServer, bridge_conf, documented_hooks, snapshot
 
 PYTHON = str(Path(CIRCUIT).parent / "python")
 
@@ -239,3 +244,83 @@ def test_the_server_takes_no_path_that_is_not_a_dead_socket(forkserver, tmp_path
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 10 and says in second.stderr, second.stderr
     assert precious.read_text() == "keep me" and os.path.exists(forkserver.socket)
+
+
+@pytest.mark.parametrize("changed, how", [("docopt/__init__.py", "touched"),
+                                          ("pyroute2/netlink/__init__.py", "replaced"),
+                                          ("etcd3gw/client.py", "replaced")])
+def test_an_upgraded_dependency_is_declined_and_the_server_exits(host, tmp_path, changed, how):
+    """The server runs pyroute2, docopt and etcd3gw from copies (PYTHONPATH); one of their
+    files changed under it, as an upgrade changes them, drains it as circuit's own code does."""
+    import importlib
+
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    for name in ("docopt", "pyroute2", "etcd3gw"):
+        source = Path(importlib.import_module(name).__file__)
+        if source.name == "__init__.py":
+            shutil.copytree(source.parent, deps / name, ignore=shutil.ignore_patterns("*.pyc"))
+        else:
+            shutil.copy(source, deps / source.name)
+    server = ForkServer(tmp_path, env={"PYTHONPATH": str(deps)})
+    try:
+        assert through(host, server, "network", "list").returncode == 0  # served: no site
+        path = deps / changed
+        if how == "touched":
+            os.utime(path, ns=(0, path.stat().st_mtime_ns + 1))
+        else:  # what an installer does: a new file renamed over the old, same time kept
+            stamp = path.stat()
+            shutil.copy(path, tmp_path / "new")
+            os.utime(tmp_path / "new", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+            os.replace(tmp_path / "new", path)
+        result = through(host, server, "network", "list", no_site=False)
+        assert result.returncode == 0, result.stderr
+        assert server.proc.wait(timeout=15) == 0
+        assert f"stale: '{path}' changed" in server.output()
+    finally:
+        server.stop()
+    assert not os.path.exists(server.socket)
+
+
+def test_idle_connections_do_not_starve_callers(host, forkserver):
+    """12 peers that connect and send nothing each hold a child for REQUEST_TIMEOUT, no more:
+    other callers are served at once (before, each waited 5 s and then ran it itself)."""
+    idle = []
+    try:
+        for _ in range(12):
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            peer.connect(forkserver.socket)
+            idle.append(peer)
+        start = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: through(host, forkserver, "network", "list"),
+                                    range(4)))
+        took = time.monotonic() - start
+    finally:
+        for peer in idle:
+            peer.close()
+    assert [r.returncode for r in results] == [0] * 4, [r.stderr for r in results]
+    assert took < 2, f"callers waited {took:.1f} s behind idle connections"
+
+
+def test_log_lines_of_concurrent_children_stay_apart(forkserver):
+    """40 malformed requests at once: each child's log line is written in one write(), at the
+    log's end (O_APPEND), even while the log is read."""
+    def bad_request(i: int) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+            peer.connect(forkserver.socket)
+            peer.sendall((64).to_bytes(8, sys.byteorder) + b"junk %d " % i * 4)
+            peer.shutdown(socket.SHUT_WR)
+            peer.recv(1)
+            forkserver.output()  # a reader moving the shared offset must not matter
+
+    with ThreadPoolExecutor(20) as pool:
+        list(pool.map(bad_request, range(40)))
+    deadline = time.monotonic() + 10
+    while forkserver.output().count("bad request") < 40:
+        assert time.monotonic() < deadline, forkserver.output()
+        time.sleep(0.05)
+    lines = forkserver.output().splitlines()
+    assert lines[0].startswith("circuit forkserver: listening on ")
+    assert all(line.startswith("circuit forkserver: bad request: ") for line in lines[1:]), lines
+    assert len(lines) == 41

@@ -150,3 +150,85 @@ def test_the_preload_takes_every_group_and_the_circuit_packages_they_import():
     for module in ("circuit_common.completion", "circuit_common.manpage", "circuit_netlink",
                    "circuit_qos.tc", "circuit_lb.ipvs", "circuit_cluster.etcd", "docopt"):
         assert module in loaded
+
+
+FAILING_SERVER = """
+import os, sys
+from circuit_dispatch import forkserver
+
+def run(argv):
+    print("ran", *argv, flush=True)
+    return int(argv[-1])
+
+real_context = forkserver.context
+
+def context(pid):
+    if pid == "self" and os.path.exists({flag!r}):
+        if {once!r}:
+            os.unlink({flag!r})
+        raise OSError("planted: cannot read its own context")
+    return real_context(pid)
+
+forkserver.context = context
+sys.argv[0] = {script!r}
+sys.exit(forkserver.main(["--socket", {socket!r}], run))
+"""
+
+
+def started(server: subprocess.Popen, path: str) -> None:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        assert server.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_a_child_that_fails_before_its_connection_ends_there_and_the_server_serves_on(tmp_path):
+    """Before, it unwound into the server's loop and main()'s cleanup removed the live socket."""
+    path, flag, log = str(tmp_path / "fs.sock"), tmp_path / "fail", tmp_path / "log"
+    script = str(ROOT / "bin" / "circuit")
+    flag.touch()
+    code = FAILING_SERVER.format(script=script, socket=path, flag=str(flag), once=True)
+    with open(log, "a") as stderr:
+        server = subprocess.Popen([sys.executable, "-c", code], stderr=stderr)
+    try:
+        started(server, path)
+        deadline = time.monotonic() + 10
+        while "failed before it took a connection" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        env = os.environ | DISPATCHER_ONLY | {"CIRCUIT_FORKSERVER": path}
+        for _ in range(6):  # more than the idle children: replacements serve too
+            done = subprocess.run([sys.executable, "-S", script, "x", "7"], env=env,
+                                  capture_output=True, text=True)
+            assert (done.returncode, done.stdout) == (7, "ran x 7\n"), done.stderr
+        assert server.poll() is None and os.path.exists(path)
+        assert "planted: cannot read its own context" in log.read_text()
+    finally:
+        server.terminate()
+        assert server.wait(timeout=10) == 0
+    assert not os.path.exists(path)
+
+
+def test_children_that_fail_one_after_another_stop_the_server_rather_than_fork_in_a_loop(
+        tmp_path):
+    path, flag = str(tmp_path / "fs.sock"), tmp_path / "fail"
+    flag.touch()
+    code = FAILING_SERVER.format(script=str(ROOT / "bin" / "circuit"), socket=path,
+                                 flag=str(flag), once=False)
+    server = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert server.returncode == 0 and not os.path.exists(path)
+    lines = server.stderr.splitlines()
+    died = [line for line in lines if "idle child" in line]
+    assert len(died) == forkserver.IDLE_DEATHS and died[-1].endswith("one after another did")
+    assert sum("failed before it took a connection" in line for line in lines) >= len(died)
+
+
+@pytest.mark.parametrize("value", ["off", ""])
+def test_a_fork_server_turned_off_refuses_to_start(value, tmp_path):
+    """Not a socket named `off` in the working directory."""
+    done = subprocess.run([sys.executable, str(ROOT / "bin" / "circuit"), "forkserver"],
+                          env=os.environ | {"CIRCUIT_FORKSERVER": value}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "turns the fork server off" in done.stderr and list(tmp_path.iterdir()) == []

@@ -16,6 +16,7 @@ repair.
 """
 
 import contextlib
+import fcntl
 import gc
 import importlib
 import os
@@ -32,14 +33,17 @@ from collections.abc import Callable
 
 from circuit_common.errors import EnvironmentFault, UsageError
 from circuit_common.proc import CLONE_NEWNET, PR_SET_PDEATHSIG, checked, libc
-from circuit_dispatch import DEFAULT_SOCKET, GROUPS, protocol
+from circuit_dispatch import DEFAULT_SOCKET, GROUPS, protocol, socket_path
 from circuit_dispatch.protocol import ACCEPTED, DECLINED, GO, STDIO_AND_CWD
 
 UCRED = struct.Struct("3i")  # pid, uid, gid
-IDLE_CHILDREN = 4  # forked ahead, waiting for a request each
-REPORT = struct.Struct("ci")  # a child's report to the server: BUSY or STALE, and its pid
-BUSY, STALE = b"B", b"S"
-REQUEST_TIMEOUT = 2.0  # seconds a client may take to send its request
+IDLE_CHILDREN = 4  # forked ahead, waiting in accept() each
+MAX_CHILDREN = 64  # idle and busy: beyond, connections wait in the listen queue
+IDLE_DEATHS = 8  # idle children dying in a row (none taking a connection between): stop
+REPORT = struct.Struct("ci")  # a child's report to the server: TAKEN or STALE, and its pid
+TAKEN, STALE = b"T", b"S"
+REQUEST_TIMEOUT = 2.0  # seconds a client may take to send its request, and then "go"
+LOG_LIMIT = 4096  # bytes of one log entry (PIPE_BUF: written at once even into a pipe)
 NAMESPACES = ("pid", "mnt", "user", "uts", "ipc", "cgroup", "time")  # all but net: entered
 STATUS_FIELDS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
                  "NoNewPrivs", "Seccomp")
@@ -125,23 +129,64 @@ def lazy_imports() -> set[str]:
 
 
 def circuit_files() -> list[str]:
-    """The source files of circuit's loaded modules, and the dispatcher script."""
+    """The source files of circuit's loaded modules."""
+    return [module.__file__ for name, module in list(sys.modules.items())
+            if name.startswith(OWN_PREFIX) and getattr(module, "__file__", None)]
+
+
+def code_files() -> list[str]:
+    """What an upgrade replaces under a running server: the dispatcher script, then the file of
+    every loaded module but the standard library's: circuit's and those of the third-party
+    distributions it loaded (pyroute2, docopt, etcd3gw, requests, ...)."""
+    import sysconfig
+
+    stdlib = os.path.join(os.path.dirname(os.__file__), "")
+    installed = tuple({os.path.join(sysconfig.get_path(kind), "") for kind in ("purelib",
+                                                                              "platlib")})
     files = [os.path.realpath(sys.argv[0])]
-    for name, module in list(sys.modules.items()):
-        if name.startswith(OWN_PREFIX) and getattr(module, "__file__", None):
-            files.append(module.__file__)
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and (not path.startswith(stdlib) or path.startswith(installed)):
+            files.append(path)
     return files
 
 
-def fingerprint(files: list[str]) -> list[int]:
-    """Modification times of circuit's code: a change means the server runs stale code."""
+def fingerprint(files: list[str]) -> list[tuple[int, int, int, int]]:
+    """Each file's identity, size and modification time: a change means the server runs stale
+    code (an installer replaces files: a new inode, even where it keeps the time)."""
     stamps = []
     for path in files:
         try:
-            stamps.append(os.stat(path).st_mtime_ns)
+            stat_result = os.stat(path)
         except OSError:
-            stamps.append(-1)
+            stamps.append((-1, -1, -1, -1))
+        else:
+            stamps.append((stat_result.st_dev, stat_result.st_ino, stat_result.st_size,
+                           stat_result.st_mtime_ns))
     return stamps
+
+
+def changed(files: list[str], stamps: list[tuple[int, int, int, int]]) -> str | None:
+    """The first of files that is not what stamps say, None when none changed."""
+    for path, now, then in zip(files, fingerprint(files), stamps, strict=True):
+        if now != then:
+            return path
+    return None
+
+
+def log(message: str) -> None:
+    """One entry on the server's log (its stderr) in one write(), cut to LOG_LIMIT bytes, so
+    the entries of concurrent children never split or run into each other."""
+    entry = f"circuit forkserver: {message}".encode(errors="backslashreplace")
+    with contextlib.suppress(OSError):  # a log that is gone: nothing to tell it
+        os.write(2, entry[:LOG_LIMIT - 1] + b"\n")
+
+
+def append_only(fd: int) -> None:
+    """Where fd is a file, every write lands at its end (O_APPEND): children sharing it never
+    write over each other's lines."""
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
 
 
 def namespace(pid: int | str, kind: str) -> int:
@@ -175,8 +220,10 @@ def pdeathsig(sig: int) -> None:
 
 class ForkServer:
     """Keeps IDLE children forked and waiting in accept() on the shared socket, so no fork lies
-    on a command's path; forks a replacement for each that takes a request, reaps them all.
-    Single-threaded (a poll loop), so fork never copies another thread's locks."""
+    on a command's path; forks a replacement for each that takes a connection (up to
+    MAX_CHILDREN in all: a peer that connects and sends nothing holds one child, for
+    REQUEST_TIMEOUT, not the others' callers), reaps them all. Single-threaded (a poll loop),
+    so fork never copies another thread's locks."""
 
     def __init__(self, listener: socket.socket, run: Callable[[list[str]], int],
                  idle: int = IDLE_CHILDREN):
@@ -184,13 +231,14 @@ class ForkServer:
         self.run = run
         self.pid = os.getpid()
         self.target = idle
-        self.files = circuit_files()
+        self.files = code_files()
         self.stamps = fingerprint(self.files)
         self.idle: set[int] = set()
+        self.idle_deaths = 0  # in a row
         self.pidfds: dict[int, int] = {}  # pidfd → pid
         self.stopping = False
         self.poll = select.poll()
-        self.reports, self.report_to = os.pipe2(os.O_CLOEXEC)  # children: "busy"/"stale" + pid
+        self.reports, self.report_to = os.pipe2(os.O_CLOEXEC)  # children: "taken"/"stale" + pid
         os.set_blocking(self.reports, False)
 
     def serve(self) -> None:
@@ -203,7 +251,8 @@ class ForkServer:
         self.poll.register(self.reports, select.POLLIN)
         gc.freeze()  # children's collections then leave the preloaded objects' pages shared
         while not self.stopping or self.pidfds:
-            while not self.stopping and len(self.idle) < self.target:
+            while (not self.stopping and len(self.idle) < self.target
+                   and len(self.pidfds) < MAX_CHILDREN):
                 self.spawn()
             for fd, _ in self.poll.poll():
                 if fd == wake_read:
@@ -216,8 +265,14 @@ class ForkServer:
 
     def spawn(self) -> None:
         pid = os.fork()
-        if pid == 0:
-            Worker(self, self.report_to).serve()  # never returns
+        if pid == 0:  # the child ends here, whatever happens: never in the server's loop
+            try:
+                Worker(self, self.report_to).serve()
+            except BaseException:
+                log(f"child {os.getpid()} failed before it took a connection: "
+                    f"{traceback.format_exc().rstrip()}")
+            finally:
+                os._exit(70)
         pidfd = os.pidfd_open(pid)
         self.pidfds[pidfd] = pid
         self.idle.add(pid)
@@ -232,6 +287,7 @@ class ForkServer:
                 return
             for kind, pid in REPORT.iter_unpack(data):
                 self.idle.discard(pid)
+                self.idle_deaths = 0
                 if kind == STALE:
                     self.stop()
 
@@ -251,13 +307,17 @@ class ForkServer:
         if pid in self.idle:
             self.idle.discard(pid)
             if not self.stopping:
-                print(f"circuit forkserver: idle child {pid} died "
-                      f"(exit {os.waitstatus_to_exitcode(status)}); stopping", file=sys.stderr)
-                self.stop()  # rather than fork in a loop
+                self.idle_deaths += 1
+                giving_up = self.idle_deaths >= IDLE_DEATHS  # rather than fork in a loop
+                log(f"idle child {pid} died (exit {os.waitstatus_to_exitcode(status)})"
+                    + ("; stopping: one after another did" if giving_up else ""))
+                if giving_up:
+                    self.stop()
 
 
 class Worker:
-    """A forked child: waits for one request it can stand in for, runs it, exits."""
+    """A forked child: takes one connection; runs its command when it can stand in for the
+    client; exits."""
 
     def __init__(self, server: ForkServer, report_to: int):
         self.listener, self.run, self.report_to = server.listener, server.run, report_to
@@ -266,6 +326,7 @@ class Worker:
         self.context = context("self")
 
     def serve(self) -> None:
+        """Never returns: the child ends with os._exit, whatever happens."""
         code, conn = 70, None
         try:
             signal.set_wakeup_fd(-1)
@@ -274,14 +335,14 @@ class Worker:
                 os._exit(0)  # it ended before the line above
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's terminal is not ours
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            while True:
-                try:
-                    conn, _ = self.listener.accept()
-                except OSError:
-                    os._exit(0)  # shut down: the server stops
-                request = self.receive(conn)
-                if request is not None:
-                    break
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                os._exit(0)  # shut down: the server stops
+            os.write(self.report_to, REPORT.pack(TAKEN, os.getpid()))  # another one accepts
+            request = self.receive(conn)
+            if request is None:
+                os._exit(0)
             code = self.stand_in(request, conn)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -291,14 +352,16 @@ class Worker:
             traceback.print_exc()
             code = 1
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):  # a closed or broken pipe
-                    stream.flush()
-            code = code if isinstance(code, int) else 1
-            if conn is not None:
-                with contextlib.suppress(OSError):  # the client is gone
-                    conn.sendall(protocol.result(code))
-            os._exit(code)
+            try:
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):  # a closed or broken pipe
+                        stream.flush()
+                code = code if isinstance(code, int) and -1 << 31 <= code < 1 << 31 else 1
+                if conn is not None:
+                    with contextlib.suppress(OSError):  # the client is gone
+                        conn.sendall(protocol.result(code))
+            finally:
+                os._exit(code)
 
     def receive(self, conn: socket.socket) -> "Request | None":
         """The request on conn when this child can stand in for its client; otherwise the
@@ -307,13 +370,12 @@ class Worker:
             conn.settimeout(REQUEST_TIMEOUT)
             request = receive(conn)
         except (OSError, ValueError) as e:
-            print(f"circuit forkserver: bad request: {e}", file=sys.stderr)
+            log(f"bad request: {e}")
             conn.close()
             return None
         reason = self.refusal(request)
         if not reason:
             try:
-                os.write(self.report_to, REPORT.pack(BUSY, os.getpid()))
                 conn.sendall(ACCEPTED)
                 if conn.recv(1) == GO:  # the client commits: it will not run it itself
                     conn.settimeout(None)
@@ -323,8 +385,7 @@ class Worker:
                 pass
             os._exit(0)  # the client gave up (its timeout) or is gone: it is not ours to run
         request.close()
-        print(f"circuit forkserver: declined {' '.join(request.argv)!r}: {reason}",
-              file=sys.stderr, flush=True)
+        log(f"declined {' '.join(request.argv)!r}: {reason}")
         with contextlib.suppress(OSError):
             conn.sendall(DECLINED + reason.encode())
         conn.close()
@@ -340,9 +401,10 @@ class Worker:
         if request.uid != os.geteuid():
             return f"uid {request.uid} is not the server's {os.geteuid()}"
         if os.path.realpath(request.script) != self.files[0]:
-            return f"another installation ({request.script})"
-        if fingerprint(self.files) != self.stamps:
-            return "stale: circuit's code changed since the server started"
+            return f"another installation ({request.script!r})"
+        stale = changed(self.files, self.stamps)
+        if stale:
+            return f"stale: {stale!r} changed since the server started"
         try:
             theirs = context(request.pid)
             request.netns = os.open(f"/proc/{request.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -455,12 +517,15 @@ USAGE = "usage: circuit forkserver [--socket PATH]  (default: $CIRCUIT_FORKSERVE
 
 def main(argv: list[str], run: Callable[[list[str]], int]) -> int:
     """`circuit forkserver`: preload circuit, then serve until SIGTERM."""
-    path = os.environ.get("CIRCUIT_FORKSERVER") or DEFAULT_SOCKET
+    path = socket_path()
     try:
-        if argv[:1] == ["--socket"] and len(argv) == 2:
+        if argv[:1] == ["--socket"] and len(argv) == 2 and argv[1]:
             path = argv[1]
         elif argv:
             raise UsageError(USAGE)
+        elif path is None:
+            raise UsageError(f"CIRCUIT_FORKSERVER={os.environ['CIRCUIT_FORKSERVER']!r} turns the "
+                             "fork server off; unset it, or give --socket PATH")
         preload()
         try:
             listener = listen(path)
@@ -472,7 +537,8 @@ def main(argv: list[str], run: Callable[[list[str]], int]) -> int:
     except EnvironmentFault as e:
         print(f"circuit: {e}", file=sys.stderr)
         return e.exit_code
-    print(f"circuit forkserver: listening on {path}", file=sys.stderr, flush=True)
+    append_only(2)
+    log(f"listening on {path}")
     mine = os.stat(path).st_ino
     try:
         ForkServer(listener, run).serve()
