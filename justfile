@@ -23,7 +23,7 @@ setup:
     # that set PYTHONDONTWRITEBYTECODE (every start would compile them again)
     .venv/bin/python -m compileall -q packages/*/src
 
-# Install circuit for the whole machine (wheels in a venv under PREFIX/lib/circuit, tools in PREFIX/bin, man pages, completions, systemd units, installed but not enabled)
+# Install circuit for the whole machine (wheels in a venv under PREFIX/lib/circuit, tools in PREFIX/bin, man pages, completions, systemd units; where systemd runs the fork server's is enabled: CIRCUIT_FORKSERVER_SERVICE=off to keep it off)
 install PREFIX="/usr/local":
     packaging/install.sh install "{{PREFIX}}"
 

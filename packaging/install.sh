@@ -4,7 +4,9 @@
 #   PREFIX/bin/circuit, circuit-net, ...    links into it
 #   PREFIX/share/man/man1/*.1               man pages, from the tools' usage text
 #   PREFIX/share/bash-completion/completions/circuit*, PREFIX/share/zsh/site-functions/_circuit
-#   PREFIX/lib/systemd/system/circuit-{restore,cluster-agent,forkserver,dns}.service (not enabled)
+#   PREFIX/lib/systemd/system/circuit-{restore,cluster-agent,forkserver,dns}.service; where
+#   systemd runs, circuit-forkserver.service is enabled and started (CIRCUIT_FORKSERVER_SERVICE=off:
+#   not); the others are not enabled
 # Nothing refers back to the clone: it may be deleted afterwards. CIRCUIT_PYTHON picks the
 # interpreter (default /usr/bin/python3 when it is 3.11 or newer).
 set -euo pipefail
@@ -18,11 +20,19 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=(circuit circuit-net circuit-qos circuit-lb circuit-hook circuit-cluster circuit-dns)
 units=(circuit-restore.service circuit-cluster-agent.service circuit-forkserver.service
        circuit-dns.service)
+served=circuit-forkserver.service
+
+systemd_runs() {
+    [ -d /run/systemd/system ]   # what sd_booted(3) checks
+}
 
 uninstall() {
     if [ ! -f "$manifest" ]; then
         echo "circuit: nothing installed under $prefix" >&2
         return 0
+    fi
+    if systemd_runs; then   # install enabled it: stop it before its files go
+        systemctl disable --now --quiet "$served" 2>/dev/null || true
     fi
     while read -r path; do rm -f "$prefix/$path"; done < "$manifest"
     local dirs=()
@@ -31,6 +41,9 @@ uninstall() {
     for ((i = ${#dirs[@]} - 1; i >= 0; i--)); do   # only those install made, once empty
         rmdir "$prefix/${dirs[i]}" 2>/dev/null || true
     done
+    if systemd_runs; then
+        systemctl daemon-reload
+    fi
     echo "circuit removed from $prefix"
 }
 
@@ -91,12 +104,18 @@ install() {
     files+=("${tools[@]/#/share/bash-completion/completions/}" share/zsh/site-functions/_circuit)
     local unit_dir=$prefix/lib/systemd/system
     ensure_dir "$unit_dir"
-    for unit in "${units[@]}"; do   # installed, never enabled: that is the admin's call
+    for unit in "${units[@]}"; do
         sed "s|@BINDIR@|$prefix/bin|g" "$repo/packaging/$unit" > "$unit_dir/$unit"
         files+=("lib/systemd/system/$unit")
     done
     printf '%s\n' "${files[@]}" > "$manifest"
     printf '%s\n' "${new_dirs[@]}" | awk 'NF && !seen[$0]++' > "$made_dirs"
+    # the fork server only speeds commands up, and steps aside for what it cannot run: enabled
+    # (by path: linked in for any PREFIX); the other units are the admin's call
+    if systemd_runs && [ "${CIRCUIT_FORKSERVER_SERVICE:-on}" != off ]; then
+        systemctl daemon-reload
+        systemctl enable --now --quiet "$unit_dir/$served"
+    fi
     echo "circuit $("$circuit" version | head -n 1 | cut -d' ' -f2) installed in $prefix"
 }
 

@@ -1,12 +1,17 @@
 """`just install` into a temporary prefix (never /usr/local), from a copy of the clone that is
 deleted before use: the installed circuit attaches and detaches a runc container on its own, and
-every tool (circuit-cluster too) comes with its man page, completion and systemd units."""
+every tool (circuit-cluster too) comes with its man page, completion and systemd units.
+
+This machine runs no systemd: install and uninstall run where it seems to (a mount namespace of
+their own with /run/systemd/system on a tmpfs), with a systemctl on PATH that writes down what
+it is asked, and nothing else."""
 
 import json
 import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 from harness import ROOT, bridge_conf, documented_hooks
 
@@ -20,10 +25,23 @@ def without_the_clone(env: dict) -> dict:
     return {k: v for k, v in env.items() if k != "VIRTUAL_ENV"} | {"PATH": ":".join(path)}
 
 
-def just(*args, cwd, env) -> None:
-    proc = subprocess.run(["just", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+def just(*args, cwd, env, systemd_runs=False) -> None:
+    seeming = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs circuit-test /run && mkdir -p /run/systemd/system && exec "$@"',
+               "sh"] if systemd_runs else []
+    proc = subprocess.run([*seeming, "just", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+def systemctl_on_path(tmp_path, env: dict) -> tuple[dict, Path]:
+    """env with a systemctl that only writes its arguments down, one line a call."""
+    stub, calls = tmp_path / "systemctl-stub", tmp_path / "systemctl-calls"
+    stub.mkdir()
+    (stub / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (stub / "systemctl").chmod(0o755)
+    calls.touch()
+    return env | {"PATH": f"{stub}:{env['PATH']}"}, calls
 
 
 def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host, runc, tmp_path):
@@ -31,7 +49,11 @@ def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host,
     shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(
         ".venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache"))
     env = without_the_clone(dict(os.environ))
-    just("install", prefix, cwd=clone, env=env)
+    systemd_env, calls = systemctl_on_path(tmp_path, env)
+    just("install", prefix, cwd=clone, env=systemd_env, systemd_runs=True)
+    served_unit = prefix / "lib/systemd/system/circuit-forkserver.service"
+    assert calls.read_text().splitlines() == ["daemon-reload",
+                                              f"enable --now --quiet {served_unit}"]
     shutil.rmtree(clone)
     assert not [p for p in prefix.rglob("*") if p.is_file() and str(ROOT).encode()
                 in p.read_bytes()]
@@ -117,12 +139,19 @@ def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host,
                  "KillSignal=SIGTERM", "After=network-online.target etcd.service",
                  "Environment=CIRCUIT_CONFIG=/etc/circuit/circuit.toml"):
         assert f"\n{line}\n" in agent, line
-    assert not list(prefix.rglob("*.wants"))  # installed, not enabled: join comes first
+    assert not list(prefix.rglob("*.wants"))  # enabling is systemctl's, under /etc
     if shutil.which("systemd-analyze"):
         for unit in units.iterdir():
             verify = subprocess.run(["systemd-analyze", "verify", "--man=no", unit],
                                     capture_output=True, text=True)
             assert verify.returncode == 0, verify.stderr
 
-    just("uninstall", prefix, cwd=ROOT, env=env)
+    calls.write_text("")
+    just("install", prefix, cwd=ROOT, env=systemd_env | {"CIRCUIT_FORKSERVER_SERVICE": "off"},
+         systemd_runs=True)  # an upgrade in place, with the documented opt-out
+    just("install", prefix, cwd=ROOT, env=systemd_env)  # no systemd: no systemctl either
+    assert calls.read_text() == ""
+    just("uninstall", prefix, cwd=ROOT, env=systemd_env, systemd_runs=True)
+    assert calls.read_text().splitlines() == [
+        "disable --now --quiet circuit-forkserver.service", "daemon-reload"]
     assert list(prefix.rglob("*")) == [], "uninstall leaves files or the directories it made"
