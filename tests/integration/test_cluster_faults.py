@@ -2,11 +2,16 @@
 hand, values in etcd that circuit did not write, a single host's state dir (docs/cluster.md,
 "Failures")."""
 
+import base64
 import json
 
 from test_cluster import create_overlay, host_links, join_all, routes_via_overlay, sync_all
 
 from harness import wait_for
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 def test_a_network_made_again_leases_anew_and_vnis_never_repeat(cluster):
@@ -75,6 +80,39 @@ def test_a_removed_device_and_bad_values_in_etcd_are_survived(cluster):
     h1.circuit("network", "disconnect", containers[h1.name].pid, "blue")
     h1.circuit("network", "connect", c.pid, "blue")
     assert h2.stop_agent() == 0
+
+
+def test_a_shared_record_planted_in_etcd_is_checked_and_never_mirrored(cluster):
+    """A record in etcd's records/ that circuit's own checks refuse (a network whose plugin
+    type is a path): every host's pass mirrors the rest and names the key (exit 9); a host
+    that meets the name first (inspect, connect) is refused the same way; it is never
+    written to any host's state dir, let alone run."""
+    h0, h1, _ = cluster.hosts
+    join_all(cluster)
+    h0.circuit("network", "create", "good", "--subnet", "10.201.0.0/24")
+    prefix = f"/{cluster.prefix.strip('/')}"
+    key = f"{prefix}/records/networks/evil.json"
+    h0.put(key, json.dumps({"schema": 1, "name": "evil", "source": "flags", "created": "now",
+                            "config": {"cniVersion": "1.0.0", "name": "evil",
+                                       "plugins": [{"type": "../../../bin/sh"}]}}))
+    h0.put(f"{prefix}/records/services/junk.json", "<html>not circuit's</html>")
+    for host in (h0, h1):
+        proc = host.circuit("cluster", "sync", check=False)
+        assert proc.returncode == 9, proc.stderr
+        assert proc.stderr.count("\n") == 1 and f"{key} in etcd" in proc.stderr, proc.stderr
+        assert "(1 more such records)" in proc.stderr
+        assert (host.state / "networks" / "good.json").exists()  # the rest is mirrored
+        assert not (host.state / "networks" / "evil.json").exists()
+        assert not (host.state / "services" / "junk.json").exists()
+        container = host.container()  # never PID 1: the test must not reach the host's netns
+        for args in (("network", "inspect", "evil"), ("network", "connect", container.pid,
+                                                       "evil")):
+            proc = host.circuit(*args, check=False)
+            assert proc.returncode == 9 and f"{key} in etcd" in proc.stderr, proc.stderr
+            assert not (host.state / "networks" / "evil.json").exists()
+    h0.etcd("kv/deleterange", {"key": _b64(key)})
+    h0.etcd("kv/deleterange", {"key": _b64(f"{prefix}/records/services/junk.json")})
+    h1.circuit("cluster", "sync")  # with the junk gone, a pass is clean again
 
 
 def test_joining_with_a_single_hosts_state_dir_is_refused(cluster):

@@ -2,6 +2,7 @@
 config, the shared-record write path against a fake etcd, a snapshot's parsing, VTEP MACs."""
 
 import json
+import os
 
 import pytest
 from test_resync import FakeEtcd
@@ -132,16 +133,58 @@ def test_a_write_over_what_another_host_changed_is_refused_and_changes_nothing(s
     assert store.read(path) == {"schema": 1, "network": None, "attachments": {}}
 
 
+def network(name: str, plugin: str = "bridge") -> dict:
+    return {"name": name, "source": "test", "created": "now",
+            "config": {"cniVersion": "1.0.0", "name": name, "plugins": [{"type": plugin}]}}
+
+
 def test_refresh_mirrors_etcd_and_never_writes_outside_the_shared_directories(store, tmp_path):
-    store.write(store.path("networks", "old.json"), {"name": "old"})
-    changed = store.refresh({"networks/new.json": encode({"name": "new"}),
-                             "services/web.json": encode({"name": "web"}),
+    store.write(store.path("networks", "old.json"), network("old"))
+    marker = {"extension": "qos", "module": "circuit_qos.extension"}
+    changed = store.refresh({"networks/new.json": encode(network("new")),
+                             "extensions/new/qos.json": encode(marker),
                              "networks/../../escape.json": b"{}", "attachments/x.json": b"{}",
                              "networks/.hidden.json": b"{}"})
-    assert changed == {"networks/new.json": None, "services/web.json": None,
-                       "networks/old.json": encode({"name": "old"})}
-    assert sorted(store.local_records()) == ["networks/new.json", "services/web.json"]
+    assert changed == {"networks/new.json": None, "extensions/new/qos.json": None,
+                       "networks/old.json": encode(network("old"))}
+    assert sorted(store.local_records()) == ["extensions/new/qos.json", "networks/new.json"]
     assert not (tmp_path / "escape.json").exists()
+    assert store.rejected == []
+
+
+@pytest.mark.parametrize(("name", "body", "message"), [
+    ("networks/evil.json", encode(network("evil", "../../bin/sh")), "plugin type"),
+    ("networks/evil.json", encode(network("other")), "not the one its file is for"),
+    ("networks/evil.json", b"<html>hello</html>", "not valid JSON"),
+    ("networks/evil.json", b'{"name": "evil"}', "has no schema 1"),
+    ("qos/evil.json", encode({"network": {"rate": "fast"}, "attachments": {}}), "policy"),
+    ("services/evil.json", encode({"name": "evil", "addr": "10.0.0.1", "port": 0}), "port 0"),
+    ("extensions/evil/qos.json", encode({"extension": "lb"}), "another extension"),
+])
+def test_a_record_from_etcd_is_checked_as_a_local_one_and_never_mirrored(store, name, body,
+                                                                         message):
+    """Every kind of shared record, with its own tool's check: one that fails is StateCorrupt
+    naming its etcd key; it is never written here, the others are, and the host's own copy
+    of it stays as it was."""
+    from circuit_common.errors import StateCorrupt
+
+    store.write(store.path("networks", "evil.json"), network("evil"))  # this host's copy
+    kept = store.local_records()["networks/evil.json"]
+    etcd = {name: body, "networks/good.json": encode(network("good"))}
+    changed = store.refresh({"networks/evil.json": kept, **etcd})
+    assert "networks/good.json" in changed and name not in changed
+    assert store.local_records().get("networks/evil.json") == kept
+    assert name == "networks/evil.json" or name not in store.local_records()
+    assert len(store.rejected) == 1 and message in store.rejected[0]
+    assert f"state record /circuit/records/{name} in etcd" in store.rejected[0]
+    with pytest.raises(StateCorrupt, match=f"/circuit/records/{name} in etcd"):
+        store.refuse_rejected()
+    store.etcd.kv[b"/circuit/records/" + name.encode()] = body
+    if name.startswith("networks/"):
+        os.unlink(store.path("networks", "evil.json"))  # as on a host that never saw it
+        with pytest.raises(StateCorrupt, match=f"/circuit/records/{name} in etcd"):
+            store.fetch(store.path(*name.split("/")))
+        assert "networks/evil.json" not in store.local_records()
 
 
 def test_a_snapshot_sorts_keys_by_kind():

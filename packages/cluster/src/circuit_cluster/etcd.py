@@ -36,6 +36,30 @@ class KeyValue:
         self.lease = int(kv.get("lease", 0))
 
 
+def speaks_etcd(answer) -> bool:
+    """Whether an answer has what every etcd answer has: a header with the store's revision
+    (a lease keepalive's inside its "result")."""
+    body = answer.get("result", answer) if isinstance(answer, dict) else None
+    header = body.get("header") if isinstance(body, dict) else None
+    return isinstance(header, dict) and str(header.get("revision", "")).isdigit()
+
+
+def answered(method):
+    """method, with an answer whose fields are not etcd's (a key that is not base64, a kv
+    that is no object) one Unavailable line instead of a crash."""
+    import functools
+
+    @functools.wraps(method)
+    def parsing(self, *args):
+        try:
+            return method(self, *args)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise Unavailable(f"etcd at {self.state.endpoints[self._first]} answered "
+                              f"{method.__name__} with what etcd does not send ({e!r:.60}); "
+                              "is it etcd? nothing was changed here") from None
+    return parsing
+
+
 class Etcd:
     """A client of one etcd cluster: each request goes to the member that answered last, then
     to the others; Unavailable when none does (no quorum, or all down)."""
@@ -74,6 +98,9 @@ class Etcd:
             except exceptions.Etcd3Exception as e:
                 raise Unavailable(f"etcd at {self.state.endpoints[index]} refused {path}: "
                                   f"{_reason(e)}") from None
+            if not speaks_etcd(answer):  # JSON, but not etcd's: a member that is no etcd
+                reasons.append(f"{self.state.endpoints[index]}: answered, but not as etcd does")
+                continue
             self._first = index
             return answer
         raise Unavailable(f"etcd has no quorum or is down: tried {'; '.join(reasons)}; nothing "
@@ -82,16 +109,19 @@ class Etcd:
 
     # -- keys ------------------------------------------------------------------------------
 
+    @answered
     def range(self, prefix: bytes) -> tuple[int, list[KeyValue]]:
         """The store's revision and every key below prefix, in key order."""
         answer = self._post("kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
         return int(answer["header"]["revision"]), [KeyValue(kv) for kv in answer.get("kvs", [])]
 
+    @answered
     def get(self, key: bytes) -> KeyValue | None:
         answer = self._post("kv/range", {"key": b64(key)})
         kvs = answer.get("kvs", [])
         return KeyValue(kvs[0]) if kvs else None
 
+    @answered
     def fingerprint(self, prefixes: list[bytes]) -> tuple:
         """For each prefix, how many keys it holds and the newest one's revision, in one
         transaction: it changes when a key below any prefix is created, changed or deleted,
@@ -144,9 +174,11 @@ class Etcd:
 
     # -- leases ----------------------------------------------------------------------------
 
+    @answered
     def grant(self, ttl: int) -> int:
         return int(self._post("lease/grant", {"TTL": ttl, "ID": 0})["ID"])
 
+    @answered
     def keepalive(self, lease: int) -> int:
         """Renew a lease; its remaining TTL, 0 when it has expired."""
         answer = self._post("lease/keepalive", {"ID": lease})

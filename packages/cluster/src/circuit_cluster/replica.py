@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator
 from functools import cached_property
 
-from circuit_common.backend import StateBackend
+from circuit_common.backend import StateBackend, record_check
 from circuit_common.config import Settings
-from circuit_common.errors import Conflict, LockTimeout
-from circuit_common.store import encode
+from circuit_common.errors import Conflict, LockTimeout, StateCorrupt
+from circuit_common.store import decode, encode
 
 from .url import parse_etcd_url
 
@@ -68,6 +68,7 @@ class ReplicatedStore(StateBackend):
         super().__init__(settings)
         self.etcd_state = parse_etcd_url(settings.state_url)
         self._holding_all = False
+        self.rejected: list[str] = []  # the last refresh's records that failed their checks
 
     @cached_property
     def etcd(self):
@@ -96,8 +97,22 @@ class ReplicatedStore(StateBackend):
         found = self.etcd.get(self.record_key(name)) if name else None
         if found is None:
             return None
+        self.checked(name, found.value, check)
         self.mirror(name, found.value)
         return self.read(path, check)
+
+    def checked(self, name: str, body: bytes, check=None) -> None:
+        """StateCorrupt naming its etcd key unless shared record name's body passes the checks
+        a record of its kind read here does (check, else its tool's: record_check): a record
+        from etcd is never mirrored, let alone used, otherwise."""
+        decode(body, self.path(*name.split("/")), check or record_check(name.split("/", 1)[0]),
+               where=f"{self.record_key(name).decode(errors='replace')} in etcd")
+
+    def refuse_rejected(self) -> None:
+        """StateCorrupt for the records the last refresh left out, naming the first."""
+        if self.rejected:
+            more = f" ({len(self.rejected) - 1} more such records)" if self.rejected[1:] else ""
+            raise StateCorrupt(self.rejected[0] + more)
 
     def host_name(self) -> str | None:
         joined = self.member.joined()
@@ -181,6 +196,7 @@ class ReplicatedStore(StateBackend):
                 # QoS waits for the agent's pass: applying it takes network locks, which this
                 # lock excludes
                 self.resync(self.refresh(kinds=LOCKED_KINDS), kinds=("services",))
+                self.refuse_rejected()
                 yield
             finally:
                 self._holding_all = False
@@ -277,7 +293,8 @@ class ReplicatedStore(StateBackend):
                 kinds: tuple[str, ...] = SHARED) -> dict[str, bytes | None]:
         """Make the shared records of kinds here etcd's (records: as a range just read them),
         under this host's store lock, which the caller holds; the records that changed, each
-        with its bytes before (None: it is new)."""
+        with its bytes before (None: it is new). A record that fails its checks (checked) is
+        left as this host has it, and named in rejected."""
         if records is None:
             _, kvs = self.etcd.range(self.etcd.key(RECORDS, ""))
             start = len(self.etcd.key(RECORDS, ""))
@@ -286,8 +303,14 @@ class ReplicatedStore(StateBackend):
                   if safe_record_name(n) and n.split("/", 1)[0] in kinds}
         local = {n: v for n, v in self.local_records().items() if n.split("/", 1)[0] in kinds}
         before = {}
+        self.rejected = []
         for name, body in wanted.items():
             if local.get(name) != body:
+                try:
+                    self.checked(name, body)
+                except StateCorrupt as e:
+                    self.rejected.append(str(e))
+                    continue
                 self.mirror(name, body)
                 before[name] = local.get(name)
         for name in local.keys() - wanted.keys():

@@ -98,6 +98,7 @@ class Reconciler:
         self.write_view(host["name"], snap)
         overlays = self.program_overlays(snap)
         restored = self.store.resync(changed)
+        self.store.refuse_rejected()  # after the rest of the pass: one bad record stops none
         return {"revision": snap.revision, "mirrored": changed, "published": published,
                 "overlays": overlays, "restored": restored}
 

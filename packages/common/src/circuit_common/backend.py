@@ -15,6 +15,7 @@ serves the scheme.
 """
 
 import contextlib
+import functools
 import os
 import re
 
@@ -22,6 +23,7 @@ from .errors import EnvironmentFault, InvalidInput, StateCorrupt
 from .store import Store
 
 GROUP = "circuit.state_backends"
+CHECKS = "circuit.record_checks"  # kind of record (its top directory) = "module:check"
 ENTRY_RE = re.compile(r"circuit_[a-z]+(\.[a-z_]+)*:[A-Za-z_]+")  # what the cache may name
 CACHE = ("cache", "state-backends.json")
 
@@ -138,3 +140,17 @@ def registered() -> list[type]:
         if backend not in found:
             found.append(backend)
     return found
+
+
+@functools.cache
+def record_check(kind: str):
+    """The check of a kind of record (networks, qos, services, ...: its top directory) that
+    the tool writing it declares in the entry-point group circuit.record_checks (a function
+    (record, path) raising ValueError, as Store.read takes); None when no installed tool
+    does. For records that come from elsewhere (another host's, through a backend): checked
+    as the same record read here would be."""
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=CHECKS, name=kind):
+        return point.load()
+    return None

@@ -62,6 +62,15 @@ def markers(store, network: str) -> list[str]:
     return [os.path.basename(p)[:-len(".json")] for p in store.records(marker_dir(store, network))]
 
 
+def check_marker(record: dict, path: str) -> None:
+    """A marker as mark() writes it, at extensions/<network>/<name>.json (ValueError: what is
+    wrong)."""
+    if f"{record.get('extension')}.json" != os.path.basename(path):
+        raise ValueError("it names another extension than its file is for")
+    if not isinstance(record.get("module", ""), str):
+        raise ValueError("its module must be a name")
+
+
 def mark(store, network: str, name: str, module: str) -> None:
     """Ask circuit-net to call extension name, module (its entry point's value), for the
     attachments of network."""

@@ -125,23 +125,7 @@ class Store:
         except OSError as e:
             raise StateCorrupt(f"cannot read state record {path}: {e.strerror}; remove or "
                                "repair it") from None
-        if len(data) > MAX_RECORD:
-            raise StateCorrupt(f"state record {path} is larger than circuit writes; remove it")
-        try:
-            record = json.loads(data)
-        except (ValueError, RecursionError) as e:
-            raise StateCorrupt(f"state record {path} is not valid JSON ({e}); "
-                               "remove or repair it") from None
-        if not isinstance(record, dict) or record.get("schema") != SCHEMA_VERSION:
-            raise StateCorrupt(f"state record {path} has no schema {SCHEMA_VERSION}; "
-                               "it was not written by this version of circuit")
-        if check is not None:
-            try:
-                check(record, os.fspath(path))
-            except (AttributeError, KeyError, TypeError, ValueError) as e:
-                raise StateCorrupt(f"state record {path} is malformed: {e}; remove or "
-                                   "repair it") from None
-        return record
+        return decode(data, os.fspath(path), check)
 
     def write(self, path: str, record: dict) -> None:
         """Replace the record at path atomically: temp file, fsync, rename, fsync of the dir."""
@@ -360,6 +344,31 @@ def replace_file(path: str, body: bytes, mode: int = 0o600, durable: bool = True
         raise
     if durable:
         Store._fsync_dir(directory or ".")
+
+
+def decode(data: bytes, path: str, check: Callable[[dict, str], None] | None = None,
+           where: str | None = None) -> dict:
+    """The record data holds, for path, as read() checks it: StateCorrupt naming where (the
+    place it came from: path unless another, as an etcd key) when it is too large, not JSON,
+    not of this schema, or check(record, path) (which raises ValueError) finds it malformed."""
+    where = where or path
+    if len(data) > MAX_RECORD:
+        raise StateCorrupt(f"state record {where} is larger than circuit writes; remove it")
+    try:
+        record = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise StateCorrupt(f"state record {where} is not valid JSON ({e}); "
+                           "remove or repair it") from None
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA_VERSION:
+        raise StateCorrupt(f"state record {where} has no schema {SCHEMA_VERSION}; "
+                           "it was not written by this version of circuit")
+    if check is not None:
+        try:
+            check(record, path)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise StateCorrupt(f"state record {where} is malformed: {e}; remove or "
+                               "repair it") from None
+    return record
 
 
 def encode(record: dict) -> bytes:
