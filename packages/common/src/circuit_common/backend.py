@@ -24,7 +24,7 @@ from .store import Store
 
 GROUP = "circuit.state_backends"
 CHECKS = "circuit.record_checks"  # kind of record (its top directory) = "module:check"
-ENTRY_RE = re.compile(r"circuit_[a-z]+(\.[a-z_]+)*:[A-Za-z_]+")  # what the cache may name
+ENTRY = r"circuit_[a-z]+(\.[a-z_]+)*:[A-Za-z_]+"  # what the cache may name
 CACHE = ("cache", "state-backends.json")
 
 
@@ -99,7 +99,7 @@ def find(scheme: str, settings) -> type:
     with contextlib.suppress(EnvironmentFault, StateCorrupt):  # a cache: scan instead
         known = cache.read(path) or {}
     entry = known.get(scheme)
-    if isinstance(entry, str) and ENTRY_RE.fullmatch(entry):
+    if isinstance(entry, str) and re.fullmatch(ENTRY, entry):
         found = load(entry)
         if scheme in getattr(found, "schemes", ()):
             return found
@@ -107,7 +107,7 @@ def find(scheme: str, settings) -> type:
 
     for point in entry_points(group=GROUP, name=scheme):
         found = point.load()
-        if ENTRY_RE.fullmatch(point.value) and os.path.isdir(settings.state_dir):
+        if re.fullmatch(ENTRY, point.value) and os.path.isdir(settings.state_dir):
             with contextlib.suppress(EnvironmentFault, StateCorrupt):
                 cache.write(path, {**{k: v for k, v in known.items() if k != "schema"},
                                    scheme: point.value})
