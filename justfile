@@ -76,3 +76,4 @@ bench: setup
     -scripts/kernel-vm python bench/lb.py
     -.venv/bin/python bench/lb_nft.py
     -.venv/bin/python bench/cluster.py
+    -.venv/bin/python bench/dns.py
