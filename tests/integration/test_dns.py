@@ -196,3 +196,31 @@ def test_bad_names_and_a_taken_port_change_nothing(host, runc, red):
     assert json.loads(host.circuit("network", "inspect", red).stdout)["attachments"] == before
     assert "eth0" not in runc.container(plain).links()
     host.circuit("network", "connect", plain, red, "--name", "late")  # the port is free again
+
+
+def test_aaaa_and_ptr_on_a_dual_stack_network(host, runc):
+    host.circuit("network", "create", "duo", "--subnet", f"{RED}.0/24", "--subnet",
+                 "fd00:123::/64")
+    assert resolv_conf(host, "duo").read_text() == \
+        f"search duo\nnameserver {RED}.1\nnameserver fd00:123::1\n"
+    web = start(runc, host, "web", "duo", aliases="web").stdout
+    client = start(runc, host, "client", "duo").stdout
+    v6 = runc.container(web).addresses(version=6)[0]
+    code, out = lookup(client, "web.duo", "-type=AAAA")
+    assert code == 0 and addresses(out) == {v6}, out
+    code, out = lookup(client, "web.duo", "-type=A")
+    assert code == 0 and addresses(out) == {ip_of(runc, web)}, out
+    code, out = lookup(client, v6)
+    assert code == 0 and "name = web.duo" in out, out
+
+
+def test_no_dns_network_has_no_server(host, runc):
+    host.circuit("network", "create", "quiet", "--subnet", f"{RED}.0/24", "--no-dns")
+    spec = json.loads(host.circuit("network", "spec", "quiet", "--subnet", f"{RED}.0/24",
+                                   "--no-dns").stdout)
+    assert "dns" not in spec["plugins"][0]
+    plain = runc.run("plain").stdout
+    host.circuit("network", "connect", plain, "quiet", "--name", "web")
+    assert not (host.state / "dns").exists() and not (host.state / "extensions").exists()
+    proc = host.circuit("dns", "status", check=False)
+    assert proc.returncode == 4 and "no DNS server" in proc.stderr
