@@ -224,3 +224,38 @@ def test_no_dns_network_has_no_server(host, runc):
     assert not (host.state / "dns").exists() and not (host.state / "extensions").exists()
     proc = host.circuit("dns", "status", check=False)
     assert proc.returncode == 4 and "no DNS server" in proc.stderr
+
+
+ASK_WHILE = """
+import socket, sys, time
+from dnslib import DNSRecord
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(1)
+asked = lost = 0
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    query = DNSRecord.question("web")
+    sock.sendto(query.pack(), (sys.argv[1], 53))
+    asked += 1
+    try:
+        reply = DNSRecord.parse(sock.recv(4096))
+        assert reply.header.id == query.header.id and reply.rr
+    except socket.timeout:
+        lost += 1
+print(asked, lost)
+"""
+
+
+def test_connects_and_disconnects_drop_no_question(host, runc, red):
+    start(runc, host, "web", red, aliases="web")
+    client = runc.container(start(runc, host, "client", red).stdout)
+    asking = subprocess.Popen(["nsenter", f"--net={client.netns}", os.sys.executable, "-c",
+                               ASK_WHILE, f"{RED}.1", "4"], stdout=subprocess.PIPE, text=True)
+    others = [runc.run(f"o{i}").stdout for i in range(3)]
+    for _ in range(2):
+        for i, cid in enumerate(others):
+            host.circuit("network", "connect", cid, red, "--name", f"other{i}")
+        for cid in others:
+            host.circuit("network", "disconnect", cid, red)
+    asked, lost = map(int, asking.communicate(timeout=30)[0].split())
+    assert asked > 100 and lost == 0, (asked, lost)

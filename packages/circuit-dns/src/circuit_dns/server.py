@@ -23,6 +23,7 @@ import json
 import os
 import selectors
 import socket
+import struct
 import sys
 import threading
 import time
@@ -220,6 +221,10 @@ class Server:
             conn, _ = listener.accept()
             with conn:
                 conn.settimeout(2)
+                _, uid, _ = struct.unpack("3i", conn.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+                if uid not in (0, os.getuid()):
+                    return  # only its own user (and root) may ask
                 try:
                     command = conn.recv(256).decode(errors="replace").strip()
                     if command == "reload":
@@ -345,7 +350,7 @@ class Server:
         packed = reply.pack()
         if len(self.cache) >= MAX_CACHE:
             self.cache = {}
-        self.cache[key] = packed[2:]
+        self.cache[key] = bytes(packed[2:])
         return packed
 
     def resolve(self, query: DNSRecord, scope: list[Network], suffixes: tuple[str, ...]):
