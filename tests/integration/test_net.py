@@ -176,6 +176,23 @@ def test_network_in_use_and_force_delete(host):
     assert host.reserved_ips("sandbox") == set() and "eth0" not in a.links()
 
 
+def test_deleting_a_network_of_exited_containers_says_so_and_names_gc(host):
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    running, exited = host.container(), host.container()
+    for c in (running, exited):
+        host.circuit("network", "connect", c.pid, "sandbox")
+    exited.kill()
+    busy = host.circuit("network", "delete", "sandbox", check=False)
+    assert busy.returncode == 5 and "in use by 1 container(s)" in busy.stderr
+    assert "1 exited" in busy.stderr and "circuit network gc" in busy.stderr
+    running.kill()
+    busy = host.circuit("network", "delete", "sandbox", check=False)
+    assert busy.returncode == 5 and "attachments of 2 exited container(s)" in busy.stderr
+    assert "circuit network gc" in busy.stderr
+    host.circuit("network", "gc")
+    assert host.circuit("network", "delete", "sandbox").stdout == "sandbox deleted\n"
+
+
 def test_create_is_idempotent_and_refuses_a_different_config(host):
     path = host.conf(bridge_conf())
     assert host.circuit("network", "create", path).stdout == "sandbox created\n"

@@ -21,6 +21,7 @@ def test_runc_ids_resolve_under_another_runc_root_and_the_cache_is_libcnis(host,
         host.circuit("network", "create", host.conf(bridge_conf()))
         lost = host.circuit("network", "connect", cid, "sandbox", check=False)
         assert lost.returncode == 4 and "no running runc container" in lost.stderr
+        assert "in runc root /run/runc" in lost.stderr and "--runc-root" in lost.stderr
 
         config = host.tmp / "circuit.toml"
         config.write_text(f'runc_root = "{root}"\n')

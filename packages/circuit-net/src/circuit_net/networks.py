@@ -190,9 +190,7 @@ class Networks:
             if attached.errors:
                 raise StateCorrupt(attached.errors[0])
             if attached.records and not force:
-                ids = ", ".join(a["containerId"] for a in attached.records)
-                raise Conflict(f"network {name} is in use by {len(attached.records)} "
-                               f"container(s): {ids}; disconnect them or use --force")
+                raise Conflict(in_use(name, attached.records))
             elsewhere = self.store.hosts_using(name)
             if elsewhere:
                 raise Conflict(f"network {name} is in use on host(s) {', '.join(elsewhere)}; "
@@ -706,6 +704,19 @@ def check_connectable(target: Target, host_netns: bool = False) -> None:
                            "(PID 1's), not one of its own: start it with a new network "
                            "namespace, or give --host-netns to change the host's own "
                            "interfaces and routes")
+
+
+def in_use(name: str, records: list[dict]) -> str:
+    """Why network name cannot be deleted: its containers, told apart by running or exited."""
+    exited = [r["containerId"] for r in records if not as_attachment(r).running()]
+    running = [r["containerId"] for r in records if r["containerId"] not in exited]
+    if not running:
+        return (f"network {name} still holds the attachments of {len(exited)} exited "
+                f"container(s): {', '.join(exited)}; release them with `circuit network gc`, "
+                "or use --force")
+    also = f" (and {len(exited)} exited: `circuit network gc` releases them)" if exited else ""
+    return (f"network {name} is in use by {len(running)} container(s): {', '.join(running)}"
+            f"{also}; disconnect them or use --force")
 
 
 def as_attachment(record: dict) -> extensions.Attachment:

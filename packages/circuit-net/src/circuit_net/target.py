@@ -38,6 +38,9 @@ def pid_container_id(proc: Process) -> str:
     return f"pid{proc.pid}-{proc.start_time}"
 
 
+DEFAULT_RUNC_ROOT = "/run/runc"  # runc's own --root for root
+
+
 def runc_pid(container: str, runc_root: str | None) -> int | None:
     """The init PID of a runc container, None when runc knows no such running container."""
     cmd = ["runc"] + (["--root", runc_root] if runc_root else []) + ["state", container]
@@ -71,5 +74,8 @@ def resolve(target: str, runc_root: str | None = None, must_run: bool = True) ->
     pid = runc_pid(target, runc_root)
     proc = process(pid) if pid else None
     if proc is None and must_run:
-        raise NotFound(f"no running runc container {target!r} (see 'runc list')")
+        root = runc_root or DEFAULT_RUNC_ROOT
+        raise NotFound(f"no running runc container {target!r} in runc root {root} (see "
+                       f"'runc --root {root} list'); for another root give --runc-root DIR "
+                       "or CIRCUIT_RUNC_ROOT")
     return Target(target, target, proc)
