@@ -48,7 +48,8 @@ class FakeExec:
     def find_plugin(self, kind: str, cni_path: list[str]) -> str:
         return f"/fake/{kind}"
 
-    def run(self, path: str, stdin: bytes, env: dict[str, str], timeout: float) -> cni.Outcome:
+    def run(self, path: str, stdin: bytes, env: dict[str, str], timeout: float,
+            started=None) -> cni.Outcome:
         kind, command = path.rsplit("/", 1)[1], env["CNI_COMMAND"]
         self.calls.append(Call(kind, command, json.loads(stdin), env))
         answer = self.answers.get((kind, command))
@@ -270,3 +271,32 @@ def test_a_plugin_dies_with_a_killed_circuit(tmp_path):
     while process(pid) is not None:  # gone, or a zombie no init reaps
         assert time.monotonic() < deadline, f"plugin {pid} outlived the circuit that ran it"
         time.sleep(0.01)
+
+
+def test_end_group_kills_what_a_killed_plugin_left_running_and_nothing_else():
+    """A "plugin" in a session of its own whose child outlives it (as bridge's iptables
+    outlives the bridge plugin's PR_SET_PDEATHSIG): end_group kills the child and returns once
+    nothing of the group runs; a process of another group is left alone."""
+    import subprocess
+    import time
+
+    from circuit_common.proc import start_time
+
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    plugin = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!; wait"], start_new_session=True,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(plugin.stdout.readline())
+        began = start_time(plugin.pid)
+        plugin.kill()
+        plugin.wait()
+        assert start_time(child) is not None  # orphaned, still running
+        assert cni.group_members(plugin.pid, began, 30) == [child]
+        assert cni.end_group(plugin.pid, began, 30, 5)
+        assert start_time(child) is None and cni.group_members(plugin.pid, began, 30) == []
+        assert other.poll() is None
+        time.sleep(0.05)
+        assert cni.group_members(other.pid, start_time(other.pid) - 1000, 1) == []  # too late
+    finally:
+        other.kill()
+        other.wait()

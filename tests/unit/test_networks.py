@@ -5,11 +5,11 @@ import os
 import threading
 
 import pytest
-from test_cni import FakeExec
+from test_cni import FakeExec, failure
 
 from circuit_common.cli import Context
 from circuit_common.config import Settings
-from circuit_common.errors import Conflict, StateCorrupt
+from circuit_common.errors import Conflict, PluginError, StateCorrupt
 from circuit_common.proc import process
 from circuit_net import networks
 from circuit_net.networks import Networks
@@ -29,11 +29,11 @@ class HeldExec(FakeExec):
         super().__init__(**answers)
         self.adding, self.go = threading.Event(), threading.Event()
 
-    def run(self, path, stdin, env, timeout):
+    def run(self, path, stdin, env, timeout, started=None):
         if env["CNI_COMMAND"] == "ADD":
             self.adding.set()
             assert self.go.wait(10)
-        return super().run(path, stdin, env, timeout)
+        return super().run(path, stdin, env, timeout, started)
 
 
 @pytest.fixture
@@ -112,3 +112,41 @@ def test_an_intent_whose_owner_died_is_undone_by_gc(nets):
     assert [a["containerId"] for _, a in nets.gc()] == ["c9"]
     assert ("bridge", "DEL") in nets.plugins.executor.sequence()
     assert nets.intents("n").records == []
+
+
+def dead_attachment(cid: str, result=None) -> dict:
+    """An attachment record (or, without result, an intent's) of a process that is gone."""
+    return {"kind": "cniCacheV1", "containerId": cid, "ifName": "eth0", "networkName": "n",
+            "netns": "", "cniArgs": [], "capabilityArgs": {}, "config": "", "result": result,
+            "circuit": {"pid": 1 << 22, "start_time": 1, "target": cid, "created": "x"}}
+
+
+def test_a_repair_whose_del_fails_keeps_its_intent_as_found_and_gc_says_so(nets):
+    nets.plugins.executor.go.set()
+    nets.plugins.executor.answers[("bridge", "DEL")] = failure("CHAIN_DEL busy")
+    intent = {"op": "add", "owner": {"pid": 1 << 22, "start_time": 1},
+              "attachment": dead_attachment("c9")}
+    path = nets.store.path("intents", "n", "c9@eth0.json")
+    nets.store.write(path, intent)
+    with pytest.raises(PluginError, match=r"^could not release c9 eth0 from network n: plugin "
+                       r"bridge failed during DEL: CHAIN_DEL busy .*the next gc tries again$"):
+        list(nets.gc())
+    assert nets.store.read(path) == {**intent, "schema": 1}
+    with pytest.raises(PluginError, match="could not release c9"):
+        nets.delete("n")  # a network is never deleted under an attach left half undone
+    del nets.plugins.executor.answers[("bridge", "DEL")]
+    assert [a["containerId"] for _, a in nets.gc()] == ["c9"]
+    assert nets.intents("n").records == []
+
+
+def test_gc_keeps_the_record_of_an_attachment_whose_del_failed(nets):
+    nets.plugins.executor.go.set()
+    nets.plugins.executor.answers[("bridge", "DEL")] = failure("timed out")
+    record = dead_attachment("c8", RESULT)
+    nets.store.write(nets.record_path(record), record)
+    with pytest.raises(PluginError, match="could not release c8 eth0 from network n"):
+        list(nets.gc())
+    assert [a["containerId"] for a in nets.attachments("n").records] == ["c8"]
+    del nets.plugins.executor.answers[("bridge", "DEL")]
+    assert [a["containerId"] for _, a in nets.gc()] == ["c8"]
+    assert nets.attachments("n").records == [] and nets.intents("n").records == []

@@ -10,10 +10,11 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections import namedtuple
 
 from circuit_common.errors import InvalidInput, NotFound, PluginError
-from circuit_common.proc import PR_SET_PDEATHSIG, libc
+from circuit_common.proc import PR_SET_PDEATHSIG, libc, start_time
 from circuit_common.validate import NAME_RE, check_name
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -184,6 +185,43 @@ def die_with(parent: int):
     return arm
 
 
+def group_members(group: int, started: int, within: float) -> list[int]:
+    """The processes still running in the process group (and session) a plugin started as
+    PID group at start time started (clock ticks), that started within `within` seconds of
+    it: a later group that reuses the number is never taken for the plugin's."""
+    latest = started + int(within * os.sysconf("SC_CLK_TCK")) + 1
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        # state ppid pgrp session ... starttime, after comm (which may hold spaces and ")")
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] not in ("Z", "X") and int(fields[2]) == int(fields[3]) == group \
+                and started <= int(fields[19]) <= latest:
+            members.append(int(name))
+    return members
+
+
+def end_group(group: int, started: int, within: float, timeout: float) -> bool:
+    """SIGKILL what runs of a plugin's process group (its own children, e.g. bridge's iptables
+    or host-local, outlive the plugin) until none of it runs; False if some still does after
+    timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while members := group_members(group, started, within):
+        if time.monotonic() > deadline:
+            return False
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.005)
+    return True
+
+
 class ProcessExec:
     """How plugins run (libcni's invoke.Exec): find one in the CNI path, run it with stdin and
     an environment. Tests pass another executor to Plugins to run chains without processes."""
@@ -191,33 +229,49 @@ class ProcessExec:
     find_plugin = staticmethod(find_plugin)
 
     @staticmethod
-    def run(path: str, stdin: bytes, env: dict[str, str], timeout: float) -> Outcome:
-        """Run path in a session of its own, killed if circuit dies first (SIGKILL, OOM, runc's
-        hook timeout: an orphaned ADD finishing after the repair's DEL would leak its address);
-        past timeout its whole process group is killed and returncode is None."""
+    def run(path: str, stdin: bytes, env: dict[str, str], timeout: float,
+            started=None) -> Outcome:
+        """Run path in a session and process group of its own, killed if circuit dies first
+        (SIGKILL, OOM, runc's hook timeout: an orphaned ADD finishing after the repair's DEL
+        would leak its address); started(pid, start_time) is called before the plugin gets
+        its stdin, so before it can start anything of its own. Past timeout its whole process
+        group is killed (and waited for) and returncode is None."""
         proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=env, start_new_session=True,
                                 preexec_fn=die_with(os.getpid()))
+        began = start_time(proc.pid)  # None: it failed already, before reading its stdin
         try:
+            if started is not None and began is not None:
+                started(proc.pid, began)
             stdout, stderr = proc.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
+            if began is not None:
+                end_group(proc.pid, began, timeout, timeout)
             return Outcome(None, b"", b"")
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         return Outcome(proc.returncode, stdout, stderr)
 
 
 class Runtime:
-    """One attachment's runtime parameters (libcni's RuntimeConf)."""
+    """One attachment's runtime parameters (libcni's RuntimeConf); started(type, pid,
+    start_time), when given, is told of each plugin process as it starts."""
 
     def __init__(self, container_id: str, netns: str, ifname: str,
-                 args: list[tuple[str, str]] | None = None, capability_args: dict | None = None):
+                 args: list[tuple[str, str]] | None = None, capability_args: dict | None = None,
+                 started=None):
         self.container_id = container_id
         self.netns = netns
         self.ifname = ifname
         self.args = list(args or [])
         self.capability_args = dict(capability_args or {})
+        self.started = started
 
 
 class Plugins:
@@ -239,8 +293,10 @@ class Plugins:
     def exec_plugin(self, kind: str, command: str, conf: dict, rt: Runtime | None) -> dict | None:
         """Run one plugin command; its parsed stdout, or PluginError with the plugin's message."""
         path = self.executor.find_plugin(kind, self.cni_path)
+        started = {} if rt is None or rt.started is None else {
+            "started": lambda pid, began: rt.started(kind, pid, began)}
         done = self.executor.run(path, json.dumps(conf).encode(), self.environ(command, rt),
-                                 self.timeout)
+                                 self.timeout, **started)
         if done.returncode is None:
             raise PluginError(f"plugin {kind} timed out after {self.timeout:g}s during {command}"
                               "; it was killed with its children")
@@ -352,8 +408,11 @@ def masquerade_chain(network: str, container_id: str) -> str:
 
 
 def release_masquerade(netconf: dict, rt: Runtime, cached: dict | None) -> None:
-    """Remove the ipMasq chain, and the POSTROUTING rules that jump to it, that the bridge
-    plugin (1.1.1) leaves behind when DEL runs after the container's netns is gone."""
+    """Remove the ipMasq chain of one attachment and every POSTROUTING rule that jumps to it,
+    when they are there (after every DEL: the bridge plugin (1.1.1) leaves them when DEL runs
+    after the container's netns is gone, or after a killed DEL removed the container's
+    interface, and a plugin's child killed with circuit can leave a chain half made). In both
+    families when the result is unknown."""
     if not any(p.get("type") == "bridge" and p.get("ipMasq") for p in netconf["plugins"]):
         return
     from circuit_common import nft
@@ -361,11 +420,12 @@ def release_masquerade(netconf: dict, rt: Runtime, cached: dict | None) -> None:
     chain = masquerade_chain(netconf["name"], rt.container_id)
     families = {"ip6" if ":" in address else "ip" for address in result_ips(cached or {})}
     commands = []
-    for family in sorted(families or {"ip"}):
-        jumps = [o["rule"]["handle"] for o in nft.objects("chain", family, "nat", "POSTROUTING")
-                 if any(e.get("jump", {}).get("target") == chain
-                        for e in o.get("rule", {}).get("expr", []))]
-        if not jumps and not nft.objects("chain", family, "nat", chain):
+    for family in sorted(families or {"ip", "ip6"}):
+        table = nft.objects("table", family, "nat")
+        jumps = [o["rule"]["handle"] for o in table
+                 if o.get("rule", {}).get("chain") == "POSTROUTING"
+                 and any(e.get("jump", {}).get("target") == chain for e in o["rule"]["expr"])]
+        if not jumps and not any(o.get("chain", {}).get("name") == chain for o in table):
             continue
         commands += [{"delete": {"rule": {"family": family, "table": "nat",
                                           "chain": "POSTROUTING", "handle": handle}}}

@@ -15,7 +15,14 @@ from functools import cached_property
 from circuit_common import extensions
 from circuit_common.cli import Context
 from circuit_common.config import DEFAULT_CNI_CACHE_DIR, read_small_file
-from circuit_common.errors import CircuitError, Conflict, InvalidInput, NotFound, StateCorrupt
+from circuit_common.errors import (
+    CircuitError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PluginError,
+    StateCorrupt,
+)
 from circuit_common.proc import Process, interfaces, kernel_thread, process, shares_netns
 from circuit_common.store import Listing, Store
 from circuit_common.validate import DNS_NAME_RE, NAME_RE, check_ifname, check_name
@@ -184,7 +191,9 @@ class Networks:
         """Remove a network; with force, disconnect its containers first. Returns those."""
         with self.store.lock("network", name):
             network = self.get(name)
-            self.repair(network)  # a half-done attach is undone, not left behind
+            _, failed = self.repair(network)  # a half-done attach is undone, not left behind
+            if failed:
+                raise unrepaired(name, failed)
             self.refuse_busy(name)
             attached = self.attachments(name)
             if attached.errors:
@@ -314,6 +323,7 @@ class Networks:
                              "target": target.label, "created": now()}
         if aliases:
             record["circuit"]["aliases"] = list(aliases)
+        rt.started = self._recorder("add", record)
         wanted = capability_args.get("portMappings") or []
         if not wanted:
             self._intend("add", record)
@@ -368,6 +378,8 @@ class Networks:
         except BaseException:
             with self.store.lock("network", name):
                 if record["result"] is None:  # add_chain deleted the chain already
+                    with contextlib.suppress(CircuitError):  # what an ADD killed midway made
+                        cni.release_masquerade(network["config"], rt, None)
                     self._done(record)
                 else:
                     self._detach(network, record, netns=rt.netns, best_effort=True)
@@ -433,27 +445,38 @@ class Networks:
         return released
 
     def _detach(self, network: dict, attachment: dict, netns: str | None = None,
-                best_effort: bool = False) -> None:
-        """Intent, DEL with the cached result, extensions, record and intent gone."""
+                best_effort: bool = False) -> bool:
+        """Intent, DEL with the cached result, extensions, record and intent gone. With
+        best_effort a failed DEL is not raised: the record and the intent stay (the repair
+        after this process tries again) and False is returned."""
         self._intend("del", attachment)
-        self._release(network, attachment, attachment_netns(attachment) if netns is None
-                      else netns, best_effort)
+        if self._release(network, attachment, attachment_netns(attachment) if netns is None
+                         else netns, best_effort) is not None:
+            return False
         self._forget(network, attachment, best_effort)
+        return True
 
     def _release(self, network: dict, attachment: dict, netns: str,
-                 best_effort: bool = False) -> None:
-        """DEL through the chain with the cached result; without a netns, also the ipMasq
-        chain Debian's bridge plugin leaves then."""
+                 best_effort: bool = False) -> CircuitError | None:
+        """DEL through the chain with the cached result, then the ipMasq chain and the rules
+        jumping to it wherever they are left (netns or not: see cni.release_masquerade), even
+        when the DEL failed. The error, when best_effort; else it is raised."""
         rt = cni.Runtime(attachment["containerId"], netns, attachment["ifName"],
                          [tuple(kv) for kv in attachment.get("cniArgs", [])],
-                         attachment.get("capabilityArgs") or {})
-        cni.del_chain(self.plugins, network["config"], rt, attachment.get("result"), best_effort)
+                         attachment.get("capabilityArgs") or {},
+                         self._recorder("del", attachment))
+        error = None
         try:
-            if not netns:
-                cni.release_masquerade(network["config"], rt, attachment.get("result"))
-        except CircuitError:
-            if not best_effort:
-                raise
+            cni.del_chain(self.plugins, network["config"], rt, attachment.get("result"))
+        except CircuitError as e:
+            error = e
+        try:
+            cni.release_masquerade(network["config"], rt, attachment.get("result"))
+        except CircuitError as e:
+            error = error or e
+        if error is not None and not best_effort:
+            raise error
+        return error
 
     def _forget(self, network: dict, attachment: dict, best_effort: bool = False) -> None:
         """The extensions' detached, then the record, its libcni copy and the intent go."""
@@ -498,11 +521,27 @@ class Networks:
         return os.path.join(self.store.path("intents", attachment["networkName"]),
                             f"{attachment['containerId']}@{attachment['ifName']}.json")
 
-    def _intend(self, op: str, attachment: dict) -> None:
+    @cached_property
+    def owner(self) -> dict:
+        """This process, as intents name their owner."""
         me = process(os.getpid())
+        return {"pid": me.pid, "start_time": me.start_time}
+
+    def _intend(self, op: str, attachment: dict) -> None:
         self.store.write(self.intent_path(attachment), {
-            "op": op, "owner": {"pid": me.pid, "start_time": me.start_time},
-            "attachment": attachment})
+            "op": op, "owner": self.owner, "attachment": attachment})
+
+    def _recorder(self, op: str, attachment: dict):
+        """Runtime.started for an attachment: each plugin, as it starts and before it reads
+        its config (so before it can start anything of its own), is named in the intent, so
+        that a repair ends what is left of its process group before the DEL."""
+        path = self.intent_path(attachment)
+
+        def started(kind: str, pid: int, start_time: int) -> None:
+            self.store.write(path, {"op": op, "owner": self.owner, "attachment": attachment,
+                                    "plugin": {"type": kind, "pid": pid,
+                                               "start_time": start_time}})
+        return started
 
     def _done(self, attachment: dict) -> None:
         self.store.remove(self.intent_path(attachment))
@@ -527,18 +566,40 @@ class Networks:
                                f"{meta['circuit']['target']} on network {name}; try again when "
                                "it is done")
 
-    def repair(self, network: dict) -> list[dict]:
-        """Finish what a killed circuit left half done on a network (held under its lock): an
-        attach is undone, a detach completed; DEL is idempotent and needs no prevResult."""
-        repaired = []
+    def repair(self, network: dict) -> tuple[list[dict], list[tuple[dict, CircuitError]]]:
+        """Finish what a killed circuit left half done on a network (held under its lock):
+        what runs of the plugin it ran is killed and waited for first; then an attach is
+        undone, a detach completed (DEL is idempotent and needs no prevResult). The
+        attachments repaired, and those whose repair failed with the error: their intent is
+        kept, as found, for the next command."""
+        repaired, failed = [], []
         for intent in self.pending(network["name"]):
             attachment = intent["attachment"]
             # the record, when the attach got that far, holds the result that DEL needs
             attachment = self.store.read(self.record_path(attachment),
                                          check=check_attachment) or attachment
-            self._detach(network, attachment, best_effort=True)
-            repaired.append(attachment)
-        return repaired
+            try:
+                self._end_plugin(intent)
+                intent = {k: v for k, v in intent.items() if k != "plugin"}
+                self._detach(network, attachment)
+            except CircuitError as e:
+                self.store.write(self.intent_path(attachment), intent)
+                failed.append((attachment, e))
+            else:
+                repaired.append(attachment)
+        return repaired, failed
+
+    def _end_plugin(self, intent: dict) -> None:
+        """Kill and wait for what runs of the plugin a dead owner's intent names (its children
+        outlive it: bridge's iptables could land after the repair's DEL, host-local's
+        reservation after its release)."""
+        plugin = intent.get("plugin")
+        timeout = self.settings.plugin_timeout
+        if plugin is not None and not cni.end_group(plugin["pid"], plugin["start_time"],
+                                                    self.settings.lock_timeout, timeout):
+            raise PluginError(f"plugin {plugin['type']} left running by a killed circuit "
+                              f"(process group {plugin['pid']}) still runs {timeout:g}s after "
+                              "SIGKILL; the next command tries again")
 
     def check(self, name: str, target: Target) -> list[dict]:
         """CNI CHECK of the target's attachments with their cached results."""
@@ -559,18 +620,22 @@ class Networks:
 
     def gc(self) -> Iterator[tuple[str, dict]]:
         """Finish interrupted attaches and detaches, DEL attachments whose container is gone,
-        GC for 1.1.0 networks. Yields what went; StateCorrupt at the end for unreadable
+        GC for 1.1.0 networks. Yields what went; at the end the first failure to release
+        (whose record and intent are kept for the next gc), else StateCorrupt for unreadable
         records (the others are still collected)."""
         self.store.sweep()
         self.cni_cache.sweep("results")
         listing = self.all()
         errors = list(listing.errors)
+        failures = []
         for network in map(self.here, listing.records):
             name = network["name"]
             with self.store.lock("network", name):
-                for attachment in self.repair(network):
+                repaired, failed = self.repair(network)
+                for attachment in repaired:
                     yield name, attachment
-                kept = []
+                failures.extend((name, attachment, e) for attachment, e in failed)
+                kept = [attachment for attachment, _ in failed]
                 attached = self.attachments(name)
                 errors.extend(attached.errors)
                 intents = self.intents(name)
@@ -583,7 +648,13 @@ class Networks:
                     if attachment_netns(attachment):
                         kept.append(attachment)
                         continue
-                    self._detach(network, attachment, netns="")
+                    try:
+                        self._detach(network, attachment, netns="")
+                    except CircuitError as e:  # the record stays: the next gc tries again
+                        self._done(attachment)
+                        failures.append((name, attachment, e))
+                        kept.append(attachment)
+                        continue
                     yield name, attachment
                 if cni.at_least(network["config"]["cniVersion"], "1.1.0") \
                         and not network["config"].get("disableGC") and not attached.errors:
@@ -591,9 +662,21 @@ class Networks:
                     valid = [{"containerID": cid, "ifname": ifname} for cid, ifname in
                              {*((a["containerId"], a["ifName"]) for a in kept), *busy}]
                     cni.gc_chain(self.plugins, network["config"], valid)
+        if failures:
+            raise unrepaired(failures[0][0], [failure[1:] for failure in failures])
         if errors:
             raise StateCorrupt(f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
                                                  if len(errors) > 1 else ""))
+
+
+def unrepaired(network: str, failed: list[tuple[dict, CircuitError]]) -> CircuitError:
+    """The error for attachments whose release failed and whose record or intent is kept:
+    exit 7 when a plugin failed."""
+    attachment, error = failed[0]
+    kind = PluginError if isinstance(error, PluginError) else CircuitError
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    return kind(f"could not release {attachment['containerId']} {attachment['ifName']} from "
+                f"network {network}: {error}; it is kept, and the next gc tries again{more}")
 
 
 def owner_alive(intent: dict) -> bool:
@@ -666,6 +749,13 @@ def check_intent(record: dict, path: str) -> None:
     if not isinstance(owner, dict) or not all(type(owner.get(k)) is int
                                               for k in ("pid", "start_time")):
         raise ValueError("its owner needs a whole-number pid and start_time")
+    plugin = record.get("plugin")
+    if plugin is not None and not (
+            isinstance(plugin, dict) and isinstance(plugin.get("type"), str)
+            and NAME_RE.fullmatch(plugin["type"])
+            and all(type(plugin.get(k)) is int for k in ("pid", "start_time"))
+            and plugin["pid"] > 1):
+        raise ValueError("its plugin needs a plain type, a pid above 1 and a start_time")
     attachment = record.get("attachment")
     check_attachment_fields(attachment)
     expected = os.path.join(attachment["networkName"],
