@@ -18,7 +18,12 @@ setup:
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
     fi
-    uv sync --quiet --compile-bytecode --reinstall-package circuit
+    # every workspace package reinstalled: an editable install's entry points (extensions,
+    # state backends, doctor checks) are written at install time, so a venv made before a
+    # package declared one would not see it
+    members=$(sed -n 's/^name = "\(.*\)"/\1/p' packages/*/pyproject.toml)
+    uv sync --quiet --compile-bytecode --reinstall-package circuit \
+        $(printf -- '--reinstall-package %s ' $members)
     # the workspace is installed editable: compile its own modules too, for environments
     # that set PYTHONDONTWRITEBYTECODE (every start would compile them again)
     .venv/bin/python -m compileall -q packages/*/src
