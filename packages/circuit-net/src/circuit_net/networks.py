@@ -123,9 +123,10 @@ class Networks:
     # -- networks ---------------------------------------------------------------------------
 
     def create(self, source: str, name: str | None = None) -> dict:
-        """Store a validated network from a .conf/.conflist; an identical re-create is a no-op."""
+        """Store a validated network from a .conf/.conflist, refused as one from flags is when
+        a subnet overlaps; an identical re-create is a no-op."""
         netconf = cni.load_netconf(read_small_file(source, "network config"), source, name)
-        return self.define(netconf, str(source))
+        return self.define(netconf, str(source), check_overlap=True)
 
     def create_from_flags(self, flags) -> dict:
         """Store the network the flags describe (spec.conflist), refused when a subnet overlaps
@@ -157,6 +158,9 @@ class Networks:
         if existing is not None and existing["config"] == netconf:
             return existing  # every start of a hooked container comes here: keep it cheap
         self.check_plugins(netconf)
+        from .spec import check_usable, interfaces_here
+
+        check_usable(netconf, interfaces_here())
         lock = self.store.lock_all() if check_overlap else self.store.lock("network",
                                                                            netconf["name"])
         with lock:

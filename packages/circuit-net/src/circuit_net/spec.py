@@ -98,10 +98,12 @@ def parse_number(text: str, option: str, low: int, high: int) -> int:
 
 def parse_subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
-        return ipaddress.ip_network(text)
+        subnet = ipaddress.ip_network(text)
     except ValueError:
         raise InvalidInput(f"bad --subnet {text!r}: use a network in CIDR notation, "
                            "as 10.89.0.0/24 or fd00:89::/64 (host bits zero)") from None
+    check_subnet(subnet, text)
+    return subnet
 
 
 def parse_gateway(text: str, subnets: list) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -112,6 +114,9 @@ def parse_gateway(text: str, subnets: list) -> ipaddress.IPv4Address | ipaddress
     if not any(gateway in s for s in subnets):
         raise InvalidInput(f"--gateway {gateway} is in none of the subnets "
                            f"{', '.join(map(str, subnets))}")
+    for subnet in subnets:
+        if gateway in subnet:
+            check_gateway(gateway, subnet)
     return gateway
 
 
@@ -250,3 +255,88 @@ def check_overlap(netconf: dict, others: list[dict]) -> None:
             if route.prefixlen and subnet.version == route.version and subnet.overlaps(route):
                 raise Conflict(f"subnet {subnet} overlaps the host's route {route} (dev {dev}); "
                                "choose another --subnet")
+
+
+def check_subnet(subnet, text: str) -> None:
+    """Refuse a subnet no container could get an address from (text: as given)."""
+    if "/" not in str(text):
+        raise InvalidInput(f"subnet {text!r} is a bare address; give a subnet in CIDR "
+                           "notation, as 10.89.0.0/24")
+    smallest = 30 if subnet.version == 4 else 126
+    kind = next((k for k, bad in (("loopback", subnet.is_loopback),
+                                  ("multicast", subnet.is_multicast),
+                                  ("unspecified", subnet.network_address.is_unspecified))
+                 if bad), None)
+    if kind:
+        raise InvalidInput(f"subnet {subnet} is {kind}: no container can use it; choose "
+                           "another subnet, as 10.89.0.0/24")
+    if subnet.prefixlen > smallest:
+        raise InvalidInput(f"subnet {subnet} is too small for a gateway and a container; give "
+                           f"/{smallest} or shorter")
+
+
+def check_gateway(gateway, subnet) -> None:
+    """Refuse a gateway that is its subnet's network or broadcast address."""
+    if gateway in (subnet.network_address, subnet.broadcast_address) and subnet.version == 4:
+        which = "network" if gateway == subnet.network_address else "broadcast"
+        raise InvalidInput(f"gateway {gateway} is the {which} address of {subnet}; choose "
+                           f"another, as {subnet[1]}")
+
+
+def ipam_subnets(ipam: dict) -> list[tuple[str, str | None]]:
+    """The subnets of an IPAM config as written (host-local's subnet or ranges), each with
+    its gateway."""
+    found = [(ipam["subnet"], ipam.get("gateway"))] if ipam.get("subnet") else []
+    found += [(r["subnet"], r.get("gateway")) for rs in ipam.get("ranges") or []
+              if isinstance(rs, list) for r in rs if isinstance(r, dict) and r.get("subnet")]
+    return found
+
+
+def check_usable(netconf: dict, present: dict[str, bool]) -> None:
+    """Refuse at create what the first connect would fail on, or worse: unusable subnets and
+    gateways, subnets overlapping within the network, a bridge that is no bridge or a
+    name too long, a macvlan/ipvlan parent that is missing or lo. present: circuit's netns's
+    interfaces, each with whether it is a bridge."""
+    seen: list = []
+    for plugin in netconf["plugins"]:
+        conf = plugin.get("ipam") if isinstance(plugin.get("ipam"), dict) else {}
+        for text, gateway in ipam_subnets(conf):
+            try:
+                subnet = ipaddress.ip_network(text)
+            except (TypeError, ValueError):
+                raise InvalidInput(f"subnet {text!r} of network {netconf['name']} is not a "
+                                   "network in CIDR notation (host bits zero)") from None
+            check_subnet(subnet, text)
+            for other in seen:
+                if subnet.version == other.version and subnet.overlaps(other):
+                    raise InvalidInput(f"subnet {subnet} overlaps {other} of the same network; "
+                                       "give each range once")
+            seen.append(subnet)
+            if gateway:
+                try:
+                    check_gateway(ipaddress.ip_address(gateway), subnet)
+                except ValueError:
+                    raise InvalidInput(f"gateway {gateway!r} is not an IP address") from None
+        kind = plugin.get("type")
+        if kind == "bridge":
+            bridge = plugin.get("bridge") or "cni0"
+            check_ifname(bridge)
+            if bridge in present and not present[bridge]:
+                raise InvalidInput(f"bridge {bridge} exists and is not a bridge; name another "
+                                   "(--bridge)")
+        if kind in ("macvlan", "ipvlan") and plugin.get("master") is not None:
+            parent = check_ifname(plugin["master"])
+            if parent == "lo" or parent not in present:
+                what = "the loopback" if parent == "lo" else "not an interface here"
+                raise InvalidInput(f"parent {parent} of {kind} is {what}; name a host "
+                                   "interface such as eth0 (--parent)")
+
+
+def interfaces_here() -> dict[str, bool]:
+    """circuit's netns's interfaces, each with whether it is a bridge (from /sys)."""
+    import os
+
+    from circuit_common.proc import interfaces
+
+    return {name: os.path.isdir(f"/sys/class/net/{name}/bridge")
+            for name in interfaces(os.getpid())}
