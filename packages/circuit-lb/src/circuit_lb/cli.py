@@ -5,6 +5,8 @@ Usage:
                     [--backend B]
   circuit-lb add NAME TARGET... [--weight W] [--forward F]
   circuit-lb remove NAME TARGET...
+  circuit-lb check NAME CHECK [--interval S] [--timeout S] [--rise N] [--fall N]
+  circuit-lb agent
   circuit-lb delete NAME
   circuit-lb clear
   circuit-lb list [--details] [--stats] [--format FMT] [-q]
@@ -12,7 +14,10 @@ Usage:
   circuit-lb (-h | --help)
 
 Also reached as `circuit lb ...`. ADDR and TARGET are IP:PORT ([IPv6]:PORT). TARGET `-` reads
-targets from stdin, one per line: `TARGET [WEIGHT]`. See docs/lb.md.
+targets from stdin, one per line: `TARGET [WEIGHT]`. CHECK is tcp (a connection is accepted),
+http:PATH[=STATUS] (GET PATH answers STATUS, 200 by default) or none; `agent` runs the checks of
+every service until SIGTERM: a target failing --fall checks in a row gets weight 0 until --rise
+checks pass. See docs/lb.md.
 
 Options:
   --scheduler S          rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, ... [default: rr]
@@ -21,6 +26,10 @@ Options:
   --backend B            ipvs or nftables (rr, wrr, sh); default: ipvs where the kernel has it
   --weight W             target weight 0..65535 [default: 1]
   --forward F            masq, route or tunnel [default: masq]
+  --interval S           seconds between a target's checks, 0.1..3600 (2)
+  --timeout S            seconds a check may take, at most the interval (1)
+  --rise N               passed checks that bring a target back, 1..100 (2)
+  --fall N               failed checks that take a target out, 1..100 (3)
   --details              show targets
   --stats                show connections, packets and bytes from the kernel
   --format FMT           table or json [default: table]
@@ -30,6 +39,8 @@ Examples:
   circuit lb create web 10.100.99.1:80 --scheduler wrr
   circuit lb add web 10.100.10.2:80 10.100.10.3:80 --weight 2
   printf '10.100.10.4:80 3\n10.100.10.5:80\n' | circuit lb add web -
+  circuit lb check web http:/healthz --interval 1 --fall 2
+  circuit lb agent
   circuit lb list --details --stats
   circuit lb remove web 10.100.10.3:80
   circuit lb delete web
@@ -37,6 +48,7 @@ Examples:
 
 import re
 import sys
+import time
 from itertools import repeat
 from operator import itemgetter
 
@@ -45,6 +57,7 @@ from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import InvalidInput, StateCorrupt
 from circuit_common.validate import ascii_number
 
+from . import health
 from .address import Endpoint, parse_endpoint
 from .services import Services, check_weight
 
@@ -131,6 +144,15 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     elif a["remove"]:
         services.remove(name, [where for where, _ in read_targets(a["TARGET"])])
         print(f"service {name} updated")
+    elif a["check"]:
+        check = health.parse_check(a["CHECK"], a["--interval"], a["--timeout"], a["--rise"],
+                                   a["--fall"])
+        services.set_check(name, check)
+        print(f"service {name} updated")
+    elif a["agent"]:
+        from .agent import Agent
+
+        return Agent(services).run()
     elif a["delete"]:
         services.delete(name)
         print(f"service {name} removed")
@@ -154,15 +176,18 @@ def restore(ctx: cli.Context) -> int:
 def list_services(services: Services, a: dict) -> int:
     fmt = output.check_format(a["--format"], a["-q"])
     records, unreadable = services.all()
-    errors = unreadable + [f"{line}; run `circuit restore`" for line in services.drift(records)]
+    errors = unreadable + [f"{line}; run `circuit restore`"
+                           for line in services.drift(services.live(records))]
     stats = services.stats(records) if a["--stats"] else {}
+    healths = services.healths() if any(r.get("check") for r in records) else {}
     for error in errors:
         print(f"circuit: {error}", file=sys.stderr)
     if a["-q"]:
         output.emit_names([r["name"] for r in records])
     elif fmt == "json":
-        output.emit_json([{**r, "stats": stats.get(r["name"])} if a["--stats"] else r
-                          for r in records])
+        output.emit_json([{**r, **({"stats": stats.get(r["name"])} if a["--stats"] else {}),
+                           **({"health": target_health(r, healths.get(r["name"]))}
+                              if r.get("check") else {})} for r in records])
     else:
         headers = ["name", "addr", "protocol", "scheduler", "backend"]
         if a["--stats"]:
@@ -175,11 +200,37 @@ def list_services(services: Services, a: dict) -> int:
                 row += counter_cells(stats[r["name"]]["service"])
             rows.append(row)
             if a["--stats"]:
-                details[i] = [target_line(t, stats.get(r["name"]), True) for t in r["targets"]]
+                states = target_health(r, healths.get(r["name"])) if r.get("check") else {}
+                details[i] = [target_line(t, stats.get(r["name"]), True)
+                              + health_cells(states.get(str(Endpoint(t["addr"], t["port"]))))
+                              for t in r["targets"]]
             elif a["--details"]:
                 details[i] = target_lines(r["targets"])
         output.emit(output.render_table(headers, rows, details))
     return StateCorrupt.exit_code if unreadable else 0
+
+
+def target_health(record: dict, state: dict | None) -> dict[str, dict]:
+    """{ADDR:PORT: {"state": up|down|unchecked, "last_check", "failures"}} of a service with a
+    check, as this host's agent last saw them."""
+    seen = (state or {}).get("targets", {})
+    result = {}
+    for target in record["targets"]:
+        where = str(Endpoint(target["addr"], target["port"]))
+        one = seen.get(where)
+        result[where] = {"state": "unchecked", "last_check": None, "failures": 0} \
+            if one is None else {"state": "up" if one["up"] else "down",
+                                 "last_check": one.get("last_check"),
+                                 "failures": one.get("failures", 0)}
+    return result
+
+
+def health_cells(state: dict | None) -> str:
+    if state is None:
+        return ""
+    checked = "never" if state["last_check"] is None else time.strftime(
+        "%H:%M:%S", time.localtime(state["last_check"]))
+    return f"  {state['state']} checked {checked} failures {state['failures']}"
 
 
 def counter_cells(counters: dict) -> list:

@@ -1,11 +1,13 @@
 """Load-balancer services in the state store, kept in step with the kernel.
 
 State: services/<name>.json  {"name", "addr", "port", "protocol", "scheduler", "persistent",
-                              "backend", "vip_added", "targets": [{"addr", "port", "weight",
-                              "forward"}]}
+                              "backend", "vip_added", "check"?, "targets": [{"addr", "port",
+                              "weight", "forward"}]}
+       lb-health/<name>.json  this host's view of the targets' health (health.py, the agent)
 Every change takes the store-wide lock (services share table circuit_lb and may share VIPs),
 computes what it will do, changes the kernel, and then writes the record; when a step fails,
-the kernel's changes are undone, so store and kernel never disagree after a failure.
+the kernel's changes are undone, so store and kernel never disagree after a failure. The kernel
+gets each record as health.live makes it: targets this host found down with weight 0.
 """
 
 import contextlib
@@ -18,7 +20,7 @@ from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound
 from circuit_common.validate import ascii_number, check_name
 
-from . import backends, ipvs
+from . import backends, health, ipvs
 from .address import Endpoint
 from .backends import endpoint
 
@@ -49,6 +51,7 @@ def check_service(record: dict, path: str) -> None:
     targets = record.get("targets")
     if not isinstance(targets, list) or not _well_typed(targets):
         raise ValueError("its targets must be a list of {addr, port, weight, forward}")
+    health.check_check(record.get("check"))
 
 
 def _well_typed(targets: list) -> bool:
@@ -85,6 +88,71 @@ class Services:
     def all(self) -> tuple[list[dict], list[str]]:
         """Every service record, and one message per record that could not be read."""
         return self.store.read_all(self.store.path("services"), check=check_service)
+
+    def health_path(self, name: str):
+        return self.store.path("lb-health", f"{check_name(name, 'service name')}.json")
+
+    def health(self, name: str) -> dict | None:
+        """This host's view of the health of service name's targets (None: no checks yet)."""
+        return self.store.read(self.health_path(name), check=health.check_health)
+
+    def healths(self) -> dict[str, dict]:
+        """Every service's health record by service name (unreadable ones left out: the
+        agent writes them again)."""
+        return {h["name"]: h for h in self.store.read_all(
+            self.store.path("lb-health"), check=health.check_health).records}
+
+    def live(self, records: list[dict]) -> list[dict]:
+        """records as this host programs the kernel (health.live)."""
+        healths = self.healths() if any(r.get("check") for r in records) else {}
+        return [health.live(r, healths.get(r["name"])) for r in records]
+
+    def set_check(self, name: str, check: dict | None) -> dict:
+        """Store service name's health check (None: none); the kernel is left as it is until
+        the agent's checks change a target's state, or, without a check, put back."""
+        with self.store.lock_all():
+            record = self.get(name)
+            new = {k: v for k, v in record.items() if k != "check"}
+            if check is not None:
+                new["check"] = check
+            self._change(record, new)
+            if check is None:
+                self.store.remove(self.health_path(name))
+        return new
+
+    def set_health(self, name: str, state: dict, changed: bool) -> bool:
+        """Record service name's target health (written by the agent); when a target's
+        state changed, its weight in the kernel with it (0 when down). False when the service
+        is gone."""
+        from . import nft, table
+
+        with self.store.lock_all():
+            try:
+                record = self.get(name)
+            except NotFound:
+                return False
+            state = {**state, "name": name}
+            if not changed:  # only last checks and counts: a cache a crash may lose
+                self.store.write_cache(self.health_path(name), state)
+                return True
+            before = health.live(record, self.health(name))
+            after = health.live(record, state)
+            undo: list = []
+            try:
+                if before["targets"] != after["targets"]:
+                    others = self.live(self._others(name))
+                    old_table = table.build([*others, before])
+                    new_table = table.build([*others, after])
+                    self._change_kernel(
+                        backends.of(record), before, after, table.changes(old_table, new_table),
+                        lambda: nft.transaction(table.changes(new_table, old_table)), undo)
+                self.store.write(self.health_path(name), state)
+            except BaseException:
+                for step in reversed(undo):
+                    with contextlib.suppress(Exception):
+                        step()
+                raise
+        return True
 
     def _others(self, name: str) -> list[dict]:
         """Every service record but name's (the one a command changes, and holds in memory:
@@ -157,6 +225,7 @@ class Services:
             record = self.get(name)
             backends.of(record).ensure()
             self._change(record, None)
+            self.store.remove(self.health_path(name))
 
     def clear(self) -> list[str]:
         with self.store.lock_all():
@@ -164,6 +233,7 @@ class Services:
             for record in records:
                 backends.of(record).ensure()
                 self._change(record, None)
+                self.store.remove(self.health_path(record["name"]))
         return [r["name"] for r in records]
 
     def _change(self, old: dict | None, new: dict | None) -> None:
@@ -176,10 +246,14 @@ class Services:
             from . import vip
         record = new or old
         backend, addr, path = backends.of(record), record["addr"], self.path(record["name"])
-        others = self._others(record["name"])
-        before = table.build([*others, old] if old else others)
-        after = table.build([*others, new] if new else others)
-        sharing = [o for o in others if o["addr"] == addr]
+        raw_others = self._others(record["name"])
+        others = self.live(raw_others)
+        checked = any(r and r.get("check") for r in (old, new))
+        own_health = self.healths().get(record["name"]) if checked else None
+        kernel_old, kernel_new = health.live(old, own_health), health.live(new, own_health)
+        before = table.build([*others, kernel_old] if old else others)
+        after = table.build([*others, kernel_new] if new else others)
+        sharing = [o for o in raw_others if o["addr"] == addr]
         undo = []
         try:
             if old is None:
@@ -195,7 +269,7 @@ class Services:
                 nft.transaction(table.changes(before, after))
                 undo.append(lambda: nft.transaction(table.changes(after, before)))
             else:
-                self._change_kernel(backend, old, new, table.changes(before, after),
+                self._change_kernel(backend, kernel_old, kernel_new, table.changes(before, after),
                                     lambda: nft.transaction(table.changes(after, before)), undo)
             if new is None:
                 if old["vip_added"] and not sharing:
@@ -284,7 +358,7 @@ class Services:
         from . import nft, table, vip
 
         with self.store.lock_all():
-            records = self.all()[0]
+            records = self.live(self.all()[0])
             if not records:
                 return []
             for backend in {backends.of(r) for r in records}:

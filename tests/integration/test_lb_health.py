@@ -1,0 +1,175 @@
+"""circuit lb's health checks with real traffic on the nftables backend: busybox httpd backends
+on a circuit bridge, `circuit lb agent` started by the test in its host netns (ended by PID on
+every path), one backend's httpd killed and started again in the same netns (same address)."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from harness import CIRCUIT, answered_by, bridge_conf, snapshot, wait_for
+
+VIP = "10.100.99.1"
+INTERVAL, FALL, RISE = 0.5, 2, 2
+
+
+class Backend:
+    """A container whose busybox httpd (serving its name) the test can kill and start again."""
+
+    def __init__(self, host, www_root, name):
+        self.www = www_root / name
+        self.www.mkdir()
+        (self.www / "index.html").write_text(f"{name}\n")
+        self.container = host.container()
+        host.circuit("network", "connect", self.container.pid, "sandbox")
+        self.ip = self.container.addresses()[0]
+        self.httpd = None
+        self.start()
+
+    def start(self):
+        self.httpd = subprocess.Popen(
+            ["nsenter", f"--net={self.container.netns}", "busybox", "httpd", "-f", "-p", "80",
+             "-h", self.www], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        if self.httpd is not None and self.httpd.poll() is None:
+            self.httpd.kill()
+            self.httpd.wait()
+
+
+def health(host, name="web") -> dict:
+    return json.loads(host.circuit("lb", "list", "--format", "json").stdout)[0]["health"]
+
+
+def states(host) -> dict:
+    return {where: h["state"] for where, h in health(host).items()}
+
+
+@pytest.fixture
+def backends(host, tmp_path):
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    made = {}
+    try:
+        for name in ("alpha", "beta", "gamma"):
+            made[name] = Backend(host, tmp_path, name)
+        yield made
+    finally:
+        for backend in made.values():
+            backend.stop()
+
+
+@pytest.fixture
+def agent(host, tmp_path):
+    """`circuit lb agent` in the host netns; SIGTERM at the end (SIGKILL if it lingers)."""
+    env = {k: v for k, v in os.environ.items() if k != "CNI_PATH"}
+    with open(tmp_path / "agent.log", "w+") as log:
+        proc = subprocess.Popen(["nsenter", f"--net={host.netns}", CIRCUIT, "--state",
+                                 host.state, "lb", "agent"], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc.log = log
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def test_a_dead_backend_leaves_and_comes_back_with_its_weight(host, backends, agent):
+    host.circuit("lb", "create", "web", f"{VIP}:80", "--scheduler", "wrr")
+    weights = {"alpha": 2, "beta": 2, "gamma": 1}
+    host.circuit("lb", "add", "web", "-", input="".join(
+        f"{backends[n].ip}:80 {w}\n" for n, w in weights.items()))
+    host.circuit("lb", "check", "web", "http:/index.html", "--interval", INTERVAL,
+                 "--timeout", "0.4", "--rise", RISE, "--fall", FALL)
+    assert wait_for(lambda: set(states(host).values()) == {"up"}, timeout=5)
+    assert answered_by(host.netns, VIP, 25) == {"alpha": 10, "beta": 10, "gamma": 5}
+
+    alpha = f"{backends['alpha'].ip}:80"
+    backends["alpha"].stop()
+    died = time.monotonic()
+    assert wait_for(lambda: states(host)[alpha] == "down", timeout=FALL * INTERVAL + 1)
+    removal = time.monotonic() - died
+    assert removal <= FALL * INTERVAL + 1, removal
+    # none reaches it and none fails (http_get_bodies asserts every request was answered)
+    assert answered_by(host.netns, VIP, 30) == {"beta": 20, "gamma": 10}
+    assert health(host)[alpha]["failures"] >= FALL
+    listed = host.circuit("lb", "list", "--details")
+    assert listed.stderr == ""  # weight 0 in the kernel is no drift
+    assert f"{alpha}" in listed.stdout and "weight 2" in listed.stdout  # the stored weight kept
+    stats = host.circuit("lb", "list", "--stats").stdout
+    assert next(line for line in stats.splitlines() if alpha in line).split()[-5:-3] == \
+        ["down", "checked"]
+
+    # an lb command while it is down keeps it out of the kernel
+    host.circuit("lb", "add", "web", f"{backends['gamma'].ip}:80", "--weight", "1")
+    assert answered_by(host.netns, VIP, 3) == {"beta": 2, "gamma": 1}
+
+    backends["alpha"].start()
+    started = time.monotonic()
+    assert wait_for(lambda: states(host)[alpha] == "up", timeout=RISE * INTERVAL + 2)
+    assert time.monotonic() - started <= RISE * INTERVAL + 2
+    assert answered_by(host.netns, VIP, 25) == {"alpha": 10, "beta": 10, "gamma": 5}
+
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(5) == 0
+    agent.log.seek(0)
+    lines = agent.log.read().splitlines()
+    assert len(lines) == 2, lines  # only the two changes
+    assert lines[0].startswith(f"service web: target {alpha} down after {FALL} failed checks")
+    assert lines[1] == f"service web: target {alpha} up after {RISE} passed checks"
+
+    host.circuit("lb", "check", "web", "none")
+    assert "health" not in json.loads(host.circuit("lb", "list", "--format", "json").stdout)[0]
+    host.circuit("lb", "delete", "web")
+    assert not list((host.state / "lb-health").iterdir())
+
+
+def test_every_target_down_leaves_the_service_as_it_is(host, backends, agent):
+    host.circuit("lb", "create", "web", f"{VIP}:80")
+    host.circuit("lb", "add", "web", *(f"{b.ip}:80" for b in backends.values()))
+    host.circuit("lb", "check", "web", "tcp", "--interval", INTERVAL, "--timeout", "0.4",
+                 "--rise", RISE, "--fall", FALL)
+    for backend in list(backends.values())[1:]:
+        backend.stop()
+    assert wait_for(lambda: list(states(host).values()).count("down") == 2, timeout=3)
+    assert answered_by(host.netns, VIP, 4) == {"alpha": 4}
+    backends["alpha"].stop()
+    assert wait_for(lambda: set(states(host).values()) == {"down"}, timeout=3)
+    kernel = host.run("nft", "-j", "list", "chain", "inet", "circuit_lb", "svc/web").stdout
+    assert all(b.ip in kernel for b in backends.values())  # all three kept in rotation
+
+
+@pytest.mark.parametrize("args, message", [
+    (["tcp", "--interval", "0"], "0.1..3600"),
+    (["tcp", "--interval", "fast"], "0.1..3600"),
+    (["tcp", "--interval", "1", "--timeout", "2"], "no longer than the interval"),
+    (["tcp", "--rise", "0"], "1..100"),
+    (["tcp", "--fall", "x"], "1..100"),
+    (["udp"], "use tcp, http:PATH"),
+    (["http:healthz"], "absolute path"),
+    (["http:/a b"], "absolute path"),
+    (["http:/healthz=99"], "100..599"),
+    (["http:/healthz=ok"], "100..599"),
+    (["none", "--fall", "2"], "takes no"),
+])
+def test_bad_check_is_one_line_and_changes_nothing(host, args, message):
+    host.circuit("lb", "create", "web", f"{VIP}:80")
+    host.circuit("lb", "add", "web", "10.100.10.2:80")
+    before = snapshot(host.state)
+    kernel = host.run("nft", "list", "table", "inet", "circuit_lb").stdout
+    proc = host.circuit("lb", "check", "web", *args, check=False)
+    assert proc.returncode == 3 and message in proc.stderr, (args, proc.stderr)
+    assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
+    assert snapshot(host.state) == before
+    assert host.run("nft", "list", "table", "inet", "circuit_lb").stdout == kernel
+    missing = host.circuit("lb", "check", "nosuch", "tcp", check=False)
+    assert missing.returncode == 4 and "no service named" in missing.stderr
