@@ -49,7 +49,10 @@ def test_bash_registers_circuit_and_every_tool():
     (("circuit", "cluster", "j"), ["join"]),
     (("circuit", "cluster", ""), ["agent", "forget", "join", "leave", "list", "sync"]),
     (("circuit", "cluster", "join", "--"), ["--address", "--cni-cache-dir", "--cni-path",
-                                            "--config", "--debug", "--help", "--local-state",
+                                            "--config", "--debug", "--etcd-cafile",
+                                            "--etcd-certfile", "--etcd-keyfile",
+                                            "--etcd-password", "--etcd-password-file",
+                                            "--etcd-username", "--help", "--local-state",
                                             "--lock-timeout", "--name", "--runc-root",
                                             "--state", "--ttl"]),
     (("circuit", "cluster", "list", "--format", ""), ["table", "json"]),
@@ -65,7 +68,9 @@ def test_bash_registers_circuit_and_every_tool():
     (("circuit", "lb", "create", "x", "1.2.3.4:80", "--scheduler", "w"), ["wrr", "wlc"]),
     (("circuit", "network", "list", "--f"), ["--format"]),
     (("circuit-lb", "list", "--"), ["--cni-cache-dir", "--cni-path", "--config", "--debug",
-                                    "--details", "--format", "--help", "--local-state",
+                                    "--details", "--etcd-cafile", "--etcd-certfile",
+                                    "--etcd-keyfile", "--etcd-password", "--etcd-password-file",
+                                    "--etcd-username", "--format", "--help", "--local-state",
                                     "--lock-timeout", "--runc-root", "--state", "--stats"]),
 ])
 def test_commands_flags_and_values_come_from_the_usage(words, expected):

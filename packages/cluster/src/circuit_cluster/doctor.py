@@ -16,8 +16,9 @@ ETCD_FIX = ("start etcd on its hosts (Debian's etcd-server), or name the members
 def checks(ctx, facts: dict) -> list[Check]:
     store = ctx.store
     in_etcd = isinstance(store, ReplicatedStore)
-    return [cluster_check(facts["etcd3gw"],
-                          etcd_members(store.etcd_state.endpoints) if in_etcd else None)]
+    state = store.etcd_state if in_etcd else None
+    return [cluster_check(facts["etcd3gw"], etcd_members(
+        state.endpoints, tls=state if state.tls else None) if in_etcd else None)]
 
 
 def cluster_check(etcd3gw: str | None, etcd: list[dict] | None) -> Check:

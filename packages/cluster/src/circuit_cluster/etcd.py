@@ -1,15 +1,33 @@
 """etcd v3 through etcd3gw (its JSON gateway): the members tried in turn, ranges by prefix,
 compare-and-swap transactions, leases; every failure one line naming the members tried.
+Over TLS (etcds://) with the CA and client certificate of the settings, and as a user of
+etcd's auth: a token from /v3/auth/authenticate in each request's Authorization header, taken
+again when etcd finds it invalid (expired, or the member restarted: simple tokens live in its
+memory) or older than the users and roles.
 
 Keys and values are bytes here; etcd3gw's transport does the HTTP and the gateway's errors."""
 
 import base64
+import threading
 
-from circuit_common.errors import Unavailable
+from circuit_common.errors import AccessDenied, InvalidInput, Unavailable
 
 from .url import EtcdState
 
 API_PATH = "/v3/"
+STALE_TOKEN = ("etcdserver: invalid auth token", "etcdserver: revision of auth store is old")
+AUTH_NOT_ENABLED = "etcdserver: authentication is not enabled"
+REFUSALS = {  # etcd's answer → what to do about it
+    "etcdserver: authentication failed, invalid user ID or password":
+        "check --etcd-username and --etcd-password",
+    "etcdserver: user name is empty": "etcd's auth is enabled: give --etcd-username and "
+                                      "--etcd-password",
+    "etcdserver: permission denied": "grant the user a role that may read and write the prefix",
+    "CommonName of client sending a request against gateway will be ignored":
+        "with etcd's auth enabled, its JSON gateway takes no client certificate with a "
+        "CommonName: use one without (subjectAltName only)",
+}
+DOCS = 'docs/cluster.md, "TLS and authentication"'
 
 
 def b64(data: bytes) -> str:
@@ -60,9 +78,14 @@ def answered(method):
     return parsing
 
 
+class StaleToken(Exception):
+    """etcd no longer takes the token a request carried."""
+
+
 class Etcd:
     """A client of one etcd cluster: each request goes to the member that answered last, then
-    to the others; Unavailable when none does (no quorum, or all down)."""
+    to the others; Unavailable when none does (no quorum, or all down), AccessDenied when one
+    refuses this client (TLS, user, password). Safe to share between threads."""
 
     def __init__(self, state: EtcdState, deadline: float):
         import etcd3gw  # ≈ 130 ms: only commands that talk to etcd pay it
@@ -71,38 +94,91 @@ class Etcd:
         self._etcd3gw = etcd3gw
         self._requests = requests
         self.state = state
+        for what, path in (("CA file", state.cafile), ("certificate file", state.certfile),
+                           ("key file", state.keyfile)):
+            if path is not None:
+                try:
+                    open(path, "rb").close()
+                except OSError as e:
+                    raise InvalidInput(f"cannot read the etcd {what} {path}: "
+                                       f"{e.strerror}") from None
+        # given with each request: a session's own verify gives way to REQUESTS_CA_BUNDLE
+        self._tls = {"verify": state.cafile or True,
+                     "cert": (state.certfile, state.keyfile) if state.certfile else None}
         per_member = max(0.5, min(3.0, deadline / max(1, len(state.endpoints))))
         self._clients = []
         for endpoint in state.endpoints:
             host, _, port = endpoint.rpartition(":")
             self._clients.append(etcd3gw.Etcd3Client(
-                host=host.strip("[]"), port=int(port), timeout=per_member, api_path=API_PATH))
+                host=host.strip("[]"), port=int(port), protocol=state.scheme,
+                timeout=per_member, api_path=API_PATH))
         self._first = 0
+        self._token: str | None = None  # None: not authenticated yet; "": etcd has no auth
+        self._authenticating = threading.Lock()
 
     def key(self, *parts: str) -> bytes:
         return "/".join((self.state.prefix, *parts)).encode()
 
     def _post(self, path: str, body: dict) -> dict:
+        """The answer of the first member that gives one, as this client's user."""
+        token = self._current_token()
+        try:
+            return self._send(path, body, token)
+        except StaleToken:
+            return self._send(path, body, self._current_token(stale=token))
+
+    def _current_token(self, stale: str | None = None) -> str:
+        """The token to send ("" without a user), authenticating when there is none yet or
+        etcd found the one a request carried (stale) no longer valid."""
+        if self.state.username is None:
+            return ""
+        with self._authenticating:
+            if self._token is None or self._token == stale:
+                self._token = self._authenticate()
+            return self._token
+
+    def _authenticate(self) -> str:
+        body = {"name": self.state.username, "password": self.state.read_password()}
+        return self._send("auth/authenticate", body, "")["token"]
+
+    def _send(self, path: str, body: dict, token: str) -> dict:
         exceptions = self._etcd3gw.exceptions
-        reasons = []
+        headers = {"Authorization": token} if token else {}
+        reasons, refused = [], False
         for i in range(len(self._clients)):
             index = (self._first + i) % len(self._clients)
-            client = self._clients[index]
+            client, endpoint = self._clients[index], self.state.endpoints[index]
             try:
-                answer = client.post(client.get_url(path), json=body)
+                answer = client.post(client.get_url(path), json=body, headers=headers,
+                                     **self._tls)
             except (exceptions.ConnectionFailedError, exceptions.ConnectionTimeoutError,
                     exceptions.InternalServerError, self._requests.RequestException,
                     ValueError) as e:  # ValueError: an answer that is not JSON
-                reasons.append(f"{self.state.endpoints[index]}: {_reason(e)}")
+                tls = _tls_failure(e, self._requests)
+                refused = refused or tls is not None
+                reasons.append(f"{endpoint}: {tls or _reason(e)}")
                 continue
             except exceptions.Etcd3Exception as e:
-                raise Unavailable(f"etcd at {self.state.endpoints[index]} refused {path}: "
-                                  f"{_reason(e)}") from None
+                reason = _reason(e)
+                if token and reason in STALE_TOKEN:
+                    raise StaleToken(reason) from None
+                if reason == AUTH_NOT_ENABLED and path == "auth/authenticate":
+                    return {"token": ""}  # a user for an etcd without auth: as etcd's client
+                fix = next((fix for refusal, fix in REFUSALS.items()
+                            if reason.startswith(refusal)), None)
+                if fix is not None:
+                    raise AccessDenied(f"etcd at {endpoint} refused this client: {reason}; "
+                                       f"nothing was changed here; {fix} ({DOCS})") from None
+                raise Unavailable(f"etcd at {endpoint} refused {path}: {reason}") from None
             if not speaks_etcd(answer):  # JSON, but not etcd's: a member that is no etcd
-                reasons.append(f"{self.state.endpoints[index]}: answered, but not as etcd does")
+                reasons.append(f"{endpoint}: answered, but not as etcd does")
                 continue
             self._first = index
             return answer
+        if refused:
+            raise AccessDenied(f"etcd refused this client: {_tried(reasons)}; nothing was "
+                               "changed here; check the state URL's scheme, --etcd-cafile, "
+                               f"--etcd-certfile and --etcd-keyfile ({DOCS})")
         raise Unavailable(f"etcd has no quorum or is down: tried {'; '.join(reasons)}; nothing "
                           "was changed here; check the members (etcdctl endpoint health) and "
                           "run the command again")
@@ -214,3 +290,30 @@ def _reason(e: Exception) -> str:
     if "refused" in text.lower():
         return "connection refused"
     return text.splitlines()[0][:120]
+
+
+def _tls_failure(e: Exception, requests) -> str | None:
+    """What went wrong in a TLS handshake that e (or the error etcd3gw raised it from) reports,
+    None when e is not one."""
+    cause = e.__context__ if isinstance(e.__context__, requests.RequestException) else e
+    if not isinstance(cause, requests.exceptions.SSLError):
+        return None
+    text = str(cause)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        why = text.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip()
+        return (f"its certificate is not one --etcd-cafile vouches for ({why})")
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+        return "it does not speak TLS (plain etcd:// there?)"
+    if "EOF occurred" in text or "alert" in text.lower():
+        return ("it ended the TLS handshake: it wants a client certificate its CA signed "
+                "(--etcd-certfile, --etcd-keyfile)")
+    return f"TLS failed: {text.rsplit('(', 1)[-1].rstrip(')')[:120]}"
+
+
+def _tried(reasons: list[str]) -> str:
+    """Each member's reason, or one reason for all when they agree."""
+    members = [r.split(": ", 1)[0] for r in reasons]
+    whys = {r.split(": ", 1)[1] for r in reasons}
+    if len(whys) == 1:
+        return f"{', '.join(members)}: {whys.pop()}"
+    return "; ".join(reasons)

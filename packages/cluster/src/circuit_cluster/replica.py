@@ -19,7 +19,7 @@ from circuit_common.config import Settings
 from circuit_common.errors import Conflict, LockTimeout, StateCorrupt
 from circuit_common.store import decode, encode
 
-from .url import parse_etcd_url
+from .url import etcd_state
 
 SHARED = ("networks", "qos", "services", "extensions")  # top directories kept in etcd
 RECORDS = "records"  # etcd: <prefix>/records/<path below the state dir>
@@ -60,13 +60,13 @@ class ReplicatedStore(StateBackend):
     """The etcd:// state backend: a store whose shared records are etcd's, mirrored here, and
     the cluster's answers to circuit-net's questions about networks that span hosts."""
 
-    schemes = ("etcd",)
-    url_help = "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"
+    schemes = ("etcd", "etcds")
+    url_help = "etcd://HOST:PORT[,HOST:PORT...][/PREFIX] or etcds://... (TLS)"
     shared = True
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self.etcd_state = parse_etcd_url(settings.state_url)
+        self.etcd_state = etcd_state(settings)
         self._holding_all = False
         self.rejected: list[str] = []  # the last refresh's records that failed their checks
 

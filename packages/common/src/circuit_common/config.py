@@ -11,11 +11,14 @@ DEFAULT_STATE_DIR = "/var/lib/circuit"
 DEFAULT_CNI_PATH = ("/usr/lib/cni", "/opt/cni/bin")
 DEFAULT_CNI_CACHE_DIR = "/var/lib/cni"  # libcni's: results/<net>-<cid>-<ifname> below it
 
+ETCD_OPTIONS = ("cafile", "certfile", "keyfile", "username", "password", "password_file")
 GLOBAL_VALUE_OPTIONS = ("--state", "--local-state", "--config", "--cni-path", "--lock-timeout",
-                        "--runc-root", "--cni-cache-dir")
+                        "--runc-root", "--cni-cache-dir",
+                        *(f"--etcd-{o.replace('_', '-')}" for o in ETCD_OPTIONS))
 GLOBAL_HELP = """Global options (anywhere on the line):
   --state DIR         state directory, or a URL: file://DIR, etcd://HOST:PORT[,...][/PREFIX]
-                      [env CIRCUIT_STATE or CIRCUIT_STATE_DIR; default /var/lib/circuit]
+                      (etcds://...: etcd over TLS) [env CIRCUIT_STATE or CIRCUIT_STATE_DIR;
+                      default /var/lib/circuit]
   --local-state DIR   this host's own records when --state is etcd:// [env
                       CIRCUIT_LOCAL_STATE_DIR; default /var/lib/circuit]
   --config FILE       config file [env CIRCUIT_CONFIG; default /etc/circuit/circuit.toml]
@@ -23,6 +26,13 @@ GLOBAL_HELP = """Global options (anywhere on the line):
   --lock-timeout SEC  how long to wait for another circuit process [default 30]
   --runc-root DIR     runc's --root, where runc ids are looked up [env CIRCUIT_RUNC_ROOT]
   --cni-cache-dir D   libcni's cache dir [env CIRCUIT_CNI_CACHE_DIR; default /var/lib/cni]
+  --etcd-cafile FILE  CA that signed the etcd members' certificates (etcds://) [env
+                      CIRCUIT_ETCD_CAFILE; default the system's]
+  --etcd-certfile F   client certificate for etcds:// [env CIRCUIT_ETCD_CERTFILE]
+  --etcd-keyfile F    its private key [env CIRCUIT_ETCD_KEYFILE]
+  --etcd-username U   etcd user (etcd's auth) [env CIRCUIT_ETCD_USERNAME]
+  --etcd-password P   its password [env CIRCUIT_ETCD_PASSWORD]
+  --etcd-password-file F  a file holding it (not in argv) [env CIRCUIT_ETCD_PASSWORD_FILE]
   --debug             show tracebacks"""
 
 
@@ -34,6 +44,7 @@ class Settings:
         self.config_path = DEFAULT_CONFIG
         self.state_dir = DEFAULT_STATE_DIR  # this host's records (a mirror, with etcd)
         self.state_url: str | None = None  # a state backend's URL (circuit_common.backend)
+        self.etcd: dict[str, str | None] = dict.fromkeys(ETCD_OPTIONS)  # --etcd-* (etcd://)
         self.cni_path = list(DEFAULT_CNI_PATH)
         self.lock_timeout = 30.0
         self.plugin_timeout = 10.0
@@ -51,6 +62,11 @@ class Settings:
             env["CIRCUIT_CONFIG"] = os.path.abspath(self.config_path)
         if self.runc_root:
             env["CIRCUIT_RUNC_ROOT"] = self.runc_root
+        # the etcd files; a user only with a password file: a password is never written out
+        given = {k: v for k, v in self.etcd.items() if v is not None and k != "password"}
+        if self.etcd["password_file"] is None:
+            given.pop("username", None)
+        env |= {f"CIRCUIT_ETCD_{k.upper()}": v for k, v in given.items()}
         return env
 
 
@@ -82,7 +98,8 @@ def split_global_options(argv: list[str]) -> tuple[dict[str, str | bool], list[s
 MAX_CONFIG = 1 << 20
 MAX_SECONDS = 24 * 3600.0
 CONFIG_KEYS = ("state", "state_dir", "local_state_dir", "cni_path", "lock_timeout",
-               "plugin_timeout", "runc_root", "cni_cache_dir")
+               "plugin_timeout", "runc_root", "cni_cache_dir",
+               *(f"etcd_{o}" for o in ETCD_OPTIONS))
 
 
 def read_small_file(path: str, what: str) -> bytes:
@@ -135,11 +152,12 @@ def seconds(value, what: str) -> float:
     return number
 
 
-def _string(conf: dict, key: str, path: str) -> str | None:
+def _string(conf: dict, key: str, path: str, secret: bool = False) -> str | None:
     value = conf.get(key)
     if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+        shown = "something else" if secret else repr(value)  # a secret is never printed
         raise InvalidInput(f"{key} in config file {path} must be a non-empty string, "
-                           f"not {value!r}")
+                           f"not {shown}")
     return value
 
 
@@ -148,6 +166,30 @@ def _path(value, what: str) -> str | None:
     if value is not None and (not os.path.isabs(str(value)) or "\0" in str(value)):
         raise InvalidInput(f"the {what} must be an absolute path, not {value!r}")
     return None if value is None else str(value)
+
+
+def _etcd_access(options: dict, env, conf: dict, path: str) -> dict[str, str | None]:
+    """etcd's TLS files and credentials (the --etcd-* options), each from the option, the
+    environment or the config file, in that order; the password and its file are one setting,
+    given by the first of those that holds either. The state backend checks that they go
+    together (circuit_cluster.url)."""
+    levels = [{name: options.get(f"etcd_{name}") for name in ETCD_OPTIONS},
+              {name: env.get(f"CIRCUIT_ETCD_{name.upper()}") for name in ETCD_OPTIONS},
+              {name: _string(conf, f"etcd_{name}", path, secret=name == "password")
+               for name in ETCD_OPTIONS}]
+    given = {name: next((str(level[name]) for level in levels if level[name]), None)
+             for name in ETCD_OPTIONS}
+    for level in levels:
+        if level["password"] and level["password_file"]:
+            raise InvalidInput("give the etcd password or a file holding it, not both")
+        if level["password"] or level["password_file"]:
+            given["password"] = str(level["password"]) if level["password"] else None
+            given["password_file"] = str(level["password_file"]) if level["password_file"] \
+                else None
+            break
+    for name in ("cafile", "certfile", "keyfile", "password_file"):
+        given[name] = _path(given[name], f"etcd {name.replace('_', ' ')}")
+    return given
 
 
 def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
@@ -168,6 +210,7 @@ def load_settings(options: dict[str, str | bool], env=os.environ) -> Settings:
     s.state = state
     if "://" in state and not state.startswith("file://"):
         s.state_url = state  # its backend checks it (circuit_common.backend)
+        s.etcd = _etcd_access(options, env, conf, path)
         s.state_dir = _path(options.get("local_state") or env.get("CIRCUIT_LOCAL_STATE_DIR")
                             or _string(conf, "local_state_dir", path) or DEFAULT_STATE_DIR,
                             "local state directory")

@@ -64,3 +64,10 @@ class EnvironmentFault(CircuitError):
 class Unavailable(CircuitError):
     """A shared store (etcd) could not be reached or has no quorum; nothing local changed."""
     exit_code = 11
+
+
+class AccessDenied(CircuitError):
+    """A shared store (etcd) refused this client: its TLS certificate or ours, or the user and
+    password; trying again will not help; nothing local changed."""
+
+    exit_code = 12

@@ -162,27 +162,40 @@ def _version_answer(name: str, path: str, proc, timeout: float) -> dict:
 ETCD_TIMEOUT = 2.0
 
 
-def etcd_members(endpoints: list[str], timeout: float = ETCD_TIMEOUT) -> list[dict]:
+def etcd_members(endpoints: list[str], timeout: float = ETCD_TIMEOUT, tls=None) -> list[dict]:
     """Each etcd endpoint (HOST:PORT) asked GET http://HOST:PORT/version, all at once:
     {"endpoint", "version"} (etcd's server version) or {"endpoint", "error"}, in the given order.
-    Plain HTTP with urllib, as circuit's etcd client speaks to etcd; that client (etcd3gw, slow
-    to import) is not needed for it."""
+    With tls (an etcds:// EtcdState): https, with its CA and client certificate. urllib, not
+    circuit's etcd client (etcd3gw, slow to import)."""
     import urllib.request  # here, and before the threads: the common case never asks etcd
     from concurrent.futures import ThreadPoolExecutor
 
     if not endpoints:
         return []
+    context = None
+    if tls is not None:
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=tls.cafile)
+            if tls.certfile:
+                context.load_cert_chain(tls.certfile, tls.keyfile)
+        except (OSError, ssl.SSLError) as e:
+            return [{"endpoint": endpoint, "error": f"cannot load the TLS files: {_reason(e)}"}
+                    for endpoint in endpoints]
+    scheme = "https" if tls is not None else "http"
     with ThreadPoolExecutor(max_workers=len(endpoints)) as pool:
-        return list(pool.map(lambda e: _etcd_version(urllib.request, e, timeout), endpoints))
+        return list(pool.map(lambda e: _etcd_version(urllib.request, f"{scheme}://{e}", e,
+                                                     timeout, context), endpoints))
 
 
-def _etcd_version(request, endpoint: str, timeout: float) -> dict:
+def _etcd_version(request, url: str, endpoint: str, timeout: float, context=None) -> dict:
     from http.client import HTTPException
     from urllib.error import HTTPError, URLError
 
     member = {"endpoint": endpoint}
     try:
-        with request.urlopen(f"http://{endpoint}/version", timeout=timeout) as answer:
+        with request.urlopen(f"{url}/version", timeout=timeout, context=context) as answer:
             body = answer.read(4096)
     except HTTPError as e:
         return member | {"error": f"HTTP {e.code} {e.reason}".strip()}
