@@ -3,7 +3,8 @@ multi-host lab (tests/harness/cluster.py: a switch netns, 3 host netns, a 3-memb
 
 1. `network connect` to a cluster network (VXLAN overlay; this host already holds its subnet
    lease, so not the first attach) against the same connect to a local bridge network made from
-   flags, on the same host with the same --state etcd:// (budget: cluster ≤ local + 20 ms);
+   flags, on the same host with the same --state etcds:// (the lab's etcd is TLS with client
+   certificates) (budget: cluster ≤ local + 20 ms);
    also against a local network with --no-masquerade, the same plugin work (an overlay's
    bridge does not masquerade; a local one's iptables rules cost it ≈ 15 ms a connect).
    Also: connect + disconnect pairs, the first attach on a host (it leases a subnet through
@@ -28,6 +29,7 @@ import hashlib
 import http.client
 import json
 import os
+import ssl
 import sys
 import time
 
@@ -52,15 +54,18 @@ def _end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
-def etcd_writer(endpoint: str) -> int:
-    """Apply stdin's plan to etcd at endpoint over one connection: {"add": [{"alive": [key,
+def etcd_writer(endpoint: str, cafile: str, certfile: str, keyfile: str) -> int:
+    """Apply stdin's plan to etcd at endpoint over one TLS connection (the lab's CA and client
+    certificate): {"add": [{"alive": [key,
     address], "puts": [[key, value], ...]}, ...]} grants each host a lease (TTL 1 h), binds its
     alive key to it and puts the rest in transactions of TXN_OPS; {"remove": {"prefixes": [...],
     "keys": [...], "alive": PREFIX}} revokes the leases of the alive keys below PREFIX, then
     deletes the prefixes and keys."""
     plan = json.load(sys.stdin)
     host, _, port = endpoint.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    context = ssl.create_default_context(cafile=cafile)
+    context.load_cert_chain(certfile, keyfile)
+    conn = http.client.HTTPSConnection(host, int(port), timeout=30, context=context)
 
     def post(method: str, body: dict) -> dict:
         conn.request("POST", f"/v3/{method}", json.dumps(body),
@@ -174,7 +179,8 @@ def main() -> int:
 
             def writer(plan: dict) -> None:
                 h0.run(sys.executable, Path(__file__).resolve(), "--etcd-writer",
-                       f"{h0.address}:{CLIENT_PORT}", input=json.dumps(plan), timeout=120)
+                       f"{h0.address}:{CLIENT_PORT}", lab.tls.cafile, *lab.tls.client,
+                       input=json.dumps(plan), timeout=120)
 
             for i, h in enumerate(lab.hosts):
                 h.circuit("cluster", "join", "--address", h.address, "--name", f"h{i}",
@@ -300,5 +306,5 @@ def main() -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--etcd-writer"]:
-        sys.exit(etcd_writer(sys.argv[2]))
+        sys.exit(etcd_writer(*sys.argv[2:6]))
     sys.exit(main())

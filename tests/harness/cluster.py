@@ -6,12 +6,20 @@ sees it; nothing touches the machine's interfaces, routes or firewall):
     switch netns ctest-sw-<tag>:  bridge underlay0 (up), ports u0-<tag>, u1-<tag>, …
     host i (a harness.netns.Host, netns ctest-<random>):  eth0 = 10.99.0.<i+1>/24, the other end
         of its veth is u<i>-<tag> in the switch (created there directly: no end ever sits in
-        the machine's own namespace); lo up; etcd member m<i> on 10.99.0.<i+1>:2379 (clients)
-        and :2380 (peers), its data dir and log under the lab's temp dir.
+        the machine's own namespace); lo up; etcd member m<i> on 10.99.0.<i+1>:2379 (clients,
+        https only, with client-certificate auth) and :2380 (peers, plain http), its data dir
+        and log under the lab's temp dir.
+
+TLS: the lab's `Certificates` (trustme) are a CA, one server certificate for every member's
+address and one client certificate without a CommonName (etcd's JSON gateway refuses a
+CommonName once etcd's auth is enabled); their PEM files are in the lab's temp dir. The members
+run with simple auth tokens that live AUTH_TOKEN_TTL seconds unused (auth itself is off unless
+a test enables it).
 
 Each host runs circuit as `harness.netns.Host` does, but with the global options
-`--state etcd://<endpoints>/<prefix> --local-state <its temp state dir>`; `start_agent()` runs
-`circuit cluster agent` in it as a process of its own.
+`--state etcds://<endpoints>/<prefix> --etcd-cafile … --etcd-certfile … --etcd-keyfile …
+--local-state <its temp state dir>`; `start_agent()` runs `circuit cluster agent` in it as a
+process of its own.
 
 Scope: everything is function-scoped: `lab` (and `cluster`, the same object seen as the
 cluster a test uses) builds the switch, the hosts and a fresh 3-member etcd per test and removes
@@ -47,6 +55,7 @@ CLIENT_PORT, PEER_PORT = 2379, 2380
 ETCD_STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL for an etcd member
 AGENT_STOP_GRACE = 5.0  # the same for an agent; needing the SIGKILL fails the test
 HEALTHY_WITHIN = 20.0  # seconds for a fresh or restarted etcd cluster to become healthy
+AUTH_TOKEN_TTL = 2  # seconds an unused simple auth token lives (etcd's --auth-token-ttl)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -76,6 +85,37 @@ def _clean_env() -> dict[str, str]:
             if not k.startswith(("ETCD_", "ETCDCTL_")) and k != "CNI_PATH"}
 
 
+class Certificates:
+    """A CA (trustme) and what it signed for the lab, as PEM files in directory: ca.pem,
+    server.pem/server.key (every address), client.pem/client.key (no CommonName)."""
+
+    def __init__(self, directory: Path, addresses: list[str]):
+        import trustme
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca = trustme.CA()
+        self.cafile = directory / "ca.pem"
+        self.ca.cert_pem.write_to_path(self.cafile)
+        self.server = self._issue(directory / "server", *addresses)
+        self.client = self._issue(directory / "client", "circuit-client")
+
+    def _issue(self, stem: Path, *identities: str) -> tuple[Path, Path]:
+        """(certificate, key) files for identities, signed by the CA."""
+        cert = self.ca.issue_cert(*identities)
+        pem, key = stem.with_suffix(".pem"), stem.with_suffix(".key")
+        cert.cert_chain_pems[0].write_to_path(pem)
+        cert.private_key_pem.write_to_path(key)
+        return pem, key
+
+    def client_args(self) -> list:
+        """circuit's global options for the client certificate."""
+        return ["--etcd-cafile", self.cafile, "--etcd-certfile", self.client[0],
+                "--etcd-keyfile", self.client[1]]
+
+    def etcdctl_args(self) -> list:
+        return ["--cacert", self.cafile, "--cert", self.client[0], "--key", self.client[1]]
+
+
 class Member:
     """One etcd member, running in its host's netns."""
 
@@ -90,7 +130,7 @@ class Member:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.host.address}:{CLIENT_PORT}"
+        return f"https://{self.host.address}:{CLIENT_PORT}"
 
     @property
     def peer_url(self) -> str:
@@ -119,6 +159,9 @@ class Member:
                 "--initial-cluster-state", state,
                 "--initial-cluster-token", self.lab.token,
                 "--heartbeat-interval", "100", "--election-timeout", "1000",
+                "--cert-file", self.lab.tls.server[0], "--key-file", self.lab.tls.server[1],
+                "--client-cert-auth", "--trusted-ca-file", self.lab.tls.cafile,
+                "--auth-token", "simple", "--auth-token-ttl", AUTH_TOKEN_TTL,
                 "--logger", "zap", "--log-outputs", "stderr"]
         with open(self.log, "ab") as log:
             # nsenter with only --net execs etcd: the PID is etcd's
@@ -156,7 +199,8 @@ class ClusterHost(Host):
             raise
 
     def state_args(self) -> list:
-        return ["--state", self.lab.url(), "--local-state", self.state]
+        return ["--state", self.lab.url(), *self.lab.tls.client_args(),
+                "--local-state", self.state]
 
     def _env(self, env: dict | None = None) -> dict[str, str]:
         # as Host.circuit's
@@ -169,18 +213,22 @@ class ClusterHost(Host):
     def etcd(self, method: str, body: dict, endpoint: str | None = None,
              timeout: float = 3.0) -> dict:
         """POST body to etcd's JSON gateway (/v3/<method>, e.g. "kv/put") from inside this
-        host's netns, at endpoint (host:port; this host's member by default). Raises
-        AssertionError when the request fails or times out."""
-        url = f"http://{endpoint or f'{self.address}:{CLIENT_PORT}'}/v3/{method}"
-        code = ("import sys,urllib.request as u,urllib.error as e\n"
+        host's netns, at endpoint (host:port; this host's member by default), with the lab's
+        client certificate. Raises AssertionError when the request fails or times out."""
+        url = f"https://{endpoint or f'{self.address}:{CLIENT_PORT}'}/v3/{method}"
+        tls = self.lab.tls
+        code = ("import ssl,sys,urllib.request as u,urllib.error as e\n"
+                "c=ssl.create_default_context(cafile=sys.argv[4])\n"
+                "c.load_cert_chain(sys.argv[5],sys.argv[6])\n"
                 "try: r=u.urlopen(u.Request(sys.argv[1],data=sys.argv[2].encode(),"
-                "headers={'Content-Type':'application/json'}),timeout=float(sys.argv[3]))\n"
+                "headers={'Content-Type':'application/json'}),timeout=float(sys.argv[3]),"
+                "context=c)\n"
                 "except e.HTTPError as x: sys.exit(f'HTTP {x.code}: {x.read().decode()}')\n"
                 "except Exception as x: sys.exit(f'{type(x).__name__}: {x}')\n"
                 "sys.stdout.write(r.read().decode())")
         try:
             proc = self.run(sys.executable, "-c", code, url, json.dumps(body), timeout,
-                            check=False, timeout=timeout + 5)
+                            tls.cafile, *tls.client, check=False, timeout=timeout + 5)
         except subprocess.TimeoutExpired as e:
             raise AssertionError(f"etcd {method} at {url}: no answer") from e
         if proc.returncode != 0:
@@ -241,6 +289,8 @@ class Lab:
         self.hosts: list[ClusterHost] = []
         self.members: list[Member] = []
         self._switch_made = False
+        self.tls = Certificates(tmp / "tls", [f"{SUBNET}.{i + 1}" for i in range(n)])
+        self.root: str | None = None  # NAME:PASSWORD for etcdctl, once a test enabled auth
         try:
             sh("ip", "netns", "add", self.switch)
             self._switch_made = True
@@ -268,8 +318,24 @@ class Lab:
         return ",".join(f"{h.address}:{CLIENT_PORT}" for h in self.hosts)
 
     def url(self, prefix: str | None = None) -> str:
-        """circuit's --state for prefix (the lab's own by default)."""
-        return f"etcd://{self.endpoints}/{(prefix or self.prefix).lstrip('/')}"
+        """circuit's --state for prefix (the lab's own by default): etcd over TLS."""
+        return f"etcds://{self.endpoints}/{(prefix or self.prefix).lstrip('/')}"
+
+    def etcdctl(self, *args, host: int = 0, check: bool = True,
+                timeout: float = 10) -> subprocess.CompletedProcess:
+        """etcdctl (v3) from inside host's netns against every member, with the lab's client
+        certificate (as the root user once auth is enabled)."""
+        argv = ["etcdctl", "--endpoints", ",".join(m.client_url for m in self.members),
+                *self.tls.etcdctl_args(), *(["--user", self.root] if self.root else []), *args]
+        return self.hosts[host].run(*argv, check=check, env=_clean_env() | {"ETCDCTL_API": "3"},
+                                    timeout=timeout)
+
+    def enable_auth(self, password: str) -> None:
+        """etcd's auth on, with a root user of password (etcdctl then acts as root)."""
+        for args in (("user", "add", f"root:{password}"), ("user", "grant-role", "root", "root"),
+                     ("auth", "enable")):
+            self.etcdctl(*args)
+        self.root = f"root:{password}"
 
     def healthy(self, members: list[Member] | None = None) -> bool:
         """All of members (every member by default) answer etcd's health check, asked from
@@ -277,8 +343,10 @@ class Lab:
         members = self.members if members is None else members
         proc = self.hosts[0].run(
             "etcdctl", "--endpoints", ",".join(m.client_url for m in members),
-            "--dial-timeout", "1s", "--command-timeout", "1s", "endpoint", "health",
-            check=False, env=_clean_env() | {"ETCDCTL_API": "3"}, timeout=10)
+            *self.tls.etcdctl_args(), *(["--user", self.root] if self.root else []),
+            "--dial-timeout", "1s", "--command-timeout", "1s",
+            "endpoint", "health", check=False, env=_clean_env() | {"ETCDCTL_API": "3"},
+            timeout=10)
         return proc.returncode == 0
 
     def wait_healthy(self, timeout: float | None = None) -> float:

@@ -18,7 +18,7 @@ def test_hosts_reach_each_other_over_the_underlay_and_only_there(cluster):
     lab = cluster.lab
     assert [h.address for h in cluster.hosts] == ["10.99.0.1", "10.99.0.2", "10.99.0.3"]
     assert lab.endpoints == "10.99.0.1:2379,10.99.0.2:2379,10.99.0.3:2379"
-    assert lab.url("/p") == f"etcd://{lab.endpoints}/p"
+    assert lab.url("/p") == f"etcds://{lab.endpoints}/p"
     for a, b in permutations(cluster.hosts, 2):
         assert a.ping(b.address), f"host {a.index} does not reach host {b.index}"
     ports = sh("ip", "-n", lab.switch, "-o", "link", "show", "master", "underlay0").stdout
@@ -32,8 +32,10 @@ def test_hosts_reach_each_other_over_the_underlay_and_only_there(cluster):
 
 def test_circuit_gets_the_shared_and_the_local_state(cluster):
     h = cluster.hosts[1]
-    assert h.state_args() == ["--state", f"etcd://{cluster.lab.endpoints}/{h.lab.prefix[1:]}",
-                              "--local-state", h.state]
+    tls = cluster.lab.tls
+    assert h.state_args() == ["--state", f"etcds://{cluster.lab.endpoints}/{h.lab.prefix[1:]}",
+                              "--etcd-cafile", tls.cafile, "--etcd-certfile", tls.client[0],
+                              "--etcd-keyfile", tls.client[1], "--local-state", h.state]
     assert h.lab.prefix.startswith("/ctest-")
     assert h.state != cluster.hosts[0].state
 

@@ -9,7 +9,8 @@ Usage:
   circuit-cluster agent
   circuit-cluster (-h | --help)
 
-Also reached as `circuit cluster ...`; needs --state etcd://HOST:PORT[,HOST:PORT...][/PREFIX].
+Also reached as `circuit cluster ...`; needs --state etcd://HOST:PORT[,HOST:PORT...][/PREFIX]
+(etcds://... for TLS, with --etcd-cafile, --etcd-certfile, --etcd-keyfile).
 `join` makes this host a member: its name is kept alive by an etcd lease (TTL seconds) that
 `agent` renews. Cluster networks (`circuit network create NAME --subnet CIDR --overlay vxlan`)
 lease each host a subnet on its first attach and reach the other hosts' subnets through VXLAN.

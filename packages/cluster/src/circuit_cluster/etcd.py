@@ -125,7 +125,12 @@ class Etcd:
         try:
             return self._send(path, body, token)
         except StaleToken:
+            pass
+        try:
             return self._send(path, body, self._current_token(stale=token))
+        except StaleToken as e:
+            raise AccessDenied(f"etcd refused the token it had just given this client ({e}); "
+                               "nothing was changed here; run the command again") from None
 
     def _current_token(self, stale: str | None = None) -> str:
         """The token to send ("" without a user), authenticating when there is none yet or
@@ -154,7 +159,7 @@ class Etcd:
             except (exceptions.ConnectionFailedError, exceptions.ConnectionTimeoutError,
                     exceptions.InternalServerError, self._requests.RequestException,
                     ValueError) as e:  # ValueError: an answer that is not JSON
-                tls = _tls_failure(e, self._requests)
+                tls = _tls_failure(e, self._requests, self.state.cafile)
                 refused = refused or tls is not None
                 reasons.append(f"{endpoint}: {tls or _reason(e)}")
                 continue
@@ -289,10 +294,12 @@ def _reason(e: Exception) -> str:
         return "timed out"
     if "refused" in text.lower():
         return "connection refused"
+    if "Remote end closed connection without response" in text:
+        return "closed the connection without an answer (a member that speaks TLS: etcds://?)"
     return text.splitlines()[0][:120]
 
 
-def _tls_failure(e: Exception, requests) -> str | None:
+def _tls_failure(e: Exception, requests, cafile: str | None) -> str | None:
     """What went wrong in a TLS handshake that e (or the error etcd3gw raised it from) reports,
     None when e is not one."""
     cause = e.__context__ if isinstance(e.__context__, requests.RequestException) else e
@@ -301,7 +308,8 @@ def _tls_failure(e: Exception, requests) -> str | None:
     text = str(cause)
     if "CERTIFICATE_VERIFY_FAILED" in text:
         why = text.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip()
-        return (f"its certificate is not one --etcd-cafile vouches for ({why})")
+        trusted = "--etcd-cafile" if cafile else "the system's CAs (give --etcd-cafile)"
+        return f"its certificate is not one {trusted} vouches for ({why})"
     if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
         return "it does not speak TLS (plain etcd:// there?)"
     if "EOF occurred" in text or "alert" in text.lower():
