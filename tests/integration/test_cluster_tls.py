@@ -3,6 +3,7 @@ a client etcd refuses says so in one line (exit 12) and changes nothing; a user 
 works, through tokens that expire and that a restart of the members invalidates
 (docs/cluster.md, "TLS and authentication")."""
 
+import json
 import time
 
 from test_cluster import SUBNET, create_overlay
@@ -78,6 +79,14 @@ def test_a_client_etcd_does_not_trust_or_that_does_not_trust_etcd_is_refused(clu
         assert_refused(circuit(h0, "cluster", "sync", tls=options), 3, why)
     assert (etcd_contents(lab), snapshot(h0.state), snapshot(h1.state)) == before
     assert "red" not in h0.circuit("network", "list").stdout
+
+    # doctor asks the members over https with the same files, and names the refusal
+    def cluster_line(*tls) -> dict:
+        proc = circuit(h0, "doctor", "--format", "json", tls=tls)
+        return next(c for c in json.loads(proc.stdout) if c["feature"] == "cluster")
+    assert cluster_line(*tls.client_args())["ok"]
+    refused = cluster_line("--etcd-cafile", tls.cafile)
+    assert not refused["ok"] and "10.99.0.1:2379" in refused["detail"], refused
 
 
 def test_a_user_with_a_password_works_and_stale_tokens_are_taken_again(cluster, tmp_path):

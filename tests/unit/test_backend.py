@@ -79,5 +79,5 @@ def test_an_unknown_scheme_is_one_line_exit_3(tmp_path, command):
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr == ("circuit: unknown state URL 'consul://h:1': no installed tool serves "
                            "consul://; use a directory, file://DIR or "
-                           "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]\n")
+                           "etcd://HOST:PORT[,HOST:PORT...][/PREFIX] or etcds://... (TLS)\n")
     assert proc.stdout == ""

@@ -42,12 +42,68 @@ def test_state_urls(tmp_path):
     assert (s.etcd_state.prefix, s.root) == ("/x", "/srv/circuit")
 
 
+def test_etcd_tls_and_credentials_come_from_options_environment_and_config(tmp_path):
+    s = backend(tmp_path, state="etcds://h:2379/p")
+    assert isinstance(s, replica.ReplicatedStore)
+    s = s.etcd_state
+    assert (s.tls, s.scheme, s.cafile, s.username) == (True, "https", None, None)
+    assert backend(tmp_path, state="etcd://h:2379").etcd_state.scheme == "http"
+    password_file = tmp_path / "password"
+    password_file.write_text("from the file\nsecond line\n")
+    conf = tmp_path / "circuit.toml"
+    conf.write_text('state = "etcds://h:1"\netcd_cafile = "/conf/ca.pem"\n'
+                    'etcd_certfile = "/conf/c.pem"\netcd_keyfile = "/conf/c.key"\n'
+                    f'etcd_username = "conf"\netcd_password_file = "{password_file}"\n')
+    env = {"CIRCUIT_CONFIG": str(conf)}
+    s = open_backend(load_settings({}, env=env)).etcd_state
+    assert (s.cafile, s.certfile, s.keyfile, s.username) == ("/conf/ca.pem", "/conf/c.pem",
+                                                             "/conf/c.key", "conf")
+    assert s.read_password() == "from the file"
+    env |= {"CIRCUIT_ETCD_CAFILE": "/env/ca.pem", "CIRCUIT_ETCD_PASSWORD": "from env"}
+    s = open_backend(load_settings({}, env=env)).etcd_state
+    assert (s.cafile, s.password_file, s.read_password()) == ("/env/ca.pem", None, "from env")
+    s = load_settings({"etcd_cafile": "/opt/ca.pem", "etcd_password_file": str(password_file),
+                       "etcd_username": "opt"}, env=env)
+    s = open_backend(s).etcd_state
+    assert (s.cafile, s.username, s.password, s.read_password()) == (
+        "/opt/ca.pem", "opt", None, "from the file")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"etcd_cafile": "/ca.pem"}, "use an etcds:// state URL"),
+    ({"state": "etcds://h:1", "etcd_certfile": "/c.pem"}, "go together"),
+    ({"state": "etcds://h:1", "etcd_cafile": "ca.pem"}, "must be an absolute path"),
+    ({"etcd_username": "u"}, "go together"),
+    ({"etcd_password": "hunter2"}, "go together"),
+    ({"etcd_username": "u", "etcd_password": "hunter2", "etcd_password_file": "/p"},
+     "not both"),
+])
+def test_etcd_access_that_cannot_work_is_refused_in_one_line(tmp_path, options, message):
+    with pytest.raises(InvalidInput, match=message) as refused:
+        backend(tmp_path, **({"state": "etcd://h:1"} | options))
+    assert "hunter2" not in str(refused.value)
+
+
+def test_a_password_is_never_printed(tmp_path):
+    conf = tmp_path / "circuit.toml"
+    conf.write_text('state = "etcd://h:1"\netcd_username = "u"\netcd_password = 12345678\n')
+    with pytest.raises(InvalidInput, match="etcd_password in config file") as refused:
+        load_settings({}, env={"CIRCUIT_CONFIG": str(conf)})
+    assert "12345678" not in str(refused.value)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    s = backend(tmp_path, state="etcd://h:1", etcd_username="u", etcd_password_file=str(empty))
+    with pytest.raises(InvalidInput, match="is empty"):
+        s.etcd_state.read_password()
+
+
 @pytest.mark.parametrize(("url", "message"), [
     ("etcd://", "no etcd endpoint"),
     ("etcd://host", "bad etcd endpoint 'host'"),
     ("etcd://h:99999", "bad etcd endpoint 'h:99999'"),
     ("etcd://h:1/a/../b", "bad etcd key prefix"),
     ("etcd://h;rm:1", "bad etcd endpoint"),
+    ("etcds://", "no etcd endpoint in 'etcds://': use etcds://HOST:PORT"),
     ("consul://h:1", "unknown state URL 'consul://h:1': no installed tool serves consul://; "
                      r"use a directory, file://DIR or etcd://HOST:PORT\[,HOST:PORT\.\.\.\]"),
     ("file://", "file:// needs a directory"),
