@@ -73,3 +73,16 @@ def test_a_relative_state_directory_in_the_config_file_or_a_file_url_is_refused(
 def test_a_lock_timeout_too_short_for_any_plugin_is_refused(tmp_path, value):
     with pytest.raises(InvalidInput, match=r"lock timeout must be a number of seconds from 0\.1"):
         load_settings({"lock_timeout": value}, env={"CIRCUIT_CONFIG": str(tmp_path / "x")})
+
+
+def test_a_hook_gets_the_etcd_files_and_never_a_password(tmp_path):
+    env = {"CIRCUIT_CONFIG": str(tmp_path / "none.toml")}
+    tls = {"state": "etcds://h:1", "local_state": "/l", "etcd_cafile": "/ca.pem",
+           "etcd_certfile": "/c.pem", "etcd_keyfile": "/c.key", "etcd_username": "u"}
+    given = load_settings(tls | {"etcd_password_file": "/pw"}, env=env).as_environment()
+    assert {k: v for k, v in given.items() if k.startswith("CIRCUIT_ETCD_")} == {
+        "CIRCUIT_ETCD_CAFILE": "/ca.pem", "CIRCUIT_ETCD_CERTFILE": "/c.pem",
+        "CIRCUIT_ETCD_KEYFILE": "/c.key", "CIRCUIT_ETCD_USERNAME": "u",
+        "CIRCUIT_ETCD_PASSWORD_FILE": "/pw"}
+    given = load_settings(tls | {"etcd_password": "hunter2"}, env=env).as_environment()
+    assert "hunter2" not in repr(given) and "CIRCUIT_ETCD_USERNAME" not in given
