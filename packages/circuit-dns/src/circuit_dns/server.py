@@ -18,6 +18,7 @@ gateway address (UDP and TCP, port 53), in the network namespace it runs in.
 
 import contextlib
 import errno
+import gc
 import ipaddress
 import json
 import os
@@ -66,9 +67,12 @@ class Network:
         self.names: dict[str, list[str]] = {}  # name and name.network: addresses
         self.reverse: dict[str, str] = {}  # address: the first name, NAME.NETWORK
         self.containers: dict[str, str] = {}  # address: container id
+        self.processes: list[Process] = []  # the containers answered, while they run
         for key, entry in entries.items():
-            if not Process(entry["pid"], entry["start_time"]).alive():
+            proc = Process(entry["pid"], entry["start_time"])
+            if not proc.alive():
                 continue  # exited without its poststop: not answered
+            self.processes.append(proc)
             container_id = key.rpartition("@")[0]
             for name in entry["names"]:
                 for key in (name, name + self.suffix):
@@ -93,9 +97,6 @@ class View:
         self.scope = {ip: tuple(sorted(joined[container_id]))
                       for net in networks.values()
                       for ip, container_id in net.containers.items()}
-
-    def running(self) -> bool:
-        return any(net.containers for net in self.networks.values())
 
 
 def read_view(store: Store) -> View:
@@ -204,17 +205,12 @@ class Server:
             if os.stat(self.store.path("dns")).st_mtime_ns != self.dns_stamp:
                 self.reload()
         self.read_upstreams()
-        if self.stay or (self.view.running() and any(
-                Process(e["pid"], e["start_time"]).alive() for e in self.live_entries())):
+        if self.stay or any(proc.alive() for net in self.view.networks.values()
+                            for proc in net.processes):
             self.idle_since = None
             return False
         self.idle_since = self.idle_since or now
         return now - self.idle_since >= IDLE_EXIT
-
-    def live_entries(self):
-        for name in self.view.networks:
-            with contextlib.suppress(Exception):
-                yield from records.load(self.store, name)["entries"].values()
 
     def on_control(self, listener: socket.socket) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -267,6 +263,7 @@ class Server:
                 self.close(key)
         self.view, self.cache, self.errors = view, {}, errors
         self.read_upstreams(force=True)
+        gc.freeze()  # what is here now is not traversed by each collection: fewer slow answers
 
     def listen(self, ip: str, kind: int, network: str) -> socket.socket:
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET

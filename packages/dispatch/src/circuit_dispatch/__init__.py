@@ -24,7 +24,8 @@ import os
 import sys
 
 DEFAULT_SOCKET = "/run/circuit/forkserver.sock"
-RUN_HERE = {"forkserver", "agent"}  # the server itself; the cluster agent never ends
+RUN_HERE = {"forkserver", "agent", "serve"}  # the server itself; the cluster agent and
+# `circuit dns serve` never end
 
 GROUPS = {
     ("network", "qos"): "circuit_qos.cli",
