@@ -9,7 +9,7 @@ from test_cni import FakeExec, failure
 
 from circuit_common.cli import Context
 from circuit_common.config import Settings
-from circuit_common.errors import Conflict, PluginError, StateCorrupt
+from circuit_common.errors import Conflict, NotFound, PluginError, StateCorrupt
 from circuit_common.proc import process
 from circuit_net import networks
 from circuit_net.networks import Networks
@@ -150,3 +150,46 @@ def test_gc_keeps_the_record_of_an_attachment_whose_del_failed(nets):
     del nets.plugins.executor.answers[("bridge", "DEL")]
     assert [a["containerId"] for _, a in nets.gc()] == ["c8"]
     assert nets.attachments("n").records == [] and nets.intents("n").records == []
+
+
+def test_delete_leaves_no_lock_file_listing_cache_or_host_local_dir(nets, tmp_path):
+    """Nothing of a deleted network stays (issues 26, 27): host-local's dir under its dataDir
+    (a file host-local never writes keeps it), its lock file, its listing cache; a name that
+    was never created gets no lock file at all."""
+    data_dir = tmp_path / "cni" / "networks"
+    config = {**NETWORK, "name": "m", "plugins": [{"type": "bridge", "ipam": {
+        "type": "host-local", "subnet": "10.1.0.0/24", "dataDir": str(data_dir)}}]}
+    for name in ("m", "k"):
+        nets.store.write(nets.network_path(name), {"name": name, "config": {**config,
+                         "name": name}, "source": "test", "created": "now"})
+        (data_dir / name).mkdir(parents=True)
+        for leftover in ("lock", "last_reserved_ip.0", "10.1.0.7", "fd00__7"):
+            (data_dir / name / leftover).write_text("x")
+    (data_dir / "k" / "mine.txt").write_text("not host-local's")
+    nets.attachments_listed("m")
+    assert os.path.exists(nets.listing_cache("m"))
+    nets.delete("m")
+    nets.delete("k")
+    assert not (data_dir / "m").exists() and (data_dir / "k" / "mine.txt").exists()
+    assert not os.path.exists(nets.listing_cache("m"))
+    with pytest.raises(NotFound):
+        nets.delete("nonexistent")
+    with pytest.raises(NotFound):
+        nets.disconnect("never", me())
+    assert sorted(os.listdir(nets.store.path("locks"))) == ["store.lock"]
+
+
+def test_gc_removes_the_listing_cache_a_killed_delete_left(nets):
+    path = nets.store.path("cache", "attachments", "gone.json")
+    nets.store.write(path, {"entries": {}})
+    nets.attachments_listed("n")
+    list(nets.gc())
+    assert not os.path.exists(path) and os.path.exists(nets.listing_cache("n"))
+
+
+def test_a_malformed_intent_stops_delete_until_force_removes_it(nets):
+    nets.store.write(nets.store.path("intents", "n", "c1@eth0.json"), {"op": "add"})
+    with pytest.raises(StateCorrupt, match=r"c1@eth0\.json.*or delete the network with --force"):
+        nets.delete("n")
+    nets.delete("n", force=True)
+    assert not os.path.exists(nets.store.path("intents", "n"))

@@ -192,8 +192,9 @@ class Networks:
                                    f"it supports {', '.join(supported)}")
 
     def delete(self, name: str, force: bool = False) -> list[dict]:
-        """Remove a network; with force, disconnect its containers first. Returns those."""
-        with self.store.lock("network", name):
+        """Remove a network; with force, disconnect its containers first (and remove the
+        intents left malformed). Returns those."""
+        with self.network_lock(name):
             network = self.get(name)
             _, failed = self.repair(network)  # a half-done attach is undone, not left behind
             if failed:
@@ -204,6 +205,9 @@ class Networks:
                 raise StateCorrupt(attached.errors[0])
             if attached.records and not force:
                 raise Conflict(in_use(name, attached.records))
+            malformed = self.intents(name).errors
+            if malformed and not force:
+                raise StateCorrupt(f"{malformed[0]}, or delete the network with --force")
             elsewhere = self.store.hosts_using(name)
             if elsewhere:
                 raise Conflict(f"network {name} is in use on host(s) {', '.join(elsewhere)}; "
@@ -215,14 +219,28 @@ class Networks:
                 if hasattr(module, "network_deleted"):
                     module.network_deleted(self.ctx, name)
                 extensions.unmark(self.store, name, extension)
+            with contextlib.suppress(FileNotFoundError):  # a cache: before the record goes
+                os.unlink(self.listing_cache(name))
             self.store.remove(self.network_path(name))
             self.store.network_deleted(network)
+            if malformed:
+                for path in self.store.records(self.store.path("intents", name)):
+                    self.store.remove(path)
             self.remove_leftovers(network)
-            return attached.records
+        self.store.drop_lock("network", name)
+        return attached.records
+
+    def network_lock(self, name: str):
+        """The network's lock, for a network there is (NotFound before any lock file is made
+        for a name never created)."""
+        if not os.path.exists(self.network_path(name)):
+            self.get(name)
+        return self.store.lock("network", name)
 
     def remove_leftovers(self, network: dict) -> None:
         """After a network's record went: the bridges circuit's plugins created for it that no
-        other network names and nothing is plugged into, and its empty state directories."""
+        other network names and nothing is plugged into, host-local's directories for it, and
+        its empty state directories."""
         from .link import delete_unused_bridge
 
         name = network["name"]
@@ -234,12 +252,12 @@ class Networks:
                 except OSError as e:
                     raise CircuitError(f"network {name} deleted, but its bridge {bridge} "
                                        f"stays: {e.strerror}") from None
+        for directory in ipam_dirs(network):
+            remove_ipam_dir(directory)
         for directory in (self.attachment_dir(name), self.store.path("intents", name),
                           extensions.marker_dir(self.store, name)):
             with contextlib.suppress(OSError):  # absent, or not empty
                 os.rmdir(directory)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.listing_cache(name))
 
     def unused(self) -> list[str]:
         """The networks without attachments."""
@@ -266,7 +284,7 @@ class Networks:
         hook's caps for every network) left out. aliases: names of the container on the
         network, kept in the record for the extensions (DNS). host_netns: a target in the
         host's network namespace is meant (see check_connectable)."""
-        with self.store.lock("network", name):
+        with self.network_lock(name):
             network = self.get(name, lease=True)
             check_connectable(target, host_netns)  # before a repair can run any plugin
             if not only_declared:
@@ -392,7 +410,7 @@ class Networks:
 
     def disconnect(self, name: str, target: Target) -> list[dict]:
         """DEL every attachment of the target on a network, in reverse chain order."""
-        with self.store.lock("network", name):
+        with self.network_lock(name):
             network = self.get(name)
             self.repair(network)
             self.refuse_busy(name, target.container_id)
@@ -632,6 +650,10 @@ class Networks:
         listing = self.all()
         errors = list(listing.errors)
         failures = []
+        for path in self.store.records(self.store.path("cache", "attachments")):
+            if not os.path.exists(self.store.path("networks", os.path.basename(path))):
+                with contextlib.suppress(FileNotFoundError):  # a delete killed before it
+                    os.unlink(path)
         for network in map(self.here, listing.records):
             name = network["name"]
             with self.store.lock("network", name):
@@ -681,6 +703,43 @@ def unrepaired(network: str, failed: list[tuple[dict, CircuitError]]) -> Circuit
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
     return kind(f"could not release {attachment['containerId']} {attachment['ifName']} from "
                 f"network {network}: {error}; it is kept, and the next gc tries again{more}")
+
+
+HOST_LOCAL_DEFAULT_DIR = "/var/lib/cni/networks"
+
+
+def ipam_dirs(network: dict) -> list[str]:
+    """The directories where host-local keeps a network's reservations (dataDir/<name>)."""
+    return sorted({os.path.join(p["ipam"].get("dataDir") or HOST_LOCAL_DEFAULT_DIR,
+                                network["name"])
+                   for p in network["config"]["plugins"]
+                   if isinstance(p.get("ipam"), dict) and p["ipam"].get("type") == "host-local"
+                   and isinstance(p["ipam"].get("dataDir") or "", str)})
+
+
+def remove_ipam_dir(directory: str) -> None:
+    """Remove host-local's directory of a deleted network when it holds nothing but what
+    host-local writes (reservations named by address, last_reserved_ip.N, lock): a dataDir
+    that points elsewhere never loses a file."""
+    import ipaddress
+
+    try:
+        names = os.listdir(directory)
+    except OSError:  # absent, or not a directory
+        return
+    for name in names:
+        if name != "lock" and not name.startswith("last_reserved_ip."):
+            try:
+                ipaddress.ip_address(name.replace("_", ":"))
+            except ValueError:
+                return
+        if not os.path.isfile(os.path.join(directory, name)) \
+                or os.path.islink(os.path.join(directory, name)):
+            return
+    with contextlib.suppress(OSError):
+        for name in names:
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
 
 
 def owner_alive(intent: dict) -> bool:

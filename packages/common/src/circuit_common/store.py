@@ -290,6 +290,14 @@ class Store:
         with self._flock("store.lock", fcntl.LOCK_EX, "the state store"):
             yield
 
+    def drop_lock(self, kind: str, name: str) -> None:
+        """Remove an object's lock file once the object is gone, under the store lock held
+        exclusively: no process has it open then (lock takes the store lock first)."""
+        check_name(name, f"{kind} name")
+        with self._flock("store.lock", fcntl.LOCK_EX, "the state store"), \
+                contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.path("locks"), f"{kind}.{name}.lock"))
+
     @contextlib.contextmanager
     def _flock(self, filename: str, mode: int, what: str) -> Iterator[None]:
         locks = self.path("locks")
