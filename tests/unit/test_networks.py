@@ -9,7 +9,13 @@ from test_cni import FakeExec, failure
 
 from circuit_common.cli import Context
 from circuit_common.config import Settings
-from circuit_common.errors import Conflict, NotFound, PluginError, StateCorrupt
+from circuit_common.errors import (
+    Conflict,
+    EnvironmentFault,
+    NotFound,
+    PluginError,
+    StateCorrupt,
+)
 from circuit_common.proc import process
 from circuit_net import networks
 from circuit_net.networks import Networks
@@ -193,3 +199,23 @@ def test_a_malformed_intent_stops_delete_until_force_removes_it(nets):
         nets.delete("n")
     nets.delete("n", force=True)
     assert not os.path.exists(nets.store.path("intents", "n"))
+
+
+def test_a_full_disk_between_intent_and_record_rolls_the_attach_back(nets, monkeypatch):
+    """Issue 27: the record cannot be written (a full disk): the ADD is undone (DEL), and
+    neither record nor intent stays, though the del intent could not be written either."""
+    nets.plugins.executor.go.set()
+    write_bytes = nets.store.write_bytes
+    intents_written = []
+
+    def full(path, body, durable=True):
+        if "intents" in str(path) and not intents_written:
+            intents_written.append(path)
+            return write_bytes(path, body, durable)
+        raise EnvironmentFault(f"cannot write state record {path}: No space left on device")
+
+    monkeypatch.setattr(nets.store, "write_bytes", full)
+    with pytest.raises(EnvironmentFault, match="No space left"):
+        nets.connect("n", me())
+    assert nets.plugins.executor.sequence()[-2:] == [("bridge", "ADD"), ("bridge", "DEL")]
+    assert nets.attachments("n").records == [] and nets.intents("n").records == []

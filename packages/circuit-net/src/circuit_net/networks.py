@@ -18,6 +18,7 @@ from circuit_common.config import DEFAULT_CNI_CACHE_DIR, read_small_file
 from circuit_common.errors import (
     CircuitError,
     Conflict,
+    EnvironmentFault,
     InvalidInput,
     NotFound,
     PluginError,
@@ -470,8 +471,13 @@ class Networks:
                 best_effort: bool = False) -> bool:
         """Intent, DEL with the cached result, extensions, record and intent gone. With
         best_effort a failed DEL is not raised: the record and the intent stay (the repair
-        after this process tries again) and False is returned."""
-        self._intend("del", attachment)
+        after this process tries again) and False is returned; and a rollback goes on when
+        the disk is too full for its intent (the add intent covers it)."""
+        try:
+            self._intend("del", attachment)
+        except EnvironmentFault:
+            if not best_effort:
+                raise
         if self._release(network, attachment, attachment_netns(attachment) if netns is None
                          else netns, best_effort) is not None:
             return False
@@ -560,9 +566,10 @@ class Networks:
         path = self.intent_path(attachment)
 
         def started(kind: str, pid: int, start_time: int) -> None:
-            self.store.write(path, {"op": op, "owner": self.owner, "attachment": attachment,
-                                    "plugin": {"type": kind, "pid": pid,
-                                               "start_time": start_time}})
+            with contextlib.suppress(EnvironmentFault):  # a full disk: a rollback goes on
+                self.store.write(path, {"op": op, "owner": self.owner, "attachment": attachment,
+                                        "plugin": {"type": kind, "pid": pid,
+                                                   "start_time": start_time}})
         return started
 
     def _done(self, attachment: dict) -> None:
