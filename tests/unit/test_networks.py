@@ -81,7 +81,7 @@ def test_while_an_add_runs_unlocked_nothing_else_acts_on_that_attachment(nets):
         adding.join()
     assert connected and connected[0]["result"] == RESULT
     assert [a["containerId"] for a in nets.attachments("n").records] == ["c1"]
-    assert nets.intents("n").records == []
+    assert nets.journal.listing("n").records == []
 
 
 def test_a_second_network_at_the_same_time_gets_the_next_ifname(nets):
@@ -117,7 +117,7 @@ def test_an_intent_whose_owner_died_is_undone_by_gc(nets):
                      {"op": "add", "owner": dead, "attachment": attachment})
     assert [a["containerId"] for _, a in nets.gc()] == ["c9"]
     assert ("bridge", "DEL") in nets.plugins.executor.sequence()
-    assert nets.intents("n").records == []
+    assert nets.journal.listing("n").records == []
 
 
 def dead_attachment(cid: str, result=None) -> dict:
@@ -142,7 +142,7 @@ def test_a_repair_whose_del_fails_keeps_its_intent_as_found_and_gc_says_so(nets)
         nets.delete("n")  # a network is never deleted under an attach left half undone
     del nets.plugins.executor.answers[("bridge", "DEL")]
     assert [a["containerId"] for _, a in nets.gc()] == ["c9"]
-    assert nets.intents("n").records == []
+    assert nets.journal.listing("n").records == []
 
 
 def test_gc_keeps_the_record_of_an_attachment_whose_del_failed(nets):
@@ -155,7 +155,7 @@ def test_gc_keeps_the_record_of_an_attachment_whose_del_failed(nets):
     assert [a["containerId"] for a in nets.attachments("n").records] == ["c8"]
     del nets.plugins.executor.answers[("bridge", "DEL")]
     assert [a["containerId"] for _, a in nets.gc()] == ["c8"]
-    assert nets.attachments("n").records == [] and nets.intents("n").records == []
+    assert nets.attachments("n").records == [] and nets.journal.listing("n").records == []
 
 
 def test_delete_leaves_no_lock_file_listing_cache_or_host_local_dir(nets, tmp_path):
@@ -218,4 +218,4 @@ def test_a_full_disk_between_intent_and_record_rolls_the_attach_back(nets, monke
     with pytest.raises(EnvironmentFault, match="No space left"):
         nets.connect("n", me())
     assert nets.plugins.executor.sequence()[-2:] == [("bridge", "ADD"), ("bridge", "DEL")]
-    assert nets.attachments("n").records == [] and nets.intents("n").records == []
+    assert nets.attachments("n").records == [] and nets.journal.listing("n").records == []

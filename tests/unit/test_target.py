@@ -136,7 +136,7 @@ def test_connect_refuses_before_any_plugin_runs(pid, message, fake_proc, tmp_pat
         nets.connect("n", target(pid))
     assert nets.plugins.executor.calls == []
     assert nets.attachments("n").records == []
-    assert [i["attachment"]["containerId"] for i in nets.intents("n").records] == ["gone"]
+    assert [i["attachment"]["containerId"] for i in nets.journal.listing("n").records] == ["gone"]
 
 
 @pytest.mark.unit

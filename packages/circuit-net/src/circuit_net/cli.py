@@ -77,11 +77,12 @@ import sys
 
 from circuit_common import cli, extensions, output
 from circuit_common.config import GLOBAL_HELP
-from circuit_common.errors import NotFound, StateCorrupt, UsageError
+from circuit_common.errors import InvalidInput, NotFound, StateCorrupt, UsageError
 from circuit_common.validate import check_dns_name, check_mac
 
 from . import cni, runtime
-from .networks import Networks, attachment_netns, owner_alive, parse_cni_args
+from .intents import owner_alive
+from .networks import Networks, attachment_netns
 from .target import resolve
 
 
@@ -284,7 +285,7 @@ def list_networks(nets: Networks, fmt: str, quiet: bool, running: bool = False) 
     rows = []
     for network in listing.records:
         attached = nets.attachments_listed(network["name"])
-        intents = nets.intents(network["name"])
+        intents = nets.journal.listing(network["name"])
         errors.extend(attached.errors + intents.errors)
         ops = {(i["attachment"]["containerId"], i["attachment"]["ifName"]):
                i["op"] if owner_alive(i) else "interrupted" for i in intents.records}
@@ -314,6 +315,17 @@ def list_networks(nets: Networks, fmt: str, quiet: bool, running: bool = False) 
             [(r["name"], r["type"], r["version"],
               ", ".join(describe_peer(p) for p in r["peers"] if p["ips"])) for r in rows]))
     return StateCorrupt.exit_code if errors else 0
+
+
+def parse_cni_args(text: str | None) -> list[tuple[str, str]]:
+    """K=V;K=V from --args as a list of pairs."""
+    pairs = []
+    for item in filter(None, (text or "").split(";")):
+        key, eq, value = item.partition("=")
+        if not eq or not key or not item.isprintable():
+            raise InvalidInput(f"bad --args item {item!r}: use KEY=VALUE;KEY=VALUE")
+        pairs.append((key, value))
+    return pairs
 
 
 def main(argv: list[str] | None = None) -> int:

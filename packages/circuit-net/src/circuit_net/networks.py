@@ -1,8 +1,8 @@
-"""CNI networks and their attachments in the state store, and the operations on them.
+"""CNI networks and the lifecycle of their attachments: create, define, delete; connect,
+disconnect, the hook's detach, repairs of what a killed circuit left half done, gc.
 
-State:  networks/<name>.json                    the network's config list
-        attachments/<network>/<cid>@<ifname>.json  libcni's cache entry (cniCacheV1) of one
-                                                 attachment, plus a "circuit" object (pid, ...)
+Records and their schemas: records.py; the intents journal that makes a crash repairable:
+intents.py (state layout: docs/architecture.md).
 """
 
 import binascii
@@ -24,11 +24,13 @@ from circuit_common.errors import (
     PluginError,
     StateCorrupt,
 )
-from circuit_common.proc import Process, interfaces, kernel_thread, process, shares_netns
+from circuit_common.proc import Process, interfaces, kernel_thread, shares_netns
 from circuit_common.store import Listing, Store
-from circuit_common.validate import DNS_NAME_RE, NAME_RE, check_ifname, check_name
+from circuit_common.validate import check_ifname, check_name
 
 from . import cni, runtime
+from .intents import Journal, owner_alive
+from .records import check_attachment, check_intent, check_network
 from .target import Target
 
 CONTAINER_LOCKS = 64
@@ -46,6 +48,7 @@ class Networks:
         self.store = ctx.store
         self.settings = ctx.settings
         self.plugins = cni.Plugins(ctx.settings.cni_path, ctx.settings.plugin_timeout)
+        self.journal = Journal(ctx.store, ctx.settings)
 
     # -- paths and reads --------------------------------------------------------------------
 
@@ -200,13 +203,13 @@ class Networks:
             _, failed = self.repair(network)  # a half-done attach is undone, not left behind
             if failed:
                 raise unrepaired(name, failed)
-            self.refuse_busy(name)
+            self.journal.refuse_busy(name)
             attached = self.attachments(name)
             if attached.errors:
                 raise StateCorrupt(attached.errors[0])
             if attached.records and not force:
                 raise Conflict(in_use(name, attached.records))
-            malformed = self.intents(name).errors
+            malformed = self.journal.listing(name).errors
             if malformed and not force:
                 raise StateCorrupt(f"{malformed[0]}, or delete the network with --force")
             elsewhere = self.store.hosts_using(name)
@@ -346,14 +349,14 @@ class Networks:
                              "target": target.label, "created": now()}
         if aliases:
             record["circuit"]["aliases"] = list(aliases)
-        rt.started = self._recorder("add", record)
+        rt.started = self.journal.recorder("add", record)
         wanted = capability_args.get("portMappings") or []
         if not wanted:
-            self._intend("add", record)
+            self.journal.write("add", record)
             return record, rt
         with self.store.lock("ports", "host"):  # one host: every network's published ports
             self.refuse_published(wanted, target)
-            self._intend("add", record)
+            self.journal.write("add", record)
         return record, rt
 
     def refuse_published(self, wanted: list[dict], target: Target) -> None:
@@ -397,13 +400,13 @@ class Networks:
                 self.store.write(self.record_path(record), record)
                 self.cni_cache.write(self.cache_path(record), record)
                 self._notify("attached", network, record)
-                self._done(record)
+                self.journal.done(record)
         except BaseException:
             with self.store.lock("network", name):
                 if record["result"] is None:  # add_chain deleted the chain already
                     with contextlib.suppress(CircuitError):  # what an ADD killed midway made
                         cni.release_masquerade(network["config"], rt, None)
-                    self._done(record)
+                    self.journal.done(record)
                 else:
                     self._detach(network, record, netns=rt.netns, best_effort=True)
             raise
@@ -414,7 +417,7 @@ class Networks:
         with self.network_lock(name):
             network = self.get(name)
             self.repair(network)
-            self.refuse_busy(name, target.container_id)
+            self.journal.refuse_busy(name, target.container_id)
             mine = self.attachments_of(name, target)
             for attachment in mine:
                 self._detach(network, attachment, netns=target.netns)
@@ -440,12 +443,12 @@ class Networks:
             name = network["name"]
             prefix = f"{container_id}@"
             if not any(self.store.records(self.attachment_dir(name), prefix=prefix)) \
-                    and not self.pending(name):
+                    and not self.journal.pending(name):
                 continue
             with self.store.lock("network", name):
                 self.repair(network)
-                self.refuse_busy(name, container_id)
-                errors.extend(self.intents(name).errors)
+                self.journal.refuse_busy(name, container_id)
+                errors.extend(self.journal.listing(name).errors)
                 mine = []
                 for path in self.store.records(self.attachment_dir(name), prefix=prefix):
                     try:
@@ -454,7 +457,7 @@ class Networks:
                         errors.append(str(e))
                         continue
                     if attachment is not None:
-                        self._intend("del", attachment)
+                        self.journal.write("del", attachment)
                         mine.append(attachment)
             for attachment in mine:
                 self._release(network, attachment, attachment_netns(attachment))
@@ -474,7 +477,7 @@ class Networks:
         after this process tries again) and False is returned; and a rollback goes on when
         the disk is too full for its intent (the add intent covers it)."""
         try:
-            self._intend("del", attachment)
+            self.journal.write("del", attachment)
         except EnvironmentFault:
             if not best_effort:
                 raise
@@ -492,7 +495,7 @@ class Networks:
         rt = cni.Runtime(attachment["containerId"], netns, attachment["ifName"],
                          [tuple(kv) for kv in attachment.get("cniArgs", [])],
                          attachment.get("capabilityArgs") or {},
-                         self._recorder("del", attachment))
+                         self.journal.recorder("del", attachment))
         error = None
         try:
             cni.del_chain(self.plugins, network["config"], rt, attachment.get("result"))
@@ -516,7 +519,7 @@ class Networks:
                 raise
         self.store.remove(self.record_path(attachment))
         self.cni_cache.remove(self.cache_path(attachment))
-        self._done(attachment)
+        self.journal.done(attachment)
 
     def _notify(self, event: str, network: dict, attachment: dict) -> None:
         """Tell the extensions that marked the network (none: no import, no scan)."""
@@ -539,61 +542,11 @@ class Networks:
                                                             prefix=f"{container_id}@"))
         return found
 
-    # -- intents: what a crash in the middle of an attach or detach leaves ----------------------
+    # -- repairs: what a crash in the middle of an attach or detach leaves ---------------------
 
     def record_path(self, attachment: dict) -> str:
         return self.attachment_path(attachment["networkName"], attachment["containerId"],
                                     attachment["ifName"])
-
-    def intent_path(self, attachment: dict) -> str:
-        return os.path.join(self.store.path("intents", attachment["networkName"]),
-                            f"{attachment['containerId']}@{attachment['ifName']}.json")
-
-    @cached_property
-    def owner(self) -> dict:
-        """This process, as intents name their owner."""
-        me = process(os.getpid())
-        return {"pid": me.pid, "start_time": me.start_time}
-
-    def _intend(self, op: str, attachment: dict) -> None:
-        self.store.write(self.intent_path(attachment), {
-            "op": op, "owner": self.owner, "attachment": attachment})
-
-    def _recorder(self, op: str, attachment: dict):
-        """Runtime.started for an attachment: each plugin, as it starts and before it reads
-        its config (so before it can start anything of its own), is named in the intent, so
-        that a repair ends what is left of its process group before the DEL."""
-        path = self.intent_path(attachment)
-
-        def started(kind: str, pid: int, start_time: int) -> None:
-            with contextlib.suppress(EnvironmentFault):  # a full disk: a rollback goes on
-                self.store.write(path, {"op": op, "owner": self.owner, "attachment": attachment,
-                                        "plugin": {"type": kind, "pid": pid,
-                                                   "start_time": start_time}})
-        return started
-
-    def _done(self, attachment: dict) -> None:
-        self.store.remove(self.intent_path(attachment))
-
-    def intents(self, name: str) -> Listing:
-        """The attaches and detaches under way on a network, or left half done."""
-        return self.store.read_all(self.store.path("intents", check_name(name)),
-                                   check=check_intent)
-
-    def pending(self, name: str) -> list[dict]:
-        """The intents of a network whose process died before finishing them."""
-        return [i for i in self.intents(name).records if not owner_alive(i)]
-
-    def refuse_busy(self, name: str, container_id: str | None = None) -> None:
-        """Conflict while a live process attaches or detaches on the network (the container
-        id's attachments only, when given)."""
-        for intent in self.intents(name).records:
-            meta = intent["attachment"]
-            if owner_alive(intent) and container_id in (None, meta["containerId"]):
-                doing = "attaching" if intent["op"] == "add" else "detaching"
-                raise Conflict(f"circuit (PID {intent['owner']['pid']}) is {doing} container "
-                               f"{meta['circuit']['target']} on network {name}; try again when "
-                               "it is done")
 
     def repair(self, network: dict) -> tuple[list[dict], list[tuple[dict, CircuitError]]]:
         """Finish what a killed circuit left half done on a network (held under its lock):
@@ -602,33 +555,21 @@ class Networks:
         attachments repaired, and those whose repair failed with the error: their intent is
         kept, as found, for the next command."""
         repaired, failed = [], []
-        for intent in self.pending(network["name"]):
+        for intent in self.journal.pending(network["name"]):
             attachment = intent["attachment"]
             # the record, when the attach got that far, holds the result that DEL needs
             attachment = self.store.read(self.record_path(attachment),
                                          check=check_attachment) or attachment
             try:
-                self._end_plugin(intent)
+                self.journal.end_plugin(intent)
                 intent = {k: v for k, v in intent.items() if k != "plugin"}
                 self._detach(network, attachment)
             except CircuitError as e:
-                self.store.write(self.intent_path(attachment), intent)
+                self.store.write(self.journal.path(attachment), intent)
                 failed.append((attachment, e))
             else:
                 repaired.append(attachment)
         return repaired, failed
-
-    def _end_plugin(self, intent: dict) -> None:
-        """Kill and wait for what runs of the plugin a dead owner's intent names (its children
-        outlive it: bridge's iptables could land after the repair's DEL, host-local's
-        reservation after its release)."""
-        plugin = intent.get("plugin")
-        timeout = self.settings.plugin_timeout
-        if plugin is not None and not cni.end_group(plugin["pid"], plugin["start_time"],
-                                                    self.settings.lock_timeout, timeout):
-            raise PluginError(f"plugin {plugin['type']} left running by a killed circuit "
-                              f"(process group {plugin['pid']}) still runs {timeout:g}s after "
-                              "SIGKILL; the next command tries again")
 
     def check(self, name: str, target: Target) -> list[dict]:
         """CNI CHECK of the target's attachments with their cached results."""
@@ -671,7 +612,7 @@ class Networks:
                 kept = [attachment for attachment, _ in failed]
                 attached = self.attachments(name)
                 errors.extend(attached.errors)
-                intents = self.intents(name)
+                intents = self.journal.listing(name)
                 errors.extend(intents.errors)
                 busy = {(i["attachment"]["containerId"], i["attachment"]["ifName"])
                         for i in intents.records if owner_alive(i)}
@@ -684,7 +625,7 @@ class Networks:
                     try:
                         self._detach(network, attachment, netns="")
                     except CircuitError as e:  # the record stays: the next gc tries again
-                        self._done(attachment)
+                        self.journal.done(attachment)
                         failures.append((name, attachment, e))
                         kept.append(attachment)
                         continue
@@ -749,11 +690,6 @@ def remove_ipam_dir(directory: str) -> None:
         os.rmdir(directory)
 
 
-def owner_alive(intent: dict) -> bool:
-    """Whether the process that wrote an intent still runs (so it is under way, not left)."""
-    return Process(intent["owner"]["pid"], intent["owner"]["start_time"]).alive()
-
-
 def bridges(netconf: dict) -> list[str]:
     """The bridges a config's bridge plugins use (the plugin's default: cni0)."""
     return [p.get("bridge") or "cni0" for p in netconf["plugins"] if p.get("type") == "bridge"]
@@ -764,74 +700,6 @@ def new_bridges(netconf: dict) -> list[str]:
     create them for this network."""
     present = interfaces(os.getpid())
     return [b for b in bridges(netconf) if b not in present]
-
-
-def check_network(record: dict, path: str) -> None:
-    """A network record as circuit wrote it, at networks/<name>.json (ValueError: what is
-    wrong)."""
-    if not isinstance(record.get("name"), str) or not isinstance(record.get("config"), dict):
-        raise ValueError("it needs a 'name' and a 'config' object")
-    cni.check_netconf(record["config"])
-    if record["config"]["name"] != record["name"]:
-        raise ValueError("its config names another network")
-    if os.path.basename(path) != f"{record['name']}.json":
-        raise ValueError(f"it names network {record['name']!r}, not the one its file is for")
-
-
-def check_attachment(record: dict, path: str) -> None:
-    """An attachment record as circuit wrote it, with its CNI result, at
-    attachments/<network>/<cid>@<ifname>.json (ValueError: what is wrong)."""
-    check_attachment_fields(record)
-    if record.get("result") is None:
-        raise ValueError("it has no CNI result")
-    expected = os.path.join(record["networkName"],
-                            f"{record['containerId']}@{record['ifName']}.json")
-    if not path.endswith(os.sep + expected):
-        raise ValueError(f"it describes {expected}, not the file it is in")
-
-
-def check_attachment_fields(record: dict) -> None:
-    """The fields every attachment has, from the moment its intent is written."""
-    for key in ("containerId", "ifName", "networkName"):
-        if not isinstance(record.get(key), str) or not NAME_RE.fullmatch(record[key]):
-            raise ValueError(f"{key} {record.get(key)!r} is not a plain name")
-    meta = record.get("circuit")
-    if not isinstance(meta, dict) or not all(
-            type(meta.get(k)) is int and meta[k] >= 0 for k in ("pid", "start_time")):
-        raise ValueError("its 'circuit' object needs a whole-number pid and start_time")
-    aliases = meta.get("aliases", [])
-    if not isinstance(aliases, list) or not all(
-            isinstance(a, str) and DNS_NAME_RE.fullmatch(a) for a in aliases):
-        raise ValueError("its aliases must be a list of host names")
-    if not isinstance(record.get("cniArgs", []), list) \
-            or not isinstance(record.get("capabilityArgs") or {}, dict):
-        raise ValueError("cniArgs must be a list and capabilityArgs an object")
-    if record.get("result") is not None:
-        cni.check_result(record["result"])
-
-
-def check_intent(record: dict, path: str) -> None:
-    """An intent record: what an attach or detach set out to do, and who; at
-    intents/<network>/<cid>@<ifname>.json."""
-    if record.get("op") not in ("add", "del"):
-        raise ValueError(f"op {record.get('op')!r} is neither add nor del")
-    owner = record.get("owner")
-    if not isinstance(owner, dict) or not all(type(owner.get(k)) is int
-                                              for k in ("pid", "start_time")):
-        raise ValueError("its owner needs a whole-number pid and start_time")
-    plugin = record.get("plugin")
-    if plugin is not None and not (
-            isinstance(plugin, dict) and isinstance(plugin.get("type"), str)
-            and NAME_RE.fullmatch(plugin["type"])
-            and all(type(plugin.get(k)) is int for k in ("pid", "start_time"))
-            and plugin["pid"] > 1):
-        raise ValueError("its plugin needs a plain type, a pid above 1 and a start_time")
-    attachment = record.get("attachment")
-    check_attachment_fields(attachment)
-    expected = os.path.join(attachment["networkName"],
-                            f"{attachment['containerId']}@{attachment['ifName']}.json")
-    if not path.endswith(os.sep + expected):
-        raise ValueError(f"it describes {expected}, not the file it is in")
 
 
 def same_netns(netns: str) -> bool:
@@ -921,15 +789,3 @@ def unassigned(requested: list[str], assigned: list[str]) -> list[str]:
 
     got = {ipaddress.ip_interface(a).ip for a in assigned}
     return [ip for ip in requested if ipaddress.ip_interface(ip).ip not in got]
-
-
-def parse_cni_args(text: str | None) -> list[tuple[str, str]]:
-    """K=V;K=V from --args as a list of pairs."""
-    pairs = []
-    for item in filter(None, (text or "").split(";")):
-        key, eq, value = item.partition("=")
-        if not eq or not key or not item.isprintable():
-            raise InvalidInput(f"bad --args item {item!r}: use KEY=VALUE;KEY=VALUE")
-        pairs.append((key, value))
-    return pairs
-
