@@ -4,7 +4,7 @@
 #   PREFIX/bin/circuit, circuit-net, ...    links into it
 #   PREFIX/share/man/man1/*.1               man pages, from the tools' usage text
 #   PREFIX/share/bash-completion/completions/circuit*, PREFIX/share/zsh/site-functions/_circuit
-#   PREFIX/lib/systemd/system/circuit-{restore,cluster-agent,forkserver,dns}.service; where
+#   PREFIX/lib/systemd/system/circuit-{restore,cluster-agent,forkserver,dns,lb-agent}.service; where
 #   systemd runs, circuit-forkserver.service is enabled and started (CIRCUIT_FORKSERVER_SERVICE=off:
 #   not); the others are not enabled
 # Nothing refers back to the clone: it may be deleted afterwards. CIRCUIT_PYTHON picks the
@@ -19,7 +19,7 @@ made_dirs=$lib/installed-dirs   # the directories install made, deepest last
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=(circuit circuit-net circuit-qos circuit-lb circuit-hook circuit-cluster circuit-dns)
 units=(circuit-restore.service circuit-cluster-agent.service circuit-forkserver.service
-       circuit-dns.service)
+       circuit-dns.service circuit-lb-agent.service)
 served=circuit-forkserver.service
 
 systemd_runs() {

@@ -129,11 +129,13 @@ def test_installed_circuit_runs_a_hooked_container_after_the_clone_is_gone(host,
     assert sorted(p.name for p in units.iterdir()) == ["circuit-cluster-agent.service",
                                                        "circuit-dns.service",
                                                        "circuit-forkserver.service",
+                                                       "circuit-lb-agent.service",
                                                        "circuit-restore.service"]
     served = (units / "circuit-forkserver.service").read_text()
     assert f"\nExecStart={circuit} forkserver\n" in served and "\nKillMode=mixed\n" in served
     assert f"ExecStart={circuit} restore\n" in (units / "circuit-restore.service").read_text()
     assert f"\nExecStart={circuit} dns serve\n" in (units / "circuit-dns.service").read_text()
+    assert f"\nExecStart={circuit} lb agent\n" in (units / "circuit-lb-agent.service").read_text()
     agent = (units / "circuit-cluster-agent.service").read_text()
     for line in (f"ExecStart={circuit} cluster agent", "Type=simple", "Restart=on-failure",
                  "KillSignal=SIGTERM", "After=network-online.target etcd.service",

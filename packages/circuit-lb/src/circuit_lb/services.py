@@ -123,13 +123,15 @@ class Services:
     def set_health(self, name: str, state: dict, changed: bool) -> bool:
         """Record service name's target health (written by the agent); when a target's
         state changed, its weight in the kernel with it (0 when down). False when the service
-        is gone."""
+        is gone or has no check any more."""
         from . import nft, table
 
         with self.store.lock_all():
             try:
                 record = self.get(name)
             except NotFound:
+                return False
+            if not record.get("check"):  # `lb check NAME none` since the agent last read it
                 return False
             state = {**state, "name": name}
             if not changed:  # only last checks and counts: a cache a crash may lose
