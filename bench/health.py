@@ -4,7 +4,6 @@ in a throwaway netns. keepalived is not compared here: it needs IPVS, which this
 kernel lacks (the kernel tier's VM has it)."""
 
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import CIRCUIT, Host
+from harness import CIRCUIT, Host, terminate
 
 TARGETS = 1000
 INTERVAL, FALL, RISE = 1, 3, 2
@@ -54,13 +53,8 @@ def agent(host: Host) -> subprocess.Popen:
 
 def stop(*procs) -> None:
     for proc in procs:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            terminate(proc)
 
 
 def in_map(host: Host, target: str) -> bool:

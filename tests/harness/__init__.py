@@ -23,6 +23,7 @@ from harness.netns import (
     root_links,
     sh,
     snapshot,
+    terminate,
 )
 from harness.traffic import (
     answered_by,
@@ -67,6 +68,7 @@ __all__ = [
     "runc_config",
     "sh",
     "snapshot",
+    "terminate",
     "udp_answers",
     "udp_responder",
     "wait_for",

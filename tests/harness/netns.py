@@ -20,6 +20,17 @@ def sh(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=check, **kw)
 
 
+def terminate(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """End a process the test started: SIGTERM, then SIGKILL if it lingers past grace."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def root_links() -> set[str]:
     lines = sh("ip", "-o", "link").stdout.splitlines()
     return {line.split(": ")[1].split("@")[0] for line in lines}

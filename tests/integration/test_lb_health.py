@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness import CIRCUIT, answered_by, bridge_conf, snapshot, wait_for
+from harness import CIRCUIT, answered_by, bridge_conf, snapshot, terminate, wait_for
 
 VIP = "10.100.99.1"
 INTERVAL, FALL, RISE = 0.5, 2, 2
@@ -74,13 +74,7 @@ def agent(host, tmp_path):
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc)
 
 
 def test_a_dead_backend_leaves_and_comes_back_with_its_weight(host, backends, agent):

@@ -116,17 +116,23 @@ def test_a_container_in_a_netns_of_its_own_passes(fake_proc):
     check_connectable(target(300))
 
 
-@pytest.mark.unit
-@pytest.mark.parametrize(("pid", "message"), [(12, "kernel thread"), (400, "host's network")])
-def test_connect_refuses_before_any_plugin_runs(pid, message, fake_proc, tmp_path):
-    """An interrupted attach waits for repair (a DEL) on the network: the refusal comes before
-    it, so no plugin runs at all and nothing is written."""
+@pytest.fixture
+def nets(tmp_path) -> Networks:
+    """Networks over a temp state holding network n, whose plugins are never run for real."""
     settings = Settings()
     settings.state_dir, settings.cni_cache_dir = str(tmp_path / "state"), str(tmp_path / "cni")
     nets = Networks(Context(settings))
     nets.plugins.executor = FakeExec()
     nets.store.write(nets.network_path("n"), {"name": "n", "config": NETWORK,
                                               "source": "test", "created": "now"})
+    return nets
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("pid", "message"), [(12, "kernel thread"), (400, "host's network")])
+def test_connect_refuses_before_any_plugin_runs(pid, message, fake_proc, nets):
+    """An interrupted attach waits for repair (a DEL) on the network: the refusal comes before
+    it, so no plugin runs at all and nothing is written."""
     pending = {"op": "add", "owner": {"pid": 4_000_000, "start_time": 1},
                "attachment": {"containerId": "gone", "ifName": "eth0", "networkName": "n",
                               "circuit": {"pid": 4_000_001, "start_time": 1, "target": "gone",
@@ -140,19 +146,13 @@ def test_connect_refuses_before_any_plugin_runs(pid, message, fake_proc, tmp_pat
 
 
 @pytest.mark.unit
-def test_the_hook_refuses_a_kernel_thread_and_a_string_pid(fake_proc, tmp_path, monkeypatch):
+def test_the_hook_refuses_a_kernel_thread_and_a_string_pid(fake_proc, nets, monkeypatch):
     import io
 
     from circuit_hook import cli as hook
 
     with pytest.raises(InvalidInput, match="invalid pid in the OCI state '2'"):
         hook.read_state(io.TextIOWrapper(io.BytesIO(b'{"id": "c", "pid": "2"}')))
-    settings = Settings()
-    settings.state_dir, settings.cni_cache_dir = str(tmp_path / "state"), str(tmp_path / "cni")
-    nets = Networks(Context(settings))
-    nets.plugins.executor = FakeExec()
-    nets.store.write(nets.network_path("n"), {"name": "n", "config": NETWORK,
-                                              "source": "test", "created": "now"})
     monkeypatch.setenv("CIRCUIT_NETWORK", "n")
     monkeypatch.delenv("CNI_CONF", raising=False)
     monkeypatch.delenv("CIRCUIT_PUBLISH", raising=False)
