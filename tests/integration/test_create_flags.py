@@ -4,7 +4,7 @@ directory."""
 
 import json
 
-from harness import wait_for
+from harness import bridge_conf, wait_for
 
 
 def links(host) -> str:
@@ -129,3 +129,19 @@ def test_a_macvlan_network_from_flags_carries_traffic_and_leaves_nothing(host):
 
 def link_names(host) -> set[str]:
     return {line.split(": ")[1].split("@")[0] for line in links(host).splitlines()}
+
+
+def test_an_existing_bridge_of_this_netns_is_a_bridge_and_a_veth_is_not(host):
+    """Whether a device is a bridge is asked of the netns circuit runs in (a link dump), not
+    of /sys, which under `nsenter --net` (and in a fork server's child) shows another netns."""
+    host.circuit("network", "create", host.conf(bridge_conf()))
+    c = host.container()
+    host.circuit("network", "connect", c.pid, "sandbox")  # cni0 now exists in the host netns
+    second = host.conf(bridge_conf("second", subnet="10.100.20.0/24"), "second.conf")
+    assert host.circuit("network", "create", second).stdout == "second created\n"
+    veth = host.run("ip", "-o", "link", "show", "type", "veth").stdout.split(": ")[1]
+    veth = veth.split("@")[0]
+    other = host.conf(bridge_conf("third", bridge=veth, subnet="10.100.30.0/24"), "third.conf")
+    refused = host.circuit("network", "create", other, check=False)
+    assert refused.returncode == 3 and f"bridge {veth} exists and is not a bridge" in \
+        refused.stderr

@@ -333,10 +333,10 @@ def check_usable(netconf: dict, present: dict[str, bool]) -> None:
 
 
 def interfaces_here() -> dict[str, bool]:
-    """circuit's netns's interfaces, each with whether it is a bridge (from /sys)."""
-    import os
+    """circuit's netns's interfaces, each with whether it is a bridge: one link dump in the
+    netns this process is in (not /sys, which shows the netns of whoever mounted it: under
+    `nsenter --net` or in a fork server's child that is another one)."""
+    from circuit_netlink import NETLINK_ROUTE, Batch, rtnl
 
-    from circuit_common.proc import interfaces
-
-    return {name: os.path.isdir(f"/sys/class/net/{name}/bridge")
-            for name in interfaces(os.getpid())}
+    with Batch(NETLINK_ROUTE) as batch:
+        return {link.name: link.kind == "bridge" for link in rtnl.links(batch)}
