@@ -67,7 +67,7 @@ def test_while_an_add_runs_unlocked_nothing_else_acts_on_that_attachment(nets):
     adding.start()
     try:
         assert nets.plugins.executor.adding.wait(10)
-        with pytest.raises(Conflict, match="already being connected to or disconnected from"):
+        with pytest.raises(Conflict, match=r"circuit \(PID \d+\) is connecting container c1"):
             nets.connect("n", me())
         with pytest.raises(Conflict, match=r"circuit \(PID \d+\) is attaching container c1"):
             nets.disconnect("n", me())

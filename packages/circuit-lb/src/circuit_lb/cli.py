@@ -111,7 +111,10 @@ def read_stdin_targets(text: str) -> list[tuple[Endpoint, int | None]]:
             continue
         if len(fields) > 2:
             raise InvalidInput(f"stdin line {number}: use TARGET [WEIGHT], not {line!r}")
-        weight = check_weight(fields[1]) if len(fields) == 2 else None
+        try:
+            weight = check_weight(fields[1]) if len(fields) == 2 else None
+        except InvalidInput as e:
+            raise InvalidInput(f"stdin line {number}: {e}") from None
         targets.append((parse_endpoint(fields[0], f"target on stdin line {number}"), weight))
     return targets
 

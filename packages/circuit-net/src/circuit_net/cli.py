@@ -194,8 +194,9 @@ def aliases(name: str | None, more: list[str]) -> tuple[str, ...]:
 
 
 def prune(nets: Networks, force: bool, quiet: bool) -> None:
-    """Delete the networks without attachments, asking first on a terminal unless force."""
-    names = nets.unused()
+    """Delete the networks without attachments, asking first on a terminal unless force;
+    StateCorrupt afterwards for records that could not be read (their networks are kept)."""
+    names, errors = nets.unused()
     if names and not force and sys.stdin.isatty():
         answer = input(f"delete {len(names)} network(s) without attachments: "
                        f"{', '.join(names)}? [y/N] ")
@@ -203,6 +204,9 @@ def prune(nets: Networks, force: bool, quiet: bool) -> None:
             return
     for name in nets.prune(names):
         print(name if quiet else f"{name} deleted")
+    if errors:
+        raise StateCorrupt(f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
+                                             if len(errors) > 1 else ""))
 
 
 def describe(attachment: dict, netns: str | None = None) -> dict:

@@ -170,6 +170,8 @@ def find_plugin(kind: str, cni_path: list[str]) -> str:
 
 # What running a plugin gave: its exit code and output (None: it ran past the timeout).
 Outcome = namedtuple("Outcome", "returncode stdout stderr")
+MAX_PLUGIN_OUTPUT = 1 << 20  # a result beyond it is no result (it would be stored twice)
+MAX_MESSAGE = 500  # the most of a plugin's message an error line shows
 
 
 def die_with(parent: int):
@@ -306,12 +308,19 @@ class Plugins:
                               f"{_error_message(out, done.stderr)}")
         if not out:
             return None
+        if len(out) > MAX_PLUGIN_OUTPUT:
+            raise PluginError(f"plugin {kind} returned {len(out)} bytes during {command}, more "
+                              "than a result can be (1 MiB); is it the right plugin?")
         try:
-            return json.loads(out)
+            reply = json.loads(out)
         except (ValueError, RecursionError):
             text = out[:200].decode(errors="replace")
             raise PluginError(f"plugin {kind} returned something that is not JSON during "
                               f"{command}: {text!r}") from None
+        if isinstance(reply, dict) and "code" in reply and "msg" in reply:  # a CNI error
+            raise PluginError(f"plugin {kind} failed during {command} (though it exited 0): "
+                              f"{_error_message(out, b'')}")
+        return reply
 
     def supported_versions(self, kind: str) -> list[str]:
         """The spec versions a plugin says it supports (CNI VERSION command)."""
@@ -326,13 +335,21 @@ def _error_message(stdout: bytes, stderr: bytes) -> str:
         msg = str(err.get("msg") or "no message")
         if err.get("details"):
             msg += f": {err['details']}"
-        return f"{msg} (CNI error code {err.get('code', '?')})"
+        return f"{cut(msg)} (CNI error code {cut(str(err.get('code', '?')))})"
     except (ValueError, AttributeError):
         lines = (stdout or stderr).decode(errors="replace").strip().splitlines()
         panics = [line for line in lines if line.startswith("panic:")]
         if panics:
-            return f"the plugin crashed: {panics[0]}"
-        return lines[-1] if lines else "exited with no message"
+            return f"the plugin crashed: {cut(panics[0])}"
+        return cut(lines[-1]) if lines else "exited with no message"
+
+
+def cut(text: str) -> str:
+    """text, its middle cut out beyond MAX_MESSAGE characters (a plugin's 50 MB "line")."""
+    if len(text) <= MAX_MESSAGE:
+        return text
+    return f"{text[:MAX_MESSAGE - 100]} … ({len(text) - MAX_MESSAGE + 50} characters cut) … " \
+           f"{text[-50:]}"
 
 
 def plugin_conf(netconf: dict, plugin: dict, prev_result: dict | None, rt: Runtime) -> dict:

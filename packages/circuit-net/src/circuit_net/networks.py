@@ -263,9 +263,17 @@ class Networks:
             with contextlib.suppress(OSError):  # absent, or not empty
                 os.rmdir(directory)
 
-    def unused(self) -> list[str]:
-        """The networks without attachments."""
-        return [n["name"] for n in self.all().records if not self.attachments(n["name"]).records]
+    def unused(self) -> Listing:
+        """The names of the networks without attachments; a network or attachment record that
+        cannot be read is an error (its network is not known to be unused)."""
+        listing = self.all()
+        names, errors = [], list(listing.errors)
+        for network in listing.records:
+            attached = self.attachments(network["name"])
+            errors.extend(attached.errors)
+            if not attached.records and not attached.errors:
+                names.append(network["name"])
+        return Listing(names, errors)
 
     def prune(self, names: list[str]) -> list[str]:
         """Delete these networks unless in use by now; the names of those deleted."""
@@ -317,9 +325,14 @@ class Networks:
                                  ("being connected to or disconnected from",
                                   self.store.path("intents", name))):
             for path in self.store.records(directory, prefix=f"{target.container_id}@"):
-                self.store.read(path, check=check_intent if state.startswith("being")
-                                else check_attachment)  # StateCorrupt names a bad file
+                record = self.store.read(path, check=check_intent if state.startswith("being")
+                                         else check_attachment)  # StateCorrupt: a bad file
                 ifname = os.path.basename(path)[len(target.container_id) + 1:-len(".json")]
+                if state.startswith("being") and record is not None and owner_alive(record):
+                    doing = "connecting" if record["op"] == "add" else "disconnecting"
+                    raise Conflict(f"circuit (PID {record['owner']['pid']}) is {doing} container "
+                                   f"{target.label} on network {name} (as {ifname}) right now; "
+                                   "wait for it to finish, then retry if needed")
                 raise Conflict(f"container {target.label} is already {state} network {name} "
                                f"(as {ifname}); disconnect it first")
 
@@ -416,9 +429,14 @@ class Networks:
         """DEL every attachment of the target on a network, in reverse chain order."""
         with self.network_lock(name):
             network = self.get(name)
-            self.repair(network)
+            repaired = [a for a in self.repair(network)[0] if target.matches(a)]
             self.journal.refuse_busy(name, target.container_id)
-            mine = self.attachments_of(name, target)
+            try:
+                mine = self.attachments_of(name, target)
+            except NotFound:
+                if repaired:  # the repair finished its interrupted detach (or undid an attach)
+                    return repaired
+                raise
             for attachment in mine:
                 self._detach(network, attachment, netns=target.netns)
             return mine

@@ -88,7 +88,7 @@ def run(handler: Callable[[list[str], Context], int | None], argv: list[str] | N
     except CircuitError as e:
         if debug:
             print_traceback()
-        print(f"circuit: {e}", file=sys.stderr)
+        print(f"circuit: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
@@ -100,6 +100,19 @@ def run(handler: Callable[[list[str], Context], int | None], argv: list[str] | N
         print(f"circuit: internal error: {e!r} (run again with --debug for the traceback)",
               file=sys.stderr)
         return INTERNAL_ERROR
+
+
+MAX_ERROR_LINE = 2000
+
+
+def one_line(text: str) -> str:
+    """An error as one line of at most MAX_ERROR_LINE characters: a value it quotes (a 10 MB
+    stdin line) is cut in the middle."""
+    text = text.replace("\n", " ")
+    if len(text) <= MAX_ERROR_LINE:
+        return text
+    return f"{text[:MAX_ERROR_LINE - 200]} … ({len(text) - MAX_ERROR_LINE + 100} characters " \
+           f"cut) … {text[-100:]}"
 
 
 def print_traceback() -> None:

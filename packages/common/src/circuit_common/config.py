@@ -70,6 +70,10 @@ class Settings:
         return env
 
 
+COMMAND_WORDS = ("network", "lb", "cluster", "dns", "doctor", "restore", "hook", "version",
+                 "help", "forkserver", "completion", "qos")
+
+
 def split_global_options(argv: list[str]) -> tuple[dict[str, str | bool], list[str]]:
     """Take the global options out of argv (they may stand anywhere before `--`)."""
     found: dict[str, str | bool] = {}
@@ -87,6 +91,9 @@ def split_global_options(argv: list[str]) -> tuple[dict[str, str | bool], list[s
         if name in GLOBAL_VALUE_OPTIONS:
             if not eq:
                 value = next(args, None)
+                if value in COMMAND_WORDS:  # `--state network list`: the value left out
+                    raise InvalidInput(f"option {name} needs a value (not the command word "
+                                       f"{value!r}; for a file of that name give ./{value})")
             if not value:
                 raise InvalidInput(f"option {name} needs a value")
             found[name[2:].replace("-", "_")] = value
