@@ -1,9 +1,14 @@
 """circuit-lb without a kernel: ADDR:PORT as users write it, and drift from the kernel's table."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from circuit_common.errors import InvalidInput
-from circuit_lb.address import Endpoint, parse_endpoint
+from circuit_lb.address import Endpoint, parse_endpoint, unusable
 
 
 @pytest.mark.parametrize("text, ip, port, shown", [
@@ -33,7 +38,7 @@ def test_drift_names_each_target_that_differs(monkeypatch):
     from circuit_lb import ipvs
     from circuit_lb.services import Services
 
-    record = {"name": "web", "addr": "10.100.99.1", "port": 80, "protocol": "tcp",
+    record = {"schema": 1, "name": "web", "addr": "10.100.99.1", "port": 80, "protocol": "tcp",
               "scheduler": "rr", "targets": [
                   {"addr": "10.0.0.1", "port": 80, "forward": "masq", "weight": 1},
                   {"addr": "10.0.0.2", "port": 80, "forward": "masq", "weight": 1},
@@ -49,3 +54,39 @@ def test_drift_names_each_target_that_differs(monkeypatch):
         "service web: target 10.0.0.4:80 is in the kernel only",
         "service web: target 10.0.0.2:80 differs in the kernel",
         "service gone is missing from the kernel"]
+
+
+BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+
+
+def circuit_lb(state, *argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BIN / "circuit"), "--state", str(state), "lb",
+                           *argv], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("vip, reason", [
+    ("0.0.0.0", "unspecified"), ("255.255.255.255", "broadcast"), ("224.0.0.5", "multicast"),
+    ("127.0.0.1", "loopback"), ("[::]", "unspecified"), ("[::1]", "loopback"),
+    ("[ff02::1]", "multicast"), ("[fe80::1]", "link-local"),
+    ("[::ffff:10.0.0.1]", "write it as 10.0.0.1")])
+def test_a_vip_no_traffic_can_reach_is_refused_before_the_kernel(tmp_path, vip, reason):
+    made = circuit_lb(tmp_path, "create", "x", f"{vip}:80", "--backend", "nftables")
+    assert made.returncode == 3 and reason in made.stderr and made.stderr.count("\n") == 1, \
+        made.stderr
+    assert not (tmp_path / "services").exists()
+
+
+def test_a_target_that_is_its_own_vip_or_unusable_is_refused(tmp_path):
+    (tmp_path / "services").mkdir(mode=0o700, parents=True)
+    record = {"schema": 1, "name": "web", "addr": "10.100.99.1", "port": 80, "protocol": "tcp",
+              "scheduler": "rr", "persistent": None, "backend": "nftables", "targets": [],
+              "vip_added": True, "created": "2026-12-02T00:00:00Z"}
+    path = tmp_path / "services" / "web.json"
+    path.write_text(json.dumps(record))
+    path.chmod(0o600)
+    for target, message in (("10.100.99.1:80", "is service web's own address"),
+                            ("0.0.0.0:80", "unspecified"), ("239.1.1.1:80", "multicast")):
+        added = circuit_lb(tmp_path, "add", "web", "10.0.0.2:80", target)
+        assert added.returncode == 3 and message in added.stderr, added.stderr
+    assert json.loads(path.read_text())["targets"] == []
+    assert unusable("10.100.99.2") is None and unusable("fd00::1") is None

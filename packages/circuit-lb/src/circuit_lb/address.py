@@ -42,6 +42,40 @@ def parse_endpoint(text: str, what: str = "address") -> Endpoint:
     return Endpoint(ip, number)
 
 
+def unusable(ip: str) -> str | None:
+    """Why an address (in normal_ip's spelling) can be neither a VIP nor a target, None when
+    it can: traffic to or from it is never balanced (unspecified, multicast, broadcast,
+    reserved), stays on this host (loopback) or needs an interface it does not name (IPv6
+    link-local); an IPv4-mapped IPv6 address is the IPv4 one. Cheap: one call per target."""
+    if ":" in ip:
+        group = ip.split(":", 1)[0]
+        if ip in ("::", "::1"):
+            return "the unspecified address" if ip == "::" else "the loopback address"
+        if len(group) == 4 and group.startswith("ff"):
+            return "a multicast address"
+        if len(group) == 4 and group[:3] in ("fe8", "fe9", "fea", "feb"):
+            return "a link-local address (it needs an interface, which ADDR:PORT cannot name)"
+        if ip.startswith("::ffff:") and "." in ip:
+            return f"an IPv4-mapped address (write it as {ip.removeprefix('::ffff:')})"
+        return None
+    first = int(ip.split(".", 1)[0])
+    if first == 0:
+        return "in 0.0.0.0/8 (this host, unspecified)"
+    if first == 127:
+        return "a loopback address (127.0.0.0/8 never leaves this host)"
+    if first >= 224:
+        return "a multicast address" if first < 240 else "a reserved or the broadcast address"
+    return None
+
+
+def check_usable(where: Endpoint, what: str) -> None:
+    """InvalidInput when where's address can be no VIP or target (unusable)."""
+    reason = unusable(where.ip)
+    if reason:
+        raise InvalidInput(f"invalid {what} {where}: {where.ip} is {reason}; give a unicast "
+                           "address that traffic can reach")
+
+
 def ip_family(ip: str) -> int:
     """AF_INET or AF_INET6: the family an address is written in."""
     return AF_INET6 if ":" in ip else AF_INET

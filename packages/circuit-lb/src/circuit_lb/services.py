@@ -21,7 +21,7 @@ from circuit_common.errors import Conflict, InvalidInput, NotFound
 from circuit_common.validate import ascii_number, check_name
 
 from . import backends, health, ipvs
-from .address import Endpoint
+from .address import Endpoint, check_usable
 from .backends import endpoint
 
 SCHEDULER_RE = re.compile(r"[a-z]{1,15}")
@@ -165,6 +165,7 @@ class Services:
     def create(self, name: str, where: Endpoint, scheduler: str, protocol: str,
                persistent: int | None, backend: str | None = None) -> dict:
         check_name(name, "service name")
+        check_usable(where, "service address")
         if not SCHEDULER_RE.fullmatch(scheduler):
             raise InvalidInput(f"invalid scheduler {scheduler!r}: rr, wrr, lc, wlc, lblc, "
                                "lblcr, dh, sh, sed, nq, ...")
@@ -201,6 +202,13 @@ class Services:
                            for (ip, port), own_weight in targets})
             if {":" in ip for ip, _ in wanted} - {":" in record["addr"]}:
                 raise InvalidInput("targets must be of the service's IP version")
+            own = (record["addr"], record["port"])
+            for where, _ in targets:
+                if where == own:
+                    raise InvalidInput(f"target {Endpoint(*where)} is service {name}'s own "
+                                       "address: traffic to it would be balanced to itself; "
+                                       "give the addresses of the backends")
+                check_usable(where, "target")
             return self._change_targets(record, wanted)
 
     def remove(self, name: str, targets: list[Endpoint]) -> dict:

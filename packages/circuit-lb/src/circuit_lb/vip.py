@@ -4,7 +4,8 @@ sends to it is routed locally and reaches IPVS or the nftables DNAT."""
 import errno
 from _socket import AF_INET6, SOCK_DGRAM, if_nametoindex, socket
 
-from circuit_netlink import CREATE, NETLINK_ROUTE, Batch, lean_pyroute2
+from circuit_common.errors import EnvironmentFault
+from circuit_netlink import CREATE, NETLINK_ROUTE, Batch, NetlinkError, lean_pyroute2
 
 from .address import ip_family
 
@@ -43,6 +44,12 @@ def _request(ip: str, command: str, flags: int = 0, ignore=()) -> None:
     msg["index"] = if_nametoindex("lo")
     msg["attrs"] = [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)]
     msg["header"]["type"] = getattr(rtnl, command)
-    with Batch(NETLINK_ROUTE) as batch:
-        batch.add(msg, flags, ignore)
-        batch.send()
+    try:
+        with Batch(NETLINK_ROUTE) as batch:
+            batch.add(msg, flags, ignore)
+            batch.send()
+    except NetlinkError as e:
+        doing = "put" if command == "RTM_NEWADDR" else "take"
+        where = "on" if command == "RTM_NEWADDR" else "off"
+        raise EnvironmentFault(f"the kernel refused to {doing} VIP {ip} {where} lo: "
+                               f"{e.strerror}") from None
