@@ -62,3 +62,21 @@ def test_merge_refuses_a_ceiling_below_the_rate_or_without_one():
         merge(policy, {"rate": 8 * MBIT, "ceil": 7 * MBIT})
     with pytest.raises(InvalidInput, match="needs a --rate"):
         merge(None, {"ceil": 1 * MBIT})
+
+
+@pytest.mark.parametrize("changes, option", [
+    ({"priority": 7}, "--priority"), ({"buffer": 15_000}, "--buffer"),
+    ({"cbuffer": 3_000}, "--cbuffer"), ({"ceil": MBIT}, "--ceiling")])
+def test_a_value_that_shapes_nothing_without_a_rate_is_refused(changes, option):
+    for old in (None, {"delay": 50_000}):
+        with pytest.raises(InvalidInput, match=f"{option} needs a --rate"):
+            merge(old, changes)
+
+
+def test_a_new_rate_does_not_keep_a_burst_sized_for_another():
+    network = merge(None, {"rate": 1000 * MBIT, "buffer": 100 << 20, "cbuffer": 100 << 20})
+    container = merge(network, {"rate": 10_000})  # 10 kbit/s: the network's burst cannot hold
+    assert container == {"rate": 10_000, "ceil": 10_000}
+    assert merge(network, {"delay": 5_000})["buffer"] == 100 << 20
+    assert merge(network, {"ceil": 2000 * MBIT})["buffer"] == 100 << 20
+    assert "cbuffer" not in merge(network, {"ceil": 2000 * MBIT})

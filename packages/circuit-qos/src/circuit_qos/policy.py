@@ -80,13 +80,22 @@ def save(store: Store, name: str, record: dict, keep_empty: bool = False,
 def merge(old: dict | None, changes: dict) -> dict:
     """A policy with changes applied over old; refused when it makes no sense.
 
-    A value not given keeps its old value, but a rate comes with its ceiling: a rate without
-    one is a flat rate (a lower rate that kept a higher ceiling would not limit anything)."""
+    A value not given keeps its old value, but a rate comes with its ceiling and bursts: a rate
+    without a ceiling is a flat rate (a lower rate that kept a higher ceiling would not limit
+    anything), and a rate or ceiling without its burst gets HTB's default one (the old burst
+    was sized for the old rate, or the network's for the network's)."""
     policy = {k: v for k, v in {**(old or {}), **changes}.items() if v is not None}
-    if "ceil" in changes and "rate" not in policy:
-        raise InvalidInput("--ceiling needs a --rate (now or set before)")
+    if "rate" not in policy:
+        for field, option in (("ceil", "--ceiling"), ("buffer", "--buffer"),
+                              ("cbuffer", "--cbuffer"), ("priority", "--priority")):
+            if field in changes:
+                raise InvalidInput(f"{option} needs a --rate (now or set before): it shapes "
+                                   "nothing alone")
     if "rate" in changes and "ceil" not in changes:
         policy["ceil"] = policy["rate"]
+    for size, rates in (("buffer", ("rate",)), ("cbuffer", ("rate", "ceil"))):
+        if size not in changes and any(rate in changes for rate in rates):
+            policy.pop(size, None)
     if "rate" in policy and policy.get("ceil", policy["rate"]) < policy["rate"]:
         raise InvalidInput(f"ceiling ({policy['ceil'] // 1000} kbit/s) is below the rate "
                            f"({policy['rate'] // 1000} kbit/s); the ceiling is the maximum")
