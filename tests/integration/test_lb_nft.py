@@ -125,6 +125,20 @@ def test_drift_after_the_table_is_deleted_and_restore(host, tmp_path):
     assert "service web restored" in host.circuit("restore").stdout
     assert table(host) == made and host.circuit("lb", "list").stderr == ""
     assert answered_by(host.netns, VIP, 4) == {"alpha": 2, "beta": 2}
+
+    # by hand: the VIP taken off lo, a rule and a chain of another's in circuit's table
+    host.run("ip", "addr", "del", f"{VIP}/32", "dev", "lo")
+    host.run("nft", "add", "rule", "inet", "circuit_lb", "prerouting", "counter")
+    host.run("nft", "add", "chain", "inet", "circuit_lb", "theirs")
+    drift = host.circuit("lb", "list").stderr.splitlines()
+    assert sorted(drift) == sorted(f"circuit: {line}; run `circuit restore`" for line in (
+        "chain prerouting of table inet circuit_lb has 2 rules, the services make 1 (a rule "
+        "added or deleted by hand?)",
+        "table inet circuit_lb has chain theirs, which no service makes",
+        f"VIP {VIP} of service web is not on lo (taken off by hand?)")), drift
+    host.circuit("restore")
+    assert table(host) == made and host.circuit("lb", "list").stderr == ""
+    assert answered_by(host.netns, VIP, 4) == {"alpha": 2, "beta": 2}
     host.circuit("lb", "delete", "web")
 
 

@@ -90,3 +90,28 @@ def test_a_target_that_is_its_own_vip_or_unusable_is_refused(tmp_path):
         assert added.returncode == 3 and message in added.stderr, added.stderr
     assert json.loads(path.read_text())["targets"] == []
     assert unusable("10.100.99.2") is None and unusable("fd00::1") is None
+
+
+def test_strangers_in_the_table_are_named():
+    from circuit_lb import table
+
+    record = {"name": "web", "addr": "10.100.99.1", "port": 80, "protocol": "tcp",
+              "scheduler": "rr", "backend": "nftables",
+              "targets": [{"addr": "10.0.0.1", "port": 80, "forward": "masq", "weight": 1}]}
+    wanted = table.build([record])
+    ref = {"family": "inet", "table": "circuit_lb"}
+    kernel = [{"chain": {**ref, "name": name, **(hook or {})}}
+              for name, (hook, _) in wanted.chains.items()]
+    kernel += [{"rule": {**ref, "chain": name, "expr": rule["expr"]}}
+               for name, (_, rules) in wanted.chains.items() for rule in rules]
+    kernel += [{"set": {**ref, "name": name}} for name in wanted.sets]
+    assert table.strangers(kernel, wanted) == [] and table.strangers([], wanted) == []
+    kernel[0]["chain"]["policy"] = "drop"
+    kernel += [{"chain": {**ref, "name": "theirs"}}, {"set": {**ref, "name": "blocked"}},
+               {"rule": {**ref, "chain": "services", "expr": []}}]
+    assert table.strangers(kernel, wanted) == [
+        "chain prerouting of table inet circuit_lb has policy drop (circuit's: accept)",
+        "chain services of table inet circuit_lb has 2 rules, the services make 1 (a rule "
+        "added or deleted by hand?)",
+        "table inet circuit_lb has chain theirs, which no service makes",
+        "table inet circuit_lb has set blocked, which no service makes"]

@@ -331,9 +331,25 @@ class Services:
 
     @staticmethod
     def drift(records: list[dict]) -> list[str]:
-        """How the kernel differs from the stored services, one line each (no pyroute2)."""
-        found = {b: b.read() for b in {backends.of(r) for r in records}}
-        lines = []
+        """How the kernel differs from the stored services, one line each (no pyroute2): a
+        service, target or VIP missing, a target or table object that only the kernel has
+        (table circuit_lb is read when a service of the nftables backend is stored)."""
+        from . import nft, table, vip
+
+        nftables = backends.BACKENDS["nftables"]
+        found, lines = {}, []
+        for backend in {backends.of(r) for r in records}:
+            if backend is nftables:
+                objects = nft.list_table(table.TABLE["family"], table.TABLE["table"])
+                found[backend] = table.read(objects)
+                lines += table.strangers(objects, table.build(records))
+            else:
+                found[backend] = backend.read()
+        for addr in sorted({r["addr"] for r in records if r.get("vip_added")}):
+            if not vip.is_local(addr):
+                names = ", ".join(sorted(f"service {r['name']}" for r in records
+                                         if r["addr"] == addr))
+                lines.append(f"VIP {addr} of {names} is not on lo (taken off by hand?)")
         for record in records:
             name, backend = record["name"], backends.of(record)
             seen = found[backend].get((record["protocol"], endpoint(record)))

@@ -186,6 +186,44 @@ def read(objects: list[dict]) -> dict[tuple, dict]:
     return found
 
 
+def strangers(objects: list[dict], wanted: Table) -> list[str]:
+    """How the kernel's table (objects as `nft.list_table` gives them) holds what the stored
+    services do not make, one line each: a chain or set of another's, another hook or policy,
+    more or fewer rules in a chain than circuit's (a rule added or deleted by hand). Nothing
+    for a table that is gone: its services are reported missing."""
+    if not objects:
+        return []
+    where = f"table {TABLE['family']} {TABLE['table']}"
+    lines, counts = [], {}
+    for item in objects:
+        if "rule" in item:
+            counts[item["rule"]["chain"]] = counts.get(item["rule"]["chain"], 0) + 1
+    for item in objects:
+        if "set" in item and item["set"]["name"] not in wanted.sets:
+            lines.append(f"{where} has set {item['set']['name']}, which no service makes")
+        if "chain" not in item:
+            continue
+        chain = item["chain"]
+        if chain["name"] not in wanted.chains:
+            lines.append(f"{where} has chain {chain['name']}, which no service makes")
+            continue
+        hook, rules = wanted.chains[chain["name"]]
+        differing = [f"{key} {chain.get(key)} (circuit's: {value})"
+                     for key, value in (hook or {}).items() if chain.get(key) != value]
+        if hook is None and "hook" in chain:
+            differing.append(f"hook {chain['hook']} (circuit's: none)")
+        if differing:
+            lines.append(f"chain {chain['name']} of {where} has {', '.join(differing)}")
+        if counts.get(chain["name"], 0) != len(rules):
+            lines.append(f"chain {chain['name']} of {where} has {counts.get(chain['name'], 0)} "
+                         f"rules, the services make {len(rules)} (a rule added or deleted by "
+                         "hand?)")
+    listed = {item["chain"]["name"] for item in objects if "chain" in item}
+    lines += [f"chain {name} of {where} is missing" for name in wanted.chains
+              if name not in listed]
+    return lines
+
+
 def _read_service(rules: list[dict], counted: dict, protocol: str, version: int) -> dict:
     targets: dict[tuple, tuple] = {}
     for rule in rules:
