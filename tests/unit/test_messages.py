@@ -94,3 +94,33 @@ def test_a_global_option_whose_value_was_left_out_says_so(argv):
     with pytest.raises(InvalidInput, match=r"option --\w+ needs a value \(not the command word"):
         split_global_options(argv)
     assert split_global_options(["--state", "./network", "list"])[0] == {"state": "./network"}
+
+
+def test_a_result_that_puts_the_container_on_the_host_is_refused(tmp_path):
+    netns = tmp_path / "netns"  # stands in for the container's netns: not circuit's own
+    netns.write_text("")
+    container = {"name": "eth0", "sandbox": str(netns)}
+    fine = {"cniVersion": "1.0.0", "interfaces": [container],
+            "ips": [{"address": "10.255.255.77/24", "interface": 0}]}
+    cni.check_placed(fine, str(netns))
+    with pytest.raises(ValueError, match=r"in network namespace /proc/1/ns/net, not the "):
+        cni.check_placed({**fine, "interfaces": [{**container, "sandbox": "/proc/1/ns/net"}]},
+                         str(netns))
+    with pytest.raises(ValueError, match=r"127.0.0.1/8 is an address of the host"):
+        cni.check_placed({**fine, "ips": [{"address": "127.0.0.1/8", "interface": 0}]},
+                         str(netns))
+    host_side = {"cniVersion": "1.0.0", "interfaces": [{"name": "veth0"}, container],
+                 "ips": [{"address": "127.0.0.1/8", "interface": 0}]}
+    cni.check_placed(host_side, str(netns))  # an address on a host-side interface is the host's
+    in_circuits = {"name": "eth0", "sandbox": "/proc/self/ns/net"}  # connect --host-netns
+    cni.check_placed({"interfaces": [in_circuits], "ips": [{"address": "127.0.0.1/8"}]},
+                     "/proc/self/ns/net")
+
+
+def test_the_chain_is_undone_when_a_result_names_the_host_netns():
+    found = plugins(bridge_ADD={"cniVersion": "1.0.0", "interfaces": [
+        {"name": "eth0", "sandbox": "/proc/1/ns/net"}]})
+    netconf = {"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "bridge"}]}
+    with pytest.raises(PluginError, match="invalid result during ADD: interfaces"):
+        cni.add_chain(found, netconf, cni.Runtime("c1", "/proc/self/ns/net", "eth0"))
+    assert ("bridge", "DEL") in found.executor.sequence()

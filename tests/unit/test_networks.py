@@ -21,7 +21,8 @@ from circuit_net import networks
 from circuit_net.networks import Networks
 from circuit_net.target import Target
 
-RESULT = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+RESULT = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0",
+                                                 "sandbox": f"/proc/{os.getpid()}/ns/net"}],
           "ips": [{"address": "10.1.0.2/24", "interface": 0}]}
 NETWORK = {"cniVersion": "1.1.0", "name": "n",
            "plugins": [{"type": "bridge", "ipam": {"type": "host-local",

@@ -126,6 +126,60 @@ def check_result(result) -> None:
         raise ValueError("dns is not an object")
 
 
+def check_placed(result: dict, netns: str) -> None:
+    """ValueError when a result puts the container where it is not: an interface in another
+    network namespace than the container's netns (the host's, /proc/1/ns/net; a sandbox path
+    that is not the netns given and cannot be shown to be the same one), or a container
+    address that is an address of circuit's own netns (the host's; unless the container is in
+    that netns: connect --host-netns)."""
+    result = current_result(result)
+    try:
+        container = os.stat(netns)
+    except OSError:  # a netns that is gone: nothing ran in it to compare with
+        return
+    interfaces = result.get("interfaces", [])
+    for i, iface in enumerate(interfaces):
+        if iface.get("sandbox") in (None, "", netns):
+            continue
+        try:
+            same = _same_file(os.stat(iface["sandbox"]), container)
+        except OSError:  # one circuit cannot even look at (/proc/1/ns/net in a container)
+            same = False
+        if not same:
+            raise ValueError(f"interfaces[{i}] ({iface['name']}) is in network namespace "
+                             f"{iface['sandbox']}, not the container's ({netns})")
+    if _same_file(container, os.stat("/proc/self/ns/net")):
+        return
+    for i, ip in enumerate(result.get("ips", [])):
+        index = ip.get("interface")
+        if index is not None and not interfaces[index].get("sandbox"):
+            continue  # an address the result puts on a host-side interface
+        if _is_local(ip["address"].partition("/")[0]):
+            raise ValueError(f"ips[{i}].address {ip['address']} is an address of the host "
+                             "(circuit's network namespace), not the container's")
+
+
+def _same_file(one: os.stat_result, other: os.stat_result) -> bool:
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+
+
+def _is_local(address: str) -> bool:
+    """Whether address is one of this netns's own: the kernel routes a datagram to it from
+    itself (the source it picks is the address), which bind() cannot tell where
+    net.ipv4.ip_nonlocal_bind is set. No packet is sent."""
+    import _socket as socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.connect((address, 9))
+        return sock.getsockname()[0] == address
+    except OSError:  # no route: not local either
+        return False
+    finally:
+        sock.close()
+
+
 def _list_of_objects(result: dict, key: str) -> list[dict]:
     items = result.get(key, [])
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
@@ -379,6 +433,7 @@ def add_chain(plugins: Plugins, netconf: dict, rt: Runtime) -> dict:
                                          plugin_conf(netconf, plugin, result, rt), rt)
             try:
                 check_result(result)
+                check_placed(result, rt.netns)
             except ValueError as e:
                 raise PluginError(f"plugin {plugin['type']} returned an invalid result during "
                                   f"ADD: {e}") from None
