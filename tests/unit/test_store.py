@@ -1,5 +1,6 @@
 """The state store: atomic writes, locks between processes, clear errors on bad records."""
 
+import json
 import os
 import signal
 import stat
@@ -205,3 +206,46 @@ def test_a_settled_directory_is_listed_from_the_cache_alone(tmp_path, monkeypatc
     monkeypatch.setattr(module, "SETTLED_NS", 0)
     store.write(os.path.join(directory, "b.json"), {"v": "b"})  # the directory changed
     assert [r["v"] for r in listing()] == ["a", "b"]
+
+
+def test_a_state_root_is_trusted_only_as_far_as_what_leads_to_it(tmp_path):
+    """--state L, L -> /etc: a link is followed only to a directory circuit made (0700), only
+    through directories nobody else can change; doctor says where the state really lives."""
+    from circuit_common.errors import EnvironmentFault
+
+    real = tmp_path / "real"
+    Store(str(real)).write(str(real / "networks" / "a.json"), {"name": "a"})
+    (tmp_path / "link").symlink_to(real)
+    assert Store(str(tmp_path / "link")).read(str(tmp_path / "link" / "networks" / "a.json"))
+    (tmp_path / "etc").mkdir(mode=0o755)
+    (tmp_path / "to-etc").symlink_to(tmp_path / "etc")
+    with pytest.raises(EnvironmentFault, match=r"is a symbolic link to .*/etc, mode 755, which "
+                                               "is no state directory"):
+        Store(str(tmp_path / "to-etc")).read(str(tmp_path / "to-etc" / "networks" / "a.json"))
+    assert not (tmp_path / "etc" / "networks").exists()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone could replace what is below: an entry, a link, the state
+    for root in (shared / "state", shared / "state" / "deeper"):
+        with pytest.raises(EnvironmentFault, match=r"is reached through .*/shared, owned by "
+                                                   r"uid \d+ with mode 777: others could"):
+            Store(str(root)).write(str(root / "networks" / "a.json"), {"name": "a"})
+    assert list(shared.iterdir()) == []
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(EnvironmentFault, match="too many symbolic links"):
+        Store(str(tmp_path / "loop")).check_root()
+
+
+def test_doctor_says_where_the_state_really_lives(tmp_path):
+    from test_cli import circuit
+
+    (tmp_path / "real").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "etc").mkdir(mode=0o755)
+    (tmp_path / "to-etc").symlink_to(tmp_path / "etc")
+    rows = json.loads(circuit("--state", tmp_path / "link", "doctor", "--format", "json").stdout)
+    assert {"feature": "state", "ok": True, "used": False, "fix": "", "exit_code": 0,
+            "detail": f"{tmp_path / 'link'}, a link to {tmp_path / 'real'}"} in rows
+    refused = circuit("--state", tmp_path / "to-etc", "doctor", "--format", "json")
+    state = next(r for r in json.loads(refused.stdout) if r["feature"] == "state")
+    assert refused.returncode == 10 and not state["ok"] and "no state directory" in state["fix"]

@@ -23,7 +23,7 @@ from collections import namedtuple
 
 from . import VERSION, machine
 from .cli import Context, parse, run
-from .errors import KernelUnsupported, NotFound
+from .errors import CircuitError, KernelUnsupported, NotFound
 from .output import check_format, emit, emit_json, render_table
 
 GROUP = "circuit.doctor"  # each tool's checks: name = "circuit_<tool>.doctor:checks"
@@ -84,15 +84,42 @@ def program_check(feature: str, name: str, found: dict | None, fix: str, in_use:
     return Check(feature, False, in_use, f"no {name}", fix, NotFound.exit_code)
 
 
+def state_check(ctx: Context) -> Check:
+    """Where the state really lives (a symbolic link resolved), and whether circuit trusts
+    it as its state directory (Store.check_root)."""
+    import os
+
+    from .store import Store
+
+    root = ctx.settings.state_dir
+    real = os.path.realpath(root)
+    where = root if real == os.path.abspath(root) else f"{root}, a link to {real}"
+    if ctx.settings.state_url:
+        where = f"{ctx.settings.state_url}; this host's records in {where}"
+    try:
+        Store(root).check_root()
+    except CircuitError as e:
+        return Check("state", False, True, where, str(e), e.exit_code)
+    return Check("state", True, False, where, "", 0)
+
+
 def checks(ctx: Context, f: dict) -> list[Check]:
     """Per feature, from every installed tool's checks (entry-point group circuit.doctor: a
     function (ctx, facts) -> [Check]): does this machine have what it needs, and does the
     state use it. By feature, each tool's in its own order."""
     from importlib.metadata import entry_points
 
-    found = []
+
+    state = state_check(ctx)
+    found = [state]
     for point in sorted(entry_points(group=GROUP), key=lambda e: e.name):
-        found += point.load()(ctx, f)
+        try:
+            found += point.load()(ctx, f)
+        except CircuitError:
+            if state.ok:
+                raise
+            found.append(Check(point.name, False, True, "not checked: its records are in the "
+                               "state, which circuit does not use as it is (see state)", "", 0))
     return sorted(found, key=lambda c: c.feature)
 
 

@@ -43,9 +43,12 @@ class Store:
 
     def check_root(self) -> None:
         """Refuse a state directory that others could write into (as ssh refuses such keys):
-        it must be a directory of this user, not writable by group or others."""
+        it must be a directory of this user, not writable by group or others, reached only
+        through directories that nobody else can change (check_path); through a symbolic
+        link, it must be a directory circuit made (0700), never just any (/etc)."""
         if self._trusted:
             return
+        check_path(self.root)
         try:
             st = os.stat(self.root)
         except FileNotFoundError:
@@ -61,6 +64,12 @@ class Store:
                 f"state directory {self.root} is owned by uid {st.st_uid} with mode "
                 f"{stat.S_IMODE(st.st_mode):o}: others could plant records there; run "
                 f"`chown {os.geteuid()} {self.root} && chmod 700 {self.root}`")
+        real = os.path.realpath(self.root)
+        if real != os.path.abspath(self.root) and st.st_mode & 0o077:
+            raise EnvironmentFault(
+                f"state directory {self.root} is a symbolic link to {real}, mode "
+                f"{stat.S_IMODE(st.st_mode):o}, which is no state directory (circuit makes "
+                "them 0700); give --state a directory of circuit's own")
         self._trusted = True
 
     def _check_trusted(self, st: os.stat_result, path: str, what: str, mode: str) -> None:
@@ -384,6 +393,59 @@ def encode(record: dict) -> bytes:
     # compact: the C encoder (indent makes json fall back to Python, 4x slower)
     return (json.dumps({"schema": SCHEMA_VERSION, **record}, separators=(",", ":"),
                        sort_keys=True, check_circular=False) + "\n").encode()
+
+
+MAX_LINKS = 40  # as the kernel's path walk: more is a loop
+
+
+def check_path(root: str) -> None:
+    """EnvironmentFault unless only this user and root can change where root leads: walked
+    as the kernel walks it, every directory passed through is theirs and writable by no one
+    else (a sticky one, as /tmp, when the entry taken in it is theirs), so a symbolic link
+    on the way (`--state L`, L -> /etc) is followed only when nobody else could have made or
+    re-pointed it, and what it leads to is checked as the root itself is."""
+    me = os.geteuid()
+    parts = os.path.abspath(root).split("/")[1:]
+    current, links = "/", 0
+    while parts:
+        name = parts.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        entry_path = os.path.join(current, name)
+        try:
+            directory = os.stat(current)
+            try:
+                entry = os.lstat(entry_path)
+            except FileNotFoundError:
+                entry = None  # the rest is made (0700) on the first write
+        except OSError as e:
+            raise EnvironmentFault(f"cannot use state directory {root}: {entry_path}: "
+                                   f"{e.strerror}") from None
+        sticky_and_ours = directory.st_mode & stat.S_ISVTX and (entry is None
+                                                                or entry.st_uid in (me, 0))
+        if directory.st_uid not in (me, 0) or (directory.st_mode & 0o022
+                                               and not sticky_and_ours):
+            raise EnvironmentFault(
+                f"state directory {root} is reached through {current}, owned by uid "
+                f"{directory.st_uid} with mode {stat.S_IMODE(directory.st_mode):o}: others "
+                "could re-point it; use a state directory whose parents only you or root "
+                "can change")
+        if entry is None:
+            return
+        if stat.S_ISLNK(entry.st_mode):
+            links += 1
+            if links > MAX_LINKS:
+                raise EnvironmentFault(f"state directory {root}: too many symbolic links "
+                                       "(a loop?)")
+            target = os.readlink(entry_path)
+            parts = target.split("/") + parts
+            if target.startswith("/"):
+                current = "/"
+            continue
+        current = entry_path
 
 
 def environment_fault(e: OSError, path: str) -> Exception:
