@@ -122,3 +122,38 @@ def test_the_hook_publishes_from_circuit_publish_in_its_env(host, tmp_path):
         assert rows[0]["peers"] == []  # poststop released the attachment
     finally:
         runc.close()
+
+
+def dnat_rule(host, command: str, destination: str) -> list[str]:
+    """The one DNAT rule to destination of a CNI-DN- chain in iptables or ip6tables, as -S
+    prints it (its words)."""
+    rules = host.run(command, "-t", "nat", "-S").stdout.splitlines()
+    found = [r.split() for r in rules
+             if r.startswith("-A CNI-DN-") and r.endswith(f"--to-destination {destination}")]
+    assert len(found) == 1, rules
+    return found[0]
+
+
+def test_check_passes_on_a_dual_stack_network_from_flags_and_finds_a_missing_rule(host):
+    """portmap 1.1.1 looks for each address's rules in both tables: CHECK of a container with
+    a published port failed (exit 7, 'could not check ipv6 dnat') on the README's network.
+    circuit checks each family in its own table, so a rule taken away in either is found."""
+    host.circuit("network", "create", "sandbox", "--subnet", "10.100.10.0/24",
+                 "--subnet", "fd00:100:10::/64")
+    host.circuit("network", "create", "v4", "--subnet", "10.100.11.0/24")
+    c = host.container()
+    host.circuit("network", "connect", c.pid, "sandbox", "-p", "8080:80")
+    host.circuit("network", "connect", c.pid, "v4", "-p", "8081:80")
+    assert host.circuit("network", "check", c.pid, "sandbox").stdout == (
+        f"container {c.pid} on network sandbox (eth0): ok\n")
+    assert host.circuit("network", "check", c.pid, "v4").stdout == (
+        f"container {c.pid} on network v4 (eth1): ok\n")
+    for command, address in (("ip6tables", "[fd00:100:10::2]:80"), ("iptables", "10.100.10.2:80")):
+        rule = dnat_rule(host, command, address)
+        host.run(command, "-t", "nat", "-D", *rule[1:])
+        proc = host.circuit("network", "check", c.pid, "sandbox", check=False)
+        family = "ipv6" if command == "ip6tables" else "ipv4"
+        assert proc.returncode == 7 and f"could not check {family} dnat" in proc.stderr
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
+        host.run(command, "-t", "nat", "-A", *rule[1:])
+    assert host.circuit("network", "check", c.pid, "sandbox").returncode == 0

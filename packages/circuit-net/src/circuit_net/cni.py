@@ -338,21 +338,23 @@ class Plugins:
         self.timeout = timeout
         self.executor = executor
 
-    def environ(self, command: str, rt: Runtime | None) -> dict[str, str]:
+    def environ(self, command: str, rt: Runtime | None, path: str | None = None) -> dict[str, str]:
         env = {"CNI_COMMAND": command, "CNI_PATH": ":".join(self.cni_path),
-               "PATH": os.environ.get("PATH", DEFAULT_PATH)}
+               "PATH": path or os.environ.get("PATH", DEFAULT_PATH)}
         if rt is not None:
             env.update(CNI_CONTAINERID=rt.container_id, CNI_NETNS=rt.netns, CNI_IFNAME=rt.ifname,
                        CNI_ARGS=";".join(f"{k}={v}" for k, v in rt.args))
         return env
 
-    def exec_plugin(self, kind: str, command: str, conf: dict, rt: Runtime | None) -> dict | None:
-        """Run one plugin command; its parsed stdout, or PluginError with the plugin's message."""
-        path = self.executor.find_plugin(kind, self.cni_path)
+    def exec_plugin(self, kind: str, command: str, conf: dict, rt: Runtime | None,
+                    path: str | None = None) -> dict | None:
+        """Run one plugin command (path: its PATH, when not circuit's); its parsed stdout, or
+        PluginError with the plugin's message."""
+        executable = self.executor.find_plugin(kind, self.cni_path)
         started = {} if rt is None or rt.started is None else {
             "started": lambda pid, began: rt.started(kind, pid, began)}
-        done = self.executor.run(path, json.dumps(conf).encode(), self.environ(command, rt),
-                                 self.timeout, **started)
+        done = self.executor.run(executable, json.dumps(conf).encode(),
+                                 self.environ(command, rt, path), self.timeout, **started)
         if done.returncode is None:
             raise PluginError(f"plugin {kind} timed out after {self.timeout:g}s during {command}"
                               "; it was killed with its children")
@@ -458,9 +460,45 @@ def del_chain(plugins: Plugins, netconf: dict, rt: Runtime, cached: dict | None,
 
 
 def check_chain(plugins: Plugins, netconf: dict, rt: Runtime, cached: dict) -> None:
-    """CHECK through the chain with the cached result."""
+    """CHECK through the chain with the cached result (portmap's: check_portmap)."""
     for plugin in netconf["plugins"]:
-        plugins.exec_plugin(plugin["type"], "CHECK", plugin_conf(netconf, plugin, cached, rt), rt)
+        if plugin["type"] == "portmap":
+            check_portmap(plugins, netconf, plugin, cached, rt)
+        else:
+            plugins.exec_plugin(plugin["type"], "CHECK",
+                                plugin_conf(netconf, plugin, cached, rt), rt)
+
+
+IPTABLES_COMMANDS = {4: "iptables", 6: "ip6tables"}
+
+
+def check_portmap(plugins: Plugins, netconf: dict, plugin: dict, cached: dict,
+                  rt: Runtime) -> None:
+    """portmap's CHECK, once per address family of the result. portmap (1.1.1, upstream
+    containernetworking/plugins#819) checks the rules of each container address in both
+    iptables and ip6tables, where only one family's can be, so no attachment with published
+    ports passes while both commands work. Each pass gets the result with one family's
+    addresses and a PATH that finds only that family's command: every rule is still checked,
+    in its own table."""
+    import shutil
+    import tempfile
+
+    ips = _list_of_objects(cached, "ips")
+    families = sorted({6 if ":" in str(ip.get("address")) else 4 for ip in ips})
+    if not families:
+        plugins.exec_plugin("portmap", "CHECK", plugin_conf(netconf, plugin, cached, rt), rt)
+        return
+    search = os.environ.get("PATH", DEFAULT_PATH)
+    for family in families:
+        one_family = dict(cached, ips=[ip for ip in ips
+                                       if (":" in str(ip.get("address"))) == (family == 6)])
+        command = IPTABLES_COMMANDS[family]
+        with tempfile.TemporaryDirectory(prefix="circuit-portmap-") as only:
+            found = shutil.which(command, path=search)
+            if found:  # none: portmap says that family's table cannot be checked
+                os.symlink(found, os.path.join(only, command))
+            plugins.exec_plugin("portmap", "CHECK",
+                                plugin_conf(netconf, plugin, one_family, rt), rt, path=only)
 
 
 def gc_chain(plugins: Plugins, netconf: dict, valid: list[dict]) -> None:
