@@ -132,6 +132,8 @@ def parse_labels(items: list[str]) -> dict[str, str]:
         key, eq, value = item.partition("=")
         if not eq or not key or not item.isprintable():
             raise InvalidInput(f"bad --label {item!r}: use KEY=VALUE")
+        if key in labels:
+            raise InvalidInput(f"--label {key} is given twice; give each key once")
         labels[key] = value
     return labels
 
@@ -265,6 +267,8 @@ def check_subnet(subnet, text: str) -> None:
     smallest = 30 if subnet.version == 4 else 126
     kind = next((k for k, bad in (("loopback", subnet.is_loopback),
                                   ("multicast", subnet.is_multicast),
+                                  ("link-local (the kernel's own on every interface)",
+                                   subnet.version == 6 and subnet.is_link_local),
                                   ("unspecified", subnet.network_address.is_unspecified))
                  if bad), None)
     if kind:
@@ -330,6 +334,27 @@ def check_usable(netconf: dict, present: dict[str, bool]) -> None:
                 what = "the loopback" if parent == "lo" else "not an interface here"
                 raise InvalidInput(f"parent {parent} of {kind} is {what}; name a host "
                                    "interface such as eth0 (--parent)")
+    check_mtus(netconf, seen)
+
+
+IPV6_MIN_MTU = 1280
+
+
+def check_mtus(netconf: dict, subnets: list) -> None:
+    """Refuse a plugin's mtu that is no MTU, or one below what IPv6 needs on a network with
+    an IPv6 subnet (the kernel takes IPv6 off such a link: the first connect fails adding the
+    address)."""
+    ipv6 = next((s for s in subnets if s.version == 6), None)
+    for plugin in netconf["plugins"]:
+        mtu = plugin.get("mtu")
+        if mtu is None:
+            continue
+        if type(mtu) is not int or not 68 <= mtu <= 65535:
+            raise InvalidInput(f"mtu {mtu!r} of plugin {plugin.get('type')} is not a whole "
+                               "number from 68 to 65535")
+        if ipv6 is not None and mtu < IPV6_MIN_MTU:
+            raise InvalidInput(f"mtu {mtu} is below {IPV6_MIN_MTU}, which IPv6 needs, and the "
+                               f"network has subnet {ipv6}; give --mtu {IPV6_MIN_MTU} or more")
 
 
 def interfaces_here() -> dict[str, bool]:
