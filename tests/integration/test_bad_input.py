@@ -400,12 +400,12 @@ def watched_plugins(tmp_path) -> str:
 
 
 @pytest.mark.parametrize(("command", "fragment"), [
-    ('network connect "$pid" sandbox', "host's network namespace (PID 1's)"),
+    ('network connect "$pid" sandbox', "host's network namespace (PID 1's or the kernel's)"),
     ('network connect "0$pid" sandbox', "without leading zeros"),
     ('network connect "+$pid" sandbox', "not a PID as the kernel writes it"),
     ('network connect " $pid" sandbox', "not a PID as the kernel writes it"),
-    ("network connect 1 sandbox", "host's network namespace (PID 1's)"),
-    ("hook", "host's network namespace (PID 1's)"),
+    ("network connect 1 sandbox", "host's network namespace (PID 1's or the kernel's)"),
+    ("hook", "host's network namespace (PID 1's or the kernel's)"),
 ], ids=["pid", "leading zero", "plus", "space", "pid 1", "hook"])
 def test_a_target_in_pid_1s_netns_is_refused_before_any_plugin_runs(tmp_path, command,
                                                                     fragment):

@@ -106,9 +106,28 @@ def test_a_child_of_pid_2_is_no_kernel_thread_in_a_pid_namespace(fake_proc, tmp_
 @pytest.mark.unit
 @pytest.mark.parametrize("pid", [1, 400])
 def test_a_process_in_the_host_netns_is_refused_unless_asked(pid, fake_proc):
-    with pytest.raises(InvalidInput, match=r"host's network namespace \(PID 1's\).*--host-netns"):
+    with pytest.raises(InvalidInput, match=r"host's network namespace \(PID 1's or the "
+                                           r"kernel's\).*--host-netns"):
         check_connectable(target(pid))
     check_connectable(target(pid), host_netns=True)
+
+
+@pytest.mark.unit
+def test_the_host_netns_is_the_kernels_when_pid_1_hides_its_own(fake_proc, tmp_path):
+    """A VM's init that is not dumpable hides /proc/1/ns even from root (seen: a firecracker
+    guest's process_api): the host's netns is then kthreadd's, and when neither can be read
+    nothing is connected, since a process in the host's netns could not be told apart."""
+    from circuit_common.errors import EnvironmentFault
+
+    os.unlink(tmp_path / "proc" / "1" / "ns" / "net")
+    with pytest.raises(InvalidInput, match="host's network namespace"):
+        check_connectable(target(400))
+    check_connectable(target(300))
+    os.unlink(tmp_path / "proc" / "2" / "ns" / "net")
+    with pytest.raises(EnvironmentFault, match="cannot tell whether container 300 is in the "
+                                               "host's network namespace"):
+        check_connectable(target(300))
+    check_connectable(target(400), host_netns=True)
 
 
 @pytest.mark.unit

@@ -24,7 +24,7 @@ from circuit_common.errors import (
     PluginError,
     StateCorrupt,
 )
-from circuit_common.proc import Process, interfaces, kernel_thread, shares_netns
+from circuit_common.proc import Process, in_host_netns, interfaces, kernel_thread
 from circuit_common.store import Listing, Store
 from circuit_common.validate import check_ifname, check_name
 
@@ -745,11 +745,20 @@ def check_connectable(target: Target, host_netns: bool = False) -> None:
         raise InvalidInput(f"container {target.label} is in circuit's own network namespace, "
                            "not one of its own: start it with a new network namespace (runc: "
                            "a 'network' entry in linux.namespaces)")
-    if not host_netns and shares_netns(pid, 1):
+    if host_netns:
+        return
+    in_host = in_host_netns(pid)
+    if in_host:
         raise InvalidInput(f"container {target.label} is in the host's network namespace "
-                           "(PID 1's), not one of its own: start it with a new network "
-                           "namespace, or give --host-netns to change the host's own "
-                           "interfaces and routes")
+                           "(PID 1's or the kernel's), not one of its own: start it with a "
+                           "new network namespace, or give --host-netns to change the host's "
+                           "own interfaces and routes")
+    if in_host is None:
+        raise EnvironmentFault(f"cannot tell whether container {target.label} is in the host's "
+                               "network namespace: neither PID 1's nor the kernel's "
+                               "(/proc/1/ns/net, /proc/2/ns/net) can be read; run circuit "
+                               "where they can, or give --host-netns if you mean to change "
+                               "that namespace")
 
 
 def in_use(name: str, records: list[dict]) -> str:

@@ -69,14 +69,30 @@ def kernel_thread(pid: int) -> bool:
     return False
 
 
-def shares_netns(pid: int, other: int | str) -> bool:
-    """Whether process pid is in the network namespace of other (a PID or "self"); False
-    when either is gone."""
+def in_host_netns(pid: int) -> bool | None:
+    """Whether process pid is in the host's network namespace: PID 1's as circuit's PID
+    namespace sees it, or the kernel's own (kthreadd's, where PID 2 is that kernel thread:
+    kernel threads live in the initial namespaces). None when neither can be read (a PID 1
+    that is not dumpable, as a VM's init, hides its namespaces even from root): unknown, never
+    taken for "no". False when pid is gone."""
     try:
-        theirs, mine = os.stat(f"{PROC}/{pid}/ns/net"), os.stat(f"{PROC}/{other}/ns/net")
+        theirs = os.stat(f"{PROC}/{pid}/ns/net")
     except OSError:
         return False
-    return (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino)
+    known = False
+    for host in (1, KTHREADD):
+        if host == KTHREADD:
+            fields = stat_fields(KTHREADD)
+            if fields is None or not int(fields[6]) & PF_KTHREAD:
+                continue  # in a PID namespace of its own, PID 2 is a plain process
+        try:
+            st = os.stat(f"{PROC}/{host}/ns/net")
+        except OSError:  # gone, or not ours to read
+            continue
+        known = True
+        if (st.st_dev, st.st_ino) == (theirs.st_dev, theirs.st_ino):
+            return True
+    return False if known else None
 
 
 def process(pid: int) -> Process | None:
