@@ -118,9 +118,15 @@ def test_drift_after_the_table_is_deleted_and_restore(host, tmp_path):
     assert drift.returncode == 0
     assert drift.stderr == "circuit: service web is missing from the kernel; run `circuit " \
                            "restore`\n"
-    changed = host.circuit("lb", "add", "web", "10.100.10.99:80", check=False)
-    assert changed.returncode == 5 and "circuit restore" in changed.stderr
-    assert len(changed.stderr.splitlines()) == 1
+    stored = snapshot(host.state)
+    first = f"{next(iter(ips.values()))}:80"
+    for change in (["add", "web", "10.100.10.99:80"],
+                   ["add", "web", first, "--weight", "5"],  # rr: the table would not change
+                   ["check", "web", "tcp"]):
+        changed = host.circuit("lb", *change, check=False)
+        assert changed.returncode == 5 and "circuit restore" in changed.stderr, change
+        assert len(changed.stderr.splitlines()) == 1 and changed.stdout == "", change
+        assert snapshot(host.state) == stored and table(host) == {}, change
 
     assert "service web restored" in host.circuit("restore").stdout
     assert table(host) == made and host.circuit("lb", "list").stderr == ""

@@ -9,7 +9,7 @@ returns its undo: what puts the kernel back when a later step of the command fai
 
 from collections.abc import Callable
 
-from circuit_common.errors import InvalidInput, KernelUnsupported
+from circuit_common.errors import Conflict, InvalidInput, KernelUnsupported
 
 from . import ipvs
 from .address import Endpoint
@@ -23,6 +23,18 @@ def endpoint(record: dict) -> Endpoint:
 
 def _nothing() -> None:
     """The undo of a change that left the kernel alone."""
+
+
+def _refuse_drift(record: dict, seen: dict | None, expected: dict) -> None:
+    """Conflict unless the kernel's view of record's service (seen) is what it should be."""
+    if seen is None:
+        how = "is missing from the kernel"
+    elif seen["scheduler"] != record["scheduler"] or seen["targets"] != expected:
+        how = "differs in the kernel"
+    else:
+        return
+    raise Conflict(f"service {record['name']} {how}; `circuit lb list` shows how, `circuit "
+                   "restore` makes the kernel match")
 
 
 class Ipvs:
@@ -78,6 +90,13 @@ class Ipvs:
                 self._put_back(old, current, [touched[i] for i in e.done])
                 raise ipvs.target_error(e, old) from None
         return lambda: self._put_back(old, current, touched)
+
+    def verify(self, old: dict, new: dict) -> None:
+        """Refuse (Conflict) a change that sends IPVS nothing when the kernel does not hold
+        old: its requests, when there are any, find that out themselves."""
+        if old["targets"] == new["targets"] and old["scheduler"] == new["scheduler"]:
+            _refuse_drift(old, ipvs.read_proc().get((old["protocol"], endpoint(old))),
+                          self.expected(old))
 
     @staticmethod
     def _put_back(record: dict, current: dict, touched: list[Endpoint]) -> None:
@@ -163,6 +182,17 @@ class Nftables:
     @staticmethod
     def change(old: dict, new: dict) -> Undo:
         return _nothing
+
+    def verify(self, old: dict, new: dict) -> None:
+        """Refuse (Conflict) a change that leaves table circuit_lb as it is (a weight under
+        rr, a check) when the kernel's chain of the service is not old's: nft refuses only
+        commands, and there are none (one chain listed, not the table's counted sets)."""
+        from . import nft, table
+
+        rules = [item["rule"] for item in nft.list_chain(f"svc/{old['name']}")
+                 if "rule" in item]
+        seen = table.read_service(rules, {}, old["protocol"], 6 if ":" in old["addr"] else 4)
+        _refuse_drift(old, seen if rules else None, self.expected(old))
 
     @staticmethod
     def read() -> dict[tuple, dict]:

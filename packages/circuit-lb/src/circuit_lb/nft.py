@@ -23,3 +23,10 @@ def transaction(commands: list[dict]) -> None:
 def list_table(family: str, name: str) -> list[dict]:
     """The objects of a table as `nft -j list table` gives them; [] when there is none."""
     return nft.objects("table", family, name)
+
+
+def list_chain(name: str) -> list[dict]:
+    """The objects of chain name of table circuit_lb; [] when it (or the table) is absent."""
+    from .table import TABLE
+
+    return nft.objects("chain", TABLE["family"], TABLE["table"], name)

@@ -305,6 +305,7 @@ class Services:
         from . import nft
 
         if not commands:
+            backend.verify(old, new)
             undo.append(backend.change(old, new))
             undo.append(undo_table)
             return

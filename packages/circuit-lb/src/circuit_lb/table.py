@@ -181,7 +181,7 @@ def read(objects: list[dict]) -> dict[tuple, dict]:
         if {"daddr", "dport", "chain"} <= fields.keys():
             (protocol, port), (family, vip) = fields["dport"], fields["daddr"]
             version = 6 if family == "ip6" else 4
-            found[(protocol, Endpoint(vip, port))] = _read_service(
+            found[(protocol, Endpoint(vip, port))] = read_service(
                 rules.get(fields["chain"], []), counted, protocol, version)
     return found
 
@@ -224,7 +224,7 @@ def strangers(objects: list[dict], wanted: Table) -> list[str]:
     return lines
 
 
-def _read_service(rules: list[dict], counted: dict, protocol: str, version: int) -> dict:
+def read_service(rules: list[dict], counted: dict, protocol: str, version: int) -> dict:
     targets: dict[tuple, tuple] = {}
     for rule in rules:
         for expr in rule["expr"]:
