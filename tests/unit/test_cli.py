@@ -239,3 +239,15 @@ def test_table_matches_the_seed_layout():
     assert text == ("NAME                ADDR                 PROTOCOL            SCHEDULER\n"
                     "demo                192.168.100.235:80   tcp                 rr\n"
                     "  -> 10.254.1.196:80\n")
+
+
+@pytest.mark.parametrize("option, argv", [
+    ("--ifname", ["network", "connect", "1", "n", "--ifname", ""]),
+    ("--alias", ["network", "connect", "1", "n", "--alias", "web", "--alias", ""]),
+    ("--mtu", ["network", "create", "n", "--subnet", "10.9.0.0/24", "--mtu="]),
+    ("--format", ["lb", "list", "--format", ""])])
+def test_an_option_given_an_empty_value_is_refused_not_ignored(tmp_path, option, argv):
+    proc = circuit("--state", tmp_path, *argv)
+    assert proc.returncode == 2 and proc.stderr == (
+        f"circuit: option {option} is given an empty value; give a value or leave the option "
+        "out\n"), proc.stderr

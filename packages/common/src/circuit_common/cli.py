@@ -38,9 +38,14 @@ def parse(doc: str, argv: list[str]) -> dict:
     from docopt import DocoptExit, docopt
 
     try:
-        return Arguments(docopt(for_command(doc, argv), argv=argv, default_help=True))
+        args = Arguments(docopt(for_command(doc, argv), argv=argv, default_help=True))
     except DocoptExit:
         raise UsageError(_usage_hint(doc, argv)) from None
+    for key, value in args.items():  # `--ifname ''` was the default ifname, silently
+        if key.startswith("--") and (value == "" or (isinstance(value, list) and "" in value)):
+            raise UsageError(f"option {key} is given an empty value; give a value or leave "
+                             "the option out")
+    return args
 
 
 def for_command(doc: str, argv: list[str]) -> str:
