@@ -131,6 +131,20 @@ def test_the_host_netns_is_the_kernels_when_pid_1_hides_its_own(fake_proc, tmp_p
 
 
 @pytest.mark.unit
+def test_a_netns_circuit_cannot_look_at_is_not_taken_for_an_exit(fake_proc, tmp_path):
+    from circuit_common.errors import EnvironmentFault
+
+    fake_proc(500, netns="container")
+    ns = tmp_path / "proc" / "500" / "ns"
+    os.unlink(ns / "net")
+    ns.rmdir()
+    ns.write_text("")  # stat fails, and not with ENOENT (as /proc/1/ns/net in a VM: EACCES)
+    with pytest.raises(EnvironmentFault, match=r"cannot look at the network namespace of "
+                                               r"container 500 \(.*: Not a directory\)"):
+        check_connectable(target(500))
+
+
+@pytest.mark.unit
 def test_a_container_in_a_netns_of_its_own_passes(fake_proc):
     check_connectable(target(300))
 

@@ -735,9 +735,15 @@ def check_connectable(target: Target, host_netns: bool = False) -> None:
     kernel thread, a process in circuit's own network namespace, or (unless host_netns) one
     in the host's, PID 1's as circuit sees it; their ethN and default route would land beside
     the host's own."""
-    if not os.path.exists(target.netns):
-        raise NotFound(f"container {target.label} has exited")
     pid = target.process.pid
+    try:
+        os.stat(target.netns)
+    except FileNotFoundError:
+        raise NotFound(f"container {target.label} has exited") from None
+    except OSError as e:  # PID 1 of a VM may hide its namespaces even from root
+        raise EnvironmentFault(f"cannot look at the network namespace of container "
+                               f"{target.label} ({target.netns}: {e.strerror}); give a "
+                               "container's PID or runc id") from None
     if kernel_thread(pid):
         raise InvalidInput(f"PID {pid} is a kernel thread, not a container: give the PID of a "
                            "container's process or its runc id")
