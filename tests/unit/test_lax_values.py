@@ -3,10 +3,12 @@ one clear error where it is read."""
 
 import pytest
 
+from circuit_cluster.url import parse_etcd_url
 from circuit_common.errors import InvalidInput, UsageError
 from circuit_common.output import check_format
 from circuit_common.validate import check_ifname
 from circuit_lb.cli import persistent_seconds
+from circuit_net import spec
 from circuit_net.runtime import capabilities, parse_publish, parse_publish_list
 
 
@@ -58,3 +60,16 @@ def test_an_empty_cluster_host_name_is_refused_not_replaced_by_the_hostname():
     with pytest.raises(InvalidInput, match="invalid host name ''"):
         host_name("")
     assert host_name(None)
+
+
+HUGE_NUMBER = "9" * 5000  # past int()'s 4,300 digits: a ValueError of its own, exit 70 before
+
+
+@pytest.mark.parametrize("parse", [
+    lambda: parse_publish(f"{HUGE_NUMBER}:80"),
+    lambda: spec.parse_mtu(HUGE_NUMBER),
+    lambda: spec.parse_number(HUGE_NUMBER, "--vni", 1, 9),
+    lambda: parse_etcd_url(f"etcd://h:{HUGE_NUMBER}")])
+def test_a_number_of_thousands_of_digits_is_a_bad_value(parse):
+    with pytest.raises(InvalidInput):
+        parse()

@@ -80,3 +80,10 @@ def test_a_new_rate_does_not_keep_a_burst_sized_for_another():
     assert merge(network, {"delay": 5_000})["buffer"] == 100 << 20
     assert merge(network, {"ceil": 2000 * MBIT})["buffer"] == 100 << 20
     assert "cbuffer" not in merge(network, {"ceil": 2000 * MBIT})
+
+
+@pytest.mark.parametrize("parse", [parse_rate, parse_size,
+                                   lambda text: parse_delay(f"{text}us")])
+def test_a_number_beyond_a_float_is_refused_not_an_internal_error(parse):
+    with pytest.raises(InvalidInput, match="far too large"):
+        parse("9" * 400)

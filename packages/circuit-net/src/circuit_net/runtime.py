@@ -8,6 +8,7 @@ here, so the CLI and the hook read them the same way.
 import json
 
 from circuit_common.errors import InvalidInput, UsageError
+from circuit_common.validate import ascii_number
 
 from . import cni
 
@@ -45,9 +46,10 @@ def parse_publish(spec: str) -> dict:
 
 
 def _port(text: str, spec: str) -> int:
-    if not (text.isascii() and text.isdigit() and 0 < int(text) < 65536):
+    port = ascii_number(text)
+    if port is None or not 0 < port < 65536:
         raise InvalidInput(f"bad --publish {spec!r}: {text!r} is not a port from 1 to 65535")
-    return int(text)
+    return port
 
 
 def parse_publish_list(text: str) -> list[dict]:

@@ -5,7 +5,7 @@ import ipaddress
 
 from circuit_common.errors import Conflict, InvalidInput, UsageError
 from circuit_common.proc import routes
-from circuit_common.validate import check_ifname, check_name
+from circuit_common.validate import ascii_number, check_ifname, check_name
 
 from . import cni
 
@@ -91,9 +91,10 @@ DEFAULT_HOST_SUBNET_SIZE = 24
 
 
 def parse_number(text: str, option: str, low: int, high: int) -> int:
-    if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+    number = ascii_number(text)
+    if number is None or not low <= number <= high:
         raise InvalidInput(f"bad {option} {text!r}: a whole number from {low} to {high}")
-    return int(text)
+    return number
 
 
 def parse_subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -121,9 +122,7 @@ def parse_gateway(text: str, subnets: list) -> ipaddress.IPv4Address | ipaddress
 
 
 def parse_mtu(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and 68 <= int(text) <= 65535):
-        raise InvalidInput(f"bad --mtu {text!r}: a whole number from 68 to 65535")
-    return int(text)
+    return parse_number(text, "--mtu", 68, 65535)
 
 
 def parse_labels(items: list[str]) -> dict[str, str]:

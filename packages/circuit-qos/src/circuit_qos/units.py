@@ -25,6 +25,8 @@ def _parse(text: str, units: dict[str, int], bare: str | None, what: str, exampl
     if unit not in units:
         raise InvalidInput(f"unknown unit {match.group(2)!r} in {what} {text!r}; use one of "
                            f"{', '.join(units)}")
+    if number * units[unit] > 2**64:  # beyond what tc holds, and maybe a float's infinity
+        raise InvalidInput(f"{what} {text!r} is far too large")
     value = round(number * units[unit])
     if value <= 0:
         raise InvalidInput(f"{what} must be greater than zero, not {text!r}")

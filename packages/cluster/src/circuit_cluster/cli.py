@@ -41,7 +41,7 @@ import time
 from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import Conflict, InvalidInput, NotFound, UsageError
-from circuit_common.validate import check_name
+from circuit_common.validate import ascii_number, check_name
 
 from . import overlay
 from .member import Member
@@ -111,7 +111,7 @@ def join(ctx: cli.Context, member: Member, address: str, name: str, ttl: str) ->
     except ValueError:
         raise InvalidInput(f"bad --address {address!r}: this host's IPv4 underlay address, "
                            "as 192.168.1.10") from None
-    if not (ttl.isascii() and ttl.isdigit() and 2 <= int(ttl) <= 3600):
+    if not 2 <= (ascii_number(ttl) or 0) <= 3600:
         raise InvalidInput(f"bad --ttl {ttl!r}: whole seconds from 2 to 3600")
     overlay.check_address(address)
     store = member.store

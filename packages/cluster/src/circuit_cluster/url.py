@@ -3,6 +3,7 @@ keeps below, and how circuit reaches them (the --etcd-* settings)."""
 
 from circuit_common.config import read_small_file
 from circuit_common.errors import InvalidInput
+from circuit_common.validate import ascii_number
 
 
 class EtcdState:
@@ -55,7 +56,7 @@ def parse_etcd_url(url: str) -> EtcdState:
         host, _, port = endpoint.rpartition(":")
         bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
         name = host[1:-1] if bracketed else host
-        if not name or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536) \
+        if not name or not 0 < (ascii_number(port) or 0) < 65536 \
                 or ("[" in name or "]" in name) \
                 or (":" in name and not bracketed) \
                 or not all(c.isascii() and (c.isalnum() or c in ".-:") for c in name):
