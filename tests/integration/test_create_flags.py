@@ -2,9 +2,11 @@
 subnets that overlap are refused naming the owner, and delete/prune leave no bridge or
 directory."""
 
+import ipaddress
 import json
+from concurrent.futures import ThreadPoolExecutor
 
-from harness import bridge_conf, wait_for
+from harness import bridge_conf, snapshot, wait_for
 
 
 def links(host) -> str:
@@ -46,7 +48,7 @@ def test_an_overlapping_subnet_is_refused_naming_the_owner(host):
         "outside0); choose another --subnet\n")
     assert sorted(p.name for p in (host.state / "networks").iterdir()) == before
     again = host.circuit("network", "create", "web", "--subnet", "10.100.40.0/24")
-    assert again.stdout == "web created\n"  # the same flags again: a no-op, not an overlap
+    assert again.stdout == "web exists, unchanged\n"  # the same flags: a no-op, no overlap
 
 
 def test_prune_deletes_unused_networks_their_bridges_and_directories(host):
@@ -145,3 +147,43 @@ def test_an_existing_bridge_of_this_netns_is_a_bridge_and_a_veth_is_not(host):
     refused = host.circuit("network", "create", other, check=False)
     assert refused.returncode == 3 and f"bridge {veth} exists and is not a bridge" in \
         refused.stderr
+
+
+def subnets_of(host, name: str) -> list[str]:
+    config = json.loads(host.circuit("network", "inspect", name).stdout)["config"]
+    return [r[0]["subnet"] for r in config["plugins"][0]["ipam"]["ranges"]]
+
+
+def test_without_subnet_a_free_one_is_picked_past_other_networks_and_host_routes(host):
+    """As podman: the first free /24 of 10.89.0.0/16 on, and with --ipv6 a random /64 of
+    fd00::/8; creating it again is a no-op that says so; another definition is refused."""
+    host.circuit("network", "create", "web", "--subnet", "10.89.0.0/24")
+    host.run("ip", "route", "add", "10.89.1.0/24", "dev", "lo")  # a route of the host's
+    out = host.circuit("network", "create", "db", "--ipv6").stdout
+    v4, v6 = subnets_of(host, "db")
+    assert v4 == "10.89.2.0/24" and out == f"db created ({v4}, {v6})\n"
+    assert ipaddress.ip_network(v6).prefixlen == 64
+    assert ipaddress.ip_network(v6).subnet_of(ipaddress.ip_network("fd00::/8"))
+    before = snapshot(host.state / "networks")
+    assert host.circuit("network", "create", "db", "--ipv6").stdout == "db exists, unchanged\n"
+    assert host.circuit("network", "create", "db", "--ipv6", "--subnet", v4).stdout == (
+        "db exists, unchanged\n")
+    for other in (["--subnet", "10.89.9.0/24"], ["--internal", "--ipv6"]):
+        proc = host.circuit("network", "create", "db", *other, check=False)
+        assert proc.returncode == 5 and proc.stderr == (
+            "circuit: network 'db' exists with a different config; delete it first or choose "
+            "another --name\n")
+    proc = host.circuit("network", "create", "gw", "--gateway", "10.89.3.1", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert snapshot(host.state / "networks") == before
+    assert host.circuit("network", "create", "api").stdout == "api created (10.89.3.0/24)\n"
+
+
+def test_concurrent_creates_without_subnet_never_pick_the_same(host):
+    """The pick and the write hold the store's lock: six creates at once, six subnets."""
+    names = [f"n{i}" for i in range(6)]
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        done = list(pool.map(lambda n: host.circuit("network", "create", n, check=False), names))
+    assert [p.returncode for p in done] == [0] * len(names), [p.stderr for p in done]
+    picked = sorted(s for n in names for s in subnets_of(host, n))
+    assert picked == [f"10.89.{i}.0/24" for i in range(len(names))]

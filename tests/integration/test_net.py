@@ -196,10 +196,12 @@ def test_deleting_a_network_of_exited_containers_says_so_and_names_gc(host):
 def test_create_is_idempotent_and_refuses_a_different_config(host):
     path = host.conf(bridge_conf())
     assert host.circuit("network", "create", path).stdout == "sandbox created\n"
-    assert host.circuit("network", "create", path).returncode == 0
+    before = (host.state / "networks" / "sandbox.json").read_bytes()
+    assert host.circuit("network", "create", path).stdout == "sandbox exists, unchanged\n"
     other = host.conf(bridge_conf(subnet="10.9.9.0/24"), "other.conf")
     clash = host.circuit("network", "create", other, check=False)
-    assert clash.returncode != 0 and "different config" in clash.stderr
+    assert clash.returncode == 5 and "different config" in clash.stderr
+    assert (host.state / "networks" / "sandbox.json").read_bytes() == before
     renamed = host.circuit("network", "create", other, "--name", "sandbox2")
     assert renamed.stdout == "sandbox2 created\n"
     assert host.circuit("network", "list", "-q").stdout == "sandbox\nsandbox2\n"

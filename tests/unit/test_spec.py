@@ -85,6 +85,8 @@ def test_a_long_name_gets_a_short_bridge():
     ({"subnets": ["10.89.0.0/24"], "driver": "ptp", "bridge": "b"}, UsageError, "--bridge"),
     ({"subnets": ["10.89.0.0/24"], "mtu": "20"}, InvalidInput, "bad --mtu"),
     ({"subnets": ["10.89.0.0/24"], "labels": ["nolabel"]}, InvalidInput, "bad --label"),
+    ({"subnets": [], "gateway": "10.89.0.1"}, UsageError, "--gateway needs the --subnet"),
+    ({"subnets": [], "overlay": "vxlan"}, InvalidInput, "takes one IPv4 --subnet"),
 ])
 def test_bad_flags_are_refused_in_one_line(kwargs, error, words):
     with pytest.raises(error, match=words):
@@ -104,3 +106,49 @@ def test_overlaps_name_the_other_network_or_the_route(monkeypatch):
         (ipaddress.ip_network("0.0.0.0/0"), "eth0"), (ipaddress.ip_network("10.0.0.0/8"), "eth0")])
     with pytest.raises(Conflict, match=r"the host's route 10.0.0.0/8 \(dev eth0\)"):
         spec.check_overlap(mine, [])
+
+
+def nets(*texts):
+    import ipaddress
+
+    return [ipaddress.ip_network(t) for t in texts]
+
+
+def test_the_first_free_ipv4_block_of_the_pools_past_what_is_held():
+    assert str(spec.free_ipv4([])) == "10.89.0.0/24"
+    # nested, unordered, partly outside the pool, and a block held only in part
+    held = nets("10.89.0.0/23", "10.89.0.128/25", "10.89.2.77/32", "10.0.0.0/10", "fd00::/8")
+    assert str(spec.free_ipv4(held)) == "10.89.3.0/24"
+    assert str(spec.free_ipv4(nets("10.89.0.0/16"))) == "10.90.0.0/24"  # the next pool
+    assert str(spec.free_ipv4(nets("10.0.0.0/8", "10.128.0.0/9"))) == "None"
+
+
+def test_a_random_unique_local_ipv6_64_that_overlaps_nothing_held():
+    import ipaddress
+
+    picked = {spec.free_ipv6(nets("10.89.0.0/24")) for _ in range(20)}
+    assert len(picked) == 20 and all(
+        p.prefixlen == 64 and p.subnet_of(ipaddress.ip_network("fd00::/8")) for p in picked)
+    assert spec.free_ipv6(nets("fc00::/7")) is None
+
+
+def test_which_families_are_picked():
+    assert spec.Flags("a", []).missing_families() == [4]
+    assert spec.Flags("a", [], ipv6=True).missing_families() == [4, 6]
+    assert spec.Flags("a", ["10.1.0.0/24"], ipv6=True).missing_families() == [6]
+    assert spec.Flags("a", ["fd00:1::/64"], ipv6=True).missing_families() == []
+    assert spec.Flags("a", ["10.1.0.0/24"]).missing_families() == []
+
+
+def test_a_network_created_again_keeps_its_picked_subnets(monkeypatch):
+    monkeypatch.setattr(spec, "routes", lambda: [])
+    existing = {"name": "db", "plugins": [{"type": "bridge", "ipam": {"ranges": [
+        [{"subnet": "10.89.7.0/24"}], [{"subnet": "fd12::/64"}]]}}]}
+    other = {"name": "web", "plugins": [{"type": "bridge", "ipam": {"subnet": "10.89.0.0/24"}}]}
+    assert spec.pick_subnets(spec.Flags("db", [], ipv6=True), existing, [other]) == nets(
+        "10.89.7.0/24", "fd12::/64")
+    assert spec.pick_subnets(spec.Flags("new", []), None, [other, existing]) == nets(
+        "10.89.1.0/24")
+    monkeypatch.setattr(spec, "free_ipv4", lambda held: None)
+    with pytest.raises(Conflict, match=r"no free IPv4 subnet left in 10.89.0.0/16, .*--subnet"):
+        spec.pick_subnets(spec.Flags("new", []), None, [])

@@ -94,7 +94,7 @@ def read_state(stream) -> dict:
 def wanted_networks(nets: Networks, state: dict, env=os.environ) -> list[str]:
     """The networks to attach, from CNI_CONF, CIRCUIT_NETWORK or the circuit.networks annotation."""
     if env.get("CNI_CONF"):
-        return [nets.create(env["CNI_CONF"])["name"]]
+        return [nets.create(env["CNI_CONF"])[0]["name"]]
     names = env.get("CIRCUIT_NETWORK") or (state.get("annotations") or {}).get("circuit.networks")
     if not names:
         raise InvalidInput("no network for the hook: set CNI_CONF or CIRCUIT_NETWORK in the "

@@ -2,9 +2,10 @@
 
 Usage:
   circuit-net create PATH [--name NAME]
-  circuit-net create NAME (--subnet CIDR)... [--gateway IP] [--driver DRIVER] [--bridge IF]
-                     [--parent IF] [--mtu N] [--internal] [--no-masquerade] [--label KV]...
-                     [--overlay KIND [--vni N] [--host-subnet-size N]] [--dns | --no-dns]
+  circuit-net create NAME [--subnet CIDR]... [--ipv6] [--gateway IP] [--driver DRIVER]
+                     [--bridge IF] [--parent IF] [--mtu N] [--internal] [--no-masquerade]
+                     [--label KV]... [--overlay KIND [--vni N] [--host-subnet-size N]]
+                     [--dns | --no-dns]
   circuit-net spec [NAME (--subnet CIDR)... [--gateway IP] [--driver DRIVER] [--bridge IF]
                    [--parent IF] [--mtu N] [--internal] [--no-masquerade] [--label KV]...
                    [--overlay KIND [--vni N] [--host-subnet-size N]] [--dns | --no-dns]]
@@ -21,11 +22,14 @@ Usage:
   circuit-net (-h | --help)
 
 Also reached as `circuit network ...`. TARGET is a PID or a runc container id.
-`create PATH` reads a .conf/.conflist; `create NAME --subnet CIDR ...` writes the conflist
+`create PATH` reads a .conf/.conflist; `create NAME [--subnet CIDR ...]` writes the conflist
 from flags (`spec` prints it): bridge + host-local over every subnet (IPv4 and IPv6) +
-portmap + firewall, at the highest cniVersion the plugins share. A subnet overlapping another
-network's or a route of the host is refused. Deleting a network removes the bridge its plugins
-created when no other network uses it.
+portmap + firewall, at the highest cniVersion the plugins share. Without --subnet it picks
+the first free /24 of 10.89.0.0/16, 10.90.0.0/15, ... 10.128.0.0/9 (podman's pools), and
+with --ipv6 also a random /64 of fd00::/8. A subnet overlapping another network's or a route
+of the host is refused. Creating a network again with the same definition changes nothing
+("NAME exists, unchanged"); another definition under its name is refused. Deleting a network
+removes the bridge its plugins created when no other network uses it.
 
 Options:
   --name NAME      create: network name, instead of the config's "name"; connect: the
@@ -45,7 +49,9 @@ Options:
                    its new interface, address and routes change the host's own
   --force          delete: disconnect attached containers first; prune: do not ask
   --running        list: leave out containers that exited (gc releases them)
-  --subnet CIDR    a subnet of the network (repeat for several, IPv4 and IPv6)
+  --subnet CIDR    a subnet of the network (repeat for several, IPv4 and IPv6; default:
+                   a free one picked)
+  --ipv6           dual stack: pick an IPv6 subnet too, unless --subnet gives one
   --gateway IP     the gateway in its subnet (default: the subnet's first address)
   --driver DRIVER  bridge, macvlan, ipvlan or ptp [default: bridge]
   --bridge IF      the bridge device (default: cni-NAME)
@@ -64,6 +70,7 @@ Options:
 
 Examples:
   circuit network create sandbox --subnet 10.100.10.0/24 --subnet fd00:100:10::/64
+  circuit network create web --ipv6                     # subnets picked: IPv4 and IPv6
   circuit network create /etc/cni/net.d/10-sandbox.conflist
   circuit network connect web-00 sandbox -p 8080:80     # a runc id, or a PID
   circuit network list --format json | jq -r '.[].peers[].ips[]'
@@ -90,15 +97,18 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv)
     nets = Networks(ctx)
     runc_root = ctx.settings.runc_root
-    if a["create"] and a["PATH"]:
-        record = nets.create(check_path(a["PATH"]), a["--name"])
-        print(f"{record['name']} created")
+    if a["create"] and a["PATH"] and not names_a_network(a["PATH"], a["--name"]):
+        record, new = nets.create(a["PATH"], a["--name"])
+        print(f"{record['name']} created" if new else f"{record['name']} exists, unchanged")
     elif a["create"]:
-        wanted = flags(check_flags_name(a["NAME"]), a)
-        record = nets.create_from_flags(wanted)
+        wanted = flags(check_flags_name(a["NAME"] or a["PATH"]), a)
+        given = list(wanted.subnets)
+        record, new = nets.create_from_flags(wanted)
         if wanted.dns:
             extensions.enable(ctx, record, "dns")
-        print(f"{record['name']} created")
+        picked = [str(s) for s in wanted.subnets if s not in given]
+        print(f"{record['name']} exists, unchanged" if not new else
+              f"{record['name']} created" + (f" ({', '.join(picked)})" if picked else ""))
     elif a["list"]:
         return list_networks(nets, output.check_format(a["--format"], a["-q"]), a["-q"],
                              a["--running"])
@@ -153,12 +163,14 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
 
 
-def check_path(path: str) -> str:
-    """A config file's path; a plain word that is no file was meant as a network from flags."""
-    if not os.path.exists(path) and "/" not in path and not path.endswith(CONFIG_SUFFIXES):
+def names_a_network(path: str, name: str | None) -> bool:
+    """Whether create's PATH is a plain word that is no file: a network from flags."""
+    if os.path.exists(path) or "/" in path or path.endswith(CONFIG_SUFFIXES):
+        return False
+    if name is not None:
         raise UsageError(f"no config file {path!r}; to create a network named {path} from "
-                         "flags give --subnet CIDR")
-    return path
+                         "flags leave out --name")
+    return True
 
 
 def check_flags_name(name: str) -> str:
@@ -175,10 +187,10 @@ def flags(name: str, a: dict):
     from .spec import Flags
 
     dns = True if a["--dns"] else False if a["--no-dns"] else None
-    wanted = Flags(name, a["--subnet"] or ["10.100.10.0/24"], a["--gateway"], a["--driver"],
-                   a["--bridge"], a["--parent"], a["--mtu"], a["--internal"],
-                   not a["--no-masquerade"], a["--label"], a["--overlay"], a["--vni"],
-                   a["--host-subnet-size"], dns)
+    subnets = a["--subnet"] or ([] if a["create"] else ["10.100.10.0/24"])
+    wanted = Flags(name, subnets, a["--gateway"], a["--driver"], a["--bridge"], a["--parent"],
+                   a["--mtu"], a["--internal"], not a["--no-masquerade"], a["--label"],
+                   a["--overlay"], a["--vni"], a["--host-subnet-size"], dns, a["--ipv6"])
     if wanted.dns and extensions.provided("dns") is None:
         if dns:
             raise NotFound("--dns needs circuit-dns, which is not installed: install it, or "

@@ -126,24 +126,36 @@ class Networks:
 
     # -- networks ---------------------------------------------------------------------------
 
-    def create(self, source: str, name: str | None = None) -> dict:
+    def create(self, source: str, name: str | None = None) -> tuple[dict, bool]:
         """Store a validated network from a .conf/.conflist, refused as one from flags is when
-        a subnet overlaps; an identical re-create is a no-op."""
+        a subnet overlaps; an identical re-create is a no-op. The record, and whether it is
+        new."""
         netconf = cni.load_netconf(read_small_file(source, "network config"), source, name)
         return self.define(netconf, str(source), check_overlap=True)
 
-    def create_from_flags(self, flags) -> dict:
+    def create_from_flags(self, flags) -> tuple[dict, bool]:
         """Store the network the flags describe (spec.conflist), refused when a subnet overlaps
-        another network's or a route of circuit's netns; an identical re-create is a no-op."""
+        another network's or a route of circuit's netns; an identical re-create is a no-op.
+        Subnets the flags leave out are picked under the store's lock (spec.pick_subnets), so
+        concurrent creates never pick the same. The record, and whether it is new."""
         from . import spec
 
         requested = spec.requested_overlay(flags)
         if requested and not self.store.shared:
             self.store.place_overlay(requested, [])  # refused before any plugin is asked
         # with shared state the record is every host's: each adds its own IPAM directory
-        netconf = spec.conflist(flags, self.plugins,
-                                None if self.store.shared else self.ipam_dir())
-        return self.define(netconf, "flags", check_overlap=True, overlay=requested)
+        ipam_dir = None if self.store.shared else self.ipam_dir()
+        if not flags.missing_families():
+            netconf = spec.conflist(flags, self.plugins, ipam_dir)
+            return self.define(netconf, "flags", check_overlap=True, overlay=requested)
+        with self.store.lock_all():
+            existing = self.store.read(self.network_path(flags.name), check=check_network)
+            others = [n["config"] for n in self.all().records if n["name"] != flags.name]
+            flags.subnets += spec.pick_subnets(flags, existing and existing["config"], others)
+            netconf = spec.conflist(flags, self.plugins, ipam_dir)
+            if existing is None or existing["config"] != netconf:
+                self.check_new(netconf)
+            return self.write_network(netconf, "flags", True, requested)
 
     def ipam_dir(self) -> str | None:
         """host-local's dataDir for networks from flags: under the CNI cache dir when it is not
@@ -152,39 +164,50 @@ class Networks:
         return None if cache_dir == DEFAULT_CNI_CACHE_DIR else os.path.join(cache_dir, "networks")
 
     def define(self, netconf: dict, source: str, check_overlap: bool = False,
-               overlay: dict | None = None) -> dict:
-        """Store a network record for netconf, or return the identical one stored. With
-        check_overlap the check and the write hold every lock (no overlapping twin can slip in
-        between; with shared state, on every host), and so does the state backend's placing
-        of a cluster network (overlay: as requested, spec.requested_overlay)."""
-        path = self.network_path(netconf["name"])
-        existing = self.store.read(path, check=check_network)
+               overlay: dict | None = None) -> tuple[dict, bool]:
+        """Store a network record for netconf, or return the identical one stored; and whether
+        it is new. With check_overlap the check and the write hold every lock (no overlapping
+        twin can slip in between; with shared state, on every host), and so does the state
+        backend's placing of a cluster network (overlay: as requested,
+        spec.requested_overlay)."""
+        existing = self.store.read(self.network_path(netconf["name"]), check=check_network)
         if existing is not None and existing["config"] == netconf:
-            return existing  # every start of a hooked container comes here: keep it cheap
+            return existing, False  # every start of a hooked container comes here: keep it cheap
+        self.check_new(netconf)
+        lock = self.store.lock_all() if check_overlap else self.store.lock("network",
+                                                                           netconf["name"])
+        with lock:
+            return self.write_network(netconf, source, check_overlap, overlay)
+
+    def check_new(self, netconf: dict) -> None:
+        """What a network not stored yet must pass: its plugins, and check_usable."""
         self.check_plugins(netconf)
         from .spec import check_usable, interfaces_here
 
         check_usable(netconf, interfaces_here())
-        lock = self.store.lock_all() if check_overlap else self.store.lock("network",
-                                                                           netconf["name"])
-        with lock:
-            existing = self.store.read(path, check=check_network)
-            if existing is not None:
-                if existing["config"] != netconf:
-                    raise Conflict(f"network {netconf['name']!r} exists with a different config; "
-                                   "delete it first or choose another --name")
-                return existing
-            others = self.all().records if check_overlap or overlay else []
-            if check_overlap:
-                from .spec import check_overlap as refuse_overlap
 
-                refuse_overlap(netconf, [n["config"] for n in others])
-            record = {"name": netconf["name"], "config": netconf, "source": source,
-                      "created": now(), "bridges": new_bridges(netconf)}
-            if overlay:
-                record["overlay"] = self.store.place_overlay(overlay, others)
-            self.store.write(path, record)
-            return record
+    def write_network(self, netconf: dict, source: str, check_overlap: bool,
+                      overlay: dict | None) -> tuple[dict, bool]:
+        """define's part under its lock: the record written, unless one is stored (the same:
+        returned; another config: Conflict)."""
+        path = self.network_path(netconf["name"])
+        existing = self.store.read(path, check=check_network)
+        if existing is not None:
+            if existing["config"] != netconf:
+                raise Conflict(f"network {netconf['name']!r} exists with a different config; "
+                               "delete it first or choose another --name")
+            return existing, False
+        others = self.all().records if check_overlap or overlay else []
+        if check_overlap:
+            from .spec import check_overlap as refuse_overlap
+
+            refuse_overlap(netconf, [n["config"] for n in others])
+        record = {"name": netconf["name"], "config": netconf, "source": source,
+                  "created": now(), "bridges": new_bridges(netconf)}
+        if overlay:
+            record["overlay"] = self.store.place_overlay(overlay, others)
+        self.store.write(path, record)
+        return record, True
 
     def check_plugins(self, netconf: dict) -> None:
         """Every plugin of the chain exists and supports the config's cniVersion."""

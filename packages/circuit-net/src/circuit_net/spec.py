@@ -1,7 +1,9 @@
 """Networks from flags: the conflist `network create NAME --subnet ...` writes, the subnets a
-config holds, and the overlap check against other networks and the host's routes."""
+config holds, the overlap check against other networks and the host's routes, and the free
+subnets `network create NAME` without --subnet picks."""
 
 import ipaddress
+import os
 
 from circuit_common.errors import Conflict, InvalidInput, UsageError
 from circuit_common.proc import routes
@@ -21,12 +23,16 @@ class Flags:
                  parent: str | None = None, mtu: str | None = None, internal: bool = False,
                  masquerade: bool = True, labels: list[str] = (), overlay: str | None = None,
                  vni: str | None = None, host_subnet_size: str | None = None,
-                 dns: bool | None = None):
+                 dns: bool | None = None, ipv6: bool = False):
         self.name = check_name(name, "network name")
         self.subnets = [parse_subnet(s) for s in subnets]
+        self.ipv6 = ipv6
         self.driver = driver or "bridge"
         if self.driver not in DRIVERS:
             raise InvalidInput(f"unknown --driver {self.driver!r}; use {', '.join(DRIVERS)}")
+        if gateway and not self.subnets:
+            raise UsageError("--gateway needs the --subnet it is in (a picked subnet's gateway "
+                             "is its first address)")
         self.gateway = parse_gateway(gateway, self.subnets) if gateway else None
         self.bridge = check_ifname(bridge) if bridge else None
         self.parent = check_ifname(parent) if parent else None
@@ -41,6 +47,13 @@ class Flags:
         self.check_driver_flags()
         self.check_overlay_flags()
         self.dns = self.check_dns(dns)
+
+    def missing_families(self) -> list[int]:
+        """The IP versions of the subnets to pick: IPv4 when no --subnet is given, IPv6 with
+        --ipv6 when no IPv6 --subnet is."""
+        versions = {s.version for s in self.subnets}
+        return [v for v, wanted in ((4, not self.subnets), (6, self.ipv6)) if wanted
+                and v not in versions]
 
     def check_dns(self, dns: bool | None) -> bool:
         """Whether the network gets DNS (circuit-dns): asked, or by default a bridge network
@@ -241,21 +254,83 @@ def netconf_subnets(netconf: dict) -> list:
     return found
 
 
+def taken(others: list[dict]) -> list[tuple]:
+    """What a new network's subnets must not overlap: each other network's subnets and each
+    route of circuit's netns but the default routes, as (subnet, whose: words naming it)."""
+    found = [(theirs, f"{theirs} of network {other['name']}")
+             for other in others for theirs in netconf_subnets(other)]
+    found += [(route, f"the host's route {route} (dev {dev})")
+              for route, dev in routes() if route.prefixlen]
+    return found
+
+
 def check_overlap(netconf: dict, others: list[dict]) -> None:
     """Refuse subnets that overlap another network's or a route of circuit's netns (the
     default routes aside), naming the other owner."""
-    mine = netconf_subnets(netconf)
-    for other in others:
-        for theirs in netconf_subnets(other):
-            for subnet in mine:
-                if subnet.version == theirs.version and subnet.overlaps(theirs):
-                    raise Conflict(f"subnet {subnet} overlaps {theirs} of network "
-                                   f"{other['name']}; choose another --subnet")
-    for route, dev in routes():
-        for subnet in mine:
-            if route.prefixlen and subnet.version == route.version and subnet.overlaps(route):
-                raise Conflict(f"subnet {subnet} overlaps the host's route {route} (dev {dev}); "
-                               "choose another --subnet")
+    held = taken(others)
+    for subnet in netconf_subnets(netconf):
+        for theirs, whose in held:
+            if subnet.version == theirs.version and subnet.overlaps(theirs):
+                raise Conflict(f"subnet {subnet} overlaps {whose}; choose another --subnet")
+
+
+# Where `network create NAME` without --subnet takes an IPv4 subnet: podman's default
+# subnet pools (containers.conf default_subnet_pools), /24 blocks, lowest free first.
+IPV4_POOLS = [ipaddress.ip_network(p) for p in
+              ("10.89.0.0/16", "10.90.0.0/15", "10.92.0.0/14", "10.96.0.0/11", "10.128.0.0/9")]
+IPV4_BLOCK = 24
+# and an IPv6 one (--ipv6): a random unique local /64 (RFC 4193's fd00::/8), as podman
+IPV6_POOL = ipaddress.ip_network("fd00::/8")
+IPV6_TRIES = 1000
+
+
+def pick_subnets(flags: Flags, existing: dict | None, others: list[dict]) -> list:
+    """The subnets of the families flags leave to circuit (Flags.missing_families): an
+    existing network of that name keeps its own (so creating it again changes nothing), else
+    the first free one of the pool. Conflict when a pool has none left. The caller holds the
+    store's lock, so no concurrent create picks the same."""
+    kept = netconf_subnets(existing) if existing else []
+    held = [subnet for subnet, _ in taken(others)]
+    picked = []
+    for version in flags.missing_families():
+        mine = [s for s in kept if s.version == version]
+        subnet = mine[0] if mine else free_ipv4(held) if version == 4 else free_ipv6(held)
+        if subnet is None:
+            pool = ", ".join(map(str, IPV4_POOLS)) if version == 4 else str(IPV6_POOL)
+            raise Conflict(f"no free IPv{version} subnet left in {pool} (other networks and "
+                           "the host's routes hold them); give one with --subnet")
+        picked.append(subnet)
+    return picked
+
+
+def free_ipv4(held: list) -> ipaddress.IPv4Network | None:
+    """The lowest /24 of the IPv4 pools that overlaps nothing held: a walk over the held
+    spans in order, jumping past each, not a test of every block against every span."""
+    spans = sorted((int(n.network_address), int(n.broadcast_address))
+                   for n in held if n.version == 4)
+    size = 1 << (32 - IPV4_BLOCK)
+    for pool in IPV4_POOLS:
+        start, last = int(pool.network_address), int(pool.broadcast_address)
+        blocking = iter(spans)
+        span = next(blocking, None)
+        while start + size - 1 <= last:
+            while span is not None and span[1] < start:
+                span = next(blocking, None)
+            if span is None or span[0] > start + size - 1:
+                return ipaddress.IPv4Network((start, IPV4_BLOCK))
+            start = (span[1] // size + 1) * size  # the first block past what holds this one
+    return None
+
+
+def free_ipv6(held: list) -> ipaddress.IPv6Network | None:
+    """A random /64 of fd00::/8 that overlaps nothing held (None after IPV6_TRIES draws)."""
+    held = [n for n in held if n.version == 6]
+    for _ in range(IPV6_TRIES):
+        subnet = ipaddress.IPv6Network((int.from_bytes(b"\xfd" + os.urandom(7), "big") << 64,
+                                        64))
+        if not any(subnet.overlaps(n) for n in held):
+            return subnet
+    return None
 
 
 def check_subnet(subnet, text: str) -> None:
