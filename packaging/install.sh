@@ -17,7 +17,8 @@ lib=$prefix/lib/circuit
 manifest=$lib/installed-files
 made_dirs=$lib/installed-dirs   # the directories install made, deepest last
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-tools=(circuit circuit-net circuit-qos circuit-lb circuit-hook circuit-cluster circuit-dns)
+tools=(circuit circuit-net circuit-qos circuit-lb circuit-hook circuit-cluster circuit-dns
+       circuit-metrics)
 units=(circuit-restore.service circuit-cluster-agent.service circuit-forkserver.service
        circuit-dns.service circuit-lb-agent.service)
 served=circuit-forkserver.service

@@ -16,7 +16,7 @@ from pathlib import Path
 from harness import ROOT, bridge_conf, documented_hooks
 
 TOOLS = ("circuit", "circuit-net", "circuit-qos", "circuit-lb", "circuit-hook", "circuit-cluster",
-         "circuit-dns")
+         "circuit-dns", "circuit-metrics")
 
 
 def without_the_clone(env: dict) -> dict:

@@ -44,7 +44,7 @@ def test_bash_registers_circuit_and_every_tool():
 
 @pytest.mark.parametrize(("words", "expected"), [
     (("circuit", ""), ["cluster", "completion", "dns", "doctor", "forkserver", "hook", "lb",
-                       "manpages", "network", "restore", "version"]),
+                       "manpages", "metrics", "network", "restore", "version"]),
     (("circuit", "cl"), ["cluster"]),
     (("circuit", "cluster", "j"), ["join"]),
     (("circuit", "cluster", ""), ["agent", "forget", "join", "leave", "list", "sync"]),
@@ -132,7 +132,7 @@ def test_zsh_script_and_a_bad_shell():
     out = subprocess.run([BIN / "circuit", "completion", "zsh"], capture_output=True,
                          text=True).stdout
     assert out.startswith("#compdef circuit circuit-qos circuit-net circuit-lb circuit-hook "
-                          "circuit-cluster circuit-dns\n")
+                          "circuit-cluster circuit-dns circuit-metrics\n")
     assert "compdef _circuit circuit" in out and "circuit completion words --" in out
     proc = subprocess.run([BIN / "circuit", "completion", "fish"], capture_output=True,
                           text=True)

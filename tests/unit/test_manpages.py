@@ -14,7 +14,7 @@ from circuit_common.usage import Usage
 BIN = Path(sys.executable).parent
 TOOLS = {"circuit-net": "circuit_net.cli", "circuit-qos": "circuit_qos.cli",
          "circuit-lb": "circuit_lb.cli", "circuit-hook": "circuit_hook.cli",
-         "circuit-cluster": "circuit_cluster.cli"}
+         "circuit-cluster": "circuit_cluster.cli", "circuit-metrics": "circuit_metrics.cli"}
 
 
 def unescape(roff: str) -> str:
@@ -32,8 +32,8 @@ def pages(tmp_path_factory) -> Path:
 
 def test_one_page_per_tool(pages):
     assert sorted(p.name for p in pages.iterdir()) == [
-        "circuit-cluster.1", "circuit-dns.1", "circuit-hook.1", "circuit-lb.1", "circuit-net.1",
-        "circuit-network.1", "circuit-qos.1", "circuit.1"]
+        "circuit-cluster.1", "circuit-dns.1", "circuit-hook.1", "circuit-lb.1",
+        "circuit-metrics.1", "circuit-net.1", "circuit-network.1", "circuit-qos.1", "circuit.1"]
     assert (pages / "circuit-network.1").read_text() == ".so man1/circuit-net.1\n"
 
 

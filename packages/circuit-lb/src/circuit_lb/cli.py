@@ -189,7 +189,7 @@ def list_services(services: Services, a: dict) -> int:
         output.emit_names([r["name"] for r in records])
     elif fmt == "json":
         output.emit_json([{**r, **({"stats": stats.get(r["name"])} if a["--stats"] else {}),
-                           **({"health": target_health(r, healths.get(r["name"]))}
+                           **({"health": health.target_health(r, healths.get(r["name"]))}
                               if r.get("check") else {})} for r in records])
     else:
         headers = ["name", "addr", "protocol", "scheduler", "backend"]
@@ -203,7 +203,7 @@ def list_services(services: Services, a: dict) -> int:
                 row += counter_cells(stats[r["name"]]["service"])
             rows.append(row)
             if a["--stats"]:
-                states = target_health(r, healths.get(r["name"])) if r.get("check") else {}
+                states = health.target_health(r, healths.get(r["name"])) if r.get("check") else {}
                 details[i] = [target_line(t, stats.get(r["name"]), True)
                               + health_cells(states.get(str(Endpoint(t["addr"], t["port"]))))
                               for t in r["targets"]]
@@ -211,21 +211,6 @@ def list_services(services: Services, a: dict) -> int:
                 details[i] = target_lines(r["targets"])
         output.emit(output.render_table(headers, rows, details))
     return StateCorrupt.exit_code if unreadable else 0
-
-
-def target_health(record: dict, state: dict | None) -> dict[str, dict]:
-    """{ADDR:PORT: {"state": up|down|unchecked, "last_check", "failures"}} of a service with a
-    check, as this host's agent last saw them."""
-    seen = (state or {}).get("targets", {})
-    result = {}
-    for target in record["targets"]:
-        where = str(Endpoint(target["addr"], target["port"]))
-        one = seen.get(where)
-        result[where] = {"state": "unchecked", "last_check": None, "failures": 0} \
-            if one is None else {"state": "up" if one["up"] else "down",
-                                 "last_check": one.get("last_check"),
-                                 "failures": one.get("failures", 0)}
-    return result
 
 
 def health_cells(state: dict | None) -> str:

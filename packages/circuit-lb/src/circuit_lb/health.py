@@ -111,3 +111,18 @@ def check_health(record: dict, path: str) -> None:
     if not isinstance(targets, dict) or not all(
             isinstance(s, dict) and type(s.get("up")) is bool for s in targets.values()):
         raise ValueError("its targets must map ADDR:PORT to {up, last_check, failures}")
+
+
+def target_health(record: dict, state: dict | None) -> dict[str, dict]:
+    """{ADDR:PORT: {"state": up|down|unchecked, "last_check", "failures"}} of a service with a
+    check, as this host's agent last saw them."""
+    seen = (state or {}).get("targets", {})
+    result = {}
+    for target in record["targets"]:
+        where = str(Endpoint(target["addr"], target["port"]))
+        one = seen.get(where)
+        result[where] = {"state": "unchecked", "last_check": None, "failures": 0} \
+            if one is None else {"state": "up" if one["up"] else "down",
+                                 "last_check": one.get("last_check"),
+                                 "failures": one.get("failures", 0)}
+    return result

@@ -158,7 +158,7 @@ def show(nets: Networks, name: str | None, fmt: str, quiet: bool) -> int:
     from .tc import Links
 
     with Links() as links:
-        shown = [network_status(nets, links, network) for network in names]
+        shown = [qos.status(nets, links, network) for network in names]
     if fmt == "json":
         output.emit_json(shown[0] if name is not None else shown)
         return report(unreadable)
@@ -184,23 +184,6 @@ def report(unreadable: list[str]) -> int:
     for error in unreadable:
         print(f"circuit: {error}", file=sys.stderr)
     return StateCorrupt.exit_code if unreadable else 0
-
-
-def network_status(nets: Networks, links, name: str) -> dict:
-    """One network's policy and its attachments' policies and counters, as show prints them."""
-    from .tc import counters
-
-    record = qos.load(nets.store, name)
-    rows = []
-    for attached in nets.attachments(name).records:
-        attachment, label = as_attachment(attached), attached["circuit"]["target"]
-        veth = qos.host_veth(attachment) if attachment.running() else None
-        rows.append({"container_id": attachment.container_id, "target": label,
-                     "ifname": attachment.ifname, "interface": veth,
-                     "policy": qos.effective(record, attachment),
-                     "own_policy": attachment.key in record["attachments"],
-                     "counters": counters(links, veth) if veth else {}})
-    return {"network": name, "policy": record["network"], "attachments": rows}
 
 
 def main(argv: list[str] | None = None) -> int:

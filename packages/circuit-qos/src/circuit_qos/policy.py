@@ -190,3 +190,21 @@ def select(nets: Networks, name: str, container=None,
             raise NotFound(f"no attachment of network {name} has host interface {interface}")
         return chosen
     return attachments
+
+
+def status(nets: Networks, links, name: str) -> dict:
+    """One network's policy and its attachments' policies and live counters (tc.counters), as
+    `qos show` prints them and `circuit metrics` exposes them."""
+    from .tc import counters
+
+    record = load(nets.store, name)
+    rows = []
+    for attached in nets.attachments(name).records:
+        attachment, label = as_attachment(attached), attached["circuit"]["target"]
+        veth = host_veth(attachment) if attachment.running() else None
+        rows.append({"container_id": attachment.container_id, "target": label,
+                     "ifname": attachment.ifname, "interface": veth,
+                     "policy": effective(record, attachment),
+                     "own_policy": attachment.key in record["attachments"],
+                     "counters": counters(links, veth) if veth else {}})
+    return {"network": name, "policy": record["network"], "attachments": rows}

@@ -28,6 +28,7 @@ from circuit_netlink import (
     Batch,
     NetlinkError,
     Template,
+    attributes,
     lean_pyroute2,
 )
 
@@ -232,22 +233,38 @@ def teardown_shaping(links: Links, veth: str) -> None:
 
 
 def counters(links: Links, veth: str) -> dict[str, dict]:
-    """Live statistics of the shaping class in each direction ("in" to the container, "out")."""
+    """Live statistics of the shaping class in each direction ("in" to the container, "out"):
+    bytes, packets, drops, overlimits, and the backlog queued now (bytes, packets). Read from
+    the dump's payloads directly (pyroute2 decoding two classes a device took ≈ 0.3 ms)."""
     found = {}
     for direction, device in (("in", veth), ("out", ifb_name(veth))):
         index = links.index(device)
         if index is None:
             continue
-        for cls in links.batch.query(_tc_message(RTM_GETTCLASS, index, 0, 0), NLM_F_DUMP):
-            if cls["handle"] == CLASS and cls["index"] == index:
-                stats = cls.get_attr("TCA_STATS2")
-                basic = stats.get_attr("TCA_STATS_BASIC") if stats else {}
-                queue = stats.get_attr("TCA_STATS_QUEUE") if stats else {}
-                found[direction] = {"bytes": basic.get("bytes", 0),
-                                    "packets": basic.get("packets", 0),
-                                    "drops": queue.get("drops", 0),
-                                    "overlimits": queue.get("overlimits", 0)}
+        for payload in links.batch.query(_tc_message(RTM_GETTCLASS, index, 0, 0), NLM_F_DUMP,
+                                         decode=False):
+            _, got, handle, _, _ = TCMSG.unpack_from(payload)
+            if handle == CLASS and got == index:
+                found[direction] = class_stats(payload)
     return found
+
+
+TCA_STATS2, TCA_STATS_BASIC, TCA_STATS_QUEUE, TCA_STATS_PKT64 = 7, 1, 3, 8
+BASIC = struct.Struct("=QI")  # struct gnet_stats_basic: bytes, packets
+QUEUE = struct.Struct("=IIIII")  # gnet_stats_queue: qlen, backlog, drops, requeues, overlimits
+
+
+def class_stats(payload: bytes) -> dict[str, int]:
+    """The counters of a class message's TCA_STATS2 (zeros where the kernel gave none)."""
+    stats = attributes(attributes(payload, TCMSG.size).get(TCA_STATS2, b""))
+    nbytes, packets = BASIC.unpack_from(stats[TCA_STATS_BASIC]) \
+        if len(stats.get(TCA_STATS_BASIC, b"")) >= BASIC.size else (0, 0)
+    if len(stats.get(TCA_STATS_PKT64, b"")) >= 8:
+        packets = struct.unpack_from("=Q", stats[TCA_STATS_PKT64])[0]
+    qlen, backlog, drops, _, overlimits = QUEUE.unpack_from(stats[TCA_STATS_QUEUE]) \
+        if len(stats.get(TCA_STATS_QUEUE, b"")) >= QUEUE.size else (0,) * 5
+    return {"bytes": nbytes, "packets": packets, "drops": drops, "overlimits": overlimits,
+            "backlog_bytes": backlog, "backlog_packets": qlen}
 
 
 # Root qdiscs a kernel or distribution puts on a device by itself: nobody's shaping.

@@ -6,6 +6,7 @@ Usage:
   circuit lb create|add|remove|delete|clear|list ...
   circuit cluster join|leave|forget|list|sync|agent ...  (hosts sharing state through etcd)
   circuit dns show|status|serve|stop ...       (containers find each other by name)
+  circuit metrics [--openmetrics] [--textfile DIR] [--listen ADDR:PORT]  (for Prometheus)
   circuit hook [attach|detach]      (runc hooks: plain `circuit` with the OCI state on stdin)
   circuit hook install|uninstall BUNDLE ...  (write the hooks into a bundle's config.json)
   circuit restore                   re-apply QoS and LB state from the store after a reboot
@@ -24,8 +25,8 @@ import os
 import sys
 
 DEFAULT_SOCKET = "/run/circuit/forkserver.sock"
-RUN_HERE = {"forkserver", "agent", "serve"}  # the server itself; the cluster agent and
-# `circuit dns serve` never end
+RUN_HERE = {"forkserver", "agent", "serve", "--listen"}  # the server itself; the cluster
+# agent, `circuit dns serve` and `circuit metrics --listen` never end
 
 GROUPS = {
     ("network", "qos"): "circuit_qos.cli",
@@ -34,6 +35,7 @@ GROUPS = {
     ("hook",): "circuit_hook.cli",
     ("cluster",): "circuit_cluster.cli",
     ("dns",): "circuit_dns.cli",
+    ("metrics",): "circuit_metrics.cli",
 }
 
 

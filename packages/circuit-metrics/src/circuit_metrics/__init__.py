@@ -1,0 +1,1 @@
+"""circuit-metrics: circuit for Prometheus, and circuit top."""
