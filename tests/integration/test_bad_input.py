@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from harness import CIRCUIT, Host, bridge_conf, snapshot
+from harness import CIRCUIT, Host, bridge_conf, sh, snapshot
 
 NESTED_JSON = "[" * 100_000 + "]" * 100_000
 NESTED_TOML = "a = " + "[" * 100_000 + "]" * 100_000
@@ -436,3 +436,20 @@ def test_a_target_in_pid_1s_netns_is_refused_before_any_plugin_runs(tmp_path, co
         assert kernel_objects(host) == kernel
     finally:
         host.close()
+
+
+def test_doctor_fails_on_a_state_directory_circuit_cannot_write(tmp_path):
+    """A read-only mount of the state (in a mount namespace of the test's own) is the state row
+    failing, exit 10, not ok; doctor itself writes nothing."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    script = (f'mount --bind "{state}" "{state}" && mount -o remount,bind,ro "{state}" && '
+              f'"{CIRCUIT}" --state "{state}" doctor --format json')
+    proc = sh("unshare", "--mount", "sh", "-c", script, check=False)
+    row = next(c for c in json.loads(proc.stdout) if c["feature"] == "state")
+    assert proc.returncode == 10 and row["detail"] == f"{state}: a read-only file system"
+    assert not row["ok"] and row["used"] and "read-write" in row["fix"]
+    nested = sh("unshare", "--mount", "sh", "-c", script.replace(
+        f'--state "{state}"', f'--state "{state}/sub"'), check=False)
+    assert nested.returncode == 10 and "(where it would be made: " in nested.stdout
+    assert list(state.iterdir()) == []

@@ -75,3 +75,53 @@ def test_every_member_that_answered_is_named_with_its_version():
     assert check.ok and check.used and check.exit_code == 0
     assert check.detail == ("etcd 3.4.23, 3.5.9 answers at a:2379, b:2379; "
                             "no answer: c:2379 timed out")
+
+
+def rows(proc, feature: str) -> list[dict]:
+    return [c for c in json.loads(proc.stdout) if c["feature"] == feature]
+
+
+NO_IPVS = {"kernel": {"ipvs": "no", "nftables": "builtin"}, "nft": {"version": "1.0.6"}}
+
+
+def test_without_ipvs_the_lb_line_names_nftables_and_ipvs_is_a_note_until_a_service_needs_it():
+    from circuit_lb import doctor
+
+    nft_service = {"name": "web", "backend": "nftables"}
+    serving = doctor.backend_check(NO_IPVS, [nft_service, nft_service])
+    assert serving.ok and serving.exit_code == 0 and serving.detail == (
+        "new services use nftables (this kernel has no IPVS); services: 2 nftables")
+    note = doctor.ipvs_check(NO_IPVS["kernel"], in_use=False)
+    assert (note.ok, note.used) == (False, False)  # so doctor exits 0 for it
+    assert note.detail == "ipvs no; no service needs it"
+    assert note.fix.startswith("only for --backend ipvs: ")
+    broken = doctor.ipvs_check(NO_IPVS["kernel"], in_use=True)  # a stored IPVS service
+    assert (broken.ok, broken.used, broken.exit_code) == (False, True, 8)
+    with_ipvs = {"kernel": {"ipvs": "module", "nftables": "builtin"}, "nft": None}
+    assert doctor.backend_check(with_ipvs, [{"name": "old"}]).detail == (
+        "new services use ipvs; services: 1 ipvs")
+    none = doctor.backend_check({"kernel": {"ipvs": "no", "nftables": "no"}, "nft": None}, [])
+    assert not none.ok and not none.used
+
+
+def test_iptables_is_checked_and_fails_only_when_a_network_runs_it(tmp_path):
+    from circuit_common.store import Store
+
+    state = tmp_path / "state"
+    conf = {"cniVersion": "1.0.0", "name": "web", "plugins": [
+        {"type": "bridge", "ipam": {"type": "host-local", "subnet": "10.89.0.0/24"}},
+        {"type": "portmap", "capabilities": {"portMappings": True}}]}
+    bare = tmp_path / "bin"  # a PATH without iptables
+    bare.mkdir()
+    proc = circuit("--state", state, "doctor", "--format", "json", env={"PATH": str(bare)})
+    assert rows(proc, "iptables") == [{
+        "feature": "iptables", "ok": False, "used": False,
+        "detail": "no iptables or ip6tables on PATH", "exit_code": 4,
+        "fix": "apt-get install iptables (portmap, firewall and a masquerading bridge run it)"}]
+    assert proc.returncode == 0
+    Store(str(state)).write(str(state / "networks" / "web.json"), {
+        "name": "web", "config": conf, "source": "flags", "created": "now", "bridges": []})
+    proc = circuit("--state", state, "doctor", "--format", "json", env={"PATH": str(bare)})
+    assert rows(proc, "iptables")[0]["used"] and proc.returncode == 4
+    proc = circuit("--state", state, "doctor")
+    assert "\niptables      ok (in use)   iptables 1." in proc.stdout, proc.stdout

@@ -1,6 +1,7 @@
-"""circuit-net's part in `circuit doctor` (entry point circuit.doctor: net): the plugins and
-kernel features the stored networks need, and runc for runc ids."""
+"""circuit-net's part in `circuit doctor` (entry point circuit.doctor: net): the plugins,
+kernel features and iptables commands the stored networks need, and runc for runc ids."""
 
+from circuit_common import machine
 from circuit_common.doctor import Check, kernel_check, program_check
 from circuit_common.errors import NotFound
 
@@ -28,4 +29,27 @@ def checks(ctx, facts: dict) -> list[Check]:
                         0 if found else NotFound.exit_code)
     return [plugins,
             kernel_check("networks", facts["kernel"], ["bridge", "veth"], bool(wanted)),
+            iptables_check(networks),
             program_check("runc ids", "runc", facts["runc"], "apt-get install runc", False)]
+
+
+def runs_iptables(plugin: dict) -> bool:
+    """Whether a plugin runs iptables/ip6tables: portmap, firewall (its iptables backend, the
+    default), a bridge or ptp that masquerades."""
+    kind = plugin.get("type")
+    return kind == "portmap" or (kind == "firewall" and plugin.get("backend") != "firewalld") \
+        or (kind in ("bridge", "ptp") and bool(plugin.get("ipMasq")))
+
+
+def iptables_check(networks: list[dict]) -> Check:
+    """iptables and ip6tables on PATH, in use when a stored network's plugins run them."""
+    in_use = any(runs_iptables(p) for n in networks
+                 for p in n.get("config", {}).get("plugins", []) if isinstance(p, dict))
+    found = {name: machine.tool_version(name, "--version") for name in ("iptables", "ip6tables")}
+    missing = [name for name, version in found.items() if version is None]
+    if missing:
+        return Check("iptables", False, in_use, f"no {' or '.join(missing)} on PATH",
+                     "apt-get install iptables (portmap, firewall and a masquerading bridge "
+                     "run it)", NotFound.exit_code)
+    return Check("iptables", True, in_use, ", ".join(
+        f"{name} {version['version']}" for name, version in found.items()), "", 0)

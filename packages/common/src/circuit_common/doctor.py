@@ -11,7 +11,8 @@ how to get it; with the state in etcd (--state etcd://...) it asks each endpoint
 version and names those that answered. It exits non-zero when something in the state cannot
 work (a network's plugin is not in the CNI path, a QoS delay without netem, an IPVS service
 without IPVS, no etcd endpoint answering): 4 for a missing plugin or program, 8 for a missing
-kernel feature, 11 when no etcd endpoint answers.
+kernel feature, 10 for a state directory circuit does not trust or cannot write, 11 when no
+etcd endpoint answers.
 
 Options:
   --format FMT   table or json [default: table]
@@ -23,7 +24,7 @@ from collections import namedtuple
 
 from . import VERSION, machine
 from .cli import Context, parse, run
-from .errors import CircuitError, KernelUnsupported, NotFound
+from .errors import CircuitError, EnvironmentFault, KernelUnsupported, NotFound
 from .output import check_format, emit, emit_json, render_table
 
 GROUP = "circuit.doctor"  # each tool's checks: name = "circuit_<tool>.doctor:checks"
@@ -85,8 +86,8 @@ def program_check(feature: str, name: str, found: dict | None, fix: str, in_use:
 
 
 def state_check(ctx: Context) -> Check:
-    """Where the state really lives (a symbolic link resolved), and whether circuit trusts
-    it as its state directory (Store.check_root)."""
+    """Where the state really lives (a symbolic link resolved), whether circuit trusts it as
+    its state directory (Store.check_root), and whether it can write there (unwritable)."""
     import os
 
     from .store import Store
@@ -100,7 +101,29 @@ def state_check(ctx: Context) -> Check:
         Store(root).check_root()
     except CircuitError as e:
         return Check("state", False, True, where, str(e), e.exit_code)
+    refused = unwritable(real)
+    if refused:
+        return Check("state", False, True, f"{where}: {refused}", "mount it read-write, or "
+                     "point --state or CIRCUIT_STATE_DIR at a directory circuit can write",
+                     EnvironmentFault.exit_code)
     return Check("state", True, False, where, "", 0)
+
+
+def unwritable(directory: str) -> str | None:
+    """Why circuit could not write in directory (or make it, in its nearest existing
+    parent): a read-only file system or no permission; None when it can. Asked with access()
+    and statvfs(), so doctor writes nothing."""
+    import os
+
+    existing = directory
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    made = "" if existing == directory else f" (where it would be made: {existing})"
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return f"a read-only file system{made}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"not writable by uid {os.geteuid()}{made}"
+    return None
 
 
 def checks(ctx: Context, f: dict) -> list[Check]:
