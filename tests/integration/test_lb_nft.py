@@ -70,12 +70,23 @@ def test_weighted_round_robin_from_stdin_persistence_and_clear(host, tmp_path):
     lines = f"{ips['alpha']}:80 3\n{ips['beta']}:80 1\n# comment\n{ips['gamma']}:80\n"
     host.circuit("lb", "add", "wrr", "-", input=lines)
     assert answered_by(host.netns, VIP, 30) == {"alpha": 18, "beta": 6, "gamma": 6}
+    # lb edit: another scheduler over the same targets, in the kernel at once
+    assert host.circuit("lb", "edit", "wrr", "--scheduler", "rr").stdout == \
+        "service wrr updated\n"
+    assert answered_by(host.netns, VIP, 30) == {"alpha": 10, "beta": 10, "gamma": 10}
+    assert host.circuit("lb", "list").stdout.splitlines()[1].split()[3] == "rr"
+    assert host.circuit("lb", "list").stderr == ""  # the kernel has what the store says
+    host.circuit("lb", "edit", "wrr", "--scheduler", "wrr")
+    assert answered_by(host.netns, VIP, 30) == {"alpha": 18, "beta": 6, "gamma": 6}
 
     host.circuit("lb", "create", "sticky", f"{VIP}:8080", "--persistent", "60")
     host.circuit("lb", "create", "hashed", f"{VIP}:8081", "--scheduler", "sh")
     for name, port in (("sticky", 8080), ("hashed", 8081)):
         host.circuit("lb", "add", name, *(f"{ip}:80" for ip in ips.values()))
         assert len(Counter(http_get_bodies(host.netns, VIP, 6, port=port))) == 1  # one client
+    host.circuit("lb", "edit", "hashed", "--scheduler", "rr")  # from a hash to numgen
+    assert Counter(http_get_bodies(host.netns, VIP, 6, port=8081)) == {
+        name: 2 for name in ("alpha", "beta", "gamma")}
 
     out = host.circuit("lb", "clear").stdout.splitlines()
     assert sorted(out) == ["service hashed removed", "service sticky removed",
@@ -122,7 +133,7 @@ def test_drift_after_the_table_is_deleted_and_restore(host, tmp_path):
     first = f"{next(iter(ips.values()))}:80"
     for change in (["add", "web", "10.100.10.99:80"],
                    ["add", "web", first, "--weight", "5"],  # rr: the table would not change
-                   ["check", "web", "tcp"]):
+                   ["check", "web", "tcp"], ["edit", "web", "--scheduler", "wrr"]):
         changed = host.circuit("lb", *change, check=False)
         assert changed.returncode == 5 and "circuit restore" in changed.stderr, change
         assert len(changed.stderr.splitlines()) == 1 and changed.stdout == "", change
@@ -162,6 +173,10 @@ def test_drift_after_the_table_is_deleted_and_restore(host, tmp_path):
     (["add", "web", "[fd00::1]:80"], "IP version", 3),
     (["add", "web", "10.1.1.1:http"], "use ADDR:PORT", 3),
     (["remove", "web", "10.1.1.1:80"], "not in service web", 4),
+    (["edit", "web", "--scheduler", "lc"], "use rr, wrr, sh", 3),
+    (["edit", "web", "--scheduler", "Round"], "invalid scheduler", 3),
+    (["edit", "nosuch", "--scheduler", "rr"], "no service named", 4),
+    (["edit", "web"], "usage: circuit-lb edit NAME --scheduler S", 2),
 ])
 def test_bad_input_is_one_line_and_changes_nothing(host, args, message, code):
     host.circuit("lb", "create", "web", f"{VIP}:80")

@@ -81,6 +81,14 @@ def test_weighted_round_robin_from_stdin_and_persistence(host, tmp_path):
     lines = f"{ips['alpha']}:80 3\n{ips['beta']}:80 1\n# comment\n{ips['gamma']}:80\n"
     host.circuit("lb", "add", "wrr", "-", input=lines)
     assert answered_by(host.netns, VIP, 30) == {"alpha": 18, "beta": 6, "gamma": 6}
+    # lb edit: another scheduler over the same targets, in the kernel at once
+    assert host.circuit("lb", "edit", "wrr", "--scheduler", "rr").stdout == \
+        "service wrr updated\n"
+    assert answered_by(host.netns, VIP, 30) == {"alpha": 10, "beta": 10, "gamma": 10}
+    assert host.circuit("lb", "list").stdout.splitlines()[1].split()[3] == "rr"
+    assert host.circuit("lb", "list").stderr == ""  # the kernel has what the store says
+    host.circuit("lb", "edit", "wrr", "--scheduler", "wrr")
+    assert answered_by(host.netns, VIP, 30) == {"alpha": 18, "beta": 6, "gamma": 6}
 
     host.circuit("lb", "delete", "wrr")
     host.circuit("lb", "create", "sticky", f"{VIP}:80", "--persistent", "60")

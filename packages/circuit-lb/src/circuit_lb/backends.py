@@ -80,16 +80,19 @@ class Ipvs:
                    if where in current and current[where] != target] if current else []
         removed = [where for where in current if where not in wanted]
         touched = added + changed + removed  # in the order the requests are queued
+        rescheduled = old["scheduler"] != new["scheduler"]
         with ipvs.ipvs() as sock:
+            if rescheduled:  # `lb edit`: sent on its own, before any target
+                sock.set_service(new)
             sock.queue_targets(ipvs.CMD_NEW_DEST, new, [wanted[w] for w in added])
             sock.queue_targets(ipvs.CMD_SET_DEST, new, [wanted[w] for w in changed])
             sock.queue_targets(ipvs.CMD_DEL_DEST, new, [current[w] for w in removed])
             try:
                 sock.commit()
             except NetlinkError as e:
-                self._put_back(old, current, [touched[i] for i in e.done])
+                self._put_back(old, current, [touched[i] for i in e.done], rescheduled)
                 raise ipvs.target_error(e, old) from None
-        return lambda: self._put_back(old, current, touched)
+        return lambda: self._put_back(old, current, touched, rescheduled)
 
     def verify(self, old: dict, new: dict) -> None:
         """Refuse (Conflict) a change that sends IPVS nothing when the kernel does not hold
@@ -99,9 +102,12 @@ class Ipvs:
                           self.expected(old))
 
     @staticmethod
-    def _put_back(record: dict, current: dict, touched: list[Endpoint]) -> None:
+    def _put_back(record: dict, current: dict, touched: list[Endpoint],
+                  rescheduled: bool = False) -> None:
         seen = ipvs.read_proc().get((record["protocol"], endpoint(record)), {"targets": {}})
         with ipvs.ipvs() as sock:
+            if rescheduled:
+                sock.set_service(record)
             for where in touched:
                 if where in current:
                     sock.set_target(record, current[where], exists=where in seen["targets"])

@@ -3,6 +3,7 @@
 Usage:
   circuit-lb create NAME ADDR [--scheduler S] [--protocol P] [--persistent SECONDS]
                     [--backend B]
+  circuit-lb edit NAME --scheduler S
   circuit-lb add NAME TARGET... [--weight W] [--forward F]
   circuit-lb remove NAME TARGET...
   circuit-lb check NAME CHECK [--interval S] [--timeout S] [--rise N] [--fall N]
@@ -38,6 +39,7 @@ Options:
 Examples:
   circuit lb create web 10.100.99.1:80 --scheduler wrr
   circuit lb add web 10.100.10.2:80 10.100.10.3:80 --weight 2
+  circuit lb edit web --scheduler rr
   printf '10.100.10.4:80 3\n10.100.10.5:80\n' | circuit lb add web -
   circuit lb check web http:/healthz --interval 1 --fall 2
   circuit lb agent
@@ -140,6 +142,9 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         services.create(name, parse_endpoint(a["ADDR"]), a["--scheduler"], a["--protocol"],
                         persistent_seconds(a["--persistent"]), a["--backend"])
         print(f"service {name} created")
+    elif a["edit"]:
+        services.edit(name, a["--scheduler"])
+        print(f"service {name} updated")
     elif a["add"]:
         services.add(name, read_targets(a["TARGET"]), check_weight(a["--weight"]),
                      a["--forward"])

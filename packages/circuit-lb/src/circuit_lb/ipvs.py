@@ -115,6 +115,9 @@ def service_error(e: OSError, service: dict) -> Exception:
     if e.errno == errno.ENOENT:
         return InvalidInput(f"scheduler {service['scheduler']!r} is not available in this "
                             "kernel (rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, ...)")
+    if e.errno == errno.ESRCH:  # a change of a service someone deleted (ipvsadm -D)
+        return Conflict(f"service {service['name']} is missing from the kernel; `circuit lb "
+                        "list` shows how, `circuit restore` makes the kernel match")
     if e.errno == errno.EEXIST:
         return InvalidInput(f"the kernel already has a service at {service['protocol']} "
                             f"{service['addr']}:{service['port']} (made outside circuit?)")

@@ -34,6 +34,12 @@ def check_weight(value) -> int:
     return weight
 
 
+def check_scheduler(scheduler: str) -> None:
+    if not SCHEDULER_RE.fullmatch(scheduler):
+        raise InvalidInput(f"invalid scheduler {scheduler!r}: rr, wrr, lc, wlc, lblc, "
+                           "lblcr, dh, sh, sed, nq, ...")
+
+
 def check_service(record: dict, path: str) -> None:
     """A service record as circuit writes it, at services/<name>.json (ValueError: what is
     wrong). Targets are checked by type only: a service may hold thousands."""
@@ -162,13 +168,23 @@ class Services:
         return self.store.read_all(self.store.path("services"), skip=self.path(name),
                                    check=check_service).records
 
+    def edit(self, name: str, scheduler: str) -> dict:
+        """Give service name another scheduler, its targets kept (as `ipvsadm -E`)."""
+        check_scheduler(scheduler)
+        with self.store.lock_all():
+            record = self.get(name)
+            new = {**record, "scheduler": scheduler}
+            backend = backends.of(record)
+            backend.check(new)
+            backend.ensure()
+            self._change(record, new)
+        return new
+
     def create(self, name: str, where: Endpoint, scheduler: str, protocol: str,
                persistent: int | None, backend: str | None = None) -> dict:
         check_name(name, "service name")
         check_usable(where, "service address")
-        if not SCHEDULER_RE.fullmatch(scheduler):
-            raise InvalidInput(f"invalid scheduler {scheduler!r}: rr, wrr, lc, wlc, lblc, "
-                               "lblcr, dh, sh, sed, nq, ...")
+        check_scheduler(scheduler)
         if protocol not in ipvs.PROTOCOLS:
             raise InvalidInput(f"invalid protocol {protocol!r}: use tcp or udp")
         chosen = backends.choose(backend)
