@@ -235,14 +235,15 @@ def teardown_shaping(links: Links, veth: str) -> None:
 def counters(links: Links, veth: str) -> dict[str, dict]:
     """Live statistics of the shaping class in each direction ("in" to the container, "out"):
     bytes, packets, drops, overlimits, and the backlog queued now (bytes, packets). Read from
-    the dump's payloads directly (pyroute2 decoding two classes a device took ≈ 0.3 ms)."""
+    the dump's payloads directly, and the dump asked without pyroute2 (its encoding of the request
+    took ≈ 75 µs a device, decoding the answers ≈ 0.3 ms)."""
     found = {}
     for direction, device in (("in", veth), ("out", ifb_name(veth))):
         index = links.index(device)
         if index is None:
             continue
-        for payload in links.batch.query(_tc_message(RTM_GETTCLASS, index, 0, 0), NLM_F_DUMP,
-                                         decode=False):
+        for payload in links.batch.query_bytes(RTM_GETTCLASS, TCMSG.pack(0, index, 0, 0, 0),
+                                               NLM_F_DUMP):
             _, got, handle, _, _ = TCMSG.unpack_from(payload)
             if handle == CLASS and got == index:
                 found[direction] = class_stats(payload)

@@ -8,6 +8,7 @@ the `circuit_` prefix and base units (bytes, seconds); a counter's name is given
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 GROUP = "circuit.metrics"  # each tool's collector: name = "circuit_<tool>.metrics:collect"
 COUNTER, GAUGE, INFO = "counter", "gauge", "info"
@@ -40,7 +41,8 @@ def collectors() -> list[tuple[str, object]]:
 
 def collect(ctx) -> tuple[list[Family], list]:
     """Every collector's families, then circuit's own: build info, and per collector whether
-    it succeeded and how long it took. One that fails is one error (a CircuitError naming the
+    it succeeded and how long it took. The collectors run side by side, each in a thread of
+    its own. One that fails is one error (a CircuitError naming the
     collector; its families left out), never the end of the scrape."""
     from . import VERSION
     from .errors import CircuitError
@@ -51,17 +53,27 @@ def collect(ctx) -> tuple[list[Family], list]:
                      ("collector",))
     duration = Family("circuit_scrape_collector_duration_seconds", GAUGE,
                       "how long the collector took", ("collector",), "seconds")
-    for name, function in collectors():
+
+    def run(function) -> tuple[list[Family], CircuitError | None, float]:
         start = time.monotonic()
         try:
-            families += function(ctx)
-            success.add((name,), 1)
+            found, error = function(ctx), None
         except CircuitError as e:
-            failed = CircuitError(f"metrics of {name}: {e}")
-            failed.exit_code = e.exit_code
+            found, error = [], e
+        return found, error, time.monotonic() - start
+
+    # side by side: a collector waits mostly on the kernel or on nft, which let go of the GIL
+    with ThreadPoolExecutor() as pool:
+        done = [(name, pool.submit(run, function)) for name, function in collectors()]
+    for name, future in done:
+        found, error, seconds = future.result()
+        families += found
+        success.add((name,), int(error is None))
+        duration.add((name,), round(seconds, 6))
+        if error is not None:
+            failed = CircuitError(f"metrics of {name}: {error}")
+            failed.exit_code = error.exit_code
             errors.append(failed)
-            success.add((name,), 0)
-        duration.add((name,), round(time.monotonic() - start, 6))
     build = Family("circuit_build", INFO, "the circuit that answers", ("version", "python"))
     build.add((VERSION, sys.version.split()[0]), 1)
     return [*families, build, success, duration], errors
