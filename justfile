@@ -3,7 +3,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 export UV_PYTHON_DOWNLOADS := "never"
 
-debs := "containernetworking-plugins iptables nftables runc busybox-static iperf3 iproute2 util-linux procps qemu-system-x86 linux-image-amd64 ipvsadm podman man-db etcd-server etcd-client zsh dnsmasq-base dnsperf"
+debs := "containernetworking-plugins iptables nftables runc busybox-static iperf3 iproute2 util-linux procps qemu-system-x86 linux-image-amd64 ipvsadm podman man-db etcd-server etcd-client zsh dnsmasq-base dnsperf tmux"
 
 default:
     @just --list
@@ -82,3 +82,4 @@ bench: setup
     -.venv/bin/python bench/lb_nft.py
     -.venv/bin/python bench/cluster.py
     -.venv/bin/python bench/dns.py
+    -.venv/bin/python bench/metrics.py

@@ -188,3 +188,58 @@ def test_listen_serves_both_formats_by_accept(lab):
     finally:
         terminate(served)
     assert served.stderr.read() == f"serving metrics at http://127.0.0.1:{port}/metrics\n"
+
+
+def test_top_once_measures_a_running_stream(lab):
+    host, server, _ = lab
+    labels = (("network", "shaped"), ("container", str(server.pid)), ("ifname", "eth0"),
+              ("direction", "in"))
+    start = scrape(host)[("circuit_container_bytes_total", tuple(sorted(labels)))]
+    stream = subprocess.Popen(["nsenter", f"--net={host.netns}", "iperf3", "-c",
+                               server.addresses()[0], "-t", "5"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # the stream runs once the interface has counted its first 100 kB
+        assert wait_for(lambda: scrape(host)[("circuit_container_bytes_total",
+                                              tuple(sorted(labels)))] > start + 100_000,
+                        timeout=10)
+        shown = json.loads(host.circuit("top", "--once", "--format", "json").stdout)
+    finally:
+        terminate(stream)
+    row = next(c for c in shown["containers"] if c["network"] == "shaped")
+    assert row["container"] == str(server.pid) and row["ifname"] == "eth0"
+    assert 4e6 <= row["in_bits_per_second"] <= 7e6, row  # 5 Mbit/s, up to 6, with headers
+    assert row["out_bits_per_second"] < 1e6  # the stream's ACKs
+    assert 0.9 <= shown["interval"] <= 1.5
+    assert {t["target"] for t in shown["targets"]} == {f"{ip}:80" for ip in lab[2].values()}
+    table = host.circuit("top", "--once", "--interval", "0.2").stdout.splitlines()
+    assert table[0].split() == ["CONTAINER", "NETWORK", "IFNAME", "IN", "OUT", "DROPS",
+                                "DROPS/S"]
+
+
+def test_top_in_a_terminal_refreshes_and_q_quits(lab, tmp_path):
+    host, server, backends = lab
+    tmux = ("tmux", "-S", tmp_path / "tmux.sock")
+    done = tmp_path / "exit-code"
+    host.run(*tmux, "new-session", "-d", "-x", "120", "-y", "40",
+             f"{CIRCUIT} --state {host.state} top --interval 0.5; echo $? > {done}")
+    try:
+        def screen() -> list[list[str]]:
+            shown = host.run(*tmux, "capture-pane", "-p", check=False).stdout
+            return [line.split() for line in shown.splitlines() if line.strip()]
+
+        def target_row(lines, ip):
+            return next((line for line in lines if line[1:2] == [f"{ip}:80"]), None)
+
+        ip = backends["alpha"]
+        # the first frame has no rates yet (-); the next has them: it refreshed
+        assert wait_for(lambda: (row := target_row(screen(), ip)) and row[2] != "-",
+                        timeout=15), screen()
+        lines = screen()
+        assert lines[0][:2] == ["circuit", "top"] and "quits" in lines[0]
+        assert lines[1] == ["CONTAINER", "NETWORK", "IFNAME", "IN", "OUT", "DROPS", "DROPS/S"]
+        assert any(line[:3] == [str(server.pid), "shaped", "eth0"] for line in lines)
+        assert target_row(lines, ip)[0] == "web"
+        host.run(*tmux, "send-keys", "q")
+        assert wait_for(done.exists, timeout=10) and done.read_text() == "0\n"
+    finally:
+        host.run(*tmux, "kill-server", check=False)

@@ -44,7 +44,7 @@ def test_bash_registers_circuit_and_every_tool():
 
 @pytest.mark.parametrize(("words", "expected"), [
     (("circuit", ""), ["cluster", "completion", "dns", "doctor", "forkserver", "hook", "lb",
-                       "manpages", "metrics", "network", "restore", "version"]),
+                       "manpages", "metrics", "network", "restore", "top", "version"]),
     (("circuit", "cl"), ["cluster"]),
     (("circuit", "cluster", "j"), ["join"]),
     (("circuit", "cluster", ""), ["agent", "forget", "join", "leave", "list", "sync"]),

@@ -155,3 +155,48 @@ def test_textfile_is_written_whole_and_refusals_are_one_line(state, tmp_path):
     assert proc.returncode == 3 and proc.stderr.count("\n") == 1
     proc = circuit(state, "--bogus")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def top_sample(when: float, sent: int, drops: int, connections: int, state: str) -> tuple:
+    """A sample as top.sample gives it: one container, one checked LB target."""
+    container = (("network", "blue"), ("container", "web-00"), ("ifname", "eth0"))
+    target = (("service", "web"), ("target", "10.0.0.2:80"))
+    return when, {
+        "circuit_container_bytes": {(*container, ("direction", "in")): sent,
+                                    (*container, ("direction", "out")): sent // 2},
+        "circuit_container_drops": {(*container, ("direction", "in")): 0,
+                                    (*container, ("direction", "out")): 0},
+        "circuit_qos_drops": {(*container, ("direction", "in")): drops},
+        "circuit_lb_target_connections": {target: connections},
+        "circuit_lb_target_health": {(*target, ("state", s)): int(s == state)
+                                     for s in ("up", "down", "unchecked")}}, []
+
+
+def test_top_rates_from_two_samples():
+    from circuit_metrics import top
+
+    first = top.view(None, top_sample(10.0, 1000, 1, 5, "unchecked"))
+    assert first["containers"][0]["in_bits_per_second"] is None
+    assert top.render(first).splitlines()[1].split() == ["web-00", "blue", "eth0", "-", "-",
+                                                         "1", "-"]
+    shown = top.view(top_sample(10.0, 1000, 1, 5, "unchecked"),
+                     top_sample(12.0, 251_000, 5, 25, "down"))
+    row = shown["containers"][0]
+    assert (row["in_bits_per_second"], row["out_bits_per_second"]) == (1_000_000, 500_000)
+    assert (row["drops"], row["drops_per_second"]) == (5, 2)
+    assert shown["targets"] == [{"service": "web", "target": "10.0.0.2:80", "connections": 25,
+                                 "connections_per_second": 10, "health": "down"}]
+    lines = top.render(shown).splitlines()
+    assert lines[1].split() == ["web-00", "blue", "eth0", "1.0", "Mbit/s", "500.0", "kbit/s",
+                                "5", "2.0"]
+    assert lines[-1].split() == ["web", "10.0.0.2:80", "10.0", "25", "down"]
+    again = top.view(top_sample(12.0, 251_000, 5, 25, "up"), top_sample(13.0, 100, 5, 25, "up"))
+    assert again["containers"][0]["in_bits_per_second"] == 800  # made again: counted from 0
+
+
+@pytest.mark.parametrize("value", ["0", "0.05", "3601", "abc", "1e3", "-1", "٣", "nan"])
+def test_bad_intervals(value):
+    from circuit_metrics import top
+
+    with pytest.raises(InvalidInput, match="invalid --interval"):
+        top.parse_interval(value)

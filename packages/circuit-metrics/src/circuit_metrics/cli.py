@@ -4,27 +4,36 @@ Usage:
   circuit-metrics [--openmetrics]
   circuit-metrics --textfile DIR
   circuit-metrics --listen ADDR:PORT
+  circuit-metrics top [--once] [--format FMT] [--interval SEC]
   circuit-metrics (-h | --help)
 
-Also reached as `circuit metrics ...`. Prints the metrics of this host in
-Prometheus' text format (OpenMetrics with --openmetrics): attachments per network and each
+Also reached as `circuit metrics ...` and `circuit top`. Prints the metrics of this host
+in Prometheus' text format (OpenMetrics with --openmetrics): attachments per network and each
 container's traffic, every QoS class's bytes, packets, drops, overlimits and backlog per
 network, container and direction, every LB service's and target's connections, packets and
 bytes (IPVS or nftables), targets' weights and health, and circuit's build.
 With --textfile it writes them to DIR/circuit.prom atomically, for node_exporter's textfile
 collector; with --listen it serves them at http://ADDR:PORT/metrics (OpenMetrics when the
-scraper's Accept asks for it). See docs/metrics.md.
+scraper's Accept asks for it). `top` shows each container's rates in and out and drops,
+and LB targets' new connections per second and health, refreshed every --interval; `q`
+quits; --once prints one table measured over one interval (for a pipe, a script). See
+docs/metrics.md.
 
 Options:
   --openmetrics       OpenMetrics 1.0.0 text (ends with # EOF) instead of Prometheus 0.0.4
   --textfile DIR      write DIR/circuit.prom (a temp file renamed over it), print nothing
   --listen ADDR:PORT  serve GET /metrics until stopped (127.0.0.1:9464, [::1]:9464, :9464)
+  --once              one table, not a live view (no terminal needed)
+  --format FMT        table or json, with --once [default: table]
+  --interval SEC      seconds between refreshes, and what --once measures over [default: 1]
 
 Examples:
   circuit metrics
   circuit metrics --openmetrics | grep circuit_qos_drops
   circuit metrics --textfile /var/lib/prometheus/node-exporter
   circuit metrics --listen 127.0.0.1:9464
+  circuit top
+  circuit top --once --format json | jq .
 """
 
 import errno
@@ -32,9 +41,9 @@ import ipaddress
 import os
 import sys
 
-from circuit_common import cli, metrics
+from circuit_common import cli, metrics, output
 from circuit_common.config import GLOBAL_HELP
-from circuit_common.errors import Conflict, EnvironmentFault, InvalidInput, NotFound
+from circuit_common.errors import Conflict, EnvironmentFault, InvalidInput, NotFound, UsageError
 from circuit_common.store import replace_file
 
 from . import exposition
@@ -150,6 +159,15 @@ def serve(ctx: cli.Context, listen: str) -> int:
 
 def handle(argv: list[str], ctx: cli.Context) -> int:
     a = cli.parse(__doc__ + "\n" + GLOBAL_HELP, argv)
+    if a["top"]:
+        from . import top
+
+        interval = top.parse_interval(a["--interval"])
+        if output.check_format(a["--format"]) == "json" and not a["--once"]:
+            raise UsageError("--format json needs --once (the live view is a table)")
+        if a["--once"]:
+            return top.once(ctx, interval, a["--format"])
+        return top.live(ctx, interval)
     if a["--textfile"] is not None:
         return write_textfile(ctx, a["--textfile"])
     if a["--listen"] is not None:

@@ -7,6 +7,7 @@ Usage:
   circuit cluster join|leave|forget|list|sync|agent ...  (hosts sharing state through etcd)
   circuit dns show|status|serve|stop ...       (containers find each other by name)
   circuit metrics [--openmetrics] [--textfile DIR] [--listen ADDR:PORT]  (for Prometheus)
+  circuit top [--once] [--format FMT] [--interval SEC]  (containers' traffic, LB targets, live)
   circuit hook [attach|detach]      (runc hooks: plain `circuit` with the OCI state on stdin)
   circuit hook install|uninstall BUNDLE ...  (write the hooks into a bundle's config.json)
   circuit restore                   re-apply QoS and LB state from the store after a reboot
@@ -25,8 +26,9 @@ import os
 import sys
 
 DEFAULT_SOCKET = "/run/circuit/forkserver.sock"
-RUN_HERE = {"forkserver", "agent", "serve", "--listen"}  # the server itself; the cluster
-# agent, `circuit dns serve` and `circuit metrics --listen` never end
+RUN_HERE = {"forkserver", "agent", "serve", "--listen", "top"}  # the server itself; the
+# cluster agent, `circuit dns serve` and `circuit metrics --listen` never end; `circuit top`
+# runs until q
 
 GROUPS = {
     ("network", "qos"): "circuit_qos.cli",
@@ -106,6 +108,8 @@ def main(argv: list[str], in_fork_server: bool = False) -> int:
     rest = [a for i, a in enumerate(argv) if i != words[0]]
     if first in ("version", "doctor"):
         return tool_main("circuit_common.doctor")(argv)
+    if first == "top":
+        return tool_main("circuit_metrics.cli")(["top", *rest])
     if first == "help":
         print(__doc__.strip())
         return 0
