@@ -1,5 +1,6 @@
 """Man pages made from the tools' docopt text: every usage line and option is in its page."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -110,3 +111,19 @@ def test_a_bad_directory_is_one_line(tmp_path):
     proc = subprocess.run([BIN / "circuit", "manpages", tmp_path / "file"], capture_output=True,
                           text=True)
     assert proc.returncode == 10 and proc.stderr.startswith("circuit: cannot write man pages")
+
+
+def test_circuit_hook_1_shows_the_config_json_install_writes():
+    """The example is valid JSON, and its mount is the one circuit-dns asks install for."""
+    import circuit_hook.cli
+    from circuit_common.cli import Context
+    from circuit_common.config import Settings
+    from circuit_common.store import Store
+    from circuit_dns.extension import bundle_mounts
+
+    doc = circuit_hook.cli.__doc__
+    example = json.loads(doc[doc.index("  {\n"):doc.index("\n  }\n") + 4])
+    ctx = Context(Settings(), store=Store("/var/lib/circuit"))
+    assert bundle_mounts(ctx, "sandbox")[0] in example["mounts"]
+    assert set(example["hooks"]) == {"createRuntime", "poststop"}
+    assert example["annotations"]["circuit.networks"] == "sandbox"

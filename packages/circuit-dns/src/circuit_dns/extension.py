@@ -24,6 +24,16 @@ def attached(ctx: Context, attachment: Attachment) -> None:
     control.reload(ctx.store, attachment.network)
 
 
+def bundle_mounts(ctx: Context, network: str) -> list[dict]:
+    """The bind mount a runc bundle on the network needs to ask its server by name (`circuit
+    hook install`): the network's resolv.conf as /etc/resolv.conf, read-only. Not the hosts
+    file: it is replaced (atomically) at every attach, and a bind mount keeps the file it
+    found, so a container would see it as its own start left it; the server answers those
+    names."""
+    return [{"destination": "/etc/resolv.conf", "type": "bind",
+             "source": records.resolv_conf_path(ctx.store, network), "options": ["rbind", "ro"]}]
+
+
 def detached(ctx: Context, attachment: Attachment) -> None:
     """Drop the attachment's names; a server that runs stops answering them (none is started
     for it, and a detach never fails on the server)."""

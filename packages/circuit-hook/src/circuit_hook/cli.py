@@ -26,8 +26,10 @@ Names beside the container id (DNS, with circuit-dns), comma-separated, on every
 
 `install BUNDLE` writes the hooks into BUNDLE/config.json (createRuntime and poststop, running
 this circuit with this command's state, CNI path, libcni cache and runc root) and the
-annotations circuit.networks, circuit.publish and circuit.aliases; installing again replaces
-them. `uninstall BUNDLE` removes them. The networks must exist.
+annotations circuit.networks, circuit.publish and circuit.aliases, and, when the first network
+with DNS has one (circuit-dns), its resolv.conf bind-mounted read-only as /etc/resolv.conf;
+installing again replaces them. `uninstall BUNDLE` removes them. The networks must exist.
+docs/walkthrough.md goes from `runc spec` to ping, a published port and an LB address.
 
 Options:
   --network NAME           install: a network to attach (repeat: eth0, eth1, ...)
@@ -38,14 +40,27 @@ Examples:
   runc spec --bundle /root/web-00
   circuit hook install /root/web-00 --network sandbox -p 8080:80
   runc run -d --bundle /root/web-00 web-00
-The hooks it writes into config.json, as they would be written by hand:
-  "hooks": {
-    "createRuntime": [{"path": "/usr/local/bin/circuit",
-                       "env": ["CIRCUIT_STATE=/var/lib/circuit", "CNI_PATH=/usr/lib/cni",
-                               "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}],
-    "poststop": [{"path": "/usr/local/bin/circuit", "env": ["..."]}]
-  },
-  "annotations": {"circuit.networks": "sandbox", "circuit.publish": "8080:80"}
+What it writes into /root/web-00/config.json (runc spec's other keys unchanged):
+  {
+    "ociVersion": "1.0.2-dev",
+    "process": {"...": "as runc spec made it"},
+    "root": {"path": "rootfs", "readonly": true},
+    "mounts": [
+      {"destination": "/proc", "type": "proc", "source": "proc"},
+      {"destination": "/etc/resolv.conf", "type": "bind",
+       "source": "/var/lib/circuit/dns/sandbox/resolv.conf", "options": ["rbind", "ro"]}
+    ],
+    "hooks": {
+      "createRuntime": [{"path": "/usr/local/bin/circuit",
+                         "env": ["CIRCUIT_STATE=/var/lib/circuit", "CNI_PATH=/usr/lib/cni",
+                                 "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}],
+      "poststop": [{"path": "/usr/local/bin/circuit",
+                    "env": ["CIRCUIT_STATE=/var/lib/circuit", "CNI_PATH=/usr/lib/cni",
+                            "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}]
+    },
+    "annotations": {"circuit.networks": "sandbox", "circuit.publish": "8080:80"},
+    "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}]}
+  }
 """
 
 import json

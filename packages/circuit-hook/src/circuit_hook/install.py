@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+from circuit_common import extensions
 from circuit_common.config import read_small_file
 from circuit_common.errors import EnvironmentFault, InvalidInput
 from circuit_common.store import replace_file
@@ -55,16 +56,42 @@ def read_config(bundle: str) -> tuple[str, dict]:
     return path, config
 
 
+def is_circuit_mount(entry) -> bool:
+    """A mount circuit's install added (an extension's bundle_mounts): /etc/resolv.conf from
+    a state directory's dns/NETWORK/resolv.conf (this state's or another's)."""
+    source = entry.get("source") if isinstance(entry, dict) else None
+    return isinstance(source, str) and entry.get("destination") == "/etc/resolv.conf" \
+        and os.path.basename(source) == "resolv.conf" \
+        and os.path.basename(os.path.dirname(os.path.dirname(source))) == "dns"
+
+
 def without_circuit(config: dict) -> dict:
-    """config without circuit's hooks and annotations (an emptied section goes too)."""
+    """config without circuit's hooks, annotations and mounts (an emptied section goes
+    too)."""
     hooks = {phase: [e for e in entries if not is_circuit_hook(e)]
              for phase, entries in config.get("hooks", {}).items()}
     hooks = {phase: entries for phase, entries in hooks.items() if entries}
     annotations = {k: v for k, v in config.get("annotations", {}).items()
                    if k not in ANNOTATIONS}
     rest = {k: v for k, v in config.items() if k not in ("hooks", "annotations")}
+    if isinstance(rest.get("mounts"), list):
+        rest["mounts"] = [m for m in rest["mounts"] if not is_circuit_mount(m)]
     return rest | ({"hooks": hooks} if hooks else {}) \
         | ({"annotations": annotations} if annotations else {})
+
+
+def bundle_mounts(nets: Networks, names: list[str]) -> list[dict]:
+    """The mounts the extensions of the first network that has any ask for (circuit-dns: its
+    resolv.conf and hosts), so the container asks that network's DNS server by name."""
+    for name in names:
+        mounts = []
+        for extension in extensions.markers(nets.store, name):
+            module = extensions.load(nets.store, name, extension)
+            if hasattr(module, "bundle_mounts"):
+                mounts += module.bundle_mounts(nets.ctx, name)
+        if mounts:
+            return mounts
+    return []
 
 
 def has_network_namespace(config: dict) -> bool:
@@ -103,7 +130,12 @@ def install(nets: Networks, bundle: str, networks: list[str], publish: list[str]
     aliases = [check_dns_name(a, "alias") for a in aliases]
     env = nets.ctx.settings.as_environment() | {"PATH": os.environ.get("PATH") or DEFAULT_PATH}
     entry = {"path": hook_program(), "env": [f"{k}={v}" for k, v in sorted(env.items())]}
+    mounts = bundle_mounts(nets, names)
     config = without_circuit(config)
+    if mounts:
+        taken = {m.get("destination") for m in config.get("mounts", []) if isinstance(m, dict)}
+        config["mounts"] = [*config.get("mounts", []),
+                            *(m for m in mounts if m["destination"] not in taken)]
     hooks = config.setdefault("hooks", {})
     for phase in (START_PHASE, STOP_PHASE):
         hooks[phase] = [*hooks.get(phase, []), entry]
