@@ -147,3 +147,36 @@ def test_a_change_the_kernel_refuses_leaves_kernel_and_state_as_they_were(host):
     assert "10.200.0.2" not in kernel and f"{VIP}:80 rr" in kernel
     assert host.circuit("lb", "list").stderr == ""
     host.circuit("lb", "delete", "web")
+
+
+def test_metrics_count_ipvs_requests_per_target(host, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ips = ipv4_of(web_backends(host, tmp_path, ["alpha", "beta", "gamma"]))
+    host.circuit("lb", "create", "web", f"{VIP}:80", "--backend", "ipvs")
+    host.circuit("lb", "add", "web", *(f"{ip}:80" for ip in ips.values()), "--weight", "2")
+    assert answered_by(host.netns, VIP, 30) == {"alpha": 10, "beta": 10, "gamma": 10}
+
+    def scraped() -> dict:
+        text = host.circuit("metrics").stdout
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def connections(samples: dict, ip: str) -> float:
+        return samples[("circuit_lb_target_connections_total",
+                        (("service", "web"), ("target", f"{ip}:80")))]
+
+    # IPVS sums its per-CPU counters every 2 s: wait for the sums
+    assert wait_for(lambda: all(connections(scraped(), ip) == 10 for ip in ips.values()),
+                    timeout=8, interval=0.5)
+    samples = scraped()
+    assert samples[("circuit_lb_service_connections_total",
+                    (("backend", "ipvs"), ("service", "web")))] == 30
+    for ip in ips.values():
+        target = (("service", "web"), ("target", f"{ip}:80"))
+        assert samples[("circuit_lb_target_weight", target)] == 2
+        bytes_in, bytes_out = (samples[("circuit_lb_target_bytes_total",
+                                        tuple(sorted((*target, ("direction", d)))))]
+                               for d in ("in", "out"))
+        assert bytes_out > bytes_in > 0
+    host.circuit("lb", "delete", "web")
