@@ -9,11 +9,12 @@ import pytest
 from harness import ForkServer
 
 # Why a fork server may decline a command of this tier: tests run some in a pid namespace of
-# their own (hook pid values), test_install runs an installation of its own, test_forkserver
-# changes circuit's code on disk (that server then exits: a new one starts), and test_faults
-# kills callers at random, some while a child reads their /proc entries.
-EXPECTED_DECLINES = ("another pid namespace", "another installation", "stale: ",
-                     "cannot be read")
+# their own (hook pid values) or a mount namespace of their own (a read-only state),
+# test_install runs an installation of its own, test_forkserver changes circuit's code on disk
+# (that server then exits: a new one starts), and test_faults kills callers at random, some
+# while a child reads their /proc entries.
+EXPECTED_DECLINES = ("another pid namespace", "another mnt namespace", "another installation",
+                     "stale: ", "cannot be read")
 
 
 @pytest.fixture(scope="session", autouse=True)
