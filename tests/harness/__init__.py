@@ -3,13 +3,17 @@ test, containers as processes (or runc containers) in netns of their own, circui
 host netns with a temporary state dir; everything removed on every path.
 
 By concern: netns (namespaces, hosts, the leak check), bundles (runc), traffic (servers and
-clients), forked (the kernel tier's warm runner), forkserver (circuit's fork server).
+clients), health (killable backends, lb agent, the IPVS table), forked (the kernel tier's
+warm runner), forkserver (circuit's fork server).
 tests/conftest.py loads the modules with fixtures as pytest plugins; tests import the helpers
 from here."""
 
 from harness.bundles import BUSYBOX_APPLETS, Runc, documented_hooks, make_rootfs, runc_config
 from harness.forked import dispatcher, run_forked
 from harness.forkserver import DISPATCHER_ONLY, ForkServer
+from harness.health import Backend, Forked, connect_in, get_on, ipvs_table, lb_agent, states
+from harness.health import backends as http_backends
+from harness.health import health as lb_health
 from harness.netns import (
     CIRCUIT,
     PREFIX,
@@ -45,20 +49,28 @@ __all__ = [
     "DISPATCHER_ONLY",
     "PREFIX",
     "ROOT",
+    "Backend",
     "Container",
     "ForkServer",
+    "Forked",
     "Host",
     "Runc",
     "answered_by",
     "bridge_conf",
+    "connect_in",
     "dispatcher",
     "documented_hooks",
+    "get_on",
     "host_veth",
+    "http_backends",
     "http_get_bodies",
     "httpd",
     "iperf_mbit",
     "ipv4_of",
     "ipv6_bridge_conf",
+    "ipvs_table",
+    "lb_agent",
+    "lb_health",
     "make_rootfs",
     "min_rtt",
     "netns_names",
@@ -68,6 +80,7 @@ __all__ = [
     "runc_config",
     "sh",
     "snapshot",
+    "states",
     "terminate",
     "udp_answers",
     "udp_responder",

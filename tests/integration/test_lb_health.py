@@ -3,59 +3,21 @@ on a circuit bridge, `circuit lb agent` started by the test in its host netns (e
 every path), one backend's httpd killed and started again in the same netns (same address)."""
 
 import json
-import os
 import signal
-import subprocess
 import time
 
 import pytest
 
-from harness import CIRCUIT, answered_by, bridge_conf, snapshot, terminate, wait_for
+from harness import answered_by, http_backends, lb_agent, lb_health, snapshot, states, wait_for
 
 VIP = "10.100.99.1"
 INTERVAL, FALL, RISE = 0.5, 2, 2
 
 
-class Backend:
-    """A container whose busybox httpd (serving its name) the test can kill and start again."""
-
-    def __init__(self, host, www_root, name):
-        self.www = www_root / name
-        self.www.mkdir()
-        (self.www / "index.html").write_text(f"{name}\n")
-        self.container = host.container()
-        host.circuit("network", "connect", self.container.pid, "sandbox")
-        self.ip = self.container.addresses()[0]
-        self.httpd = None
-        self.start()
-
-    def start(self):
-        self.httpd = subprocess.Popen(
-            ["nsenter", f"--net={self.container.netns}", "busybox", "httpd", "-f", "-p", "80",
-             "-h", self.www], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-
-    def stop(self):
-        if self.httpd is not None and self.httpd.poll() is None:
-            self.httpd.kill()
-            self.httpd.wait()
-
-
-def health(host, name="web") -> dict:
-    return json.loads(host.circuit("lb", "list", "--format", "json").stdout)[0]["health"]
-
-
-def states(host) -> dict:
-    return {where: h["state"] for where, h in health(host).items()}
-
-
 @pytest.fixture
 def backends(host, tmp_path):
-    host.circuit("network", "create", host.conf(bridge_conf()))
-    made = {}
+    made = http_backends(host, tmp_path)
     try:
-        for name in ("alpha", "beta", "gamma"):
-            made[name] = Backend(host, tmp_path, name)
         yield made
     finally:
         for backend in made.values():
@@ -65,16 +27,8 @@ def backends(host, tmp_path):
 @pytest.fixture
 def agent(host, tmp_path):
     """`circuit lb agent` in the host netns; SIGTERM at the end (SIGKILL if it lingers)."""
-    env = {k: v for k, v in os.environ.items() if k != "CNI_PATH"}
-    with open(tmp_path / "agent.log", "w+") as log:
-        proc = subprocess.Popen(["nsenter", f"--net={host.netns}", CIRCUIT, "--state",
-                                 host.state, "lb", "agent"], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
-        proc.log = log
-        try:
-            yield proc
-        finally:
-            terminate(proc)
+    with lb_agent(host, tmp_path / "agent.log") as proc:
+        yield proc
 
 
 def test_a_dead_backend_leaves_and_comes_back_with_its_weight(host, backends, agent):
@@ -95,7 +49,7 @@ def test_a_dead_backend_leaves_and_comes_back_with_its_weight(host, backends, ag
     assert removal <= FALL * INTERVAL + 1, removal
     # none reaches it and none fails (http_get_bodies asserts every request was answered)
     assert answered_by(host.netns, VIP, 30) == {"beta": 20, "gamma": 10}
-    assert health(host)[alpha]["failures"] >= FALL
+    assert lb_health(host)[alpha]["failures"] >= FALL
     listed = host.circuit("lb", "list", "--details")
     assert listed.stderr == ""  # weight 0 in the kernel is no drift
     assert f"{alpha}" in listed.stdout and "weight 2" in listed.stdout  # the stored weight kept
