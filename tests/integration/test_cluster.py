@@ -285,6 +285,39 @@ def test_the_runc_hook_attaches_to_a_cluster_network_and_detaches(cluster):
         assert host.reserved_ips("blue") == set()
 
 
+def nslookup(container, name: str, server: str) -> tuple[int, set[str]]:
+    """busybox nslookup in the container; the addresses it printed after the server's."""
+    proc = container.run("busybox", "nslookup", name, server, check=False)
+    out = (proc.stdout + proc.stderr).split("\n\n", 1)[-1]
+    return proc.returncode, {line.split()[-1] for line in out.splitlines()
+                             if line.startswith("Address")}
+
+
+def test_a_container_finds_another_hosts_by_name_until_it_disconnects(cluster):
+    h0, h1, _ = cluster.hosts
+    join_all(cluster)
+    h0.circuit("network", "create", "blue", "--subnet", SUBNET, "--overlay", "vxlan", "--dns")
+    sync_all(cluster)
+    alpha, beta = h0.container(), h1.container()
+    h0.circuit("network", "connect", alpha.pid, "blue", "--name", "alpha")
+    h1.circuit("network", "connect", beta.pid, "blue", "--name", "beta")
+    h1.circuit("cluster", "sync")  # publishes beta
+    h0.circuit("cluster", "sync")  # sees it
+    gateway = (h0.state / "dns" / "blue" / "resolv.conf").read_text().split()[-1]
+    assert ipaddress.ip_address(gateway) in ipaddress.ip_network(f"{alpha.addresses()[0]}/24",
+                                                                 strict=False)  # this host's
+    want = {beta.addresses()[0]}
+    assert wait_for(lambda: nslookup(alpha, "beta.blue", gateway) == (0, want), timeout=3), \
+        nslookup(alpha, "beta.blue", gateway)
+    assert nslookup(alpha, "alpha", gateway) == (0, {alpha.addresses()[0]})
+
+    h1.circuit("network", "disconnect", beta.pid, "blue")
+    h1.circuit("cluster", "sync")
+    h0.circuit("cluster", "sync")
+    assert wait_for(lambda: nslookup(alpha, "beta", gateway)[0] != 0, timeout=3)
+    h0.circuit("network", "disconnect", alpha.pid, "blue")
+
+
 # -- deletions reach the other hosts' kernels (the extensions' resync) --------------------------
 
 def record_revision(host, name: str) -> int:

@@ -259,3 +259,40 @@ def test_connects_and_disconnects_drop_no_question(host, runc, red):
             host.circuit("network", "disconnect", cid, red)
     asked, lost = map(int, asking.communicate(timeout=30)[0].split())
     assert asked > 100 and lost == 0, (asked, lost)
+
+
+def test_dns_enable_and_disable_a_network_from_a_config_file(host, runc):
+    def conf(name, dns=None, subnet=BLUE):
+        plugin = {"type": "bridge", "bridge": f"br-{name}", "isGateway": True,
+                  "ipam": {"type": "host-local", "subnet": f"{subnet}.0/24",
+                           "routes": [{"dst": "0.0.0.0/0"}]}}
+        if dns is not None:
+            plugin["dns"] = dns
+        return host.conf({"cniVersion": "1.0.0", "name": name, "plugins": [plugin]},
+                         f"{name}.conflist")
+
+    host.circuit("network", "create", conf("bare", subnet=RED))
+    host.circuit("network", "create", conf("far", {"nameservers": ["10.9.9.9"]}, "10.125.0"))
+    for name, why in (("bare", "names no DNS server"), ("far", "outside its subnets")):
+        proc = host.circuit("dns", "enable", name, check=False)
+        assert proc.returncode == 3 and proc.stderr.count("\n") == 1, proc.stderr
+        assert why in proc.stderr
+        assert not (host.state / "extensions").exists() and not (host.state / "dns").exists()
+
+    host.circuit("network", "create", conf("filed", {"nameservers": [f"{BLUE}.1"]}))
+    web, client = runc.run("web").stdout, runc.run("client").stdout
+    host.circuit("network", "connect", web, "filed", "--name", "www")
+    host.circuit("network", "connect", client, "filed")
+    assert "dns enabled for filed" in host.circuit("dns", "enable", "filed").stdout
+    out = sh("runc", "exec", client, "nslookup", "www", f"{BLUE}.1").stdout
+    assert addresses(out) == {ip_of(runc, web)}, out
+    assert "search filed\n" in resolv_conf(host, "filed").read_text()
+
+    assert "dns disabled for filed" in host.circuit("dns", "disable", "filed").stdout
+    assert not (host.state / "extensions" / "filed").exists()
+    assert not resolv_conf(host, "filed").exists()
+    status = host.circuit("dns", "status", check=False)  # the server left the gateway
+    assert status.returncode == 4 or f"{BLUE}.1" not in status.stdout, status.stdout
+    host.circuit("network", "disconnect", web, "filed")
+    host.circuit("network", "connect", web, "filed", "--name", "again")
+    assert not (host.state / "dns" / "filed.json").exists()  # no DNS work on its attaches

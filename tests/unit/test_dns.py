@@ -70,3 +70,28 @@ def test_answers_of_a_view(monkeypatch):
     srv.upstreams = []
     srv.cache = {}
     assert ask(srv, "www.example.com") == ("SERVFAIL", [])
+
+
+def test_a_cluster_network_answers_other_hosts_names_on_this_hosts_gateway(tmp_path,
+                                                                           monkeypatch):
+    from circuit_common.store import Store
+
+    monkeypatch.setattr(server.Process, "alive", lambda self: True)
+    store = Store(str(tmp_path))
+    store.write(records.view_path(store), {"attachments": {"red": [
+        {"host": "h1", "network": "red", "containerId": "b-1", "ifName": "eth0",
+         "ips": ["10.1.1.2/24"], "aliases": ["beta"]},
+        {"host": "h1", "network": "red", "containerId": "bad", "ips": ["10.1.1.3/24"],
+         "aliases": ["not ok"]}]}})
+    peers = records.peer_entries(store, "red")
+    assert peers == [{"names": ["beta", "b-1"], "ips": ["10.1.1.2"]}]
+    assert server.Network("red", NETCONF, {}, peers, overlay=True).servers == []
+    entries = {"a@eth0": {"names": ["alpha"], "ips": ["10.1.2.2"], "pid": 1, "start_time": 1,
+                          "servers": ["10.1.2.1"]}}
+    net = server.Network("red", NETCONF, entries, peers, overlay=True)
+    assert net.servers == ["10.1.2.1"]
+    srv = server.Server(None, stay=True)
+    srv.view = server.View({"red": net})
+    assert ask(srv, "beta.red") == ("NOERROR", ["10.1.1.2"])
+    assert ask(srv, "alpha") == ("NOERROR", ["10.1.2.2"])
+    assert ask(srv, "2.1.1.10.in-addr.arpa", "PTR") == ("NOERROR", ["beta.red."])

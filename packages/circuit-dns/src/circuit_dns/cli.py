@@ -5,6 +5,8 @@ Usage:
   circuit-dns status [--format FMT]
   circuit-dns serve
   circuit-dns stop
+  circuit-dns enable NETWORK
+  circuit-dns disable NETWORK
   circuit-dns (-h | --help)
 
 Also reached as `circuit dns ...`. A network created with --dns (the default for bridge
@@ -14,7 +16,9 @@ connect (the hook: annotation circuit.aliases), each also as NAME.NETWORK; A, AA
 Other names go to the host's resolvers (none from --internal networks). The state holds each
 network's resolv.conf and hosts file (dns/NETWORK/), ready to bind-mount. `show` lists the
 names, `status` the server of this state in this network namespace, `serve` runs it in the
-foreground (circuit-dns.service), `stop` ends it. See docs/dns.md.
+foreground (circuit-dns.service), `stop` ends it. `enable` gives DNS to a network made
+from a config file, whose plugin names the server: "dns": {"nameservers": [its gateway]};
+`disable` takes DNS away from a network. See docs/dns.md.
 
 Options:
   --format FMT  table or json [default: table]
@@ -71,6 +75,14 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         from .server import serve
 
         return serve(store, stay=True)
+    elif a["enable"]:
+        from .extension import enable
+
+        print(f"dns enabled for {enable(ctx, a['NETWORK'])}")
+    elif a["disable"]:
+        from .extension import disable
+
+        print(f"dns disabled for {disable(ctx, a['NETWORK'])}")
     elif a["stop"]:
         proc = control.running(store)
         if proc is None:

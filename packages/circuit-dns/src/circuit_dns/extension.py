@@ -6,10 +6,12 @@ restore` rebuilds every network's names from its attachments and starts the serv
 On the hook's path: no dnslib, no socket module (control.py talks through _socket)."""
 
 import contextlib
+import ipaddress
 import os
 
+from circuit_common import extensions
 from circuit_common.cli import Context
-from circuit_common.errors import CircuitError
+from circuit_common.errors import CircuitError, InvalidInput
 from circuit_common.extensions import Attachment
 
 from . import control, records
@@ -19,8 +21,10 @@ def attached(ctx: Context, attachment: Attachment) -> None:
     """Store the attachment's names and have the server answer them; raising (port 53 taken)
     rolls the attach back."""
     record = records.load(ctx.store, attachment.network)
-    record["entries"][attachment.key] = records.entry(attachment)
+    entry = record["entries"][attachment.key] = records.entry(attachment)
     records.save(ctx.store, record)
+    if entry["servers"]:  # a cluster network's: this host's gateway
+        records.write_resolv_conf(ctx.store, attachment.network, entry["servers"])
     control.reload(ctx.store, attachment.network)
 
 
@@ -46,7 +50,8 @@ def detached(ctx: Context, attachment: Attachment) -> None:
 
 def network_created(ctx: Context, network: dict) -> None:
     """The network's resolv.conf and hosts file, and its (empty) names."""
-    records.write_resolv_conf(ctx.store, network)
+    records.write_resolv_conf(ctx.store, network["name"],
+                              records.server_addresses(network["config"]))
     if ctx.store.read(records.record_path(ctx.store, network["name"])) is None:
         records.save(ctx.store, {"network": network["name"], "entries": {}})
 
@@ -62,6 +67,64 @@ def network_deleted(ctx: Context, network: str) -> None:
         control.reload(store, start=False)
 
 
+def check_servers(network: dict) -> None:
+    """InvalidInput in one line unless the network's config names where its server listens:
+    addresses of its own subnets (the gateway), as `network create --dns` writes."""
+    from circuit_net.spec import netconf_subnets
+
+    name = network["name"]
+    servers = records.server_addresses(network["config"])
+    if not servers:
+        raise InvalidInput(f"network {name} names no DNS server: give its bridge plugin "
+                           '"dns": {"nameservers": [its gateway]} (isGateway: true), as '
+                           "network create --dns writes it")
+    subnets = netconf_subnets(network["config"])
+    for text in servers:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            raise InvalidInput(f"network {name}: DNS server {text!r} is no IP address") \
+                from None
+        if not any(ip in subnet for subnet in subnets):
+            raise InvalidInput(f"network {name}: DNS server {text} is outside its subnets: "
+                               "name its gateway")
+
+
+def enable(ctx: Context, name: str) -> str:
+    """DNS for a network that has none (one from a config file): marked, its files written,
+    the names of its running containers stored and answered."""
+    from circuit_net.networks import Networks, as_attachment
+
+    nets = Networks(ctx)
+    with ctx.store.lock("network", name):
+        network = nets.get(name)
+        check_servers(network)
+        extensions.enable(ctx, network, "dns")
+        running = [a for a in map(as_attachment, nets.attachments(name).records)
+                   if a.running()]
+        records.save(ctx.store, {"network": name,
+                                 "entries": {a.key: records.entry(a) for a in running}})
+        if running:
+            try:
+                control.reload(ctx.store, name)
+            except CircuitError:
+                extensions.unmark(ctx.store, name, "dns")
+                network_deleted(ctx, name)
+                raise
+    return name
+
+
+def disable(ctx: Context, name: str) -> str:
+    """No DNS for the network any more: its marker, names and files gone, the server told."""
+    from circuit_net.networks import Networks
+
+    with ctx.store.lock("network", name):
+        Networks(ctx).get(name)
+        extensions.unmark(ctx.store, name, "dns")
+        network_deleted(ctx, name)
+    return name
+
+
 def restore(ctx: Context) -> int:
     """Every DNS network's names again from its attachments whose containers run, its
     resolv.conf from the host's; the server started when a name is to be answered."""
@@ -74,9 +137,10 @@ def restore(ctx: Context) -> int:
             network = nets.get(name)
             running = [a for a in map(as_attachment, nets.attachments(name).records)
                        if a.running()]
-            records.save(ctx.store, {"network": name,
-                                     "entries": {a.key: records.entry(a) for a in running}})
-            records.write_resolv_conf(ctx.store, network)
+            entries = {a.key: records.entry(a) for a in running}
+            records.save(ctx.store, {"network": name, "entries": entries})
+            records.write_resolv_conf(ctx.store, name,
+                                      records.server_addresses(network["config"], entries))
         restored.append((name, bool(running)))
     if any(serving for _, serving in restored):
         control.reload(ctx.store)

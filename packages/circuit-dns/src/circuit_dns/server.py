@@ -9,9 +9,12 @@ gateway address (UDP and TCP, port 53), in the network namespace it runs in.
   (whatever the other networks hold); other names go to
   the host's resolvers (at most 3, 1 s each, never this server's own addresses), except from
   internal networks (REFUSED).
-- `reload` on the control socket (control.py), and a change of the dns/ directory seen within
-  a second, read the names again: a new view is built and swapped in between two questions,
-  so none is dropped. Answers are kept per (scope, question) until the next reload.
+- A cluster network's names also come from the other hosts' attachments (the cluster agent's
+  view of etcd, records.peer_entries).
+- `reload` on the control socket (control.py), and a change of the dns/ directory or of the
+  cluster's view seen within a second, read the names again: a new view is built and swapped
+  in between two questions, so none is dropped. Answers are kept per (scope, question) until
+  the next reload.
 - Started on demand (control.spawn) it ends once no container of its networks has run for
   IDLE_EXIT seconds; `circuit dns serve` (the systemd unit) stays.
 """
@@ -54,12 +57,16 @@ def log(message: str) -> None:
 class Network:
     """What the server knows of one DNS network."""
 
-    def __init__(self, name: str, netconf: dict, entries: dict):
+    def __init__(self, name: str, netconf: dict, entries: dict, peers: tuple | list = (),
+                 overlay: bool = False):
         from circuit_net.spec import netconf_subnets
 
         self.name = name
         self.suffix = "." + name.lower()
-        self.servers = records.server_addresses(netconf)
+        # a cluster network's config names the first host's gateway: this host's comes with
+        # its attachments' results
+        self.servers = [] if overlay and not any(e.get("servers") for e in entries.values()) \
+            else records.server_addresses(netconf, entries)
         self.subnets = netconf_subnets(netconf)
         routes = [r.get("dst") for p in netconf["plugins"] if isinstance(p.get("ipam"), dict)
                   for r in p["ipam"].get("routes") or [] if isinstance(r, dict)]
@@ -74,13 +81,19 @@ class Network:
                 continue  # exited without its poststop: not answered
             self.processes.append(proc)
             container_id = key.rpartition("@")[0]
-            for name in entry["names"]:
-                for key in (name, name + self.suffix):
-                    self.names.setdefault(key, []).extend(entry["ips"])
             for ip in entry["ips"]:
                 self.containers[ip] = container_id
-                if entry["names"]:
-                    self.reverse.setdefault(ip, entry["names"][0] + self.suffix + ".")
+            self.add_names(entry)
+        for peer in peers:  # other hosts' containers: answered, never askers
+            self.add_names(peer)
+
+    def add_names(self, entry: dict) -> None:
+        for name in entry["names"]:
+            for key in (name, name + self.suffix):
+                self.names.setdefault(key, []).extend(entry["ips"])
+        for ip in entry["ips"]:
+            if entry["names"]:
+                self.reverse.setdefault(ip, entry["names"][0] + self.suffix + ".")
 
 
 class View:
@@ -112,7 +125,9 @@ def read_view(store: Store) -> View:
             log(f"network {name} skipped: {e}")
             continue
         if network is not None:
-            networks[name] = Network(name, network["config"], record["entries"])
+            networks[name] = Network(name, network["config"], record["entries"],
+                                     records.peer_entries(store, name) if network.get(
+                                         "overlay") else [], bool(network.get("overlay")))
     return View(networks)
 
 
@@ -201,9 +216,8 @@ class Server:
         """Look at the state and the host's resolv.conf; True when it is time to end."""
         if not os.path.isdir(self.store.root):
             return True
-        with contextlib.suppress(OSError):
-            if os.stat(self.store.path("dns")).st_mtime_ns != self.dns_stamp:
-                self.reload()
+        if self.stamps() != self.dns_stamp:
+            self.reload()
         self.read_upstreams()
         if self.stay or any(proc.alive() for net in self.view.networks.values()
                             for proc in net.processes):
@@ -237,8 +251,7 @@ class Server:
     # -- reload: a new view, then the sockets it needs ------------------------------------
 
     def reload(self) -> None:
-        with contextlib.suppress(OSError):
-            self.dns_stamp = os.stat(self.store.path("dns")).st_mtime_ns
+        self.dns_stamp = self.stamps()
         view = read_view(self.store)
         wanted = {(ip, kind): net.name for net in view.networks.values() for ip in net.servers
                   for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)}
@@ -264,6 +277,18 @@ class Server:
         self.view, self.cache, self.errors = view, {}, errors
         self.read_upstreams(force=True)
         gc.freeze()  # what is here now is not traversed by each collection: fewer slow answers
+
+    def stamps(self) -> tuple:
+        """What changes when names change: the dns/ directory, the cluster's view of the
+        other hosts' attachments."""
+        found = []
+        for path in (self.store.path("dns"), records.view_path(self.store)):
+            try:
+                st = os.stat(path)
+                found.append((st.st_ino, st.st_mtime_ns))
+            except OSError:
+                found.append(None)
+        return tuple(found)
 
     def listen(self, ip: str, kind: int, network: str) -> socket.socket:
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET

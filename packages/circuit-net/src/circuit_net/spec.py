@@ -57,11 +57,11 @@ class Flags:
 
     def check_dns(self, dns: bool | None) -> bool:
         """Whether the network gets DNS (circuit-dns): asked, or by default a bridge network
-        that is neither internal nor an overlay."""
+        that is neither internal nor an overlay (a cluster network asks with --dns)."""
         if dns is None:
             return self.driver == "bridge" and not self.overlay and not self.internal
-        if dns and (self.driver != "bridge" or self.overlay):
-            raise UsageError("--dns is for --driver bridge networks without --overlay")
+        if dns and self.driver != "bridge":
+            raise UsageError("--dns is for --driver bridge networks")
         return dns
 
     def check_driver_flags(self) -> None:

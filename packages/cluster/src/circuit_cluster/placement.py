@@ -21,12 +21,14 @@ def place_overlay(requested: dict, networks: list[dict]) -> dict:
 def host_config(netconf: dict, lease: dict, data_dir: str | None) -> dict:
     """A cluster network's config on this host: host-local over this host's subnet (its first
     address the gateway) with this host's data_dir (None: the plugin's default), the overlay's
-    MTU."""
+    MTU; with DNS, the CNI result names this host's gateway as the server."""
     subnet = ipaddress.ip_network(lease["subnet"])
     conf = with_data_dir(netconf, data_dir)
     main = conf["plugins"][0]
     main["ipam"]["ranges"] = [[{"subnet": str(subnet), "gateway": str(subnet[1])}]]
     main["mtu"] = lease["mtu"]
+    if isinstance(main.get("dns"), dict):
+        main["dns"] = {**main["dns"], "nameservers": [str(subnet[1])]}
     return conf
 
 

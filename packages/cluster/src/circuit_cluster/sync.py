@@ -126,7 +126,8 @@ class Reconciler:
                 summary = {"host": host, "network": network,
                            "containerId": record.get("containerId"),
                            "ifName": record.get("ifName"), "ips": ips,
-                           "pid": meta.get("pid"), "target": meta.get("target")}
+                           "pid": meta.get("pid"), "target": meta.get("target"),
+                           "aliases": meta.get("aliases", [])}
                 found[f"{network}/{os.path.basename(path)[:-len('.json')]}"] = json.dumps(
                     summary, sort_keys=True).encode()
         return found
