@@ -94,7 +94,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     if a["--interface"] is not None:
         check_ifname(a["--interface"])
     changes = changes_from(a) if a["set"] else None
-    from .tc import Links
+    from .tc import Links  # pyroute2 (≈ 60 ms): only where tc is spoken
 
     with nets.store.lock("network", name):
         network = nets.get(name)
@@ -117,7 +117,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
                 else:
                     new["network"] = qos.merge(old["network"], changes)
                 if "delay" in changes:
-                    from .tc import probe_netem
+                    from .tc import probe_netem  # pyroute2 (≈ 60 ms): only where tc is spoken
 
                     probe_netem(links)
             elif scoped:
@@ -155,7 +155,7 @@ def show(nets: Networks, name: str | None, fmt: str, quiet: bool) -> int:
             for attached in nets.attachments(network).records
             if qos.effective(qos.load(nets.store, network), as_attachment(attached)))))
         return report(unreadable)
-    from .tc import Links
+    from .tc import Links  # pyroute2 (≈ 60 ms): only where tc is spoken
 
     with Links() as links:
         shown = [qos.status(nets, links, network) for network in names]

@@ -32,7 +32,7 @@ def attached(ctx: Context, attachment: Attachment) -> None:
         if attachment.running():
             plan.shape_fresh(ready, policy.host_veth(attachment))
         return
-    from .tc import Links
+    from .tc import Links  # pyroute2 (≈ 60 ms): only where tc is spoken
 
     with Links() as links:
         policy.apply_all(links, [attachment], policy.EMPTY, record)
@@ -56,7 +56,7 @@ def detached(ctx: Context, attachment: Attachment) -> None:
 
 def _delete_ifbs(attachment: Attachment) -> None:
     """The IFB devices of an attachment deleted through pyroute2."""
-    from .tc import Links
+    from .tc import Links  # pyroute2 (≈ 60 ms): only where tc is spoken
 
     with Links() as links:
         for name in ifnames(attachment):
@@ -130,7 +130,7 @@ def _reshape(ctx: Context, network: str, old: dict) -> None:
     shaped from old's to the stored ones (those another tool shapes left alone, then named)."""
     from circuit_net.networks import Networks
 
-    from .tc import Links, foreign_shaping
+    from .tc import Links, foreign_shaping  # pyroute2 (≈ 60 ms): only where tc is spoken
 
     with ctx.store.lock("network", network):
         new = policy.load(ctx.store, network)
@@ -161,7 +161,7 @@ def reapply(ctx: Context):
     """Apply each network's stored policies; yields the network's name when done."""
     from circuit_net.networks import Networks
 
-    from .tc import Links
+    from .tc import Links  # pyroute2 (≈ 60 ms): only where tc is spoken
 
     nets = Networks(ctx)
     names = [os.path.basename(p)[:-len(".json")]

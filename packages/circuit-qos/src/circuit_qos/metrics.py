@@ -32,7 +32,7 @@ def collect(ctx) -> list[Family]:
                     for path in store.records(store.path("qos")))
     if not shaped:
         return families
-    from .tc import Links
+    from .tc import Links  # pyroute2 (≈ 60 ms): only where tc is spoken
 
     with Links() as links:
         for network in shaped:

@@ -23,9 +23,12 @@ import os
 import struct
 from collections import namedtuple
 
-from circuit_common.errors import CircuitError, EnvironmentFault, KernelUnsupported, NotFound
+from circuit_common.errors import NotFound
+from circuit_netlink import NETLINK_ROUTE, Batch, NetlinkError, Template
+from circuit_netlink.kept import Kept
 
-from . import devices
+from . import devices, shape
+from .refused import explain
 
 VETH, VETH_INDEX, IFB_INDEX = "vethplan0", 0x7FFF0001, 0x7FFF0002  # made-up devices
 IFB = devices.ifb_name(VETH)
@@ -40,8 +43,6 @@ Plan = namedtuple("Plan", "rate delay make_ifb delete_ifb requests")
 
 def kept_at(store, network: str):
     """Where this host keeps network's plan (circuit_netlink.kept.Kept)."""
-    from circuit_netlink.kept import Kept
-
     return Kept(store, os.path.join("qos-plans", f"{network}.json"), LAYOUT)
 
 
@@ -60,8 +61,7 @@ class _Recorder:
 
 def build(policy: dict | None) -> dict:
     """The plan of policy (None: unshaped), encoded by pyroute2."""
-    from . import tc
-    from .policy import shape
+    from . import tc  # pyroute2 (≈ 60 ms): only to encode, not on the hook's path
 
     recorder = _Recorder()
     with tc.Links(recorder) as links:
@@ -69,7 +69,7 @@ def build(policy: dict | None) -> dict:
         if policy is None:
             tc.teardown_shaping(links, VETH)
         else:
-            tc.setup_shaping(links, VETH, shape(policy))
+            tc.setup_shaping(links, VETH, shape.of(policy))
         make_ifb, _ = links.link_request(tc.RTM_NEWLINK, IFB, "ifb")
         delete_ifb, _ = links.link_request(tc.RTM_DELLINK, IFB)
     return {"policy": policy, "delay": bool(policy and policy.get("delay")),
@@ -89,8 +89,6 @@ def ready(store, network: str, policy: dict | None) -> Plan | None:
 def usable(stored: dict | None, policy: dict | None) -> Plan | None:
     """stored (a kept plan) ready to send, if it was made for policy and every request in it
     can only touch the attachment's own devices; else None."""
-    from circuit_netlink import Template
-
     if not isinstance(stored, dict) or stored.get("policy") != policy:
         return None
     try:
@@ -163,8 +161,6 @@ def shape_fresh(plan: Plan, veth: str) -> None:
     """Shape the new attachment whose host-side veth is veth as the pyroute2 path would: make
     its IFB device (for a rate), then send the requests; those naming the IFB only while it
     exists (without a rate: the delete of a leftover IFB)."""
-    from circuit_netlink import NETLINK_ROUTE, Batch
-
     veth_index = devices.index(veth)
     if veth_index is None:
         raise NotFound(f"interface {veth} does not exist")
@@ -179,8 +175,6 @@ def shape_fresh(plan: Plan, veth: str) -> None:
 
 def delete_ifbs(plan: Plan, names: list[str]) -> None:
     """Delete the IFB devices that shape names, those there are."""
-    from circuit_netlink import NETLINK_ROUTE, Batch
-
     with Batch(NETLINK_ROUTE) as batch:
         for ifb in map(devices.ifb_name, names):
             if devices.driver(ifb) == "ifb":
@@ -190,28 +184,7 @@ def delete_ifbs(plan: Plan, names: list[str]) -> None:
 
 
 def _send(batch, delay: bool) -> None:
-    from circuit_netlink import NetlinkError
-
     try:
         batch.send()
     except NetlinkError as e:
         raise explain(e, delay) from None
-
-
-def explain(e: OSError, delay: bool) -> Exception:
-    """The circuit error a refused tc or link request stands for."""
-    if delay and e.errno in (errno.ENOENT, errno.EOPNOTSUPP):
-        return KernelUnsupported("this kernel has no netem qdisc (sch_netem), so --delay cannot "
-                                 "be applied; load sch_netem or use a kernel that has it")
-    if e.errno in (errno.EPERM, errno.EACCES):
-        return EnvironmentFault(f"tc refused: {e.strerror}; shaping needs CAP_NET_ADMIN "
-                                "(run as root)")
-    if e.errno in (errno.ENOMEM, errno.ENOBUFS, errno.ENOSPC):
-        return EnvironmentFault(f"tc refused: {e.strerror}; the kernel is out of memory")
-    if e.errno in (errno.ENODEV, errno.ENOENT):
-        return NotFound(f"tc refused: {e.strerror}; a device of the attachment has gone "
-                        "(the container exited?)")
-    if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
-        return KernelUnsupported(f"tc refused: {e.strerror}; this kernel lacks HTB, ingress, "
-                                 "u32, mirred or ifb")
-    return CircuitError(f"tc failed: {e.strerror}")

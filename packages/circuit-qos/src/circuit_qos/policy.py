@@ -19,9 +19,10 @@ from circuit_common.store import Store
 from circuit_net.networks import Networks, as_attachment
 
 from . import devices, plan
+from .shape import FIELDS
+from .shape import of as shape
 from .units import check_burst
 
-FIELDS = ("rate", "ceil", "delay", "buffer", "cbuffer", "priority")
 EMPTY = {"network": None, "attachments": {}}
 
 
@@ -122,12 +123,6 @@ def host_veth(attachment: Attachment) -> str:
                        "veth-based network (bridge, ptp)")
 
 
-def shape(policy: dict | None):
-    from .tc import Shape
-
-    return None if policy is None else Shape(**{k: policy.get(k) for k in FIELDS})
-
-
 def apply_all(links, attachments: list[Attachment], old: dict, new: dict) -> None:
     """Make every attachment's shaping match new, in one batch; if that fails, put back old.
     Refused first, with nothing changed, where another tool shapes a veth circuit would."""
@@ -144,7 +139,7 @@ def apply_all(links, attachments: list[Attachment], old: dict, new: dict) -> Non
 def apply(links, attachments: list[Attachment], record: dict, previous: dict) -> None:
     """Shape the attachments whose containers still run by record's policies (None:
     unshaped), from previous's; a container that has exited took its veth with it."""
-    from . import tc
+    from . import tc  # pyroute2 (≈ 60 ms): only where tc is spoken
 
     planned = [(host_veth(a), effective(record, a), effective(previous, a))
                for a in attachments if a.running()]
@@ -161,7 +156,7 @@ def apply(links, attachments: list[Attachment], record: dict, previous: dict) ->
 def refuse_foreign(links, fresh: list[tuple[str, Attachment]]) -> None:
     """Conflict, before anything changes, when another tool already shapes a veth circuit is
     about to shape: circuit never takes over, nor removes, qdiscs it did not make."""
-    from .tc import foreign_shaping
+    from .tc import foreign_shaping  # pyroute2 (≈ 60 ms): only where tc is spoken
 
     if not fresh:
         return
@@ -195,7 +190,7 @@ def select(nets: Networks, name: str, container=None,
 def status(nets: Networks, links, name: str) -> dict:
     """One network's policy and its attachments' policies and live counters (tc.counters), as
     `qos show` prints them and `circuit metrics` exposes them."""
-    from .tc import counters
+    from .tc import counters  # pyroute2 (≈ 60 ms): only where tc is spoken
 
     record = load(nets.store, name)
     rows = []

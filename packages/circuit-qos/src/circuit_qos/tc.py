@@ -17,7 +17,6 @@ attachment of a network gets the same requests but for its device: pyroute2 enco
 import errno
 import socket
 import struct
-from collections import namedtuple
 
 from circuit_common.errors import NotFound
 from circuit_netlink import (
@@ -34,7 +33,8 @@ from circuit_netlink import (
 
 from . import devices
 from .devices import ifb_name
-from .plan import explain
+from .refused import explain
+from .shape import Shape
 
 lean_pyroute2()  # every function here speaks netlink: load only the pyroute2 modules used
 
@@ -64,10 +64,6 @@ MIRRED_IFINDEX = ("TCA_OPTIONS", "TCA_U32_ACT", "TCA_ACT_PRIO_1", "TCA_ACT_OPTIO
 ETH_P_ALL = 0x0003
 UNLIMITED = 100 * 10**9  # bit/s: the class rate when only a delay is set
 GONE = (errno.ENOENT, errno.EINVAL, errno.ENODEV)  # deleting what is not there
-
-
-# What to apply to one attachment (rates in bit/s, delay in µs, sizes in bytes).
-Shape = namedtuple("Shape", "rate ceil delay buffer cbuffer priority", defaults=(None,) * 6)
 
 
 class Links:
