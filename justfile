@@ -3,7 +3,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 export UV_PYTHON_DOWNLOADS := "never"
 
-debs := "containernetworking-plugins iptables nftables runc busybox-static iperf3 iproute2 util-linux procps qemu-system-x86 linux-image-amd64 ipvsadm podman man-db etcd-server etcd-client zsh dnsmasq-base dnsperf tmux"
+debs := "containernetworking-plugins iptables nftables runc busybox-static iperf3 iproute2 util-linux procps qemu-system-x86 linux-image-amd64 ipvsadm podman man-db etcd-server etcd-client zsh dnsmasq-base dnsperf tmux keepalived"
 
 default:
     @just --list
@@ -79,6 +79,7 @@ bench: setup
     -.venv/bin/python bench/list.py
     -.venv/bin/python bench/qos.py
     -scripts/kernel-vm python bench/lb.py
+    -scripts/kernel-vm python bench/health_ipvs.py
     -.venv/bin/python bench/lb_nft.py
     -.venv/bin/python bench/cluster.py
     -.venv/bin/python bench/dns.py
