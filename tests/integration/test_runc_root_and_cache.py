@@ -35,5 +35,15 @@ def test_runc_ids_resolve_under_another_runc_root_and_the_cache_is_libcnis(host,
             assert entry["result"]["ips"][0]["address"].startswith("10.100.10.")
             host.circuit(*how, "network", "disconnect", cid, "sandbox", env=env)
             assert not cache.exists()
+
+        # one container under its runc id and its PID (issue 26)
+        pid = str(json.loads(sh("runc", "--root", root, "state", cid).stdout)["pid"])
+        host.circuit("--runc-root", root, "network", "connect", cid, "sandbox")
+        again = host.circuit("network", "connect", pid, "sandbox", check=False)
+        assert again.returncode == 5 and len(again.stderr.splitlines()) == 1
+        assert f"as {cid} (eth0)" in again.stderr and "--ifname" in again.stderr
+        host.circuit("network", "disconnect", pid, "sandbox")
+        assert json.loads(host.circuit("network", "inspect", "sandbox").stdout)[
+            "attachments"] == []
     finally:
         sh("runc", "--root", root, "delete", "--force", cid, check=False)

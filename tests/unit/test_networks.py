@@ -220,3 +220,49 @@ def test_a_full_disk_between_intent_and_record_rolls_the_attach_back(nets, monke
         nets.connect("n", me())
     assert nets.plugins.executor.sequence()[-2:] == [("bridge", "ADD"), ("bridge", "DEL")]
     assert nets.attachments("n").records == [] and nets.journal.listing("n").records == []
+
+
+def by_pid() -> Target:
+    """This test's process named by its PID: the same container as me()."""
+    from circuit_net.target import pid_container_id
+
+    proc = process(os.getpid())
+    return Target(pid_container_id(proc), str(proc.pid), proc)
+
+
+@pytest.mark.parametrize("first, second", [(me, by_pid), (by_pid, me)])
+def test_a_pid_and_its_runc_id_are_one_container(nets, monkeypatch, first, second):
+    nets.plugins.executor.go.set()
+    assert nets.connect("n", first())["ifName"] == "eth0"
+    monkeypatch.setattr(networks, "interfaces", lambda pid: {"lo", "eth0"})
+    before = sorted(os.listdir(nets.attachment_dir("n")))
+    with pytest.raises(Conflict, match=rf"already connected to network n as {first().label} "
+                                       r"\(eth0\); a PID and its runc id are one container"):
+        nets.connect("n", second())
+    assert sorted(os.listdir(nets.attachment_dir("n"))) == before
+    assert nets.connect("n", second(), ifname="eth1")["ifName"] == "eth1"  # asked for
+    gone = nets.disconnect("n", second())  # either name takes both
+    assert sorted(a["ifName"] for a in gone) == ["eth0", "eth1"]
+    assert nets.attachments("n").records == []
+
+
+def test_a_connect_under_way_under_the_other_name_is_refused(nets):
+    adding = threading.Thread(target=lambda: nets.connect("n", me()))
+    adding.start()
+    try:
+        assert nets.plugins.executor.adding.wait(10)
+        with pytest.raises(Conflict, match="as c1 \\(eth0\\)"):
+            nets.connect("n", by_pid())
+    finally:
+        nets.plugins.executor.go.set()
+        adding.join()
+
+
+def test_same_container_id_may_ask_for_a_second_interface_by_name(nets):
+    nets.plugins.executor.go.set()
+    nets.connect("n", me())
+    with pytest.raises(Conflict, match="already connected to network n \\(as eth0\\)"):
+        nets.connect("n", me())
+    with pytest.raises(Conflict, match="already connected"):
+        nets.connect("n", me(), ifname="eth0")
+    assert nets.connect("n", me(), ifname="eth1")["ifName"] == "eth1"

@@ -21,7 +21,10 @@ Usage:
   circuit-net prune [--force] [-q]
   circuit-net (-h | --help)
 
-Also reached as `circuit network ...`. TARGET is a PID or a runc container id.
+Also reached as `circuit network ...`. TARGET is a PID or a runc container id; a running
+container is one target under both (the same process): a second connect to a network it is on,
+by either name, is refused unless --ifname asks for another interface, and disconnect by either
+name removes every interface it has there.
 `create PATH` reads a .conf/.conflist; `create NAME [--subnet CIDR ...]` writes the conflist
 from flags (`spec` prints it): bridge + host-local over every subnet (IPv4 and IPv6) +
 portmap + firewall, at the highest cniVersion the plugins share. Without --subnet it picks

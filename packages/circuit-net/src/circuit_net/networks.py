@@ -115,7 +115,7 @@ class Networks:
                         self.attachment_dir(name), prefix=f"{target.container_id}@")
                     if (record := self.store.read(path, check=check_attachment)) is not None]
             if mine:
-                return mine
+                return mine + self.attached_otherwise(name, target)
         listing = self.attachments(name)
         mine = [a for a in listing.records if target.matches(a)]
         if not mine and listing.errors:
@@ -123,6 +123,16 @@ class Networks:
         if not mine:
             raise NotFound(f"container {target.label} is not connected to network {name}")
         return mine
+
+    def attached_otherwise(self, name: str, target: Target) -> list[dict]:
+        """The running target's attachments on a network under its other name (its PID when
+        it is named by its runc id, or the other way round), found in the listing's cache."""
+        if target.process is None:
+            return []
+        return [record for a in self.attachments_listed(name).records
+                if a["containerId"] != target.container_id and target.matches(a)
+                and (record := self.store.read(self.record_path({**a, "networkName": name}),
+                                               check=check_attachment)) is not None]
 
     # -- networks ---------------------------------------------------------------------------
 
@@ -325,7 +335,7 @@ class Networks:
             if not only_declared:
                 runtime.check_declared([network["config"]], caps or {})
             self.repair(network)
-            self.refuse_attached(name, target)
+            self.refuse_attached(name, target, ifname)
             # the container's lock: a connect to another network at the same time must see
             # this one's ifname taken (its intent) before it chooses its own. One of 64 slots,
             # so lock files do not pile up one per container ever connected
@@ -340,10 +350,11 @@ class Networks:
         """A cluster network's attachments on other hosts, as this host last synced them."""
         return self.store.peer_attachments(name)
 
-    def refuse_attached(self, name: str, target: Target) -> None:
-        """Conflict when the target's container id is attached to the network, or being
-        attached or detached: found by file name, so the cost does not grow with the other
-        containers on the network."""
+    def refuse_attached(self, name: str, target: Target,
+                        ifname_wanted: str | None = None) -> None:
+        """Conflict when the target's container id is attached to the network (unless
+        ifname_wanted asks for another interface), or being attached or detached: found by
+        file name, so the cost does not grow with the other containers on the network."""
         for state, directory in (("connected to", self.attachment_dir(name)),
                                  ("being connected to or disconnected from",
                                   self.store.path("intents", name))):
@@ -356,8 +367,12 @@ class Networks:
                     raise Conflict(f"circuit (PID {record['owner']['pid']}) is {doing} container "
                                    f"{target.label} on network {name} (as {ifname}) right now; "
                                    "wait for it to finish, then retry if needed")
+                if record is not None and not state.startswith("being") and ifname_wanted \
+                        and ifname_wanted != ifname:
+                    continue  # another interface on the same network, asked for by name
                 raise Conflict(f"container {target.label} is already {state} network {name} "
-                               f"(as {ifname}); disconnect it first")
+                               f"(as {ifname}); disconnect it first, or give --ifname for a "
+                               "second interface")
 
     def _intend_attach(self, network: dict, target: Target, ifname: str | None,
                        ips: list[str], mac: str | None, args: list[tuple[str, str]],
@@ -370,7 +385,11 @@ class Networks:
         if not target.netns:
             raise NotFound(f"container {target.label} has exited")
         check_connectable(target, host_netns)
-        taken = interfaces(target.process.pid) | self.ifnames_of(target.container_id)
+        present = interfaces(target.process.pid)
+        ours = self.ifnames_of(target.container_id)
+        if not ifname:
+            self.refuse_other_name(network["name"], target, present - ours - {"lo"})
+        taken = present | ours
         ifname = check_ifname(ifname) if ifname else first_free_ifname(taken)
         if ifname in taken:
             raise Conflict(f"container {target.label} already has an interface {ifname}; "
@@ -394,6 +413,21 @@ class Networks:
             self.refuse_published(wanted, target)
             self.journal.write("add", record)
         return record, rt
+
+    def refuse_other_name(self, name: str, target: Target, unexplained: set[str]) -> None:
+        """Conflict when the target's container is attached to the network, or being attached,
+        under its other name (PID or runc id: the same process). Intents under way are few;
+        attachments are looked at only when the container has interfaces its own records do
+        not explain (the hook's first connect of a container has none)."""
+        under_way = [i["attachment"] for i in self.journal.listing(name).records
+                     if owner_alive(i)]
+        found = under_way + (self.attachments_listed(name).records if unexplained else [])
+        for other in found:
+            if other["containerId"] != target.container_id and target.matches(other):
+                raise Conflict(f"container {target.label} is already connected to network "
+                               f"{name} as {other['circuit']['target']} ({other['ifName']}); "
+                               "a PID and its runc id are one container: disconnect it first, "
+                               "or give --ifname for a second interface")
 
     def refuse_published(self, wanted: list[dict], target: Target) -> None:
         """Conflict when a host port in wanted is published already, by an attachment or one

@@ -26,11 +26,12 @@ class Target(namedtuple("Target", "container_id label process", defaults=(None,)
         """Whether an attachment record belongs to this container."""
         if attachment["containerId"] == self.container_id:
             return True
-        if attachment["circuit"]["pid"] != ascii_number(self.label):
-            return False
-        # A running PID names only its own attachments; a PID that is gone names its stale ones.
-        return (self.process is None
-                or attachment["circuit"]["start_time"] == self.process.start_time)
+        meta = attachment["circuit"]
+        # A running container is one target under its PID and its runc id (the same process);
+        # a PID that is gone names its stale attachments.
+        if self.process is not None:
+            return (meta["pid"], meta["start_time"]) == tuple(self.process)
+        return meta["pid"] == ascii_number(self.label)
 
 
 def pid_container_id(proc: Process) -> str:
