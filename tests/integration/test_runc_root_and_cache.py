@@ -42,6 +42,9 @@ def test_runc_ids_resolve_under_another_runc_root_and_the_cache_is_libcnis(host,
         again = host.circuit("network", "connect", pid, "sandbox", check=False)
         assert again.returncode == 5 and len(again.stderr.splitlines()) == 1
         assert f"as {cid} (eth0)" in again.stderr and "--ifname" in again.stderr
+        peer = json.loads(host.circuit("network", "list", "--format", "json").stdout)[0]
+        assert [p["name"] for p in peer["peers"]] == [cid]
+        assert f"({cid})" in host.circuit("network", "list").stdout  # not the PID
         host.circuit("network", "disconnect", pid, "sandbox")
         assert json.loads(host.circuit("network", "inspect", "sandbox").stdout)[
             "attachments"] == []

@@ -194,3 +194,19 @@ def test_the_hook_refuses_a_kernel_thread_and_a_string_pid(fake_proc, nets, monk
             hook.attach(nets, {"id": "c", "pid": pid})
     assert nets.plugins.executor.calls == []
     assert networks.Networks.attachments(nets, "n").records == []
+
+
+@pytest.mark.parametrize("meta, shown", [
+    ({"pid": 7553, "target": "web-00"}, "web-00"),  # connected by runc id
+    ({"pid": 7553, "target": "7553", "aliases": ["web", "www"]}, "web"),  # by PID, --name web
+    ({"pid": 7553, "target": "7553"}, "7553"),  # by PID, no name: the PID is all there is
+    ({"pid": 7553, "target": "web-00", "aliases": ["web"]}, "web-00"),
+])
+def test_tables_name_a_container_by_its_runc_id_else_its_name(meta, shown):
+    from circuit_net.cli import describe_peer
+    from circuit_net.records import container_name
+
+    assert container_name(meta) == shown
+    peer = {"ips": ["10.100.10.2/24"], "pid": 7553, "name": container_name(meta),
+            "state": "attached", "ports": []}
+    assert describe_peer(peer) == f"10.100.10.2 ({shown})"

@@ -24,7 +24,8 @@ Usage:
 Also reached as `circuit network ...`. TARGET is a PID or a runc container id; a running
 container is one target under both (the same process): a second connect to a network it is on,
 by either name, is refused unless --ifname asks for another interface, and disconnect by either
-name removes every interface it has there.
+name removes every interface it has there. Tables name a container by its runc id (or, when
+connected by PID, by its --name).
 `create PATH` reads a .conf/.conflist; `create NAME [--subnet CIDR ...]` writes the conflist
 from flags (`spec` prints it): bridge + host-local over every subnet (IPv4 and IPv6) +
 portmap + firewall, at the highest cniVersion the plugins share. Without --subnet it picks
@@ -93,6 +94,7 @@ from circuit_common.validate import check_dns_name, check_mac
 from . import cni, runtime
 from .intents import owner_alive
 from .networks import Networks, attachment_netns
+from .records import container_name
 from .target import resolve
 
 
@@ -232,7 +234,7 @@ def describe(attachment: dict, netns: str | None = None) -> dict:
 
     meta = attachment["circuit"]
     return {"container_id": attachment["containerId"], "pid": meta["pid"],
-            "target": meta["target"],
+            "target": meta["target"], "name": container_name(meta),
             "netns": (attachment_netns(attachment) if netns is None else netns) or None,
             "ifname": attachment["ifName"], "ips": result_ips(attachment["result"]),
             "mac": result_mac(attachment["result"], attachment["ifName"]),
@@ -248,7 +250,7 @@ def print_inspect(network: dict, attachments: list[dict]) -> None:
     print(f"network {network['name']}: {chain} (CNI {config['cniVersion']})")
     output.emit(output.render_table(
         ["container", "pid", "ifname", "ips", "mac", "ports"],
-        [(x["target"], x["pid"], x["ifname"], ", ".join(x["ips"]) or "-", x["mac"] or "-",
+        [(x["name"], x["pid"], x["ifname"], ", ".join(x["ips"]) or "-", x["mac"] or "-",
           ", ".join(x["ports"]) or "-")
          for x in attachments], min_width=10))
 
@@ -275,7 +277,7 @@ def peer_elsewhere(entry: dict) -> dict:
 def describe_peer(peer: dict) -> str:
     """A peer in the table: its address, then pid, host in a cluster, state unless attached,
     published ports."""
-    notes = [str(peer["pid"]), *([peer["host"]] if "host" in peer else []),
+    notes = [peer.get("name") or str(peer["pid"]), *([peer["host"]] if "host" in peer else []),
              *([] if peer["state"] == "attached" else [peer["state"]]), *peer["ports"]]
     return f"{peer['ips'][0].partition('/')[0]} ({', '.join(notes)})"
 
@@ -310,6 +312,7 @@ def list_networks(nets: Networks, fmt: str, quiet: bool, running: bool = False) 
                i["op"] if owner_alive(i) else "interrupted" for i in intents.records}
         netns = container_netns(attached.records)
         here = sorted(({"container_id": a["containerId"], "pid": a["circuit"]["pid"],
+                        "name": container_name(a["circuit"]),
                         "ifname": a["ifName"], "ips": a["ips"], "ports": a["ports"],
                         "state": state(ops.get((a["containerId"], a["ifName"])), ns)}
                        for a, ns in zip(attached.records, netns, strict=True)

@@ -80,3 +80,12 @@ def check_intent(record: dict, path: str) -> None:
                             f"{attachment['containerId']}@{attachment['ifName']}.json")
     if not path.endswith(os.sep + expected):
         raise ValueError(f"it describes {expected}, not the file it is in")
+
+
+def container_name(meta: dict) -> str:
+    """Who an attachment's "circuit" object names in tables: the runc id it was connected by,
+    else the name connect gave it (--name, circuit.aliases), else its PID."""
+    target = meta.get("target") or str(meta["pid"])
+    if target.isdigit() and meta.get("aliases"):
+        return meta["aliases"][0]
+    return target

@@ -169,7 +169,7 @@ def show(nets: Networks, name: str | None, fmt: str, quiet: bool) -> int:
         for row in status["attachments"]:
             for direction in ("in", "out"):
                 c = row["counters"].get(direction, {})
-                table.append((row["target"], row["interface"] or "-", direction,
+                table.append((row["name"], row["interface"] or "-", direction,
                               describe(row["policy"], direction),
                               c.get("bytes", "-"), c.get("packets", "-"), c.get("drops", "-"),
                               c.get("overlimits", "-")))

@@ -17,6 +17,7 @@ from circuit_common.errors import Conflict, InvalidInput, NotFound
 from circuit_common.extensions import Attachment
 from circuit_common.store import Store
 from circuit_net.networks import Networks, as_attachment
+from circuit_net.records import container_name
 
 from . import devices, plan
 from .shape import FIELDS
@@ -198,6 +199,7 @@ def status(nets: Networks, links, name: str) -> dict:
         attachment, label = as_attachment(attached), attached["circuit"]["target"]
         veth = host_veth(attachment) if attachment.running() else None
         rows.append({"container_id": attachment.container_id, "target": label,
+                     "name": container_name(attached["circuit"]),
                      "ifname": attachment.ifname, "interface": veth,
                      "policy": effective(record, attachment),
                      "own_policy": attachment.key in record["attachments"],
