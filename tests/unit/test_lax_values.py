@@ -73,3 +73,54 @@ HUGE_NUMBER = "9" * 5000  # past int()'s 4,300 digits: a ValueError of its own, 
 def test_a_number_of_thousands_of_digits_is_a_bad_value(parse):
     with pytest.raises(InvalidInput):
         parse()
+
+
+@pytest.mark.parametrize("mac, kind", [("ff:ff:ff:ff:ff:ff", "broadcast"),
+                                       ("01:00:5e:00:00:01", "multicast"),
+                                       ("33:33:00:00:00:01", "multicast"),
+                                       ("00:00:00:00:00:00", "all zeros")])
+def test_a_mac_no_interface_can_take_is_refused_before_any_plugin(mac, kind):
+    from circuit_common.validate import check_mac
+
+    with pytest.raises(InvalidInput, match=kind):  # the bridge plugin said "cannot assign"
+        check_mac(mac)
+    assert check_mac("02:42:ac:11:00:02") == "02:42:ac:11:00:02"
+
+
+def test_the_hook_refuses_a_network_named_twice(monkeypatch):
+    from circuit_hook.cli import wanted_networks
+
+    monkeypatch.delenv("CNI_CONF", raising=False)
+    monkeypatch.delenv("CIRCUIT_NETWORK", raising=False)
+    state = {"annotations": {"circuit.networks": "n1, n2,n1"}}
+    with pytest.raises(InvalidInput, match="network n1 is given twice"):
+        wanted_networks(None, state)
+
+
+def test_hook_install_refuses_a_network_or_a_host_port_given_twice(tmp_path):
+    import json
+
+    from circuit_common.cli import Context
+    from circuit_common.config import Settings
+    from circuit_hook.install import install
+    from circuit_net.networks import Networks
+
+    settings = Settings()
+    settings.state_dir, settings.cni_cache_dir = str(tmp_path / "state"), str(tmp_path / "cni")
+    nets = Networks(Context(settings))
+    netconf = {"cniVersion": "1.0.0", "name": "n1", "plugins": [
+        {"type": "bridge", "ipam": {"type": "host-local", "subnet": "10.1.0.0/24"}},
+        {"type": "portmap", "capabilities": {"portMappings": True}}]}
+    nets.store.write(nets.network_path("n1"), {"name": "n1", "config": netconf,
+                                               "source": "test", "created": "now"})
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    config = {"ociVersion": "1.0.2", "process": {"args": ["sh"]},
+              "linux": {"namespaces": [{"type": "network"}]}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    before = (bundle / "config.json").read_text()
+    with pytest.raises(InvalidInput, match="--network n1 is given twice"):
+        install(nets, str(bundle), ["n1", "n1"], [], [])
+    with pytest.raises(InvalidInput, match="published twice"):  # the hook refused it at start
+        install(nets, str(bundle), ["n1"], ["8080:80", "8080:81"], [])
+    assert (bundle / "config.json").read_text() == before

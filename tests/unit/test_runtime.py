@@ -24,7 +24,7 @@ def test_publish_specs_become_port_mappings(spec, entry):
 
 
 @pytest.mark.parametrize("spec", ["80", "0:80", "8080:65536", "8080:80/icmp", "x:80",
-                                  "1.2.3:80:80", "a:b:c:d", "\uff18\uff10:80", ""])
+                                  "1.2.3:80:80", "a:b:c:d", "\uff18\uff10:80", "", "8080:80/"])
 def test_bad_publish_specs_are_refused_in_one_line(spec):
     with pytest.raises(InvalidInput, match="bad --publish"):
         runtime.parse_publish(spec)

@@ -12,7 +12,7 @@ Also reached as `circuit hook ...`, and as plain `circuit` with the state on std
 
 Networks, the first that is set wins:
   CNI_CONF=PATH            a .conf/.conflist: the network is created if absent, reused if identical
-  CIRCUIT_NETWORK=A,B      existing networks, attached in order as eth0, eth1, ...
+  CIRCUIT_NETWORK=A,B      existing networks, each once, attached in order as eth0, eth1, ...
   annotation circuit.networks=A,B in the container's config.json
 CNI_PATH (colon-separated) says where the plugins are.
 
@@ -71,7 +71,7 @@ from circuit_common import cli
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import InvalidInput, NotFound
 from circuit_common.proc import process
-from circuit_common.validate import check_dns_name, check_name, check_pid
+from circuit_common.validate import check_dns_name, check_name, check_once, check_pid
 from circuit_net.networks import Networks, check_connectable
 from circuit_net.runtime import check_declared, parse_publish_list
 from circuit_net.target import Target
@@ -114,7 +114,8 @@ def wanted_networks(nets: Networks, state: dict, env=os.environ) -> list[str]:
     if not names:
         raise InvalidInput("no network for the hook: set CNI_CONF or CIRCUIT_NETWORK in the "
                            "hook's env, or the annotation circuit.networks")
-    return [check_name(n.strip(), "network name") for n in names.split(",") if n.strip()]
+    return check_once([check_name(n.strip(), "network name") for n in names.split(",")
+                       if n.strip()], "network")
 
 
 def wanted_capabilities(state: dict, env=os.environ) -> dict:

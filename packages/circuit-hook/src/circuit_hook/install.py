@@ -9,9 +9,9 @@ from circuit_common import extensions
 from circuit_common.config import read_small_file
 from circuit_common.errors import EnvironmentFault, InvalidInput
 from circuit_common.store import replace_file
-from circuit_common.validate import check_dns_name, check_name
+from circuit_common.validate import check_dns_name, check_name, check_once
 from circuit_net.networks import Networks
-from circuit_net.runtime import check_declared, parse_publish
+from circuit_net.runtime import check_declared, check_published, parse_publish
 
 START_PHASE = "createRuntime"
 STOP_PHASE = "poststop"
@@ -117,14 +117,14 @@ def install(nets: Networks, bundle: str, networks: list[str], publish: list[str]
     if not has_network_namespace(config):
         raise InvalidInput(f"{path} gives the container no network namespace of its own: add "
                            '{"type": "network"} to linux.namespaces (runc spec has it)')
-    names = [check_name(n, "network name") for n in networks]
+    names = check_once([check_name(n, "network name") for n in networks], "--network")
     if not names:
         kept = config.get("annotations", {}).get("circuit.networks", "")
         names = [n.strip() for n in kept.split(",") if n.strip()]
     if not names:
         raise InvalidInput("give the networks to attach the container to: --network NAME")
     configs = [nets.get(name)["config"] for name in names]  # each must exist
-    mappings = [parse_publish(spec) for spec in publish]
+    mappings = check_published([parse_publish(spec) for spec in publish])
     if mappings:
         check_declared(configs, {"portMappings": mappings})
     aliases = [check_dns_name(a, "alias") for a in aliases]

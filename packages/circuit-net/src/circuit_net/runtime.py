@@ -18,8 +18,8 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 def parse_publish(spec: str) -> dict:
     """One portMappings entry from [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO] (HOSTIP of IPv6 in
     brackets), as libcni's callers pass it: hostPort, containerPort, protocol, hostIP."""
-    text, _, protocol = spec.partition("/")
-    protocol = protocol or "tcp"
+    text, slash, protocol = spec.partition("/")
+    protocol = protocol or ("" if slash else "tcp")  # "8080:80/" names no protocol
     if protocol not in PROTOCOLS:
         raise InvalidInput(f"bad --publish {spec!r}: protocol must be {', '.join(PROTOCOLS)}")
     host_ip = None

@@ -47,7 +47,20 @@ def check_mac(value: str) -> str:
     if not MAC_RE.fullmatch(value or ""):
         raise InvalidInput(f"invalid MAC address {value!r}: use six hex pairs, "
                            "as 02:42:ac:11:00:02")
+    first = int(value[:2], 16)
+    if first & 1 or not value.replace(":", "").strip("0"):
+        kind = "a multicast or broadcast MAC" if first & 1 else "all zeros"
+        raise InvalidInput(f"invalid MAC address {value!r}: it is {kind}, which no interface "
+                           "can take; give a unicast one (even first byte), as 02:42:ac:11:00:02")
     return value
+
+
+def check_once(values: list[str], what: str) -> list[str]:
+    """values, InvalidInput when one is given twice (what: how the user gave them)."""
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            raise InvalidInput(f"{what} {value} is given twice; give each once")
+    return values
 
 
 PID_MAX = 1 << 22  # the kernel's highest pid_max
