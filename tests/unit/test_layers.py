@@ -18,6 +18,16 @@ LAYERS = {
         {"extension", "doctor"},
         {"cli", "metrics"},
     ],
+    "circuit-lb/src/circuit_lb": [
+        {"address"},
+        {"ipvs", "table", "vip", "health"},
+        {"ipvs_netlink", "nft"},
+        {"backends"},
+        {"services"},
+        {"agent", "doctor"},
+        {"cli", "metrics"},
+        {"extension"},
+    ],
 }
 
 

@@ -4,10 +4,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from circuit_common.errors import InvalidInput
+from circuit_common.store import Store
 from circuit_lb.address import Endpoint, parse_endpoint, unusable
 
 
@@ -34,7 +36,7 @@ def test_malformed_endpoints_are_refused_in_one_line(text, message):
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
-def test_drift_names_each_target_that_differs(monkeypatch):
+def test_drift_names_each_target_that_differs(monkeypatch, tmp_path):
     from circuit_lb import ipvs
     from circuit_lb.services import Services
 
@@ -48,7 +50,8 @@ def test_drift_names_each_target_that_differs(monkeypatch):
         Endpoint("10.0.0.4", 80): ("masq", 1)}}}
     monkeypatch.setattr(ipvs, "read_proc", lambda: in_kernel)
     monkeypatch.setattr(ipvs, "ensure_ipvs", lambda: None)
-    assert Services.drift([record, {**record, "name": "gone", "port": 81}]) == [
+    services = Services(SimpleNamespace(store=Store(tmp_path)))
+    assert services.drift([record, {**record, "name": "gone", "port": 81}]) == [
         "service web has scheduler wlc in the kernel",
         "service web: target [fd00::3]:80 is missing from the kernel",
         "service web: target 10.0.0.4:80 is in the kernel only",

@@ -11,7 +11,7 @@ import pytest
 from circuit_common import nft
 from circuit_common.errors import InvalidInput, KernelUnsupported
 from circuit_common.store import Store
-from circuit_lb import backends, ipvs, table, vip
+from circuit_lb import ipvs, ipvs_netlink, table, vip
 from circuit_lb.address import Endpoint
 from circuit_lb.services import Services
 
@@ -31,7 +31,7 @@ class Kernel:
         monkeypatch.setattr(ipvs, "ensure_ipvs", lambda: None)
         monkeypatch.setattr(ipvs, "track_connections", lambda: None)
         monkeypatch.setattr(ipvs, "read_proc", dict)
-        monkeypatch.setattr(ipvs, "ipvs", lambda: self)
+        monkeypatch.setattr(ipvs_netlink, "connection", lambda store: self)
 
     def nft(self, args, stdin=None):
         if self.refuse_nft:
@@ -40,7 +40,7 @@ class Kernel:
         self.transactions.append(json.loads(stdin)["nftables"])
         return subprocess.CompletedProcess(args, 0, "", "")
 
-    # the IPVS connection (ipvs.ipvs() yields it)
+    # the IPVS connection (ipvs_netlink.connection(store) yields it)
     def __enter__(self):
         return self
 
@@ -145,7 +145,7 @@ UDP  [fd10:0099:0000:0000:0000:0000:0000:0001]:0035 sh persistent 60
 """
 
 
-def test_read_proc_skips_sctp_and_fwmark_services(tmp_path, monkeypatch):
+def test_read_proc_skips_sctp_and_fwmark_services(tmp_path, monkeypatch, services):
     proc = tmp_path / "ip_vs"
     proc.write_text(PROC_NET_IP_VS)
     monkeypatch.setattr(ipvs, "PROC", str(proc))
@@ -160,11 +160,11 @@ def test_read_proc_skips_sctp_and_fwmark_services(tmp_path, monkeypatch):
                   {"addr": "10.0.0.1", "port": 80, "forward": "masq", "weight": 3},
                   {"addr": "10.0.0.2", "port": 80, "forward": "route", "weight": 1}]}
     monkeypatch.setattr(ipvs, "ensure_ipvs", lambda: None)
-    assert Services.drift([record]) == []  # no target of the SCTP or FWM service credited
+    assert services.drift([record]) == []  # no target of the SCTP or FWM service credited
 
 
-def test_nftables_refuses_what_it_cannot_express():
-    nftables = backends.BACKENDS["nftables"]
+def test_nftables_refuses_what_it_cannot_express(services):
+    nftables = services.backends.nftables
     record = {"scheduler": "wlc", "targets": []}
     with pytest.raises(InvalidInput, match="use rr, wrr, sh"):
         nftables.check(record)

@@ -117,20 +117,19 @@ def test_template_copies_are_the_bytes_pyroute2_encodes():
 def test_ipvs_requests_are_kept_in_the_store_and_encoded_again_for_other_code(tmp_path,
                                                                             monkeypatch):
     from circuit_common.store import Store
-    from circuit_lb import ipvs, ipvs_netlink
+    from circuit_lb import ipvs_netlink
 
     store = Store(tmp_path / "state")
-    monkeypatch.setattr(ipvs, "REQUESTS_STORE", store)
-    assert ipvs_netlink.Requests.kept() is None
-    made = ipvs_netlink.Requests.kept_or_encoded()
-    kept = ipvs_netlink.Requests.kept()
+    assert ipvs_netlink.Requests.kept(store) is None
+    made = ipvs_netlink.Requests.kept_or_encoded(store)
+    kept = ipvs_netlink.Requests.kept(store)
     assert kept is not None and kept.family.data == made.family.data
     assert {k: t.data for k, t in kept.targets.items()} \
         == {k: t.data for k, t in made.targets.items()}
     kept_file = tmp_path / "state" / "cache" / "ipvs-requests.json"
     record = json.loads(kept_file.read_text())
     kept_file.write_text(json.dumps({**record, "tag": {**record["tag"], "pyroute2": "0.0.1"}}))
-    assert ipvs_netlink.Requests.kept() is None  # made by another pyroute2: not used
+    assert ipvs_netlink.Requests.kept(store) is None  # made by another pyroute2: not used
 
 
 def test_kept_requests_are_used_only_while_the_code_that_laid_them_out_is_unchanged(tmp_path):

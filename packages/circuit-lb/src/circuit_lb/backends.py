@@ -38,7 +38,18 @@ def _refuse_drift(record: dict, seen: dict | None, expected: dict) -> None:
 
 
 class Ipvs:
+    """IPVS of one store: its connections keep their encoded requests in the store's cache."""
+
     name = "ipvs"
+
+    def __init__(self, store):
+        self.store = store
+
+    def _connection(self):
+        """An IPVS netlink connection (ipvs_netlink.connection)."""
+        from . import ipvs_netlink  # netlink code: not on the path of `lb list`
+
+        return ipvs_netlink.connection(self.store)
 
     @staticmethod
     def available() -> bool:
@@ -58,12 +69,12 @@ class Ipvs:
 
     def create(self, record: dict) -> Undo:
         ipvs.track_connections()
-        with ipvs.ipvs() as sock:
+        with self._connection() as sock:
             sock.add_service(record)
         return lambda: self.delete(record)
 
     def delete(self, record: dict) -> Undo:
-        with ipvs.ipvs() as sock:
+        with self._connection() as sock:
             sock.del_service(record)
         return lambda: self.restore([record])
 
@@ -81,7 +92,7 @@ class Ipvs:
         removed = [where for where in current if where not in wanted]
         touched = added + changed + removed  # in the order the requests are queued
         rescheduled = old["scheduler"] != new["scheduler"]
-        with ipvs.ipvs() as sock:
+        with self._connection() as sock:
             if rescheduled:  # `lb edit`: sent on its own, before any target
                 sock.set_service(new)
             sock.queue_targets(ipvs.CMD_NEW_DEST, new, [wanted[w] for w in added])
@@ -101,11 +112,10 @@ class Ipvs:
             _refuse_drift(old, ipvs.read_proc().get((old["protocol"], endpoint(old))),
                           self.expected(old))
 
-    @staticmethod
-    def _put_back(record: dict, current: dict, touched: list[Endpoint],
+    def _put_back(self, record: dict, current: dict, touched: list[Endpoint],
                   rescheduled: bool = False) -> None:
         seen = ipvs.read_proc().get((record["protocol"], endpoint(record)), {"targets": {}})
-        with ipvs.ipvs() as sock:
+        with self._connection() as sock:
             if rescheduled:
                 sock.set_service(record)
             for where in touched:
@@ -124,9 +134,8 @@ class Ipvs:
     def expected(record: dict) -> dict[tuple, tuple]:
         return {(t["addr"], t["port"]): (t["forward"], t["weight"]) for t in record["targets"]}
 
-    @staticmethod
-    def stats(records: list[dict]) -> dict[str, dict]:
-        with ipvs.ipvs() as sock:
+    def stats(self, records: list[dict]) -> dict[str, dict]:
+        with self._connection() as sock:
             return {r["name"]: sock.stats(r) for r in records}
 
     def restore(self, records: list[dict]) -> None:
@@ -135,7 +144,7 @@ class Ipvs:
 
         ipvs.track_connections()
         found = ipvs.read_proc()
-        with ipvs.ipvs() as sock:
+        with self._connection() as sock:
             for record in records:
                 seen = found.get((record["protocol"], endpoint(record)))
                 if seen is None:
@@ -233,21 +242,28 @@ class Nftables:
         """Nothing besides table circuit_lb, which Services rebuilds."""
 
 
-BACKENDS = {b.name: b for b in (Ipvs(), Nftables())}
+NAMES = ("ipvs", "nftables")
 
 
-def of(record: dict):
-    """The backend of a stored service (records from before backends were IPVS's)."""
-    return BACKENDS[record.get("backend", "ipvs")]
+class Backends:
+    """The backends of one store, by name."""
 
+    def __init__(self, store):
+        self.ipvs, self.nftables = Ipvs(store), Nftables()
+        self.named = {"ipvs": self.ipvs, "nftables": self.nftables}
 
-def choose(name: str | None):
-    """The backend named, or IPVS where the kernel has it (or can load it), else nftables."""
-    if name is None:
-        return BACKENDS["ipvs"] if BACKENDS["ipvs"].available() else BACKENDS["nftables"]
-    if name not in BACKENDS:
-        raise InvalidInput(f"invalid backend {name!r}: use ipvs or nftables")
-    return BACKENDS[name]
+    def of(self, record: dict):
+        """The backend of a stored service (records from before backends were IPVS's)."""
+        return self.named[record.get("backend", "ipvs")]
+
+    def choose(self, name: str | None):
+        """The backend named, or IPVS where the kernel has it (or can load it), else
+        nftables."""
+        if name is None:
+            return self.ipvs if self.ipvs.available() else self.nftables
+        if name not in self.named:
+            raise InvalidInput(f"invalid backend {name!r}: use ipvs or nftables")
+        return self.named[name]
 
 
 def placeholder(where: tuple[str, int]) -> dict:

@@ -23,7 +23,7 @@ def checks(ctx, facts: dict) -> list[Check]:
 
 
 def default_backend(facts: dict) -> str | None:
-    """The backend a service created without --backend gets here (backends.choose: IPVS
+    """The backend a service created without --backend gets here (Backends.choose: IPVS
     where the kernel has it or can load it, else nftables), None when neither works."""
     kernel = facts["kernel"]
     if kernel["ipvs"] in machine.USABLE:

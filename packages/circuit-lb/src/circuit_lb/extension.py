@@ -31,9 +31,10 @@ def resync(ctx, before: dict) -> None:
             except (CircuitError, OSError) as e:  # OSError: netlink's refusals among them
                 failures.append(e)
 
-        attempt(_delete_gone, old, records)
-        for backend in {backends.of(r) for r in records}:
-            attempt(_restore, backend, [r for r in records if backends.of(r) is backend])
+        attempt(_delete_gone, services.backends, old, records)
+        for backend in {services.backends.of(r) for r in records}:
+            attempt(_restore, backend, [r for r in records
+                                        if services.backends.of(r) is backend])
         for addr in {r["addr"] for r in records if r.get("vip_added")}:
             attempt(_add_vip, addr)
         attempt(_table, records)
@@ -52,13 +53,13 @@ def _service_record(record, name: str) -> bool:
     return True
 
 
-def _delete_gone(old: list[dict], records: list[dict]) -> None:
+def _delete_gone(kinds: backends.Backends, old: list[dict], records: list[dict]) -> None:
     """The IPVS services and VIPs of services that were and are no more: an IPVS service no
     current IPVS service is at (protocol, VIP, port), a VIP circuit put on lo that no current
     service has."""
     balanced = {(r["protocol"], endpoint(r)) for r in records
-                if backends.of(r) is backends.BACKENDS["ipvs"]}
-    gone = [r for r in old if backends.of(r) is backends.BACKENDS["ipvs"]
+                if kinds.of(r) is kinds.ipvs}
+    gone = [r for r in old if kinds.of(r) is kinds.ipvs
             and (r["protocol"], endpoint(r)) not in balanced]
     if gone:
         try:
@@ -67,7 +68,7 @@ def _delete_gone(old: list[dict], records: list[dict]) -> None:
             found = {}
         for record in gone:
             if (record["protocol"], endpoint(record)) in found:
-                backends.BACKENDS["ipvs"].delete(record)
+                kinds.ipvs.delete(record)
     used = {r["addr"] for r in records}
     for addr in {r["addr"] for r in old if r.get("vip_added")} - used:
         vip.remove(addr)  # one that is not on lo (or never was) counts as removed

@@ -1,11 +1,10 @@
 """IPVS in the kernel: a text view from /proc/net/ip_vs for the paths that must not load
-netlink code (`lb list`), and the netlink connection (ipvs_netlink.py, loaded only where a
-request is made)."""
+netlink code (`lb list`), and what the netlink connection (ipvs_netlink.py, above this module,
+loaded only where a request is made) shares with them: numbers and messages."""
 
 import errno
 import os
 from _socket import IPPROTO_TCP, IPPROTO_UDP, inet_ntoa
-from contextlib import contextmanager
 from itertools import repeat
 
 from circuit_common.errors import Conflict, InvalidInput, KernelUnsupported
@@ -87,28 +86,6 @@ def _proc_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return (normal_ip(host[1:-1]) if host.startswith("[") else inet_ntoa(bytes.fromhex(host)),
             int(port, 16))
-
-
-@contextmanager
-def ipvs():
-    """An IPVS netlink connection; KernelUnsupported where the kernel has none."""
-    from .ipvs_netlink import Ipvs
-
-    ensure_ipvs()
-    connection = Ipvs()
-    try:
-        yield connection
-    finally:
-        connection.batch.close()
-
-
-def keep_requests_in(store) -> None:
-    """Keep IPVS's encoded target requests in store's cache (see ipvs_netlink.Requests)."""
-    global REQUESTS_STORE
-    REQUESTS_STORE = store
-
-
-REQUESTS_STORE = None
 
 
 def service_error(e: OSError, service: dict) -> Exception:

@@ -7,6 +7,7 @@ import os
 import struct
 import sys
 from _socket import AF_INET, AF_INET6, inet_ntoa, inet_pton
+from contextlib import contextmanager
 from itertools import repeat
 from operator import itemgetter
 
@@ -23,6 +24,7 @@ from circuit_netlink import (
     family_request,
     lean_pyroute2,
 )
+from circuit_netlink.kept import Kept
 
 from . import ipvs
 from .address import Endpoint, ip_family
@@ -42,15 +44,27 @@ from .ipvs import (
 )
 
 
+@contextmanager
+def connection(store):
+    """An IPVS netlink connection keeping its encoded requests in store's cache;
+    KernelUnsupported where the kernel has no IPVS."""
+    ipvs.ensure_ipvs()
+    connected = Ipvs(store)
+    try:
+        yield connected
+    finally:
+        connected.batch.close()
+
+
 class Ipvs:
     """IPVS requests, encoded with pyroute2's ipvsmsg and sent in batches: queue target
     changes with set_target / del_target, then `commit()`. Target requests are copies of
     templates (Requests) that pyroute2 encoded once and this host's cache keeps."""
 
-    def __init__(self):
+    def __init__(self, store):
         self.batch = Batch(NETLINK_GENERIC)
         try:
-            self.requests = Requests.kept_or_encoded()
+            self.requests = Requests.kept_or_encoded(store)
             self.family = family_of(self.batch, self.requests.family)
         except BaseException:
             self.batch.close()
@@ -173,13 +187,13 @@ class Requests:
         self.targets = targets  # {(command, address family): Template}
 
     @classmethod
-    def kept_or_encoded(cls) -> "Requests":
-        kept = cls.kept()
+    def kept_or_encoded(cls, store) -> "Requests":
+        """The requests store's cache keeps, else encoded now and kept there."""
+        kept = cls.kept(store)
         if kept is not None:
             return kept
         requests = cls.encoded()
-        if ipvs.REQUESTS_STORE is not None:
-            requests.keep()
+        requests.keep(store)
         return requests
 
     @classmethod
@@ -192,19 +206,17 @@ class Requests:
                     SERVICE_SLOTS | TARGET_SLOTS, service_values(service) | target_values(target))
         return cls(family_request("IPVS"), targets)
 
-    def keep(self) -> None:
-        """Keep them in the store's cache (a cache: nothing fails when it cannot)."""
-        kept_at(ipvs.REQUESTS_STORE).keep({
+    def keep(self, store) -> None:
+        """Keep them in store's cache (a cache: nothing fails when it cannot)."""
+        kept_at(store).keep({
             "family": self.family.saved(),
             "targets": {f"{command}/{family}": template.saved()
                         for (command, family), template in self.targets.items()}})
 
     @classmethod
-    def kept(cls) -> "Requests | None":
-        """The kept requests, if this code made them; else None."""
-        if ipvs.REQUESTS_STORE is None:
-            return None
-        record = kept_at(ipvs.REQUESTS_STORE).load()
+    def kept(cls, store) -> "Requests | None":
+        """The requests store's cache keeps, if this code made them; else None."""
+        record = kept_at(store).load()
         if record is None:
             return None
         try:
@@ -244,8 +256,6 @@ def slot_sizes(family: int) -> dict[str, int]:
 
 def kept_at(store):
     """Where this host keeps the requests (circuit_netlink.kept.Kept)."""
-    from circuit_netlink.kept import Kept
-
     return Kept(store, KEPT_AS, LAYOUT)
 
 

@@ -52,7 +52,7 @@ def check_service(record: dict, path: str) -> None:
         raise ValueError(f"port {record.get('port')!r} is not 1-65535")
     if record.get("protocol") not in ipvs.PROTOCOLS \
             or not SCHEDULER_RE.fullmatch(str(record.get("scheduler"))) \
-            or record.get("backend", "ipvs") not in backends.BACKENDS:
+            or record.get("backend", "ipvs") not in backends.NAMES:
         raise ValueError("its protocol, scheduler or backend is not one circuit knows")
     targets = record.get("targets")
     if not isinstance(targets, list) or not _well_typed(targets):
@@ -80,7 +80,7 @@ class Services:
 
     def __init__(self, ctx: Context):
         self.store = ctx.store
-        ipvs.keep_requests_in(self.store)  # IPVS target requests, encoded once
+        self.backends = backends.Backends(self.store)
 
     def path(self, name: str):
         return self.store.path("services", f"{check_name(name, 'service name')}.json")
@@ -152,7 +152,8 @@ class Services:
                     old_table = table.build([*others, before])
                     new_table = table.build([*others, after])
                     self._change_kernel(
-                        backends.of(record), before, after, table.changes(old_table, new_table),
+                        self.backends.of(record), before, after,
+                        table.changes(old_table, new_table),
                         lambda: nft.transaction(table.changes(new_table, old_table)), undo)
                 self.store.write(self.health_path(name), state)
             except BaseException:
@@ -174,7 +175,7 @@ class Services:
         with self.store.lock_all():
             record = self.get(name)
             new = {**record, "scheduler": scheduler}
-            backend = backends.of(record)
+            backend = self.backends.of(record)
             backend.check(new)
             backend.ensure()
             self._change(record, new)
@@ -187,7 +188,7 @@ class Services:
         check_scheduler(scheduler)
         if protocol not in ipvs.PROTOCOLS:
             raise InvalidInput(f"invalid protocol {protocol!r}: use tcp or udp")
-        chosen = backends.choose(backend)
+        chosen = self.backends.choose(backend)
         record = {"name": name, "addr": where.ip, "port": where.port, "protocol": protocol,
                   "scheduler": scheduler, "persistent": persistent, "backend": chosen.name,
                   "targets": [], "vip_added": False,
@@ -240,7 +241,7 @@ class Services:
 
     def _change_targets(self, record: dict, wanted: dict) -> dict:
         new = {**record, "targets": [wanted[k] for k in sorted(wanted)]}
-        backend = backends.of(record)
+        backend = self.backends.of(record)
         backend.check(new)
         backend.ensure()
         self._change(record, new)
@@ -249,7 +250,7 @@ class Services:
     def delete(self, name: str) -> None:
         with self.store.lock_all():
             record = self.get(name)
-            backends.of(record).ensure()
+            self.backends.of(record).ensure()
             self._change(record, None)
             self.store.remove(self.health_path(name))
 
@@ -257,7 +258,7 @@ class Services:
         with self.store.lock_all():
             records = self.all()[0]
             for record in records:
-                backends.of(record).ensure()
+                self.backends.of(record).ensure()
                 self._change(record, None)
                 self.store.remove(self.health_path(record["name"]))
         return [r["name"] for r in records]
@@ -271,7 +272,7 @@ class Services:
         if old is None or new is None:
             from . import vip
         record = new or old
-        backend, addr, path = backends.of(record), record["addr"], self.path(record["name"])
+        backend, addr, path = self.backends.of(record), record["addr"], self.path(record["name"])
         raw_others = self._others(record["name"])
         others = self.live(raw_others)
         checked = any(r and r.get("check") for r in (old, new))
@@ -346,16 +347,15 @@ class Services:
         if failed:
             raise failed[0]
 
-    @staticmethod
-    def drift(records: list[dict]) -> list[str]:
+    def drift(self, records: list[dict]) -> list[str]:
         """How the kernel differs from the stored services, one line each (no pyroute2): a
         service, target or VIP missing, a target or table object that only the kernel has
         (table circuit_lb is read when a service of the nftables backend is stored)."""
         from . import nft, table, vip
 
-        nftables = backends.BACKENDS["nftables"]
+        nftables = self.backends.nftables
         found, lines = {}, []
-        for backend in {backends.of(r) for r in records}:
+        for backend in {self.backends.of(r) for r in records}:
             if backend is nftables:
                 objects = nft.list_table(table.TABLE["family"], table.TABLE["table"])
                 found[backend] = table.read(objects)
@@ -368,7 +368,7 @@ class Services:
                                          if r["addr"] == addr))
                 lines.append(f"VIP {addr} of {names} is not on lo (taken off by hand?)")
         for record in records:
-            name, backend = record["name"], backends.of(record)
+            name, backend = record["name"], self.backends.of(record)
             seen = found[backend].get((record["protocol"], endpoint(record)))
             if seen is None:
                 lines.append(f"service {name} is missing from the kernel")
@@ -387,12 +387,11 @@ class Services:
                           for where in sorted(differing)]
         return lines
 
-    @staticmethod
-    def stats(records: list[dict]) -> dict[str, dict]:
+    def stats(self, records: list[dict]) -> dict[str, dict]:
         """{name: {"service": counters, "targets": {ADDR:PORT: counters}}} from the kernel."""
         found = {}
-        for backend in {backends.of(r) for r in records}:
-            found |= backend.stats([r for r in records if backends.of(r) is backend])
+        for backend in {self.backends.of(r) for r in records}:
+            found |= backend.stats([r for r in records if self.backends.of(r) is backend])
         return found
 
     def restore(self) -> list[str]:
@@ -404,9 +403,9 @@ class Services:
             records = self.live(self.all()[0])
             if not records:
                 return []
-            for backend in {backends.of(r) for r in records}:
+            for backend in {self.backends.of(r) for r in records}:
                 backend.ensure()
-                backend.restore([r for r in records if backends.of(r) is backend])
+                backend.restore([r for r in records if self.backends.of(r) is backend])
             for addr in {r["addr"] for r in records if r["vip_added"]}:
                 if not vip.is_local(addr):
                     vip.add(addr)
