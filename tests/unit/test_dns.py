@@ -1,9 +1,14 @@
 """circuit-dns without a network: the names a container answers to, the host's resolv.conf
 as the server reads it, reverse names, and the answers of a view built from records."""
 
+import re
+
+import pytest
 from dnslib import RCODE, DNSRecord
 
+from circuit_common.errors import InvalidInput
 from circuit_common.extensions import Attachment
+from circuit_common.validate import check_dns_domain, check_dns_name
 from circuit_dns import records, server
 
 NETCONF = {"cniVersion": "1.0.0", "name": "red", "plugins": [
@@ -95,3 +100,69 @@ def test_a_cluster_network_answers_other_hosts_names_on_this_hosts_gateway(tmp_p
     assert ask(srv, "beta.red") == ("NOERROR", ["10.1.1.2"])
     assert ask(srv, "alpha") == ("NOERROR", ["10.1.2.2"])
     assert ask(srv, "2.1.1.10.in-addr.arpa", "PTR") == ("NOERROR", ["beta.red."])
+
+
+LABEL = "b" * 62
+
+
+@pytest.mark.parametrize("name, network, why", [
+    ("a" * 64, "red", "at most 63 between dots"),
+    ("we_b", "red", "use letters, digits and '-'"),
+    ("wéb", "red", "use letters, digits and '-'"),
+    ("web.", "red", "use letters, digits and '-'"),
+    (".".join([LABEL] * 4), "red", "NAME.red would be 255 characters, over DNS's 253"),
+    (".".join([LABEL] * 5), None, "it would be 314 characters")])
+def test_a_name_the_server_cannot_answer_is_refused(name, network, why):
+    with pytest.raises(InvalidInput, match=re.escape(why)) as caught:
+        check_dns_name(name, "container name", network)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+    assert check_dns_name(".".join([LABEL] * 3) + ".b" * 6, "name", "red")  # 253 with .red
+
+
+@pytest.mark.parametrize("network", ["a" * 64, "a..b", "red."])
+def test_a_network_name_that_cannot_be_a_dns_domain_is_refused(network):
+    with pytest.raises(InvalidInput, match="cannot be a DNS domain"):
+        check_dns_domain(network)
+    assert check_dns_domain("my_net.a" + "-" * 62) == "my_net.a" + "-" * 62
+
+
+def test_aliases_too_long_with_one_of_the_hooks_networks_are_refused_before_attaching():
+    from circuit_hook.cli import wanted_aliases
+
+    state = {"annotations": {"circuit.aliases": f"web, {'.'.join([LABEL] * 4)[:-6]}"}}
+    assert wanted_aliases(state, ["red"])[0] == "web"
+    with pytest.raises(InvalidInput, match=r"alias in circuit\.aliases .*NAME\.bluegreen would"):
+        wanted_aliases(state, ["red", "bluegreen"])
+
+
+def test_connect_hook_install_and_create_refuse_them_in_one_line_with_nothing_written(
+        tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def circuit(*args, input=None):
+        return subprocess.run([sys.executable, os.path.join(os.path.dirname(sys.executable),
+                                                            "circuit"), "--state", state,
+                               *args], capture_output=True, text=True, input=input)
+
+    state = tmp_path / "state"
+    assert circuit("network", "create", "red", "--subnet", "10.9.0.0/24").returncode == 0
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps(
+        {"ociVersion": "1.0.2", "linux": {"namespaces": [{"type": "network"}]}}))
+
+    def tree():
+        return sorted((str(p), p.read_bytes()) for p in tmp_path.rglob("*")
+                      if p.is_file() and "locks" not in p.parts)
+
+    before = tree()
+    long = ".".join([LABEL] * 4)
+    for proc in (circuit("network", "connect", str(os.getpid()), "red", "--alias", long),
+                 circuit("hook", "install", str(bundle), "--network", "red", "--alias", long),
+                 circuit("network", "create", "n" * 64, "--subnet", "10.9.1.0/24")):
+        assert proc.returncode == 3 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "NAME.red would be 255" in proc.stderr or "DNS domain" in proc.stderr
+    assert tree() == before

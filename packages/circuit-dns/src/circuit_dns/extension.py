@@ -13,6 +13,7 @@ from circuit_common import extensions
 from circuit_common.cli import Context
 from circuit_common.errors import CircuitError, InvalidInput
 from circuit_common.extensions import Attachment
+from circuit_common.validate import check_dns_domain
 
 from . import control, records
 
@@ -98,6 +99,7 @@ def enable(ctx: Context, name: str) -> str:
     nets = Networks(ctx)
     with ctx.store.lock("network", name):
         network = nets.get(name)
+        check_dns_domain(name)
         check_servers(network)
         extensions.enable(ctx, network, "dns")
         running = [a for a in map(as_attachment, nets.attachments(name).records)

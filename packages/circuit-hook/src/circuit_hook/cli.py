@@ -126,11 +126,16 @@ def wanted_capabilities(state: dict, env=os.environ) -> dict:
     return {"portMappings": mappings} if mappings else {}
 
 
-def wanted_aliases(state: dict) -> tuple[str, ...]:
-    """The container's names from the circuit.aliases annotation, checked as host names."""
+def wanted_aliases(state: dict, networks: list[str]) -> tuple[str, ...]:
+    """The container's names from the circuit.aliases annotation, checked as host names, and
+    NAME.NETWORK on each of the networks."""
     text = (state.get("annotations") or {}).get("circuit.aliases") or ""
-    return tuple(dict.fromkeys(check_dns_name(n.strip(), "alias in circuit.aliases")
-                               for n in text.split(",") if n.strip()))
+    found = tuple(dict.fromkeys(check_dns_name(n.strip(), "alias in circuit.aliases")
+                                for n in text.split(",") if n.strip()))
+    for network in networks:
+        for alias in found:
+            check_dns_name(alias, "alias in circuit.aliases", network)
+    return found
 
 
 def attach(nets: Networks, state: dict) -> None:
@@ -143,7 +148,7 @@ def attach(nets: Networks, state: dict) -> None:
     target = Target(state["id"], state["id"], proc)
     names = wanted_networks(nets, state)
     caps = wanted_capabilities(state)
-    aliases = wanted_aliases(state)
+    aliases = wanted_aliases(state, names)
     configs = [nets.get(name)["config"] for name in names]  # all must exist before attaching
     check_declared(configs, caps)  # published ports must reach at least one network
     check_connectable(target)  # before any plugin runs ADD or DEL

@@ -127,7 +127,9 @@ def install(nets: Networks, bundle: str, networks: list[str], publish: list[str]
     mappings = check_published([parse_publish(spec) for spec in publish])
     if mappings:
         check_declared(configs, {"portMappings": mappings})
-    aliases = [check_dns_name(a, "alias") for a in aliases]
+    for network in names:  # NAME.NETWORK too: names is never empty here
+        for alias in aliases:
+            check_dns_name(alias, "alias", network)
     env = nets.ctx.settings.as_environment() | {"PATH": os.environ.get("PATH") or DEFAULT_PATH}
     entry = {"path": hook_program(), "env": [f"{k}={v}" for k, v in sorted(env.items())]}
     mounts = bundle_mounts(nets, names)

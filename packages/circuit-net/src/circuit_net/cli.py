@@ -89,7 +89,7 @@ import sys
 from circuit_common import cli, extensions, output
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import InvalidInput, NotFound, StateCorrupt, UsageError
-from circuit_common.validate import check_dns_name, check_mac
+from circuit_common.validate import check_dns_domain, check_dns_name, check_mac
 
 from . import cni, runtime
 from .intents import owner_alive
@@ -138,7 +138,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
                               tuple(runtime.parse_ips(a["--ip"])),
                               a["--mac"] and check_mac(a["--mac"]),
                               tuple(parse_cni_args(a["--args"])), caps,
-                              aliases=aliases(a["--name"], a["--alias"]),
+                              aliases=aliases(a["--name"], a["--alias"], a["NETWORK"]),
                               host_netns=a["--host-netns"])
         if fmt == "json":
             output.emit_json(describe(record))
@@ -201,12 +201,15 @@ def flags(name: str, a: dict):
             raise NotFound("--dns needs circuit-dns, which is not installed: install it, or "
                            "leave --dns out")
         wanted.dns = False
+    if wanted.dns:
+        check_dns_domain(name)
     return wanted
 
 
-def aliases(name: str | None, more: list[str]) -> tuple[str, ...]:
-    """connect's --name and --alias values, checked as host names, without repeats."""
-    return tuple(dict.fromkeys(check_dns_name(n, "container name") for n in
+def aliases(name: str | None, more: list[str], network: str) -> tuple[str, ...]:
+    """connect's --name and --alias values, checked as host names (NAME.NETWORK too), without
+    repeats."""
+    return tuple(dict.fromkeys(check_dns_name(n, "container name", network) for n in
                                ([name] if name else []) + more))
 
 

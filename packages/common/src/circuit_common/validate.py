@@ -8,6 +8,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 IFNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 DNS_NAME_RE = re.compile(rf"{DNS_LABEL}(?:\.{DNS_LABEL})*")
+DNS_NAME_MAX = 253  # a name's text without the root's dot: 255 octets on the wire
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 
 
@@ -33,13 +34,30 @@ def check_ifname(value: str) -> str:
     return value
 
 
-def check_dns_name(value: str, what: str = "name") -> str:
+def check_dns_name(value: str, what: str = "name", network: str | None = None) -> str:
     """value if it is a host name DNS can answer (dot-separated labels of letters, digits and
-    inner '-', at most 63 each, 253 in all), else InvalidInput."""
-    if not isinstance(value, str) or len(value) > 253 or not DNS_NAME_RE.fullmatch(value):
-        raise InvalidInput(f"invalid {what} {value!r}: use letters, digits and '-' (not first "
+    inner '-', at most 63 each, 253 in all, and with network: NAME.NETWORK, the name circuit-dns
+    also answers, 253 at most), else InvalidInput."""
+    shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "..."
+    if not isinstance(value, str) or not DNS_NAME_RE.fullmatch(value):
+        raise InvalidInput(f"invalid {what} {shown!r}: use letters, digits and '-' (not first "
                            "or last), at most 63 between dots")
+    full = f"{value}.{network}" if network else value
+    if len(full) > DNS_NAME_MAX:
+        raise InvalidInput(f"invalid {what} {shown!r}: {f'NAME.{network}' if network else 'it'} "
+                           f"would be {len(full)} characters, over DNS's {DNS_NAME_MAX}; "
+                           "use a shorter name")
     return value
+
+
+def check_dns_domain(network: str) -> str:
+    """network if NAME.NETWORK can be asked of DNS (each of its labels 1-63 characters), else
+    InvalidInput."""
+    if not all(0 < len(label) <= 63 for label in network.split(".")):
+        raise InvalidInput(f"network name {network!r} cannot be a DNS domain (NAME.NETWORK): "
+                           "use at most 63 characters between dots, none empty, or no DNS "
+                           "for it (--no-dns)")
+    return network
 
 
 def check_mac(value: str) -> str:
