@@ -1,7 +1,10 @@
 """circuit-lb keeps the store and the kernel in agreement when a step fails: nft refusing, the
 state write failing, IPVS services made by other tools, a VIP shared by two services. The kernel
-is replaced by recording fakes (no root)."""
+is replaced by recording fakes (no root), each bound to the signature of what it stands in for:
+a method the real IPVS connection lacks, or arguments it would refuse, fail the test."""
 
+import functools
+import inspect
 import json
 import subprocess
 from types import SimpleNamespace
@@ -24,14 +27,19 @@ class Kernel:
         self.local: set[str] = set()
         self.ipvs: list[tuple] = []
         self.refuse_nft = False
-        monkeypatch.setattr(nft, "_nft", self.nft)
-        monkeypatch.setattr(vip, "is_local", lambda ip: ip in self.local)
-        monkeypatch.setattr(vip, "add", self.local.add)
-        monkeypatch.setattr(vip, "remove", self.local.discard)
-        monkeypatch.setattr(ipvs, "ensure_ipvs", lambda: None)
-        monkeypatch.setattr(ipvs, "track_connections", lambda: None)
-        monkeypatch.setattr(ipvs, "read_proc", dict)
-        monkeypatch.setattr(ipvs_netlink, "connection", lambda store: self)
+        self.monkeypatch = monkeypatch
+        self.stand_in(nft, "_nft", self.nft)
+        self.stand_in(vip, "is_local", lambda ip: ip in self.local)
+        self.stand_in(vip, "add", self.local.add)
+        self.stand_in(vip, "remove", self.local.discard)
+        self.stand_in(ipvs, "ensure_ipvs", lambda: None)
+        self.stand_in(ipvs, "track_connections", lambda: None)
+        self.stand_in(ipvs, "read_proc", dict)
+        self.stand_in(ipvs_netlink, "connection", lambda store: self)
+
+    def stand_in(self, module, name: str, fake) -> None:
+        """module.name replaced by fake, called only with arguments the real one takes."""
+        self.monkeypatch.setattr(module, name, bound(getattr(module, name), fake))
 
     def nft(self, args, stdin=None):
         if self.refuse_nft:
@@ -48,7 +56,24 @@ class Kernel:
         return False
 
     def __getattr__(self, request):  # add_service, del_service, set_target, commit, …
-        return lambda *args, **kw: self.ipvs.append((request, *args))
+        """A method of the real connection (ipvs_netlink.Ipvs), recorded when called as
+        that method may be: a name it lacks, or arguments it would refuse, fail the test."""
+        real = getattr(ipvs_netlink.Ipvs, request, None)
+        if request.startswith("_") or not inspect.isfunction(real):
+            raise AttributeError(f"ipvs_netlink.Ipvs has no method {request!r}")
+        return bound(functools.partial(real, self),
+                     lambda *args, **kw: self.ipvs.append((request, *args)))
+
+
+def bound(real, fake):
+    """fake, refusing (TypeError) what real's signature does not accept."""
+    signature = inspect.signature(real)
+
+    @functools.wraps(real)  # a fake standing in again keeps real's signature
+    def call(*args, **kw):
+        signature.bind(*args, **kw)
+        return fake(*args, **kw)
+    return call
 
 
 @pytest.fixture
@@ -189,14 +214,13 @@ def test_weights_become_ranges_of_one_numgen_map():
         "payload": {"protocol": "ip", "field": "saddr"}}
 
 
-def test_an_ipvs_add_whose_table_change_is_refused_puts_the_targets_back(kernel, services,
-                                                                          monkeypatch):
+def test_an_ipvs_add_whose_table_change_is_refused_puts_the_targets_back(kernel, services):
     """The table changes alongside the IPVS requests (nft runs while circuit encodes them):
     nft refusing undoes the targets the kernel took, and nothing is stored."""
     services.create("web", Endpoint("10.100.99.1", 80), "rr", "tcp", None, "ipvs")
     kernel.ipvs.clear()
     kernel.refuse_nft = True
-    monkeypatch.setattr(ipvs, "read_proc", lambda: {("tcp", Endpoint("10.100.99.1", 80)): {
+    kernel.stand_in(ipvs, "read_proc", lambda: {("tcp", Endpoint("10.100.99.1", 80)): {
         "scheduler": "rr", "targets": {("10.0.0.1", 80): ("masq", 1)}}})  # IPVS took it
     with pytest.raises(KernelUnsupported, match="Operation not permitted"):
         services.add("web", [(Endpoint("10.0.0.1", 80), None)], 1, "masq")
