@@ -1,7 +1,10 @@
-"""Each package's modules in layers: a module imports (at the top or inside a function) only
-modules of lower layers, so no circle hides behind a function-local import."""
+"""Layers: circuit's packages as docs/architecture.md draws them (each imports and declares only
+packages below it), and each package's modules (a module imports, at the top or inside a
+function, only modules of lower layers, so no circle hides behind a function-local import)."""
 
 import ast
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,91 @@ def test_modules_import_only_lower_layers(package):
               for imported in sorted(own_imports(ROOT / package / f"{m}.py"))
               if rank[imported] >= rank[m]]
     assert upward == []
+
+
+# circuit's packages in the layers of docs/architecture.md's diagram (distribution names)
+PACKAGE_LAYERS = [
+    {"circuit-common"},
+    {"circuit-netlink"},
+    {"circuit-net"},
+    {"circuit-hook", "circuit-qos", "circuit-lb", "circuit-cluster", "circuit-dns",
+     "circuit-metrics"},
+    {"circuit-dispatch"},
+]
+DIAGRAM_GROUPS = {  # group: the tools that fill it, as the diagram names them
+    "circuit.extensions": {"circuit-qos", "circuit-lb", "circuit-dns"},
+    "circuit.state_backends": {"circuit-cluster"},
+    "circuit.doctor": {"circuit-net", "circuit-qos", "circuit-lb", "circuit-cluster"},
+    "circuit.record_checks": {"circuit-net", "circuit-qos", "circuit-lb", "circuit-common"},
+    "circuit.metrics": {"circuit-net", "circuit-qos", "circuit-lb"},
+}
+
+
+def projects() -> dict[str, dict]:
+    """Each workspace package's pyproject, by distribution name."""
+    found = {}
+    for path in ROOT.glob("*/pyproject.toml"):
+        project = tomllib.loads(path.read_text())["project"]
+        found[project["name"]] = {**project, "dir": path.parent}
+    return found
+
+
+def circuit_imports(source: Path) -> set[str]:
+    """The circuit_* packages a module imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and not node.level else []
+        found |= {n.split(".")[0] for n in names if n and n.startswith("circuit_")}
+    return found
+
+
+def requirement_name(requirement: str) -> str:
+    return re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)
+
+
+@pytest.mark.unit
+def test_the_layer_diagram_is_the_packages_layers():
+    """docs/architecture.md's diagram names these packages on these layers."""
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text()
+    diagram = doc[doc.index("\nLayers:"):doc.index("entry-point groups (")]
+    drawn: dict[int, set[str]] = {}
+    for line in diagram.splitlines():
+        if m := re.match(r"\s+(\d)\s+(.*?)(?:\s{3,}|$)", line):  # names, then 3 spaces
+            drawn[int(m.group(1))] = set(re.findall(r"circuit-[a-z]+", m.group(2)))
+    assert drawn == dict(enumerate(PACKAGE_LAYERS))
+    assert set().union(*PACKAGE_LAYERS) == set(projects())
+
+
+@pytest.mark.unit
+def test_packages_import_only_lower_layers_and_declare_what_they_import():
+    """A package imports circuit packages of lower layers only (so no tool imports another),
+    and exactly those it declares as dependencies: no interface used undeclared."""
+    rank = {name: i for i, layer in enumerate(PACKAGE_LAYERS) for name in layer}
+    found = projects()
+    wrong = []
+    for name in sorted(rank):
+        project = found[name]
+        module = name.replace("-", "_")
+        imported = set().union(*map(circuit_imports, (project["dir"] / "src" / module)
+                                    .rglob("*.py"))) - {module}
+        declared = {requirement_name(r) for r in project.get("dependencies", [])}
+        uses = {i.replace("_", "-") for i in imported}
+        wrong += [f"{name} imports {other} (layer {rank[other]})" for other in sorted(uses)
+                  if rank.get(other, 99) >= rank[name]]
+        if uses != declared & set(rank):
+            wrong.append(f"{name} imports {sorted(uses)} but declares "
+                         f"{sorted(declared & set(rank))}")
+    assert wrong == []
+
+
+@pytest.mark.unit
+def test_each_entry_point_group_is_filled_by_the_tools_the_diagram_names():
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text()
+    groups = doc[doc.index("entry-point groups ("):doc.index("A unit test (tests/unit/test_layers")]
+    assert set(re.findall(r"circuit\.[a-z_]+", groups)) == set(DIAGRAM_GROUPS)
+    filled: dict[str, set[str]] = {}
+    for name, project in projects().items():
+        for group in project.get("entry-points", {}):
+            filled.setdefault(group, set()).add(name)
+    assert filled == DIAGRAM_GROUPS
