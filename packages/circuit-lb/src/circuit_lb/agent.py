@@ -1,7 +1,10 @@
 """`circuit lb agent`: one process checking the targets of every service with a check, until
 SIGTERM. Checks are non-blocking sockets on one selector, each service's spread evenly over
-its interval; a state change (fall failures: down, rise passes: up) goes to the kernel through
-Services.set_health, under the store lock the lb commands take. Only changes are logged."""
+its interval; timers are handled once a tick (the checks due in it start together, one wakeup
+for them all), a connection ends with a reset (no FIN exchange, no TIME_WAIT on this host).
+A state change (fall failures: down, rise passes: up) goes to the kernel through
+Services.set_health, under the store lock the lb commands take; only changes are logged. The
+stored services are read again only when their files changed."""
 
 import errno
 import heapq
@@ -9,6 +12,7 @@ import itertools
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -17,16 +21,22 @@ from circuit_common.errors import CircuitError
 from .address import Endpoint
 from .services import Services
 
-RELOAD_SECONDS = 1.0  # how often the stored services (and their checks) are read again
+RELOAD_SECONDS = 1.0  # how often the stored services' files are looked at for changes
 SAVE_SECONDS = 1.0  # how often last checks and counts are written (not durably)
+TICK = 0.02  # timer granularity: checks due within a tick start at its beginning
+RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
 
 
 class Target:
     """One target of one service as the agent checks it."""
 
+    __slots__ = ("addr", "check", "failures", "family", "key", "last_check", "passes", "port",
+                 "reason", "service", "up")
+
     def __init__(self, service: str, addr: str, port: int, saved: dict):
         self.service, self.addr, self.port = service, addr, port
         self.key = str(Endpoint(addr, port))
+        self.family = socket.AF_INET6 if ":" in addr else socket.AF_INET
         self.up = saved.get("up", True)
         self.failures = saved.get("failures", 0)
         self.passes = saved.get("passes", 0)
@@ -42,10 +52,12 @@ class Target:
 class Probe:
     """One check in flight: a non-blocking socket and what it waits for."""
 
+    __slots__ = ("deadline", "reply", "sent", "sock", "target")
+
     def __init__(self, target: Target, deadline: float):
         self.target, self.deadline = target, deadline
-        family = socket.AF_INET6 if ":" in target.addr else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        self.sock = socket.socket(target.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
         self.reply = b""
         self.sent = False
 
@@ -62,31 +74,34 @@ class Agent:
         self.changed: set[str] = set()  # services with a target whose state changed
         self.dirty: set[str] = set()  # services with new check results
         self.stopping = False
+        self.stamps: list | None = None  # the services' files when last read
+        self.wall = 0.0  # time.time() of this turn of the loop, for last_check
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop)
         saved = self.services.healths()
-        next_reload = next_save = 0.0
+        next_reload = next_save = next_tick = 0.0
+        due, deadlines, select = self.due, self.deadlines, self.selector.select
         while not self.stopping:
-            now = time.monotonic()
-            if now >= next_reload:
-                self._reload(saved, now)
-                saved, next_reload = {}, now + RELOAD_SECONDS
-            while self.due and self.due[0][0] <= now:
-                when, _, target = heapq.heappop(self.due)
-                if self.targets.get((target.service, target.key)) is target:
-                    self._start(target, now)
-                    interval = target.check["interval"]
-                    heapq.heappush(self.due, (max(when + interval, now), next(self.seq),
-                                              target))
-            while self.deadlines and self.deadlines[0][0] <= now:
-                probe = heapq.heappop(self.deadlines)[2]
-                if self.in_flight.get(probe.target) is probe:
-                    self._finish(probe, False, "timed out")
-            wake = min(next_reload, now + 0.5, *(q[0][0] for q in (self.due, self.deadlines)
-                                                  if q))
-            for key, _ in self.selector.select(max(wake - time.monotonic(), 0)):
+            now, self.wall = time.monotonic(), round(time.time(), 3)
+            if now >= next_tick:
+                next_tick = now + TICK
+                if now >= next_reload:
+                    self._reload(saved, now)
+                    saved, next_reload = {}, now + RELOAD_SECONDS
+                while due and due[0][0] < next_tick:
+                    when, _, target = heapq.heappop(due)
+                    if self.targets.get((target.service, target.key)) is target:
+                        self._start(target, now)
+                        heapq.heappush(due, (max(when + target.check["interval"], now),
+                                             next(self.seq), target))
+                while deadlines and deadlines[0][0] <= now:
+                    probe = heapq.heappop(deadlines)[2]
+                    if self.in_flight.get(probe.target) is probe:
+                        self._finish(probe, False, "timed out")
+            wake = max(next_tick, min([next_reload] + [q[0][0] for q in (due, deadlines) if q]))
+            for key, _ in select(max(wake - time.monotonic(), 0)):
                 self._ready(key.data)
             if self.changed:
                 self._apply(self.changed)
@@ -101,8 +116,12 @@ class Agent:
         self.stopping = True
 
     def _reload(self, saved: dict, now: float) -> None:
-        """Follow the stored services: new targets checked (spread over the interval), gone
-        ones forgotten."""
+        """Follow the stored services when their files changed: new targets checked (spread
+        over the interval), gone ones forgotten."""
+        stamps = self.services.stamps()
+        if stamps == self.stamps:
+            return
+        self.stamps = stamps
         wanted = {}
         for record in self.services.all()[0]:
             check = record.get("check")
@@ -185,7 +204,7 @@ class Agent:
         self._result(probe.target, passed, reason)
 
     def _result(self, target: Target, passed: bool, reason: str) -> None:
-        target.last_check = round(time.time(), 3)
+        target.last_check = self.wall
         self.dirty.add(target.service)
         if passed:
             target.failures, target.passes = 0, target.passes + 1

@@ -95,6 +95,16 @@ class Services:
         """Every service record, and one message per record that could not be read."""
         return self.store.read_all(self.store.path("services"), check=check_service)
 
+    def stamps(self) -> list[tuple]:
+        """(name, inode, mtime, size) of each service's file: when equal to an earlier
+        listing's, no record changed since (the store replaces a record by rename)."""
+        stamps = []
+        for path in self.store.records(self.store.path("services")):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(path)
+                stamps.append((path, st.st_ino, st.st_mtime_ns, st.st_size))
+        return stamps
+
     def health_path(self, name: str):
         return self.store.path("lb-health", f"{check_name(name, 'service name')}.json")
 
