@@ -4,7 +4,7 @@ host netns with a temporary state dir; everything removed on every path.
 
 By concern: netns (namespaces, hosts, the leak check), bundles (runc), traffic (servers and
 clients), health (killable backends, lb agent, the IPVS table), forked (the kernel tier's
-warm runner), forkserver (circuit's fork server).
+warm runner), forkserver (circuit's fork server), qos (a kernel without netem).
 tests/conftest.py loads the modules with fixtures as pytest plugins; tests import the helpers
 from here."""
 

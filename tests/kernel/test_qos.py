@@ -1,6 +1,12 @@
-"""circuit-qos delay (netem) on Debian's stock kernel: the seed's ping example, with a rate."""
+"""circuit-qos delay (netem) on Debian's stock kernel: the seed's ping example, with a rate;
+and the same kernel without netem."""
+
+import os
+
+import pytest
 
 from harness import bridge_conf, host_veth, iperf_mbit, min_rtt, snapshot
+from harness.qos import assert_delay_refused_without_netem, netem_unloaded
 
 
 def test_delay_adds_50ms_to_the_rtt_and_combines_with_the_rate(host):
@@ -38,3 +44,13 @@ def test_a_delay_netem_cannot_hold_applies_nothing_and_the_probe_leaves_no_devic
     host.circuit("network", "qos", "set", "--rate", "5000", "--delay", "50ms", "sandbox")
     assert "netem" in host.run("tc", "qdisc", "show", "dev", veth).stdout
     assert "cqprobe" not in host.run("ip", "-o", "link").stdout
+
+
+@pytest.mark.skipif(os.environ.get("CIRCUIT_KERNEL_VM") != "1",
+                    reason="unloads sch_netem: only on the kernel tier's VM, never a host's")
+def test_a_delay_on_this_kernel_without_netem_is_refused_with_nothing_half_applied(host):
+    """The refusal the integration tier sees on a kernel built without netem, here with the
+    module removed and its loading blocked: a kernel that has netem elsewhere proves nothing
+    about it."""
+    with netem_unloaded():
+        assert_delay_refused_without_netem(host)
