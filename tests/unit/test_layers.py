@@ -145,3 +145,64 @@ def test_each_entry_point_group_is_filled_by_the_tools_the_diagram_names():
         for group in project.get("entry-points", {}):
             filled.setdefault(group, set()).add(name)
     assert filled == DIAGRAM_GROUPS
+
+
+SOCKET_CLASSES = {"IPRoute", "IPVS", "IPBatch", "NDB", "NetlinkSocket", "IPRSocket",
+                  "GenericNetlinkSocket", "AsyncIPRoute", "NetNS"}  # pyroute2's own sockets
+
+
+def product_modules():
+    """Every module of circuit's packages, with its package's directory name."""
+    for source in sorted(ROOT.glob("*/src/*/**/*.py")):
+        yield source.relative_to(ROOT).parts[0], source
+
+
+@pytest.mark.unit
+def test_all_netlink_goes_through_the_one_core():
+    """Only circuit-netlink opens a netlink socket; the others import pyroute2's message
+    classes (pyroute2.netlink.*) to encode requests, never one of its socket classes."""
+    wrong = []
+    for package, source in product_modules():
+        for node in ast.walk(ast.parse(source.read_text())):
+            where = f"{source.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+            spelled = {getattr(node, field, None) for field in ("attr", "id", "name")}
+            if package != "netlink" and "AF_NETLINK" in spelled:  # socket.AF_NETLINK, imported
+                wrong.append(f"{where}: a netlink socket of its own")
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for module in modules:
+                if module.split(".")[0] == "pyroute2" and not module.startswith(
+                        "pyroute2.netlink"):
+                    wrong.append(f"{where}: imports {module}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pyroute2"):
+                wrong += [f"{where}: imports {a.name}" for a in node.names
+                          if a.name in SOCKET_CLASSES]
+    assert wrong == []
+
+
+@pytest.mark.unit
+def test_the_fork_server_protocol_is_one_stdlib_module_both_sides_import():
+    """circuit_dispatch.protocol imports the standard library alone (the client loads it
+    before anything else), and the client and the server take its framing from it: neither
+    spells the magic itself."""
+    import sys
+
+    dispatch = ROOT / "dispatch" / "src" / "circuit_dispatch"
+    imported = set()
+    for node in ast.walk(ast.parse((dispatch / "protocol.py").read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add("." if node.level else node.module.split(".")[0])
+    assert imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
+    for side in ("__init__.py", "forkserver.py"):
+        text = (dispatch / side).read_text()
+        assert "protocol" in dispatch_names(dispatch / side), side
+        assert "circuit-forkserver-1" not in text, side
+
+
+def dispatch_names(source: Path) -> set[str]:
+    """The names imported from circuit_dispatch in source (`from circuit_dispatch import x`)."""
+    return {a.name for node in ast.walk(ast.parse(source.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module == "circuit_dispatch"
+            for a in node.names}
