@@ -45,16 +45,18 @@ def test_the_netlink_core_low_layer_loads_no_pyroute2():
     assert out.strip() == "[]"
 
 
-def test_qos_and_lb_register_and_load_with_their_parts_of_the_lifecycle():
+def test_qos_lb_and_dns_register_and_load_with_their_parts_of_the_lifecycle():
     """Each entry point loads (registered() imports its module) and is the tool's module with
-    the hooks circuit-net, restore and the cluster's resync call: if qos or lb vanished, or
-    its module no longer loaded, this fails."""
+    the hooks circuit-net, restore and the cluster's resync call: if qos, lb or dns vanished,
+    or its module no longer loaded, this fails."""
     modules = dict(extensions.registered())
-    assert {"lb", "qos"} <= set(modules)
-    assert modules["qos"].__name__ == "circuit_qos.extension"
-    assert modules["lb"].__name__ == "circuit_lb.extension"
+    assert sorted(modules) == ["dns", "lb", "qos"]
+    assert {name: m.__name__ for name, m in modules.items()} == {
+        name: f"circuit_{name}.extension" for name in modules}
     hooks = {"qos": ("attached", "detached", "network_deleted", "restore", "resync"),
-             "lb": ("restore", "resync")}
+             "lb": ("restore", "resync"),
+             "dns": ("attached", "detached", "network_created", "network_deleted",
+                     "bundle_mounts", "restore")}
     for name, wanted in hooks.items():
         assert [h for h in wanted if not callable(getattr(modules[name], h, None))] == [], name
 
