@@ -1,17 +1,29 @@
 """circuit lb's health checks with real traffic on the nftables backend: busybox httpd backends
 on a circuit bridge, `circuit lb agent` started by the test in its host netns (ended by PID on
-every path), one backend's httpd killed and started again in the same netns (same address)."""
+every path), one backend's httpd killed and started again in the same netns (same address);
+slow start, an exec check and a sorry target. Parse errors are unit tests (test_lb_health)."""
 
 import json
+import shutil
 import signal
 import time
 
 import pytest
 
-from harness import answered_by, http_backends, lb_agent, lb_health, snapshot, states, wait_for
+from harness import (
+    Backend,
+    answered_by,
+    http_backends,
+    lb_agent,
+    lb_health,
+    snapshot,
+    states,
+    wait_for,
+)
 
 VIP = "10.100.99.1"
 INTERVAL, FALL, RISE = 0.5, 2, 2
+SLOW_START = 2  # weight 2 is 1 for its first 2 s back (ramped once a second)
 
 
 @pytest.fixture
@@ -37,7 +49,7 @@ def test_a_dead_backend_leaves_and_comes_back_with_its_weight(host, backends, ag
     host.circuit("lb", "add", "web", "-", input="".join(
         f"{backends[n].ip}:80 {w}\n" for n, w in weights.items()))
     host.circuit("lb", "check", "web", "http:/index.html", "--interval", INTERVAL,
-                 "--timeout", "0.4", "--rise", RISE, "--fall", FALL)
+                 "--timeout", "0.4", "--rise", RISE, "--fall", FALL, "--slow-start", SLOW_START)
     assert wait_for(lambda: set(states(host).values()) == {"up"}, timeout=5)
     assert answered_by(host.netns, VIP, 25) == {"alpha": 10, "beta": 10, "gamma": 5}
 
@@ -65,6 +77,9 @@ def test_a_dead_backend_leaves_and_comes_back_with_its_weight(host, backends, ag
     started = time.monotonic()
     assert wait_for(lambda: states(host)[alpha] == "up", timeout=RISE * INTERVAL + 2)
     assert time.monotonic() - started <= RISE * INTERVAL + 2
+    # slow start: back with weight 1 of its 2, then all of it
+    assert answered_by(host.netns, VIP, 4) == {"alpha": 1, "beta": 2, "gamma": 1}
+    assert wait_for(lambda: "slow_start" not in lb_health(host)[alpha], timeout=SLOW_START + 2)
     assert answered_by(host.netns, VIP, 25) == {"alpha": 10, "beta": 10, "gamma": 5}
 
     agent.send_signal(signal.SIGTERM)
@@ -81,11 +96,19 @@ def test_a_dead_backend_leaves_and_comes_back_with_its_weight(host, backends, ag
     assert not list((host.state / "lb-health").iterdir())
 
 
-def test_every_target_down_leaves_the_service_as_it_is(host, backends, agent):
+def test_every_target_down_then_a_sorry_target_exec_checked(host, backends, agent, tmp_path):
+    """An exec check (a script getting the target as its last two arguments) takes the
+    targets out as they die; every one down: the service is left as it is, until a sorry
+    target is set, which takes the traffic until a target is up again."""
+    check = tmp_path / "check-web"
+    check.write_text(f'#!/bin/sh\nexec {shutil.which("busybox")} wget -q -O /dev/null '
+                     '"http://$1:$2/health.html"\n')
+    check.chmod(0o755)
+    options = ["--interval", INTERVAL, "--timeout", "0.4", "--rise", RISE, "--fall", FALL]
     host.circuit("lb", "create", "web", f"{VIP}:80")
     host.circuit("lb", "add", "web", *(f"{b.ip}:80" for b in backends.values()))
-    host.circuit("lb", "check", "web", "tcp", "--interval", INTERVAL, "--timeout", "0.4",
-                 "--rise", RISE, "--fall", FALL)
+    host.circuit("lb", "check", "web", f"exec:{check}", *options)
+    assert wait_for(lambda: set(states(host).values()) == {"up"}, timeout=3)
     for backend in list(backends.values())[1:]:
         backend.stop()
     assert wait_for(lambda: list(states(host).values()).count("down") == 2, timeout=3)
@@ -95,19 +118,29 @@ def test_every_target_down_leaves_the_service_as_it_is(host, backends, agent):
     kernel = host.run("nft", "-j", "list", "chain", "inet", "circuit_lb", "svc/web").stdout
     assert all(b.ip in kernel for b in backends.values())  # all three kept in rotation
 
+    sorry = Backend(host, tmp_path, "sorry")
+    try:
+        host.circuit("lb", "check", "web", f"exec:{check}", *options, "--sorry",
+                     f"{sorry.ip}:80")
+        assert answered_by(host.netns, VIP, 3) == {"sorry": 3}
+        refused = host.circuit("lb", "add", "web", f"{sorry.ip}:80", check=False)
+        assert refused.returncode == 3 and "sorry target" in refused.stderr
+        backends["alpha"].start()
+        assert wait_for(lambda: states(host)[f"{backends['alpha'].ip}:80"] == "up",
+                        timeout=RISE * INTERVAL + 2)
+        assert answered_by(host.netns, VIP, 3) == {"alpha": 3}
+        kernel = host.run("nft", "-j", "list", "chain", "inet", "circuit_lb", "svc/web").stdout
+        assert sorry.ip not in kernel
+    finally:
+        sorry.stop()
+
 
 @pytest.mark.parametrize("args, message", [
     (["tcp", "--interval", "0"], "0.1..3600"),
-    (["tcp", "--interval", "fast"], "0.1..3600"),
-    (["tcp", "--interval", "1", "--timeout", "2"], "no longer than the interval"),
-    (["tcp", "--rise", "0"], "1..100"),
-    (["tcp", "--fall", "x"], "1..100"),
-    (["udp"], "use tcp, http:PATH"),
-    (["http:healthz"], "absolute path"),
-    (["http:/a b"], "absolute path"),
-    (["http:/healthz=99"], "100..599"),
-    (["http:/healthz=ok"], "100..599"),
-    (["none", "--fall", "2"], "takes no"),
+    (["exec:/etc/passwd"], "not an executable file"),
+    (["tcp", "--sorry", "10.100.10.2:80"], "one of its targets"),
+    (["tcp", "--sorry", f"{VIP}:80"], "own address"),
+    (["tcp", "--sorry", "[2001:db8::2]:80"], "IP version"),
 ])
 def test_bad_check_is_one_line_and_changes_nothing(host, args, message):
     host.circuit("lb", "create", "web", f"{VIP}:80")

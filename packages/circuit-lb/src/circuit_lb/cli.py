@@ -7,6 +7,7 @@ Usage:
   circuit-lb add NAME TARGET... [--weight W] [--forward F]
   circuit-lb remove NAME TARGET...
   circuit-lb check NAME CHECK [--interval S] [--timeout S] [--rise N] [--fall N]
+                   [--slow-start S] [--sorry TARGET]
   circuit-lb agent
   circuit-lb delete NAME
   circuit-lb clear
@@ -16,9 +17,11 @@ Usage:
 
 Also reached as `circuit lb ...`. ADDR and TARGET are IP:PORT ([IPv6]:PORT). TARGET `-` reads
 targets from stdin, one per line: `TARGET [WEIGHT]`. CHECK is tcp (a connection is accepted),
-http:PATH[=STATUS] (GET PATH answers STATUS, 200 by default) or none; `agent` runs the checks of
-every service until SIGTERM: a target failing --fall checks in a row gets weight 0 until --rise
-checks pass. See docs/lb.md.
+http:PATH[=STATUS] (GET PATH answers STATUS, 200 by default), exec:CMD (CMD, split as a shell
+would but run without one, with the target's address and port appended and in
+CIRCUIT_TARGET_IP and CIRCUIT_TARGET_PORT, exits 0) or none; `agent` runs the checks of every
+service until SIGTERM: a target failing --fall checks in a row gets weight 0 until --rise checks
+pass. See docs/lb.md.
 
 Options:
   --scheduler S          rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, ... [default: rr]
@@ -31,6 +34,8 @@ Options:
   --timeout S            seconds a check may take, at most the interval (1)
   --rise N               passed checks that bring a target back, 1..100 (2)
   --fall N               failed checks that take a target out, 1..100 (3)
+  --slow-start S         seconds over which a target back up ramps from weight 1 to its own
+  --sorry TARGET         the target that takes the traffic while every target is down
   --details              show targets
   --stats                show connections, packets and bytes from the kernel
   --format FMT           table or json [default: table]
@@ -42,6 +47,8 @@ Examples:
   circuit lb edit web --scheduler rr
   printf '10.100.10.4:80 3\n10.100.10.5:80\n' | circuit lb add web -
   circuit lb check web http:/healthz --interval 1 --fall 2
+  circuit lb check web 'exec:/usr/local/bin/check-web --quiet' --slow-start 30
+  circuit lb check web tcp --sorry 10.100.10.9:80
   circuit lb agent
   circuit lb list --details --stats
   circuit lb remove web 10.100.10.3:80
@@ -154,7 +161,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         print(f"service {name} updated")
     elif a["check"]:
         check = health.parse_check(a["CHECK"], a["--interval"], a["--timeout"], a["--rise"],
-                                   a["--fall"])
+                                   a["--fall"], a["--slow-start"], a["--sorry"])
         services.set_check(name, check)
         print(f"service {name} updated")
     elif a["agent"]:

@@ -1,36 +1,46 @@
 """Health checks of a service's targets: the check (policy, in the service record) and this
 host's view of each target (lb-health/<name>.json, never shared).
 
-Check  {"kind": "tcp"|"http", "path", "status", "interval", "timeout", "rise", "fall"}
+Check  {"kind": "tcp"|"http"|"exec", "path", "status", "command": [ARGV], "interval",
+        "timeout", "rise", "fall", "slow_start"?: seconds, "sorry"?: {"addr", "port"}}
 Health {"targets": {"ADDR:PORT": {"up": bool, "last_check": epoch seconds, "failures": N,
-                                  "passes": N, "reason": str}}}
+                                  "passes": N, "reason": str, "ramp"?: 0..1}}}
 A target is up until `fall` consecutive checks fail, then down (weight 0 in the kernel) until
-`rise` consecutive checks pass. When every target with a weight is down, none is taken out:
-the service is left as it is.
+`rise` consecutive checks pass; while it ramps (slow start) its weight is its stored weight
+times ramp, at least 1. When every target with a weight is down, the sorry target takes the
+traffic (the others weight 0), or without one none is taken out: the service is left as it is.
 """
 
+import os
 import re
+import shlex
+import shutil
 
 from circuit_common.errors import InvalidInput
 
-from .address import Endpoint
+from .address import Endpoint, parse_endpoint
 
 DEFAULTS = {"interval": 2.0, "timeout": 1.0, "rise": 2, "fall": 3}
 SECONDS_RE = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,3})?")
 PATH_RE = re.compile(r"/[!-~]{0,1000}")  # printable ASCII, no space
 HTTP_RE = re.compile(r"http:([^=]*)(?:=(.*))?")
-KINDS = "tcp, http:PATH or http:PATH=STATUS"
+KINDS = "tcp, http:PATH, http:PATH=STATUS or exec:CMD"
+MAX_COMMAND = 4096
 
 
 def parse_check(spec: str, interval: str | None, timeout: str | None, rise: str | None,
-                fall: str | None) -> dict | None:
+                fall: str | None, slow_start: str | None = None,
+                sorry: str | None = None) -> dict | None:
     """The check `--check spec` and its options describe (None for `none`)."""
     if spec == "none":
-        if any(v is not None for v in (interval, timeout, rise, fall)):
-            raise InvalidInput("--check none takes no --interval, --timeout, --rise or --fall")
+        if any(v is not None for v in (interval, timeout, rise, fall, slow_start, sorry)):
+            raise InvalidInput("--check none takes no --interval, --timeout, --rise, --fall, "
+                               "--slow-start or --sorry")
         return None
     if spec == "tcp":
         check = {"kind": "tcp"}
+    elif spec.startswith("exec:"):
+        check = {"kind": "exec", "command": parse_command(spec[5:])}
     elif match := HTTP_RE.fullmatch(spec):
         path, status = match.groups()
         if not PATH_RE.fullmatch(path):
@@ -54,7 +64,33 @@ def parse_check(spec: str, interval: str | None, timeout: str | None, rise: str 
         if count is None or not 1 <= count <= 100:
             raise InvalidInput(f"invalid --{option} {value!r}: give a count 1..100")
         check[option] = count
+    if slow_start is not None:
+        check["slow_start"] = _seconds("--slow-start", slow_start, 0)
+    if sorry is not None:
+        where = parse_endpoint(sorry, "sorry target")
+        check["sorry"] = {"addr": where.ip, "port": where.port}
     return check
+
+
+def parse_command(text: str) -> list[str]:
+    """exec:CMD's argv, split as a shell splits words (no shell runs it), its program
+    resolved on PATH here and now."""
+    if len(text) > MAX_COMMAND:
+        raise InvalidInput(f"check command is longer than {MAX_COMMAND} characters")
+    try:
+        argv = shlex.split(text)
+    except ValueError as e:
+        raise InvalidInput(f"invalid check command {text!r}: {e}; quote as a shell "
+                           "would") from None
+    if not argv:
+        raise InvalidInput("exec: needs a command, e.g. exec:/usr/local/bin/check-web (run "
+                           "with the target's address and port as its last two arguments)")
+    program = shutil.which(argv[0])
+    if program is None:
+        where = "" if "/" in argv[0] else " on PATH"
+        raise InvalidInput(f"check command {argv[0]!r} is not an executable file{where}: give "
+                           "a program, e.g. exec:/usr/local/bin/check-web")
+    return [os.path.abspath(program), *argv[1:]]
 
 
 def _count(value: str) -> int | None:
@@ -74,35 +110,52 @@ def check_check(check) -> None:
     """A stored check as parse_check makes it (ValueError: what is wrong)."""
     if check is None:
         return
-    if not isinstance(check, dict) or check.get("kind") not in ("tcp", "http"):
+    if not isinstance(check, dict) or check.get("kind") not in ("tcp", "http", "exec"):
         raise ValueError("its check is not one circuit knows")
     numbers = [check.get(k) for k in ("interval", "timeout", "rise", "fall")]
+    command = check.get("command")
     if not all(type(n) in (int, float) and n > 0 for n in numbers) or (
             check["kind"] == "http" and not (isinstance(check.get("path"), str)
-                                             and type(check.get("status")) is int)):
-        raise ValueError("its check lacks an interval, timeout, rise, fall, path or status")
-
-
-def down_targets(record: dict, health: dict | None) -> set[str]:
-    """The ADDR:PORT of the targets this host takes out of rotation: those its checks found
-    down, unless every target with a weight is (then none)."""
-    if not health or not record.get("check"):
-        return set()
-    states = health.get("targets", {})
-    weighted = [str(Endpoint(t["addr"], t["port"])) for t in record["targets"] if t["weight"]]
-    down = {w for w in weighted if not states.get(w, {}).get("up", True)}
-    return down if len(down) < len(weighted) else set()
+                                             and type(check.get("status")) is int)) or (
+            check["kind"] == "exec" and not (isinstance(command, list) and command and all(
+                isinstance(word, str) for word in command))):
+        raise ValueError("its check lacks an interval, timeout, rise, fall, path, status or "
+                         "command")
+    sorry = check.get("sorry", {"addr": "", "port": 1})
+    if type(check.get("slow_start", 1)) not in (int, float) or not isinstance(sorry, dict) \
+            or not isinstance(sorry.get("addr"), str) or type(sorry.get("port")) is not int:
+        raise ValueError("its check's slow start or sorry target is not one circuit writes")
 
 
 def live(record: dict | None, health: dict | None) -> dict | None:
-    """The record as this host programs the kernel: down targets with weight 0 (the record
-    itself when none is down)."""
-    down = down_targets(record, health) if record else set()
-    if not down:
+    """The record as this host programs the kernel: down targets with weight 0, ramping ones
+    with their part of their weight (at least 1), the sorry target alone when every target
+    with a weight is down (the record itself when nothing of this applies)."""
+    check = record.get("check") if record else None
+    if not check or not health:
         return record
-    return {**record, "targets": [
-        {**t, "weight": 0} if str(Endpoint(t["addr"], t["port"])) in down else t
-        for t in record["targets"]]}
+    states = health.get("targets", {})
+    weighted = [str(Endpoint(t["addr"], t["port"])) for t in record["targets"] if t["weight"]]
+    down = {w for w in weighted if not states.get(w, {}).get("up", True)}
+    ramps = {w: s["ramp"] for w, s in states.items() if s.get("ramp") is not None}
+    if down and len(down) == len(weighted):
+        sorry = check.get("sorry")
+        if sorry is None:
+            return record
+        forward = record["targets"][0]["forward"]
+        return {**record, "targets": [{**t, "weight": 0} for t in record["targets"]]
+                + [{**sorry, "weight": 1, "forward": forward}]}
+    if not down and not ramps:
+        return record
+    targets = []
+    for t in record["targets"]:
+        where = str(Endpoint(t["addr"], t["port"]))
+        if where in down:
+            t = {**t, "weight": 0}
+        elif where in ramps and t["weight"]:
+            t = {**t, "weight": max(1, int(t["weight"] * ramps[where]))}
+        targets.append(t)
+    return {**record, "targets": targets}
 
 
 def check_health(record: dict, path: str) -> None:
@@ -125,4 +178,6 @@ def target_health(record: dict, state: dict | None) -> dict[str, dict]:
             if one is None else {"state": "up" if one["up"] else "down",
                                  "last_check": one.get("last_check"),
                                  "failures": one.get("failures", 0)}
+        if one is not None and one.get("ramp") is not None:
+            result[where]["slow_start"] = one["ramp"]
     return result

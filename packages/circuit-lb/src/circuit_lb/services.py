@@ -128,6 +128,9 @@ class Services:
         the agent's checks change a target's state, or, without a check, put back."""
         with self.store.lock_all():
             record = self.get(name)
+            if check is not None and "sorry" in check:
+                self._check_sorry(record, Endpoint(check["sorry"]["addr"],
+                                                   check["sorry"]["port"]))
             new = {k: v for k, v in record.items() if k != "check"}
             if check is not None:
                 new["check"] = check
@@ -135,6 +138,18 @@ class Services:
             if check is None:
                 self.store.remove(self.health_path(name))
         return new
+
+    @staticmethod
+    def _check_sorry(record: dict, where: Endpoint) -> None:
+        """A sorry target service record can take: usable, of its IP version, not its own
+        address and not one of its targets."""
+        check_usable(where, "sorry target")
+        if (":" in where.ip) != (":" in record["addr"]):
+            raise InvalidInput("the sorry target must be of the service's IP version")
+        if where == (record["addr"], record["port"]) or where in {
+                (t["addr"], t["port"]) for t in record["targets"]}:
+            raise InvalidInput(f"sorry target {where} is service {record['name']}'s own "
+                               "address or one of its targets: give another backend")
 
     def set_health(self, name: str, state: dict, changed: bool) -> bool:
         """Record service name's target health (written by the agent); when a target's
@@ -236,6 +251,11 @@ class Services:
                                        "address: traffic to it would be balanced to itself; "
                                        "give the addresses of the backends")
                 check_usable(where, "target")
+            sorry = (record.get("check") or {}).get("sorry")
+            if sorry is not None and (sorry["addr"], sorry["port"]) in dict(targets):
+                raise InvalidInput(f"target {Endpoint(sorry['addr'], sorry['port'])} is "
+                                   f"service {name}'s sorry target: give another backend, or "
+                                   "another --sorry first")
             return self._change_targets(record, wanted)
 
     def remove(self, name: str, targets: list[Endpoint]) -> dict:
