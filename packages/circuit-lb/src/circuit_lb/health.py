@@ -43,6 +43,9 @@ def parse_check(spec: str, interval: str | None, timeout: str | None, rise: str 
         check = {"kind": "exec", "command": parse_command(spec[5:])}
     elif match := HTTP_RE.fullmatch(spec):
         path, status = match.groups()
+        if path.startswith("//"):  # http://host/x: a URL, whose host the check cannot take
+            raise InvalidInput(f"invalid check path {path!r}: give the path alone, e.g. "
+                               "http:/healthz (the check asks each target itself)")
         if not PATH_RE.fullmatch(path):
             raise InvalidInput(f"invalid check path {path!r}: give an absolute path without "
                                "spaces, e.g. http:/healthz")

@@ -30,7 +30,7 @@ from circuit_common.validate import check_ifname, check_name
 
 from . import cni, runtime
 from .intents import Journal, owner_alive
-from .records import check_attachment, check_intent, check_network
+from .records import check_attachment, check_intent, check_network, container_name
 from .target import Target
 
 CONTAINER_LOCKS = 64
@@ -826,8 +826,10 @@ def check_connectable(target: Target, host_netns: bool = False) -> None:
 
 def in_use(name: str, records: list[dict]) -> str:
     """Why network name cannot be deleted: its containers, told apart by running or exited."""
-    exited = [r["containerId"] for r in records if not as_attachment(r).running()]
-    running = [r["containerId"] for r in records if r["containerId"] not in exited]
+    gone = [not as_attachment(r).running() for r in records]
+    exited = [container_name(r["circuit"]) for r, g in zip(records, gone, strict=True) if g]
+    running = [container_name(r["circuit"]) for r, g in zip(records, gone, strict=True)
+               if not g]
     if not running:
         return (f"network {name} still holds the attachments of {len(exited)} exited "
                 f"container(s): {', '.join(exited)}; release them with `circuit network gc`, "
