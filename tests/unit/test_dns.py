@@ -166,3 +166,53 @@ def test_connect_hook_install_and_create_refuse_them_in_one_line_with_nothing_wr
         assert proc.returncode == 3 and proc.stderr.count("\n") == 1, proc.stderr
         assert "NAME.red would be 255" in proc.stderr or "DNS domain" in proc.stderr
     assert tree() == before
+
+
+def test_a_reload_reads_again_only_what_changed_and_keeps_the_other_answers(tmp_path,
+                                                                            monkeypatch):
+    from circuit_common.store import Store
+
+    looked = []
+    monkeypatch.setattr(server.Process, "alive", lambda self: looked.append(self.pid) or True)
+    store = Store(str(tmp_path))
+    for name in ("red", "blue"):
+        config = {**NETCONF, "name": name}
+        store.write(store.path("networks", f"{name}.json"),
+                    {"schema": 1, "name": name, "config": config, "created": "now"})
+    entries = {f"c{i}@eth0": {"names": [f"c{i}"], "ips": [f"10.1.0.{i + 2}"], "pid": 100 + i,
+                              "start_time": 1} for i in range(3)}
+    records.save(store, {"network": "red", "entries": entries})
+    records.save(store, {"network": "blue", "entries": {}})
+    srv = server.Server(store, stay=True)
+    first = srv.view = server.read_view(store)
+    assert sorted(looked) == [100, 101, 102]
+    assert ask(srv, "c0", source="10.1.0.2") == ("NOERROR", ["10.1.0.2"])
+    assert ask(srv, "c1.red", source="10.1.0.2") == ("NOERROR", ["10.1.0.3"])
+    assert ask(srv, "late", source="10.1.0.2") == ("NXDOMAIN", [])
+    assert ask(srv, "5.0.1.10.in-addr.arpa", "PTR", source="10.1.0.2") == ("NXDOMAIN", [])
+
+    looked.clear()
+    assert server.read_view(store, first).networks == first.networks  # nothing changed
+    entries["late@eth0"] = {"names": ["late"], "ips": ["10.1.0.5"], "pid": 200,
+                            "start_time": 1}
+    del entries["c1@eth0"]
+    records.save(store, {"network": "red", "entries": entries})
+    second = server.read_view(store, first)
+    assert looked == [200]  # only the new container's process is looked at
+    assert second.networks["blue"] is first.networks["blue"]
+    changed = server.changed_names(first, second)
+    assert changed == {"late", "late.red", "c1", "c1.red", "5.0.1.10.in-addr.arpa",
+                       "3.0.1.10.in-addr.arpa"}
+    srv.view = second
+    srv.forget(changed)
+    assert [k for k in srv.cached] == ["c0"]  # kept: its answer is the same
+    assert ask(srv, "late", source="10.1.0.2") == ("NOERROR", ["10.1.0.5"])
+    assert ask(srv, "c1.red", source="10.1.0.2") == ("NXDOMAIN", [])
+    assert ask(srv, "5.0.1.10.in-addr.arpa", "PTR", source="10.1.0.2") == (
+        "NOERROR", ["late.red."])
+
+    looked.clear()
+    third = server.read_view(store, second, exited={"red"})  # a process there has exited
+    assert sorted(looked) == [100, 102, 200]
+    store.remove(store.path("networks", "blue.json"))
+    assert server.changed_names(third, server.read_view(store, third)) is None

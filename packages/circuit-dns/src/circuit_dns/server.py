@@ -13,8 +13,11 @@ gateway address (UDP and TCP, port 53), in the network namespace it runs in.
   view of etcd, records.peer_entries).
 - `reload` on the control socket (control.py), and a change of the dns/ directory or of the
   cluster's view seen within a second, read the names again: a new view is built and swapped
-  in between two questions, so none is dropped. Answers are kept per (scope, question) until
-  the next reload.
+  in between two questions, so none is dropped. Only what changed is read again: a network
+  whose files are as the last reload found them is kept whole, and a kept container's
+  process is not looked at again (each second's tick finds those that exited). Answers are
+  kept per (scope, question); a reload drops only those of the names whose addresses
+  changed (all of them when a network came, went or changed its subnets or servers).
 - Started on demand (control.spawn) it ends once no container of its networks has run for
   IDLE_EXIT seconds; `circuit dns serve` (the systemd unit) stays.
 """
@@ -55,13 +58,17 @@ def log(message: str) -> None:
 
 
 class Network:
-    """What the server knows of one DNS network."""
+    """What the server knows of one DNS network (stamp: of the files it was read from;
+    previous: the same network as the last reload read it, whose containers' processes are
+    taken as they were found then when their entries are the same)."""
 
     def __init__(self, name: str, netconf: dict, entries: dict, peers: tuple | list = (),
-                 overlay: bool = False):
+                 overlay: bool = False, stamp: tuple | None = None,
+                 previous: "Network | None" = None):
         from circuit_net.spec import netconf_subnets
 
         self.name = name
+        self.overlay, self.stamp, self.entries = overlay, stamp, entries
         self.suffix = "." + name.lower()
         # a cluster network's config names the first host's gateway: this host's comes with
         # its attachments' results
@@ -74,18 +81,27 @@ class Network:
         self.names: dict[str, list[str]] = {}  # name and name.network: addresses
         self.reverse: dict[str, str] = {}  # address: the first name, NAME.NETWORK
         self.containers: dict[str, str] = {}  # address: container id
-        self.processes: list[Process] = []  # the containers answered, while they run
+        self.processes: dict[str, Process] = {}  # entry key: the container's, while it runs
+        known = previous.entries if previous is not None else {}
         for key, entry in entries.items():
-            proc = Process(entry["pid"], entry["start_time"])
-            if not proc.alive():
+            if known.get(key) == entry:
+                proc = previous.processes.get(key)  # None: it had exited
+            else:
+                proc = Process(entry["pid"], entry["start_time"])
+                proc = proc if proc.alive() else None
+            if proc is None:
                 continue  # exited without its poststop: not answered
-            self.processes.append(proc)
+            self.processes[key] = proc
             container_id = key.rpartition("@")[0]
             for ip in entry["ips"]:
                 self.containers[ip] = container_id
             self.add_names(entry)
         for peer in peers:  # other hosts' containers: answered, never askers
             self.add_names(peer)
+
+    def settings(self) -> tuple:
+        """What every answer from the network depends on besides its names."""
+        return self.suffix, self.servers, self.subnets, self.internal
 
     def add_names(self, entry: dict) -> None:
         for name in entry["names"]:
@@ -112,23 +128,65 @@ class View:
                       for ip, container_id in net.containers.items()}
 
 
-def read_view(store: Store) -> View:
-    """The names stored now, of the networks that still exist."""
+def file_stamp(path: str) -> tuple | None:
+    """What changes when a file is written (circuit replaces its files whole)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def read_view(store: Store, previous: View | None = None, exited=()) -> View:
+    """The names stored now, of the networks that still exist; of previous's networks those
+    whose files are as it read them are kept, but not those in exited (a container of theirs
+    has exited: each process is looked at again)."""
     from circuit_net.networks import check_network
 
+    kept = previous.networks if previous is not None else {}
+    cluster_view = file_stamp(records.view_path(store))
     networks = {}
     for name in records.dns_networks(store):
-        try:
-            network = store.read(store.path("networks", f"{name}.json"), check=check_network)
+        old = kept.get(name)
+        paths = store.path("networks", f"{name}.json"), records.record_path(store, name)
+        stamp = (*map(file_stamp, paths), old.overlay and cluster_view if old else None)
+        if old is not None and old.stamp == stamp and name not in exited:
+            networks[name] = old
+            continue
+        try:  # read after the stamp: a write between them makes the next reload read again
+            network = store.read(paths[0], check=check_network)
             record = records.load(store, name)
         except Exception as e:  # one unreadable record does not stop the others
             log(f"network {name} skipped: {e}")
             continue
         if network is not None:
-            networks[name] = Network(name, network["config"], record["entries"],
-                                     records.peer_entries(store, name) if network.get(
-                                         "overlay") else [], bool(network.get("overlay")))
+            overlay = bool(network.get("overlay"))
+            networks[name] = Network(
+                name, network["config"], record["entries"],
+                records.peer_entries(store, name) if overlay else [], overlay,
+                (*stamp[:2], overlay and cluster_view),
+                old if old is not None and name not in exited else None)
     return View(networks)
+
+
+def changed_names(old: View, new: View) -> set[str] | None:
+    """The question names (lower case, no final dot) whose answers may differ from old's in
+    new; None when any may (a network came or went, or its subnets or servers changed)."""
+    if old.networks.keys() != new.networks.keys():
+        return None
+    found = set()
+    for name, net in new.networks.items():
+        was = old.networks[name]
+        if was is net:
+            continue
+        if was.settings() != net.settings():
+            return None
+        found.update(key for key in was.names.keys() | net.names.keys()
+                     if was.names.get(key) != net.names.get(key))
+        found.update(ipaddress.ip_address(ip).reverse_pointer
+                     for ip in was.reverse.keys() | net.reverse.keys()
+                     if was.reverse.get(ip) != net.reverse.get(ip))
+    return found
 
 
 def reverse_address(name: str) -> str | None:
@@ -160,7 +218,8 @@ class Server:
         self.selector = selectors.DefaultSelector()
         self.view = View({})
         self.sockets: dict[tuple[str, int], tuple[socket.socket, str]] = {}  # (ip, type)
-        self.cache: dict = {}
+        self.cache: dict = {}  # (scope, question without its id): the answer without it
+        self.cached: dict[str, list] = {}  # question name: its keys in cache
         self.forwards: dict[socket.socket, Forward] = {}
         self.upstreams: list[str] = []
         self.resolv_stamp = None
@@ -216,11 +275,12 @@ class Server:
         """Look at the state and the host's resolv.conf; True when it is time to end."""
         if not os.path.isdir(self.store.root):
             return True
-        if self.stamps() != self.dns_stamp:
-            self.reload()
+        exited = {net.name for net in self.view.networks.values()
+                  if not all(proc.alive() for proc in net.processes.values())}
+        if exited or self.stamps() != self.dns_stamp:
+            self.reload(exited)
         self.read_upstreams()
-        if self.stay or any(proc.alive() for net in self.view.networks.values()
-                            for proc in net.processes):
+        if self.stay or any(net.processes for net in self.view.networks.values()):
             self.idle_since = None
             return False
         self.idle_since = self.idle_since or now
@@ -250,9 +310,11 @@ class Server:
 
     # -- reload: a new view, then the sockets it needs ------------------------------------
 
-    def reload(self) -> None:
+    def reload(self, exited=()) -> None:
+        """The names stored now (exited: networks a container of which has exited), and the
+        sockets they need."""
         self.dns_stamp = self.stamps()
-        view = read_view(self.store)
+        view = read_view(self.store, self.view, exited)
         wanted = {(ip, kind): net.name for net in view.networks.values() for ip in net.servers
                   for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)}
         errors = {}
@@ -274,9 +336,19 @@ class Server:
         for network in errors:  # all of a network's sockets or none
             for key in [k for k, (_, n) in self.sockets.items() if n == network]:
                 self.close(key)
-        self.view, self.cache, self.errors = view, {}, errors
+        self.view, old, self.errors = view, self.view, errors
+        self.forget(changed_names(old, view))
         self.read_upstreams(force=True)
         gc.freeze()  # what is here now is not traversed by each collection: fewer slow answers
+
+    def forget(self, names) -> None:
+        """Drop the kept answers to questions for names (every one when None)."""
+        if names is None:
+            self.cache, self.cached = {}, {}
+            return
+        for name in names:
+            for key in self.cached.pop(name, ()):
+                self.cache.pop(key, None)
 
     def stamps(self) -> tuple:
         """What changes when names change: the dns/ directory, the cluster's view of the
@@ -332,7 +404,10 @@ class Server:
             return
         self.resolv_stamp = stamp
         mine = {ip for net in self.view.networks.values() for ip in net.servers}
-        self.upstreams = [ip for ip in records.host_resolvers(path)[0] if ip not in mine]
+        upstreams = [ip for ip in records.host_resolvers(path)[0] if ip not in mine]
+        if upstreams != self.upstreams:
+            self.upstreams = upstreams
+            self.forget(None)  # a kept SERVFAIL (no resolver) may have an answer now
 
     # -- questions -----------------------------------------------------------------------
 
@@ -370,9 +445,12 @@ class Server:
         if reply is FORWARD:
             return FORWARD
         packed = reply.pack()
-        if len(self.cache) >= MAX_CACHE:
-            self.cache = {}
-        self.cache[key] = bytes(packed[2:])
+        if self.view is view:  # not one a reload (a TCP question's) has made stale
+            if len(self.cache) >= MAX_CACHE:
+                self.forget(None)
+            name = str(query.questions[0].qname).rstrip(".").lower() if query.questions else ""
+            self.cache[key] = bytes(packed[2:])
+            self.cached.setdefault(name, []).append(key)
         return packed
 
     def resolve(self, query: DNSRecord, scope: list[Network], suffixes: tuple[str, ...]):
