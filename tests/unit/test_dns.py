@@ -216,3 +216,16 @@ def test_a_reload_reads_again_only_what_changed_and_keeps_the_other_answers(tmp_
     assert sorted(looked) == [100, 102, 200]
     store.remove(store.path("networks", "blue.json"))
     assert server.changed_names(third, server.read_view(store, third)) is None
+
+
+def test_a_shared_name_answers_every_address_and_each_ptr_its_own_container(monkeypatch):
+    monkeypatch.setattr(server.Process, "alive", lambda self: True)
+    entries = {"blue-1@eth0": {"names": ["web", "blue-1"], "ips": ["10.1.0.2"], "pid": 1,
+                               "start_time": 1},
+               "green-1@eth0": {"names": ["web", "green-1"], "ips": ["10.1.0.4"], "pid": 2,
+                                "start_time": 1}}
+    srv = server.Server(None, stay=True)
+    srv.view = server.View({"red": server.Network("red", NETCONF, entries)})
+    assert ask(srv, "web") == ask(srv, "web.red") == ("NOERROR", ["10.1.0.2", "10.1.0.4"])
+    assert ask(srv, "4.0.1.10.in-addr.arpa", "PTR") == ("NOERROR", ["web.red."])
+    assert ask(srv, "green-1") == ("NOERROR", ["10.1.0.4"])
