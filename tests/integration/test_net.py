@@ -138,8 +138,15 @@ def test_requested_ip_and_second_interface(host):
     assert a.addresses("eth1")[0].startswith("10.100.50.")
     taken = host.circuit("network", "connect", host.container().pid, "sandbox",
                          "--ip", "10.100.10.77", check=False)
-    assert taken.returncode != 0 and "10.100.10.77" in taken.stderr
+    assert taken.returncode == 5 and f"10.100.10.77 is taken on network sandbox, by container " \
+        f"{a.pid}" in taken.stderr
     assert len(taken.stderr.splitlines()) == 1
+    for ip, why in (("10.100.10.1", "is the gateway"), ("10.100.10.255", "broadcast address"),
+                    ("10.100.11.5", "is outside network sandbox's subnet (10.100.10.0/24")):
+        refused = host.circuit("network", "connect", a.pid, "sandbox", "--ifname", "eth9",
+                               "--ip", ip, check=False)  # refused before any plugin runs
+        assert refused.returncode == 3 and why in refused.stderr, refused.stderr
+        assert len(refused.stderr.splitlines()) == 1 and "eth9" not in a.links()
     assert host.reserved_ips("sandbox") == {"10.100.10.77"}
 
 

@@ -59,6 +59,10 @@ def test_several_ips_reach_host_local_through_the_ips_capability(host):
     out = host.circuit("network", "connect", c.pid, "sandbox", "--ip", "10.100.10.7/24",
                        "--ip", "fd00:100:10::7", "--format", "json").stdout
     assert json.loads(out)["ips"] == ["10.100.10.7/24", "fd00:100:10::7/64"]
+    refused = host.circuit("network", "connect", c.pid, "sandbox", "--ifname", "eth9", "--ip",
+                           "10.100.10.8", "--ip", "fd00:100:10::", check=False)
+    assert refused.returncode == 3 and "--ip fd00:100:10:: is the network address" \
+        in refused.stderr and "eth9" not in c.links()
 
 
 def test_the_hook_publishes_from_the_annotation(host, runc):

@@ -43,7 +43,8 @@ Options:
   -q               names only (not with --format json)
   --ifname IF      interface inside the container (default: the first free ethN)
   --ip IP          request this address, CIDR or not; repeat for IPv4 and IPv6
-                   (runtimeConfig "ips", or CNI_ARGS IP)
+                   (runtimeConfig "ips", or CNI_ARGS IP); with host-local, one
+                   in its range, not the gateway nor another container's
   -p SPEC, --publish SPEC  publish a port: [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]
                    (runtimeConfig "portMappings", for the plugins that declare it)
   --cap CAP        another capability arg, NAME=JSON (bandwidth, ipRanges, aliases, ...)

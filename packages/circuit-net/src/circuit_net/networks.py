@@ -211,7 +211,7 @@ class Networks:
         if check_overlap:
             from .spec import check_overlap as refuse_overlap
 
-            refuse_overlap(netconf, [n["config"] for n in others])
+            refuse_overlap(netconf, [n["config"] for n in others], source)
         record = {"name": netconf["name"], "config": netconf, "source": source,
                   "created": now(), "bridges": new_bridges(netconf)}
         if overlay:
@@ -334,6 +334,11 @@ class Networks:
             check_connectable(target, host_netns)  # before a repair can run any plugin
             if not only_declared:
                 runtime.check_declared([network["config"]], caps or {})
+            if ips:
+                from .spec import check_requested_ips
+
+                check_requested_ips(network["config"], list(ips))
+                self.refuse_taken_ips(name, list(ips))
             self.repair(network)
             self.refuse_attached(name, target, ifname)
             # the container's lock: a connect to another network at the same time must see
@@ -345,6 +350,22 @@ class Networks:
                                                  list(args), caps or {}, aliases,
                                                  host_netns)
         return self._attach(network, record, rt, list(ips))
+
+    def refuse_taken_ips(self, name: str, ips: list[str]) -> None:
+        """Conflict when a requested address is another container's on the network (an
+        attachment's result, or one under way), named, before any plugin runs."""
+        import ipaddress  # only for --ip: the hook's path does without it
+
+        wanted = {ipaddress.ip_interface(ip).ip for ip in ips}
+        found = self.attachments_listed(name).records + [
+            i["attachment"] for i in self.journal.listing(name).records if owner_alive(i)]
+        for other in found:  # listed records carry "ips", intents a result (or none yet)
+            addresses = other.get("ips") or cni.result_ips(other.get("result") or {})
+            held = wanted & {ipaddress.ip_interface(a).ip for a in addresses}
+            if held:
+                raise Conflict(f"--ip {held.pop()} is taken on network {name}, by container "
+                               f"{container_name(other['circuit'])}; give another address, or "
+                               "leave --ip out")
 
     def peers_elsewhere(self, name: str) -> list[dict]:
         """A cluster network's attachments on other hosts, as this host last synced them."""

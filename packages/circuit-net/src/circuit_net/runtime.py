@@ -96,11 +96,16 @@ def parse_ips(values: list[str]) -> list[str]:
     """Requested addresses (IPv4 and IPv6, with or without a prefix), as given."""
     import ipaddress  # only for --ip: the hook's path does without it
 
+    seen = set()
     for value in values:
         try:
-            ipaddress.ip_interface(value)
+            ip = ipaddress.ip_interface(value).ip
         except ValueError:
-            raise InvalidInput(f"bad --ip {value!r}: not an IP address or CIDR") from None
+            raise InvalidInput(f"bad --ip {value!r}: not an IP address or CIDR; give one "
+                               "as 10.89.0.5, 10.89.0.5/24 or fd00::5") from None
+        if ip in seen:
+            raise InvalidInput(f"--ip {ip} given twice; give it once")
+        seen.add(ip)
     return list(values)
 
 

@@ -264,14 +264,17 @@ def taken(others: list[dict]) -> list[tuple]:
     return found
 
 
-def check_overlap(netconf: dict, others: list[dict]) -> None:
+def check_overlap(netconf: dict, others: list[dict], source: str = "flags") -> None:
     """Refuse subnets that overlap another network's or a route of circuit's netns (the
-    default routes aside), naming the other owner."""
+    default routes aside), naming the other owner and what to change: --subnet, or for a
+    network from a file (source: its path) the file's ipam subnet."""
     held = taken(others)
+    remedy = ("choose another --subnet" if source == "flags" else
+              f"edit the ipam subnet (or ranges) in {source} to a free one")
     for subnet in netconf_subnets(netconf):
         for theirs, whose in held:
             if subnet.version == theirs.version and subnet.overlaps(theirs):
-                raise Conflict(f"subnet {subnet} overlaps {whose}; choose another --subnet")
+                raise Conflict(f"subnet {subnet} overlaps {whose}; {remedy}")
 
 
 # Where `network create NAME` without --subnet takes an IPv4 subnet: podman's default
@@ -439,3 +442,77 @@ def interfaces_here() -> dict[str, bool]:
 
     with Batch(NETLINK_ROUTE) as batch:
         return {link.name: link.kind == "bridge" for link in rtnl.links(batch)}
+
+
+
+def check_requested_ips(netconf: dict, ips: list[str]) -> None:
+    """Refuse a --ip that the network's host-local IPAM cannot hand out (outside every range
+    of its family, the network or broadcast address, the gateway, a prefix not the subnet's,
+    more of a family than it has range sets), before any plugin runs. Networks with other
+    IPAMs (static, an overlay's) are left to their plugin."""
+    name = netconf["name"]
+    ranges = [r for p in netconf["plugins"] if isinstance(p.get("ipam"), dict)
+              and p["ipam"].get("type") == "host-local" for r in host_local_ranges(p["ipam"])]
+    if not ranges:
+        return
+    asked: dict = {}
+    for text in ips:
+        given = ipaddress.ip_interface(text)
+        ip, shown = given.ip, text.split("/")[0]  # shown as given (::ffff:10.1.0.5)
+        mine = [r for r in ranges if r[0].version == ip.version]
+        if not mine:
+            raise InvalidInput(f"--ip {shown} is IPv{ip.version} but network {name} has no "
+                               f"IPv{ip.version} subnet ({describe_ranges(ranges)}); give an "
+                               "address of its subnet")
+        inside = next((r for r in mine if r[1] <= ip <= r[2] and ip != r[3]), None)
+        if inside is None:
+            hit = next((r for r in mine if ip in r[0]), None)
+            if hit is None:
+                why = f"is outside network {name}'s subnet"
+            elif ip == hit[3]:
+                why = f"is the gateway of network {name}'s subnet"
+            elif ip == hit[0].network_address:
+                why = f"is the network address of network {name}'s subnet"
+            elif ip == hit[0].broadcast_address and ip.version == 4:
+                why = f"is the broadcast address of network {name}'s subnet"
+            else:
+                why = f"is outside the range network {name} hands out in its subnet"
+            raise InvalidInput(f"--ip {shown} {why} ({describe_ranges(mine)}); give an address "
+                               "in the range, not the gateway, or leave --ip out")
+        if "/" in text and given.network.prefixlen != inside[0].prefixlen:
+            raise InvalidInput(f"--ip {text}: network {name}'s subnet is {inside[0]}; give "
+                               f"{ip} or {ip}/{inside[0].prefixlen}")
+        asked.setdefault(ip.version, set()).add(ip)
+    for version, wanted in asked.items():
+        sets = {r[4] for r in ranges if r[0].version == version}
+        if len(wanted) > len(sets):
+            raise InvalidInput(f"{len(wanted)} IPv{version} addresses asked for with --ip, but "
+                               f"network {name} gives a container {len(sets)} (one per range "
+                               "set); give one --ip of each family")
+
+
+def host_local_ranges(ipam: dict) -> list[tuple]:
+    """host-local's ranges as it reads them: (subnet, first, last, gateway, range set), the
+    defaults filled in (first: network + 1; last: broadcast - 1 for IPv4, the last address
+    for IPv6; gateway: network + 1). Unreadable entries are left out (the plugin refuses
+    them)."""
+    sets = ([[ipam]] if ipam.get("subnet") else []) + [
+        rs for rs in ipam.get("ranges") or [] if isinstance(rs, list)]
+    found = []
+    for index, entry in ((i, r) for i, rs in enumerate(sets) for r in rs if isinstance(r, dict)):
+        try:
+            subnet = ipaddress.ip_network(entry["subnet"], strict=False)
+            last = subnet.broadcast_address - (1 if subnet.version == 4 else 0)
+            first = ipaddress.ip_address(entry.get("rangeStart") or subnet.network_address + 1)
+            last = ipaddress.ip_address(entry.get("rangeEnd") or last)
+            gateway = ipaddress.ip_address(entry.get("gateway") or subnet.network_address + 1)
+        except (KeyError, TypeError, ValueError):
+            continue
+        found.append((subnet, first, last, gateway, index))
+    return found
+
+
+def describe_ranges(ranges: list[tuple]) -> str:
+    """Ranges as people read them: 10.1.0.0/24: 10.1.0.2-10.1.0.254, gateway 10.1.0.1."""
+    return "; ".join(f"{subnet}: {first + (first == gateway)}-{last}, gateway {gateway}"
+                     for subnet, first, last, gateway, _ in ranges)
