@@ -16,8 +16,14 @@ import pytest
 
 from harness import CIRCUIT, Host, bridge_conf, snapshot
 
-# kills that must land mid-operation per loop: 100 in CI, more by CIRCUIT_TEST_KILLS (300 nightly)
-KILLS = int(os.environ.get("CIRCUIT_TEST_KILLS", "100"))
+# kills that must land mid-operation per loop: 100 in CI's plain pass (issue 21), more by
+# CIRCUIT_TEST_KILLS (300 nightly). The served pass (CIRCUIT_TEST_FORKSERVER=1) runs the same
+# loops through the fork server at 30: the plain pass carries the 100-kill requirement for
+# circuit's own repair, the served one proves a kill of a served caller (its child reading the
+# caller's /proc entries, the server serving on) is repaired the same way; 100 there doubled
+# ~110 s of CI for no path the first 30 do not take.
+SERVED = os.environ.get("CIRCUIT_TEST_FORKSERVER") == "1"
+KILLS = int(os.environ.get("CIRCUIT_TEST_KILLS", "30" if SERVED else "100"))
 QOS_KILLS = 30
 
 
