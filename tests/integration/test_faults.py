@@ -35,28 +35,25 @@ def host_veths(host: Host) -> set[str]:
 SHARED_CHAINS = "CNI-HOSTPORT-"  # portmap's, for every container: kept by design
 
 
-def cni_chains(host: Host) -> set[str]:
+def nat_objects(host: Host) -> list[dict]:
+    """The objects of the IPv4 and IPv6 nat tables, in one `nft -j list ruleset`."""
+    ruleset = json.loads(host.run("nft", "-j", "list", "ruleset").stdout)["nftables"]
+    return [body for o in ruleset for kind, body in o.items() if kind in ("chain", "rule")
+            and body["table"] == "nat" and body["family"] in ("ip", "ip6")]
+
+
+def cni_chains(host: Host, objects: list[dict] | None = None) -> set[str]:
     """The CNI- chains of attachments in the nat tables, IPv4 and IPv6."""
-    found = set()
-    for family in ("ip", "ip6"):
-        proc = host.run("nft", "-j", "list", "table", family, "nat", check=False)
-        if proc.returncode == 0:
-            found |= {o["chain"]["name"] for o in json.loads(proc.stdout)["nftables"]
-                      if "chain" in o and o["chain"]["name"].startswith("CNI-")
-                      and not o["chain"]["name"].startswith(SHARED_CHAINS)}
-    return found
+    return {o["name"] for o in (nat_objects(host) if objects is None else objects)
+            if "name" in o and o["name"].startswith("CNI-")
+            and not o["name"].startswith(SHARED_CHAINS)}
 
 
-def cni_jumps(host: Host) -> list[str]:
+def cni_jumps(host: Host, objects: list[dict] | None = None) -> list[str]:
     """Rules of the nat POSTROUTING chains that jump to an attachment's CNI- chain."""
-    rules = []
-    for family in ("ip", "ip6"):
-        proc = host.run("nft", "-j", "list", "chain", family, "nat", "POSTROUTING", check=False)
-        if proc.returncode == 0:
-            rules += [json.dumps(o["rule"]) for o in json.loads(proc.stdout)["nftables"]
-                      if "rule" in o and "CNI-" in json.dumps(o["rule"])
-                      and SHARED_CHAINS not in json.dumps(o["rule"])]
-    return rules
+    rules = [json.dumps(o) for o in (nat_objects(host) if objects is None else objects)
+             if "expr" in o and o["chain"] == "POSTROUTING"]
+    return [r for r in rules if "CNI-" in r and SHARED_CHAINS not in r]
 
 
 def records(host: Host) -> list[str]:
@@ -152,8 +149,9 @@ def assert_clean(host: Host) -> None:
     assert list(host.cni_cache.glob("results/*")) == []  # libcni's copies went with them
     assert host.reserved_ips("sandbox") == set()
     assert host_veths(host) == set()
-    assert cni_chains(host) == set()
-    assert cni_jumps(host) == []
+    nat = nat_objects(host)
+    assert cni_chains(host, nat) == set()
+    assert cni_jumps(host, nat) == []
 
 
 def killed_at_random(host: Host, rng: random.Random, *args) -> None:
@@ -210,7 +208,9 @@ def test_disconnect_killed_mid_operation_is_finished_and_leaves_no_jump(host):
         if killed and killer.rng.random() < 0.5:  # half left to gc, after the container
             repaired = host.circuit("network", "disconnect", c.pid, "sandbox", check=False)
             left = [p for p in records(host) if not Path(p).name.startswith(".")]  # gc: temps
-            assert (left, cni_chains(host), cni_jumps(host)) == ([], set(), []), repaired.stderr
+            nat = nat_objects(host)
+            assert (left, cni_chains(host, nat), cni_jumps(host, nat)) == ([], set(), []), \
+                repaired.stderr
             host.circuit("network", "connect", c.pid, "sandbox", "-p", "8080:80")
             host.circuit("network", "disconnect", c.pid, "sandbox")
         c.kill()
