@@ -243,6 +243,24 @@ def test_a_record_from_etcd_is_checked_as_a_local_one_and_never_mirrored(store, 
         assert "networks/evil.json" not in store.local_records()
 
 
+def test_request_bytes_in_a_qos_record_from_etcd_are_mirrored_but_never_read(store):
+    """A qos record in etcd carrying a "plan" (request bytes, tagged as this host tags its
+    own, for 1 Mbit/s where the policy says 5) passes as the policy it also holds: the plan is
+    not the policy's, is never read from the record, and never reaches this host's plan cache,
+    so nothing of it can be sent (the hook and restore then encode from the policy)."""
+    from circuit_qos import plan, policy
+
+    wanted = {"rate": 5_000_000, "ceil": 5_000_000}
+    planted = plan.build({"rate": 1_000_000, "ceil": 1_000_000}) | {
+        "policy": wanted, "tag": plan.kept_at(store, "blue").tag()}
+    store.refresh({"qos/blue.json": encode({"network": wanted, "attachments": {},
+                                            "plan": planted})})
+    assert store.rejected == [] and "qos/blue.json" in store.local_records()
+    assert policy.load(store, "blue") == {"network": wanted, "attachments": {}}
+    assert plan.ready(store, "blue", wanted) is None
+    assert not os.path.exists(store.path("cache", "qos-plans", "blue.json"))
+
+
 def test_a_snapshot_sorts_keys_by_kind():
     prefix = b"/circuit/"
 
