@@ -96,9 +96,12 @@ def test_connect_name_and_alias_and_disconnect(host, runc, red):
     code, out = lookup(client, db_ip)
     assert "name = db.red" in out, out
     assert "db, pg" in host.circuit("dns", "show", red).stdout
+    hosts = host.state / "dns" / red / "hosts"  # for a bundle to bind-mount
+    assert f"\n{db_ip}\tdb pg {plain}\n" in hosts.read_text()
     host.circuit("network", "disconnect", plain, red)
     code, out = lookup(client, "db")
     assert code != 0 and "NXDOMAIN" in out, out
+    assert db_ip not in hosts.read_text() and hosts.read_text().startswith("127.0.0.1\tlocalhost")
 
 
 def test_a_container_learns_only_the_names_of_its_own_networks(host, runc, red):
