@@ -11,13 +11,15 @@ from harness.forked import run_forked
 from harness.netns import Container, Host
 
 
-def httpd(host: Host, www_root: Path, name: str, network: str = "sandbox") -> Container:
-    """A busybox httpd container that serves its own name, connected to network."""
+def httpd(host: Host, www_root: Path, name: str, network: str = "sandbox",
+          *connect_args: str) -> Container:
+    """A busybox httpd container that serves its own name, connected to network (with
+    connect_args, as --name NAME)."""
     www = www_root / name
     www.mkdir()
     (www / "index.html").write_text(f"{name}\n")
     c = host.container(("busybox", "httpd", "-f", "-p", "80", "-h", www))
-    host.circuit("network", "connect", c.pid, network)
+    host.circuit("network", "connect", c.pid, network, *connect_args)
     return c
 
 

@@ -10,6 +10,7 @@ from harness import (
     answered_by,
     bridge_conf,
     http_get_bodies,
+    httpd,
     ipv4_of,
     ipv6_bridge_conf,
     snapshot,
@@ -33,9 +34,12 @@ def table(host) -> dict:
 
 
 def test_round_robin_stats_removal_and_hairpin(host, tmp_path):
-    ips = ipv4_of(web_backends(host, tmp_path, ["alpha", "beta", "gamma"]))
+    ips = ipv4_of(web_backends(host, tmp_path, ["alpha", "beta"]))
+    gamma = httpd(host, tmp_path, "gamma", "sandbox", "--name", "gamma")
+    ips["gamma"] = gamma.addresses()[0]
     assert host.circuit("lb", "create", "web", f"{VIP}:80").stdout == "service web created\n"
-    out = host.circuit("lb", "add", "web", *(f"{ip}:80" for ip in ips.values()))
+    out = host.circuit("lb", "add", "web", f"{ips['alpha']}:80", f"{ips['beta']}:80",
+                       "gamma:80")  # gamma by its name: its address on sandbox
     assert out.stdout == "service web updated\n"
     assert answered_by(host.netns, VIP, 30) == {"alpha": 10, "beta": 10, "gamma": 10}
 
@@ -51,8 +55,13 @@ def test_round_robin_stats_removal_and_hairpin(host, tmp_path):
         assert counters["packets_in"] >= 40 and counters["packets_out"] >= 30  # ≥ 4 / 3 each
         assert counters["bytes_out"] > counters["bytes_in"] > 0  # answers outweigh the GETs
 
-    host.circuit("lb", "remove", "web", f"{ips['gamma']}:80")
-    assert answered_by(host.netns, VIP, 10) == {"alpha": 5, "beta": 5}
+    record = json.loads((host.state / "services" / "web.json").read_text())
+    assert [t.get("container", {}).get("name") for t in record["targets"]
+            if t["addr"] == ips["gamma"]] == ["gamma"]
+    gamma.kill()  # the container stops; gc releases it, and its target goes with it
+    assert "released" in host.circuit("network", "gc").stdout
+    assert f"{ips['gamma']}:80" not in host.circuit("lb", "list", "--details").stdout
+    assert answered_by(host.netns, VIP, 10) == {"alpha": 5, "beta": 5}  # none to gamma
 
     client = host.container()  # on the same bridge as the backends: the hairpin case
     host.circuit("network", "connect", client.pid, "sandbox")

@@ -1,13 +1,20 @@
 """Hostile input to the commands that name containers and their addresses (issues 26, 27)."""
 import os
 import re
+from types import SimpleNamespace
 
 import pytest
 from test_networks import me, nets  # noqa: F401 (the fixture)
 
-from circuit_common.errors import Conflict, InvalidInput
+from circuit_common import extensions
+from circuit_common.cli import Context
+from circuit_common.config import Settings
+from circuit_common.errors import Conflict, InvalidInput, NotFound
 from circuit_common.proc import process, start_time
+from circuit_lb.address import Endpoint, Named, parse_target
 from circuit_lb.health import parse_check
+from circuit_lb.services import container_target
+from circuit_net import networks
 from circuit_net.networks import in_use
 from circuit_net.runtime import parse_ips
 from circuit_net.spec import check_overlap, check_requested_ips
@@ -130,3 +137,100 @@ def test_an_overlapping_file_network_says_to_edit_the_file():
         check_overlap(DUAL, [other], "/x/d.conflist")
     with pytest.raises(Conflict, match="choose another --subnet"):
         check_overlap(DUAL, [other])
+
+
+@pytest.mark.parametrize(("text", "parsed"), [
+    ("c1:80", Named("c1", 80)), ("web-00.x_y:443", Named("web-00.x_y", 443)),
+    ("7553:80", Named("7553", 80)), ("10.1.2.3:80", Endpoint("10.1.2.3", 80)),
+    ("[fd00::1]:80", Endpoint("fd00::1", 80))])
+def test_a_target_is_an_address_or_a_container(text, parsed):
+    assert parse_target(text) == parsed
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("c1:0", "invalid port '0'"), ("c1:", "invalid port ''"), ("c1:99999", "use 1-65535"),
+    ("c1:\uff18\uff10", "invalid port"), ("10.1.2:80", "use ADDR:PORT"), (":80", "use ADDR:PORT"),
+    ("ü:80", "use ADDR:PORT"), ("c1", "use ADDR:PORT"), (" c1:80", "use ADDR:PORT"),
+    ("-c1:80", "use ADDR:PORT or CONTAINER:PORT"), ("c" * 129 + ":80", "use ADDR:PORT")])
+def test_a_bad_container_target_is_one_line(text, why):
+    with pytest.raises(InvalidInput, match=re.escape(why)):
+        parse_target(text)
+
+
+@pytest.fixture
+def store(tmp_path):
+    settings = Settings()
+    settings.state_dir = str(tmp_path / "state")
+    return Context(settings).store
+
+
+def attach(store, network: str, cid: str, ifname: str, ips: list[str], pid: int | None = None,
+           started: int | None = None, **meta) -> None:
+    """An attachment record as circuit-net writes it (this process standing in for the
+    container unless pid names another)."""
+    pid = os.getpid() if pid is None else pid
+    record = {"networkName": network, "containerId": cid, "ifName": ifname,
+              "result": {"cniVersion": "1.0.0", "ips": [{"address": a} for a in ips]},
+              "circuit": {"pid": pid, "start_time": started or start_time(pid), **meta}}
+    store.write(store.path("attachments", network, f"{cid}@{ifname}.json"), record)
+
+
+SERVICE = {"name": "web", "addr": "10.100.99.1", "port": 80}
+
+
+def test_a_container_target_is_its_address_on_its_one_network(store):
+    attach(store, "n1", "c1", "eth0", ["10.1.0.2/24", "fd00:1::2/64"], target="c1")
+    attach(store, "n2", "pid1-1", "eth0", ["10.2.0.2/24"], pid=1, aliases=["web"])
+    assert container_target(store, Named("c1", 80), SERVICE).network == "n1"
+    assert container_target(store, Named("c1", 80), {**SERVICE, "addr": "fd10::1"}).ip \
+        == "fd00:1::2"
+    assert container_target(store, Named("web", 80), SERVICE).ip == "10.2.0.2"
+    assert container_target(store, Named(str(os.getpid()), 80), {
+        **SERVICE, "addr": "fd10::1"}).network == "n1"
+
+
+def test_a_container_on_two_networks_is_refused_naming_them(store):
+    attach(store, "n1", "c1", "eth0", ["10.1.0.2/24"], target="c1")
+    attach(store, "n2", "c1", "eth1", ["10.2.0.2/24"], target="c1")
+    with pytest.raises(InvalidInput, match=re.escape(
+            "container c1 has 2 IPv4 addresses: 10.1.0.2 on n1 (eth0), 10.2.0.2 on n2 "
+            "(eth1); give the one to balance to as ADDR:PORT")):
+        container_target(store, Named("c1", 80), SERVICE)
+
+
+def test_no_running_container_of_that_name_is_not_found(store):
+    attach(store, "n1", "c1", "eth0", ["10.1.0.2/24"], started=1, target="c1")  # exited
+    store.write(store.path("attachments", "n1", "bad@eth0.json"), {"junk": 1})
+    store.write(store.path("attachments", "n1", "c2@eth0.json"), {"containerId": "c1"})
+    with pytest.raises(NotFound, match="no running container 'c1' with an IPv4 address"):
+        container_target(store, Named("c1", 80), SERVICE)
+    with pytest.raises(NotFound, match="connect it"):
+        container_target(store, Named("c1", 80), {**SERVICE, "addr": "fd10::1"})
+
+
+def test_released_comes_after_the_network_lock_is_let_go(nets, monkeypatch):  # noqa: F811
+    """The poststop hook's detach (detach_container) and disconnect tell the extensions
+    released holding no lock: lb takes the store's exclusive lock there."""
+    nets.plugins.executor.go.set()
+    nets.store.lock_timeout = 0.5
+    calls = []
+
+    def released(ctx, attachment):
+        with ctx.store.lock_all():  # LockTimeout if this process still held a network lock
+            calls.append((attachment.network, attachment.container_id, attachment.ifname))
+
+    monkeypatch.setattr(networks.extensions, "load",
+                        lambda store, network, name: SimpleNamespace(released=released))
+    extensions.mark(nets.store, "n", "lb", "circuit_lb.extension")
+    nets.connect("n", me())
+    nets.detach_container("c1")
+    nets.connect("n", me())
+    nets.disconnect("n", me())
+    assert calls == [("n", "c1", "eth0"), ("n", "c1", "eth0")]
+
+
+def test_a_container_connected_under_its_other_name_too_is_one_container(store):
+    attach(store, "n1", "c1", "eth0", ["10.1.0.2/24"], target="c1")
+    attach(store, "n2", f"pid{os.getpid()}-1", "eth0", ["10.2.0.2/24"], target=str(os.getpid()))
+    with pytest.raises(InvalidInput, match="container c1 has 2 IPv4 addresses"):
+        container_target(store, Named("c1", 80), SERVICE)

@@ -1,5 +1,7 @@
-"""ADDR:PORT as users write it: 192.168.100.235:80 or [2001:db8::1]:80."""
+"""ADDR:PORT as users write it: 192.168.100.235:80 or [2001:db8::1]:80; a target may also
+be CONTAINER:PORT (a runc id, a container's name or PID: Named)."""
 
+import re
 from _socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from collections import namedtuple
 
@@ -18,6 +20,37 @@ class Endpoint(namedtuple("Endpoint", "ip port")):
 
     def __str__(self) -> str:
         return f"[{self.ip}]:{self.port}" if self.version == 6 else f"{self.ip}:{self.port}"
+
+
+class Named(namedtuple("Named", "name port")):
+    """A target given as CONTAINER:PORT, before its address is looked up."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.port}"
+
+
+# a container's name: not an address (an IPv6 one has ':', an IPv4 one only digits and dots)
+NAME_RE = re.compile(r"(?![0-9.]*$)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}|[0-9]{1,10}")
+
+
+def parse_target(text: str, what: str = "target") -> "Endpoint | Named":
+    """ADDR:PORT as parse_endpoint reads it, or CONTAINER:PORT (Named)."""
+    name, sep, port = str(text).rpartition(":")
+    if sep and NAME_RE.fullmatch(name):
+        number = ascii_number(port)
+        if number is None or not 1 <= number <= 65535:
+            raise InvalidInput(f"invalid port {port!r} in {what} {text!r}: use 1-65535, as "
+                               f"{name}:80")
+        return Named(name, number)
+    try:
+        return parse_endpoint(text, what)
+    except InvalidInput as e:
+        if "use ADDR:PORT" not in str(e):
+            raise
+        raise InvalidInput(f"invalid {what} {text!r}: use ADDR:PORT or CONTAINER:PORT, e.g. "
+                           "192.168.100.235:80, [2001:db8::1]:80 or web-00:80") from None
 
 
 def parse_endpoint(text: str, what: str = "address") -> Endpoint:

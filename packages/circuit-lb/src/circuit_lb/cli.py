@@ -15,7 +15,9 @@ Usage:
   circuit-lb restore
   circuit-lb (-h | --help)
 
-Also reached as `circuit lb ...`. ADDR and TARGET are IP:PORT ([IPv6]:PORT). TARGET `-` reads
+Also reached as `circuit lb ...`. ADDR and TARGET are IP:PORT ([IPv6]:PORT); a TARGET may be
+CONTAINER:PORT (a runc id or container name: its address on its one network of the service's
+IP version; removed from the service when that container leaves the network). TARGET `-` reads
 targets from stdin, one per line: `TARGET [WEIGHT]`. CHECK is tcp (a connection is accepted),
 http:PATH[=STATUS] (GET PATH answers STATUS, 200 by default), exec:CMD (CMD, split as a shell
 would but run without one, with the target's address and port appended and in
@@ -67,7 +69,7 @@ from circuit_common.errors import InvalidInput, StateCorrupt
 from circuit_common.validate import ascii_number
 
 from . import health
-from .address import Endpoint, parse_endpoint
+from .address import Endpoint, Named, parse_endpoint, parse_target
 from .services import Services, check_weight
 
 # What a pipeline writes on stdin: lines of a canonical IPv4 address (as normal_ip gives it
@@ -78,14 +80,15 @@ PLAIN_LINE = (rf"^[ \t]*({OCTET}(?:\.{OCTET}){{3}}):([1-9][0-9]{{0,4}})"
               r"(?:[ \t]+([0-9]{1,5}))?[ \t]*$")
 
 
-def read_targets(words: list[str]) -> list[tuple[Endpoint, int | None]]:
-    """TARGET words, with `-` standing for `TARGET [WEIGHT]` lines on stdin."""
+def read_targets(words: list[str]) -> list[tuple[Endpoint | Named, int | None]]:
+    """TARGET words (ADDR:PORT, CONTAINER:PORT), with `-` standing for `TARGET [WEIGHT]`
+    lines on stdin (addresses)."""
     targets = []
     for word in words:
         if word == "-":
             targets += read_stdin_targets(sys.stdin.read())
         else:
-            targets.append((parse_endpoint(word, "target"), None))
+            targets.append((parse_target(word, "target"), None))
     if not targets:
         raise InvalidInput("no targets given")
     if len(set(map(itemgetter(0), targets))) == len(targets):

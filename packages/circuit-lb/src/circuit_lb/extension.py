@@ -1,5 +1,7 @@
 """circuit-lb's entry in the `circuit.extensions` group: `circuit restore` calls restore(ctx);
-in a cluster, resync(ctx, before) when services changed on another host."""
+in a cluster, resync(ctx, before) when services changed on another host; circuit-net calls
+released(ctx, attachment) when an interface of a container that is a target (added as
+CONTAINER:PORT) leaves its network."""
 
 from circuit_common.errors import CircuitError
 
@@ -93,3 +95,10 @@ def _table(records: list[dict]) -> None:
 
 
 __all__ = ["restore", "resync"]
+
+
+def released(ctx, attachment) -> None:
+    """A container's interface left its network (disconnect, poststop, gc; no lock held):
+    the targets added as that container go from every service."""
+    Services(ctx).drop_container(attachment.network, attachment.container_id,
+                                 attachment.ifname)

@@ -15,13 +15,15 @@ import os
 import re
 import time
 from itertools import repeat
+from operator import itemgetter
 
+from circuit_common import containers, extensions
 from circuit_common.cli import Context
 from circuit_common.errors import Conflict, InvalidInput, NotFound
 from circuit_common.validate import ascii_number, check_name
 
 from . import backends, health, ipvs
-from .address import Endpoint, check_usable
+from .address import Endpoint, Named, check_usable
 from .backends import endpoint
 
 SCHEDULER_RE = re.compile(r"[a-z]{1,15}")
@@ -230,17 +232,34 @@ class Services:
             self._change(None, record)
         return record
 
-    def add(self, name: str, targets: list[tuple[Endpoint, int | None]], weight: int,
+    def add(self, name: str, targets: list[tuple[Endpoint | Named, int | None]], weight: int,
             forward: str) -> dict:
-        """Add targets, or update the weight and forwarding of those already there."""
+        """Add targets, or update the weight and forwarding of those already there. A Named
+        target (CONTAINER:PORT) is the container's address on its one network with an address
+        of the service's IP version (container_target), recorded with where it came from."""
         if forward not in ipvs.FORWARDS:
             raise InvalidInput(f"invalid forwarding {forward!r}: use masq, route or tunnel")
         with self.store.lock_all():
             record = self.get(name)
+            origins = {}
+            for i, (where, own_weight) in enumerate(targets):
+                if isinstance(where, Named):
+                    found = container_target(self.store, where, record)
+                    targets[i] = (Endpoint(found.ip, where.port), own_weight)
+                    origins[(found.ip, where.port)] = {
+                        "name": where.name, "id": found.container_id,
+                        "network": found.network, "ifname": found.ifname}
+                    # circuit-net then tells lb when that attachment goes (released)
+                    extensions.mark(self.store, found.network, "lb", "circuit_lb.extension")
+            if len(set(map(itemgetter(0), targets))) != len(targets):
+                raise InvalidInput("a container's address and the container are both given "
+                                   "(or one twice); give each target once")
             # (addr, port) keys: equal to Endpoints, and cheaper by the thousand
             wanted = {(t["addr"], t["port"]): t for t in record["targets"]}
             wanted.update({(ip, port): {"addr": ip, "port": port, "forward": forward,
-                                        "weight": weight if own_weight is None else own_weight}
+                                        "weight": weight if own_weight is None else own_weight,
+                                        **({"container": origins[(ip, port)]}
+                                           if (ip, port) in origins else {})}
                            for (ip, port), own_weight in targets})
             if {":" in ip for ip, _ in wanted} - {":" in record["addr"]}:
                 raise InvalidInput("targets must be of the service's IP version")
@@ -258,16 +277,34 @@ class Services:
                                    "another --sorry first")
             return self._change_targets(record, wanted)
 
-    def remove(self, name: str, targets: list[Endpoint]) -> dict:
+    def remove(self, name: str, targets: list[Endpoint | Named]) -> dict:
         with self.store.lock_all():
             record = self.get(name)
             current = {endpoint(t): t for t in record["targets"]}
+            targets = [recorded(current, where) or Endpoint(
+                container_target(self.store, where, record).ip, where.port)
+                if isinstance(where, Named) else where for where in targets]
             for where in targets:
                 if where not in current:
                     raise NotFound(f"target {where} is not in service {name}")
             gone = set(targets)
             return self._change_targets(record, {k: v for k, v in current.items()
                                                  if k not in gone})
+
+    def drop_container(self, network: str, container_id: str, ifname: str) -> list[str]:
+        """Remove, from every service, the targets added as the container whose interface
+        ifname left network (extension.released); the names of the services changed."""
+        changed = []
+        with self.store.lock_all():
+            for record in self.all()[0]:
+                keep = {endpoint(t): t for t in record["targets"]
+                        if (t.get("container") or {}).get("id") != container_id
+                        or t["container"].get("network") != network
+                        or t["container"].get("ifname") != ifname}
+                if len(keep) != len(record["targets"]):
+                    self._change_targets(record, keep)
+                    changed.append(record["name"])
+        return changed
 
     def _change_targets(self, record: dict, wanted: dict) -> dict:
         new = {**record, "targets": [wanted[k] for k in sorted(wanted)]}
@@ -441,3 +478,27 @@ class Services:
                     vip.add(addr)
             nft.transaction(table.rebuild(table.build(records)))
         return [r["name"] for r in records]
+
+
+def recorded(current: dict, where: Named) -> Endpoint | None:
+    """The target of current ({Endpoint: target}) that was added as where (CONTAINER:PORT)."""
+    return next((e for e, t in current.items() if e.port == where.port
+                 and (t.get("container") or {}).get("name") == where.name), None)
+
+
+def container_target(store, where: Named, record: dict) -> containers.Address:
+    """The address a CONTAINER:PORT target balances to: the running container's address of
+    the service's IP version, on the one network where it has one. None found: NotFound;
+    several (networks or interfaces): InvalidInput naming them, to give the address."""
+    version = 6 if ":" in record["addr"] else 4
+    found = [a for a in containers.addresses(store, where.name)
+             if (":" in a.ip) == (version == 6)]
+    if not found:
+        raise NotFound(f"no running container {where.name!r} with an IPv{version} address on "
+                       f"a circuit network (service {record['name']} is IPv{version}): connect "
+                       f"it (circuit network connect {where.name} NETWORK), or give ADDR:PORT")
+    if len(found) > 1:
+        each = ", ".join(f"{a.ip} on {a.network} ({a.ifname})" for a in found)
+        raise InvalidInput(f"container {where.name} has {len(found)} IPv{version} addresses: "
+                           f"{each}; give the one to balance to as ADDR:PORT")
+    return found[0]

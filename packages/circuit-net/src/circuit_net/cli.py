@@ -152,10 +152,15 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
         for record in nets.check(a["NETWORK"], resolve(a["TARGET"], runc_root)):
             print(f"container {a['TARGET']} on network {a['NETWORK']} ({record['ifName']}): ok")
     elif a["gc"]:
-        for name, record in nets.gc():
-            ips = ", ".join(cni.result_ips(record.get("result") or {})) or "no address"
-            print(f"released {record['containerId']} {record['ifName']} ({ips}) "
-                  f"from network {name}")
+        released = []
+        try:
+            for name, record in nets.gc():  # under a network's lock: released after
+                ips = ", ".join(cni.result_ips(record.get("result") or {})) or "no address"
+                print(f"released {record['containerId']} {record['ifName']} ({ips}) "
+                      f"from network {name}")
+                released.append((name, record))
+        finally:
+            nets.notify_released(released)
     elif a["delete"]:
         for record in nets.delete(a["NAME"], a["--force"]):
             print(f"disconnected container {record['circuit']['target']} from network "

@@ -504,7 +504,22 @@ class Networks:
         return record
 
     def disconnect(self, name: str, target: Target) -> list[dict]:
-        """DEL every attachment of the target on a network, in reverse chain order."""
+        """DEL every attachment of the target on a network, in reverse chain order; then,
+        without the lock, the extensions' released."""
+        gone = self._disconnect(name, target)
+        self.notify_released([(name, attachment) for attachment in gone])
+        return gone
+
+    def notify_released(self, released: list[tuple[str, dict]]) -> None:
+        """The extensions' released(ctx, attachment) for attachments whose records went,
+        called holding no lock: a tool takes the store's exclusive lock there (lb drops a
+        container's targets), which it must never do in detached, under the network's lock
+        (docs/architecture.md, "Locking")."""
+        for name, attachment in released:
+            if attachment.get("result") is not None:
+                self._notify("released", {"name": name}, attachment)
+
+    def _disconnect(self, name: str, target: Target) -> list[dict]:
         with self.network_lock(name):
             network = self.get(name)
             repaired = [a for a in self.repair(network)[0] if target.matches(a)]
@@ -561,6 +576,7 @@ class Networks:
                 for attachment in mine:
                     self._forget(network, attachment)
                     released.append((name, attachment))
+        self.notify_released(released)
         if errors:
             raise StateCorrupt(f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
                                                  if len(errors) > 1 else ""))

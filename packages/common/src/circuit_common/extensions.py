@@ -5,7 +5,10 @@ A tool registers a module in its pyproject:
     qos = "circuit_qos.extension"
 and the module defines what it needs of:
     attached(ctx, attachment)      after an attachment is made; raising rolls the attach back
-    detached(ctx, attachment)      before an attachment's record goes
+    detached(ctx, attachment)      before an attachment's record goes (under the network's
+                                   lock: never take the store's exclusive lock here)
+    released(ctx, attachment)      after an attachment's record went, no lock held (disconnect,
+                                   the poststop hook, gc)
     network_created(ctx, network)  when a network is created with the extension (enable();
                                    network: its record)
     network_deleted(ctx, network)  when a network it marked is deleted (network: its name)
@@ -14,7 +17,7 @@ and the module defines what it needs of:
                                    host (before: {record name, as services/web.json: the
                                    record before, None when new}); make this host's kernel
                                    match them, printing nothing
-circuit-net calls the first three only for networks that carry the extension's marker
+circuit-net calls the first four only for networks that carry the extension's marker
 (extensions/<network>/<name>.json, made by mark()): a network no tool extends costs one failed
 directory listing, no entry-point scan and no import of the tool. A marker that names the
 tool's module spares the scan (importlib.metadata, ≈ 20 ms) on the networks it extends.
