@@ -89,11 +89,13 @@ def wait_for(predicate, timeout=5.0, interval=0.02):
     return predicate()
 
 
-def iperf_mbit(host: Host, server: Container, reverse: bool = False, seconds: int = 2) -> float:
+def iperf_mbit(host: Host, server: Container, reverse: bool = False, seconds: int = 2,
+               omit: int = 1) -> float:
     """Mbit/s of one TCP stream between the host netns and an iperf3 server in a container:
-    host → container, or container → host with reverse."""
+    host → container, or container → host with reverse; measured over seconds after the
+    first omit seconds (TCP's slow start, a shaper's first burst) are left out."""
     ip = server.addresses()[0]
-    args = ["iperf3", "-c", ip, "-t", seconds, "-O", 1, "-J", *(["-R"] if reverse else [])]
+    args = ["iperf3", "-c", ip, "-t", seconds, "-O", omit, "-J", *(["-R"] if reverse else [])]
     for _ in range(50):  # the server may still be starting
         proc = host.run(*args, check=False, timeout=seconds + 20)
         if proc.returncode == 0:

@@ -15,22 +15,38 @@ def shaped(mbit: float, low: float = 4.5, high: float = 6.3) -> bool:
     return low <= mbit <= high
 
 
+# How long each measurement runs (measured, 8 runs each, this machine under other helpers'
+# load): 1 s after a 1 s omit gave 5.42-5.88 Mbit at rate 5/ceil 6 (2 s: 5.49-5.70) and
+# 1.75-1.77 at 2 Mbit into the container (2 s: 1.73-1.82), inside the bounds with the same
+# margin; 2 Mbit out of the container gave 1.76-2.19 over 1 s (2 s: 1.91-2.11), past 2.15,
+# so that direction keeps 2 s. Unshaped, a 1 s stream with nothing omitted is over 10 Gbit/s.
+def unshaped(host, server) -> bool:
+    """Both directions well over any rate the tests set: > 100 Mbit/s."""
+    return all(iperf_mbit(host, server, reverse=r, seconds=1, omit=0) > 100
+               for r in (False, True))
+
+
+def mbit(host, server, reverse: bool = False) -> float:
+    """One shaped measurement: 1 s after a 1 s omit."""
+    return iperf_mbit(host, server, reverse=reverse, seconds=1)
+
+
 def test_rate_and_ceiling_shape_both_directions_and_reset_restores(host):
     host.circuit("network", "create", host.conf(bridge_conf()))
     server = host.container(IPERF)
     host.circuit("network", "connect", server.pid, "sandbox")
-    assert iperf_mbit(host, server) > 100 and iperf_mbit(host, server, reverse=True) > 100
+    assert unshaped(host, server)
 
     out = host.circuit("network", "qos", "set", "--rate", "5000", "--ceiling", "6000", "sandbox")
     assert out.stdout == "qos configured for sandbox\n"
-    into, out_of = iperf_mbit(host, server), iperf_mbit(host, server, reverse=True)
+    into, out_of = mbit(host, server), mbit(host, server, reverse=True)
     assert shaped(into) and shaped(out_of), (into, out_of)
 
     shown = json.loads(host.circuit("network", "qos", "show", "sandbox", "--format", "json").stdout)
     counters = shown["attachments"][0]["counters"]
     assert counters["in"]["bytes"] > 1_000_000 and counters["out"]["bytes"] > 1_000_000
     assert shown["policy"] == {"rate": 5_000_000, "ceil": 6_000_000}
-    iperf_mbit(host, server, seconds=1)
+    iperf_mbit(host, server, seconds=1, omit=0)
     again = json.loads(host.circuit("network", "qos", "show", "sandbox", "--format", "json")
                        .stdout)["attachments"][0]["counters"]
     assert again["in"]["bytes"] > counters["in"]["bytes"]
@@ -49,7 +65,7 @@ def test_rate_and_ceiling_shape_both_directions_and_reset_restores(host):
 
     out = host.circuit("network", "qos", "reset", "sandbox")
     assert out.stdout == "qos reset for sandbox\n"
-    assert iperf_mbit(host, server) > 100 and iperf_mbit(host, server, reverse=True) > 100
+    assert unshaped(host, server)
     assert "htb" not in qdiscs(host) and "ingress" not in qdiscs(host) and ifbs(host) == []
 
 
@@ -60,15 +76,15 @@ def test_new_containers_are_shaped_and_one_container_can_differ(host):
     host.circuit("network", "qos", "set", "--rate", "5000", "--ceiling", "6000", "sandbox")
     later = host.container(IPERF)
     host.circuit("network", "connect", later.pid, "sandbox")
-    assert shaped(iperf_mbit(host, later)) and shaped(iperf_mbit(host, later, reverse=True))
+    assert shaped(mbit(host, later)) and shaped(mbit(host, later, reverse=True))
 
     host.circuit("network", "qos", "set", "--container", first.pid, "--rate", "2mbit", "sandbox")
-    assert shaped(iperf_mbit(host, first), 1.6, 2.15)
+    assert shaped(mbit(host, first), 1.6, 2.15)
     assert shaped(iperf_mbit(host, first, reverse=True), 1.6, 2.15)
-    assert shaped(iperf_mbit(host, later))
+    assert shaped(mbit(host, later))
 
     host.circuit("network", "qos", "reset", "--container", first.pid, "sandbox")
-    assert shaped(iperf_mbit(host, first))
+    assert shaped(mbit(host, first))
     host.circuit("network", "disconnect", later.pid, "sandbox")
     assert len(ifbs(host)) == 1  # the disconnected container's IFB went with it
 
@@ -81,13 +97,13 @@ def test_second_set_changes_values_in_place_and_restore_reapplies(host):
     host.circuit("network", "qos", "set", "--rate", "2000", "sandbox")
     veth = host_veth(host, "sandbox", server.pid)
     assert "rate 2Mbit" in host.run("tc", "class", "show", "dev", veth).stdout
-    assert shaped(iperf_mbit(host, server), 1.6, 2.15)
+    assert shaped(mbit(host, server), 1.6, 2.15)
 
     host.run("tc", "qdisc", "del", "dev", veth, "root")  # as if the host had rebooted
     host.run("tc", "qdisc", "del", "dev", veth, "ingress")
     out = host.circuit("restore").stdout
     assert "qos restored for sandbox" in out
-    assert shaped(iperf_mbit(host, server), 1.6, 2.15)
+    assert shaped(mbit(host, server), 1.6, 2.15)
     assert shaped(iperf_mbit(host, server, reverse=True), 1.6, 2.15)
 
 
