@@ -40,7 +40,8 @@ def server():
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     httpd.body = b""
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # polled every 50 ms: shutdown() waits for the next poll (0.5 s by default, per test)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()
