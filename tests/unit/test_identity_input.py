@@ -17,7 +17,7 @@ from circuit_lb.services import container_target
 from circuit_net import networks
 from circuit_net.networks import in_use
 from circuit_net.runtime import parse_ips
-from circuit_net.spec import check_overlap, check_requested_ips
+from circuit_net.spec import check_overlap, check_requested_ips, check_usable
 from circuit_net.target import Target
 
 pytestmark = pytest.mark.unit
@@ -234,3 +234,28 @@ def test_a_container_connected_under_its_other_name_too_is_one_container(store):
     attach(store, "n2", f"pid{os.getpid()}-1", "eth0", ["10.2.0.2/24"], target=str(os.getpid()))
     with pytest.raises(InvalidInput, match="container c1 has 2 IPv4 addresses"):
         container_target(store, Named("c1", 80), SERVICE)
+
+
+def file_conf(**ipam) -> dict:
+    return {"cniVersion": "1.0.0", "name": "f", "plugins": [
+        {"type": "bridge", "bridge": "cf0", "ipam": {"type": "host-local", **ipam}}]}
+
+
+@pytest.mark.parametrize(("ipam", "why"), [
+    ({"subnet": "10.83.0.0/24", "gateway": "10.99.0.1"},
+     "gateway 10.99.0.1 of network f is outside its subnet 10.83.0.0/24; give one in it"),
+    ({"ranges": [[{"subnet": "10.84.0.0/24", "rangeStart": "10.84.1.5"}]]},
+     "rangeStart 10.84.1.5 of network f is outside its subnet"),
+    ({"subnet": "10.85.0.0/24", "rangeEnd": "fd00::1"}, "rangeEnd fd00::1 of network f is outside"),
+    ({"subnet": "10.85.0.0/24", "rangeStart": "x"}, "rangeStart 'x' of network f is not an IP"),
+    ({"subnet": "10.85.0.0/24", "rangeStart": "10.85.0.200", "rangeEnd": "10.85.0.100"},
+     "comes after its rangeEnd 10.85.0.100; swap them"),
+    ({"routes": []}, "the host-local ipam of network f has no subnet")])
+def test_a_file_networks_host_local_that_fails_every_connect_is_refused(ipam, why):
+    with pytest.raises(InvalidInput, match=re.escape(why)):
+        check_usable(file_conf(**ipam), {})
+
+
+def test_a_file_networks_range_inside_its_subnet_is_taken():
+    check_usable(file_conf(subnet="10.85.0.0/24", rangeStart="10.85.0.10",
+                           rangeEnd="10.85.0.20", gateway="10.85.0.1"), {})

@@ -398,6 +398,8 @@ def check_usable(netconf: dict, present: dict[str, bool]) -> None:
                     check_gateway(ipaddress.ip_address(gateway), subnet)
                 except ValueError:
                     raise InvalidInput(f"gateway {gateway!r} is not an IP address") from None
+        if conf.get("type") == "host-local":
+            check_host_local(netconf["name"], conf)
         kind = plugin.get("type")
         if kind == "bridge":
             bridge = plugin.get("bridge") or "cni0"
@@ -412,6 +414,35 @@ def check_usable(netconf: dict, present: dict[str, bool]) -> None:
                 raise InvalidInput(f"parent {parent} of {kind} is {what}; name a host "
                                    "interface such as eth0 (--parent)")
     check_mtus(netconf, seen)
+
+
+def check_host_local(name: str, ipam: dict) -> None:
+    """Refuse a host-local IPAM that would fail every connect: no subnet at all, a gateway or
+    rangeStart/rangeEnd outside its subnet, a rangeStart after its rangeEnd."""
+    if not ipam_subnets(ipam):
+        raise InvalidInput(f"the host-local ipam of network {name} has no subnet: give it "
+                           '"subnet" or "ranges" ([[{"subnet": "10.89.0.0/24"}]])')
+    entries = [ipam] if ipam.get("subnet") else []
+    entries += [r for rs in ipam.get("ranges") or [] if isinstance(rs, list)
+                for r in rs if isinstance(r, dict) and r.get("subnet")]
+    for entry in entries:
+        subnet = ipaddress.ip_network(entry["subnet"])  # check_usable read it already
+        found = {}
+        for key in ("gateway", "rangeStart", "rangeEnd"):
+            if entry.get(key) is None:
+                continue
+            try:
+                found[key] = ipaddress.ip_address(entry[key])
+            except (TypeError, ValueError):
+                raise InvalidInput(f"{key} {entry[key]!r} of network {name} is not an IP "
+                                   "address") from None
+            if found[key] not in subnet:
+                raise InvalidInput(f"{key} {found[key]} of network {name} is outside its "
+                                   f"subnet {subnet}; give one in it, as {subnet[1]}")
+        if "rangeStart" in found and "rangeEnd" in found \
+                and found["rangeStart"] > found["rangeEnd"]:
+            raise InvalidInput(f"rangeStart {found['rangeStart']} of network {name} comes "
+                               f"after its rangeEnd {found['rangeEnd']}; swap them")
 
 
 IPV6_MIN_MTU = 1280
