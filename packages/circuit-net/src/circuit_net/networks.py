@@ -230,7 +230,9 @@ class Networks:
 
     def delete(self, name: str, force: bool = False) -> list[dict]:
         """Remove a network; with force, disconnect its containers first (and remove the
-        intents left malformed). Returns those."""
+        intents left malformed), then, without the lock, tell the extensions that marked it
+        (released: their markers are gone by then). Returns those."""
+        told = []
         with self.network_lock(name):
             network = self.get(name)
             _, failed = self.repair(network)  # a half-done attach is undone, not left behind
@@ -255,6 +257,8 @@ class Networks:
                 module = extensions.load(self.store, name, extension)
                 if hasattr(module, "network_deleted"):
                     module.network_deleted(self.ctx, name)
+                if hasattr(module, "released"):
+                    told.append(module)
                 extensions.unmark(self.store, name, extension)
             with contextlib.suppress(FileNotFoundError):  # a cache: before the record goes
                 os.unlink(self.listing_cache(name))
@@ -265,6 +269,10 @@ class Networks:
                     self.store.remove(path)
             self.remove_leftovers(network)
         self.store.drop_lock("network", name)
+        for module in told:
+            for attachment in attached.records:
+                if attachment.get("result") is not None:
+                    module.released(self.ctx, as_attachment(attachment))
         return attached.records
 
     def network_lock(self, name: str):
