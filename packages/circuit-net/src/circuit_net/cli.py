@@ -5,10 +5,11 @@ Usage:
   circuit-net create NAME [--subnet CIDR]... [--ipv6] [--gateway IP] [--driver DRIVER]
                      [--bridge IF] [--parent IF] [--mtu N] [--internal] [--no-masquerade]
                      [--label KV]... [--overlay KIND [--vni N] [--host-subnet-size N]]
-                     [--dns | --no-dns]
+                     [--dns | --no-dns] [--isolate MODE]
   circuit-net spec [NAME (--subnet CIDR)... [--gateway IP] [--driver DRIVER] [--bridge IF]
                    [--parent IF] [--mtu N] [--internal] [--no-masquerade] [--label KV]...
-                   [--overlay KIND [--vni N] [--host-subnet-size N]] [--dns | --no-dns]]
+                   [--overlay KIND [--vni N] [--host-subnet-size N]] [--dns | --no-dns]
+                   [--isolate MODE]]
   circuit-net list [--format FMT] [-q] [--running]
   circuit-net inspect NAME [--format FMT]
   circuit-net connect TARGET NETWORK [--ifname IF] [--ip IP]... [--mac MAC] [--args ARGS]
@@ -72,6 +73,10 @@ Options:
   --dns            containers find each other by name (circuit-dns; the default for bridge
                    networks that are neither --internal nor --overlay, docs/dns.md)
   --no-dns         no DNS server for the network
+  --isolate MODE   none, normal or strict [default: none]: normal cuts the network's
+                   containers off from every other isolated network's (both ways), strict
+                   from every other circuit network's; published ports and LB VIPs still
+                   reach them (table inet circuit_isolation, as netavark's isolate)
 
 Examples:
   circuit network create sandbox --subnet 10.100.10.0/24 --subnet fd00:100:10::/64
@@ -201,7 +206,8 @@ def flags(name: str, a: dict):
     subnets = a["--subnet"] or ([] if a["create"] else ["10.100.10.0/24"])
     wanted = Flags(name, subnets, a["--gateway"], a["--driver"], a["--bridge"], a["--parent"],
                    a["--mtu"], a["--internal"], not a["--no-masquerade"], a["--label"],
-                   a["--overlay"], a["--vni"], a["--host-subnet-size"], dns, a["--ipv6"])
+                   a["--overlay"], a["--vni"], a["--host-subnet-size"], dns, a["--ipv6"],
+                   a["--isolate"])
     if wanted.dns and extensions.provided("dns") is None:
         if dns:
             raise NotFound("--dns needs circuit-dns, which is not installed: install it, or "

@@ -3,7 +3,7 @@ kernel features and iptables commands the stored networks need, and runc for run
 
 from circuit_common import machine
 from circuit_common.doctor import Check, kernel_check, program_check
-from circuit_common.errors import NotFound
+from circuit_common.errors import Conflict, NotFound
 
 GET_PLUGINS = ("apt-get install containernetworking-plugins, or point cni_path / CNI_PATH / "
                "--cni-path at the plugins")
@@ -29,7 +29,7 @@ def checks(ctx, facts: dict) -> list[Check]:
                         0 if found else NotFound.exit_code)
     return [plugins,
             kernel_check("networks", facts["kernel"], ["bridge", "veth"], bool(wanted)),
-            iptables_check(networks),
+            iptables_check(networks), isolation_check([n["config"] for n in networks]),
             program_check("runc ids", "runc", facts["runc"], "apt-get install runc", False)]
 
 
@@ -53,3 +53,25 @@ def iptables_check(networks: list[dict]) -> Check:
                      "run it)", NotFound.exit_code)
     return Check("iptables", True, in_use, ", ".join(
         f"{name} {version['version']}" for name, version in found.items()), "", 0)
+
+
+def isolation_check(netconfs: list[dict]) -> Check:
+    """Table inet circuit_isolation as the isolated networks need it (in use when one is)."""
+    from circuit_common.errors import CircuitError
+
+    from . import isolation
+
+    used = any(isolation.mode(n) != "none" for n in netconfs)
+    if not used and machine.tool_version("nft", "--version") is None:
+        return Check("isolation", True, False, "no isolated network", "", 0)
+    try:
+        problem = isolation.drift(netconfs)
+    except CircuitError as e:
+        return Check("isolation", False, used, str(e), "apt-get install nftables; run as root",
+                     e.exit_code)
+    if problem:
+        return Check("isolation", False, used, problem, "circuit restore rebuilds it",
+                     Conflict.exit_code)
+    count = sum(isolation.mode(n) != "none" for n in netconfs)
+    return Check("isolation", True, used, f"table inet circuit_isolation matches {count} "
+                 "isolated network(s)" if used else "no isolated network", "", 0)

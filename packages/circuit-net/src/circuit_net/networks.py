@@ -216,8 +216,19 @@ class Networks:
                   "created": now(), "bridges": new_bridges(netconf)}
         if overlay:
             record["overlay"] = self.store.place_overlay(overlay, others)
+        self.isolate(netconf, [netconf])  # refused by nft: nothing stored
         self.store.write(path, record)
         return record, True
+
+    def isolate(self, changed: dict, coming: list[dict] = ()) -> None:
+        """Rebuild table inet circuit_isolation for the stored networks and those coming, when
+        network changed (coming or gone) or a stored one is isolated (or the table is to go)."""
+        from . import isolation
+
+        netconfs = [n["config"] for n in self.all().records
+                    if n["name"] != changed["name"]] + list(coming)
+        if any(isolation.mode(n) != "none" for n in [changed, *netconfs]):
+            isolation.sync(netconfs)
 
     def check_plugins(self, netconf: dict) -> None:
         """Every plugin of the chain exists and supports the config's cniVersion."""
@@ -264,6 +275,7 @@ class Networks:
                 os.unlink(self.listing_cache(name))
             self.store.remove(self.network_path(name))
             self.store.network_deleted(network)
+            self.isolate(network["config"])
             if malformed:
                 for path in self.store.records(self.store.path("intents", name)):
                     self.store.remove(path)

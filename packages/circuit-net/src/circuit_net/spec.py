@@ -10,6 +10,8 @@ from circuit_common.proc import routes
 from circuit_common.validate import ascii_number, check_ifname, check_name
 
 from . import cni
+from .isolation import KEY as ISOLATE_KEY
+from .isolation import MODES
 
 DRIVERS = ("bridge", "macvlan", "ipvlan", "ptp")
 DEFAULT_ROUTES = {4: "0.0.0.0/0", 6: "::/0"}
@@ -23,7 +25,7 @@ class Flags:
                  parent: str | None = None, mtu: str | None = None, internal: bool = False,
                  masquerade: bool = True, labels: list[str] = (), overlay: str | None = None,
                  vni: str | None = None, host_subnet_size: str | None = None,
-                 dns: bool | None = None, ipv6: bool = False):
+                 dns: bool | None = None, ipv6: bool = False, isolate: str | None = None):
         self.name = check_name(name, "network name")
         self.subnets = [parse_subnet(s) for s in subnets]
         self.ipv6 = ipv6
@@ -47,6 +49,9 @@ class Flags:
         self.check_driver_flags()
         self.check_overlay_flags()
         self.dns = self.check_dns(dns)
+        self.isolate = isolate or "none"
+        if self.isolate not in MODES:
+            raise UsageError(f"unknown --isolate {self.isolate!r}; use {', '.join(MODES)}")
 
     def missing_families(self) -> list[int]:
         """The IP versions of the subnets to pick: IPv4 when no --subnet is given, IPv6 with
@@ -225,6 +230,8 @@ def conflist(flags: Flags, plugins: cni.Plugins, data_dir: str | None = None) ->
     conf: dict = {"cniVersion": version, "name": flags.name, "plugins": chain}
     if flags.labels:
         conf["circuitLabels"] = flags.labels
+    if flags.isolate != "none":
+        conf[ISOLATE_KEY] = flags.isolate
     return conf
 
 
