@@ -54,7 +54,13 @@ def reach(lab) -> dict:
         return containers[a].ping(ip), port_open(containers[a].netns, ip, 80)
 
     with ThreadPoolExecutor(len(probes)) as pool:
-        return dict(zip(probes, pool.map(probe, probes), strict=True))
+        got = dict(zip(probes, pool.map(probe, probes), strict=True))
+    # an allowed probe lost to load (40 at once on 2 cores) is asked again, one at a time; a
+    # refused one never is, so a leak cannot hide
+    for item in [i for i, answer in got.items() if answer != (True, True)
+                 if allowed(i[0], i[1])]:
+        got[item] = probe(item)
+    return got
 
 
 def allowed(a: str, b: str) -> bool:
@@ -103,7 +109,7 @@ def test_doctor_reports_a_missing_table_and_restore_rebuilds_it(lab):
     doctor = host.circuit("doctor", check=False)
     assert "table inet circuit_isolation is missing" in doctor.stdout, doctor.stdout
     host.circuit("restore")
-    assert rules(host) == before and len(before) == 13  # dnat exemption, 12 drops
+    assert rules(host) == before and len(before) == 17  # dnat exemption, 4 pairs x 2 ways x 2
     assert "matches 3 isolated network(s)" in host.circuit("doctor", check=False).stdout
 
 

@@ -1,9 +1,14 @@
 """Table inet circuit_isolation as computed from network configs (no nft run)."""
 
-import pytest
+import json
 
-from circuit_common.errors import UsageError
+import pytest
+from test_networks import NETWORK, nets  # noqa: F401 (a fixture)
+
+from circuit_common import nft
+from circuit_common.errors import InvalidInput, UsageError
 from circuit_net import isolation, spec
+from circuit_net.records import check_network
 
 pytestmark = pytest.mark.unit
 
@@ -15,19 +20,19 @@ def net(name: str, mode: str, *subnets: str) -> dict:
 
 
 def test_normal_blocks_isolated_peers_and_strict_blocks_everyone():
-    nets = [net("a", "normal", "10.1.0.0/24", "fd01::/64"), net("b", "normal", "10.2.0.0/24"),
+    confs = [net("a", "normal", "10.1.0.0/24", "fd01::/64"), net("b", "normal", "10.2.0.0/24"),
             net("c", "none", "10.3.0.0/24"), net("d", "strict", "10.4.0.0/24")]
-    pairs = {(a["name"], b["name"]) for a, b in isolation.blocked_pairs(nets)}
+    pairs = {(a["name"], b["name"]) for a, b in isolation.blocked_pairs(confs)}
     assert pairs == {("a", "b"), ("a", "d"), ("b", "d"), ("c", "d")}
-    comments = [r["comment"] for r in isolation.rules(nets)]
+    comments = [r["comment"] for r in isolation.rules(confs)]
     assert comments == ["a to b", "b to a", "a to d", "d to a", "b to d", "d to b", "c to d",
                         "d to c"]  # IPv6 only where both sides have it: none here
 
 
 def test_both_families_and_the_dnat_exemption_in_one_transaction():
-    nets = [net("a", "normal", "10.1.0.0/24", "fd01::/64"),
+    confs = [net("a", "normal", "10.1.0.0/24", "fd01::/64"),
             net("b", "strict", "10.2.0.0/24", "fd02::/64", "fd03::/64")]
-    cmds = isolation.commands(nets, present=False)
+    cmds = isolation.commands(confs, present=False)
     assert [next(iter(c)) for c in cmds[:4]] == ["add", "delete", "add", "add"]
     rules = [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]
     assert rules[0]["expr"][0]["match"]["right"] == "dnat"
@@ -47,3 +52,62 @@ def test_an_unknown_mode_is_a_usage_error_and_none_stays_out_of_the_config():
     with pytest.raises(UsageError, match="unknown --isolate 'total'"):
         spec.Flags("x", ["10.1.0.0/24"], isolate="total")
     assert spec.Flags("x", ["10.1.0.0/24"], isolate="none").isolate == "none"
+
+
+def test_macvlan_and_ipvlan_are_refused_an_isolate_mode():
+    with pytest.raises(UsageError, match="--isolate is for networks routed through this host"):
+        spec.Flags("x", ["10.1.0.0/24"], driver="macvlan", parent="eth9", isolate="strict")
+    assert spec.Flags("x", ["10.1.0.0/24"], driver="ptp", isolate="normal").isolate == "normal"
+
+
+def test_a_config_file_with_an_unknown_mode_is_refused_and_nothing_is_stored(nets, tmp_path):  # noqa: F811
+    path = tmp_path / "bad.conflist"
+    path.write_text(json.dumps({**NETWORK, "name": "bad", isolation.KEY: "total"}))
+    with pytest.raises(InvalidInput, match="circuitIsolate 'total' is not one of none"):
+        nets.create(str(path))
+    assert [n["name"] for n in nets.all().records] == ["n"]
+    with pytest.raises(ValueError, match="circuitIsolate"):
+        check_network({"name": "n", "config": {**NETWORK, isolation.KEY: 1}}, "n.json")
+
+
+def test_nft_refusing_the_table_stores_no_network(nets, monkeypatch, tmp_path):  # noqa: F811
+    monkeypatch.setattr(isolation, "present", lambda: False)
+
+    def refuse(commands):
+        raise nft.NftRefused("Operation not permitted")
+
+    monkeypatch.setattr(nft, "transaction", refuse)
+    path = tmp_path / "iso.conflist"
+    conf = {**NETWORK, "name": "iso", isolation.KEY: "strict", "plugins": [
+        {"type": "bridge", "ipam": {"type": "host-local", "subnet": "10.2.0.0/24"}}]}
+    path.write_text(json.dumps(conf))
+    monkeypatch.setattr(nets, "check_new", lambda netconf: None)
+    with pytest.raises(nft.NftRefused):
+        nets.create(str(path))
+    assert [n["name"] for n in nets.all().records] == ["n"]
+
+
+def test_deleting_the_last_isolated_network_rebuilds_from_what_is_left(nets, monkeypatch):  # noqa: F811
+    synced = []
+    monkeypatch.setattr(isolation, "sync", lambda netconfs: synced.append(
+        [n["name"] for n in netconfs]))
+    conf = {**NETWORK, "name": "iso", isolation.KEY: "normal"}
+    nets.store.write(nets.network_path("iso"), {"name": "iso", "config": conf,
+                                                "source": "test", "created": "now"})
+    nets.delete("iso")
+    nets.delete("n")  # nothing isolated is left: no rebuild
+    assert synced == [["n"]]
+
+
+def test_drift_names_what_is_missing_and_what_is_extra(monkeypatch):
+    confs = [net("a", "normal", "10.1.0.0/24"), net("b", "normal", "10.2.0.0/24")]
+    listed = [{"table": isolation.TABLE}, {"rule": {"comment": "published ports and LB VIPs"}},
+              {"rule": {"comment": "a to b"}}, {"rule": {"comment": "a to z"}}]
+    monkeypatch.setattr(nft, "objects", lambda *what: listed)
+    assert isolation.drift(confs) == ("table inet circuit_isolation differs: missing b to a; "
+                                     "extra a to z")
+    assert isolation.drift([confs[0]]) == ("table inet circuit_isolation is there, no network "
+                                          "is isolated")
+    monkeypatch.setattr(nft, "objects", lambda *what: [])
+    assert isolation.drift(confs) == "table inet circuit_isolation is missing"
+    assert isolation.drift([]) is None

@@ -11,8 +11,6 @@ from every other circuit network. Traffic within a network, to the host and beyo
 alone. Without isolated networks there is no table. `circuit restore` rebuilds it (entry point
 circuit.extensions: isolation), `circuit doctor` reports how it drifted (circuit_net.doctor)."""
 
-import shutil
-
 from circuit_common import nft
 
 TABLE = {"family": "inet", "name": "circuit_isolation"}
@@ -23,6 +21,12 @@ MODES = ("none", "normal", "strict")
 def mode(netconf: dict) -> str:
     """A network's isolation mode, none when its config names none."""
     return netconf.get(KEY, "none")
+
+
+def check_config(netconf: dict) -> None:
+    """The isolation a config asks for is one circuit knows (ValueError: what is wrong)."""
+    if mode(netconf) not in MODES:
+        raise ValueError(f"{KEY} {netconf[KEY]!r} is not one of {', '.join(MODES)}")
 
 
 def blocked_pairs(netconfs: list[dict]) -> list[tuple[dict, dict]]:
@@ -85,9 +89,11 @@ def present() -> bool:
 
 
 def sync(netconfs: list[dict]) -> None:
-    """Make the table match the stored networks' configs (nothing asked of nft when none is
-    isolated and nft is not installed)."""
-    if not any(mode(n) != "none" for n in netconfs) and shutil.which("nft") is None:
+    """Make the table match the stored networks' configs (nothing asked of nft when nothing is
+    to be blocked and nft is not installed: then there is no table either)."""
+    import shutil  # off the hook's path: it checks each record with check_config
+
+    if not rules(netconfs) and shutil.which("nft") is None:
         return
     nft.transaction(commands(netconfs, present()))
 

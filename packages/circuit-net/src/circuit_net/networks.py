@@ -140,7 +140,13 @@ class Networks:
         """Store a validated network from a .conf/.conflist, refused as one from flags is when
         a subnet overlaps; an identical re-create is a no-op. The record, and whether it is
         new."""
+        from .isolation import check_config
+
         netconf = cni.load_netconf(read_small_file(source, "network config"), source, name)
+        try:
+            check_config(netconf)
+        except ValueError as e:
+            raise InvalidInput(f"{source}: {e}") from None
         return self.define(netconf, str(source), check_overlap=True)
 
     def create_from_flags(self, flags) -> tuple[dict, bool]:
@@ -220,15 +226,21 @@ class Networks:
         self.store.write(path, record)
         return record, True
 
-    def isolate(self, changed: dict, coming: list[dict] = ()) -> None:
+    def isolate(self, changed: dict, coming: list[dict] = (), lock: bool = False) -> None:
         """Rebuild table inet circuit_isolation for the stored networks and those coming, when
-        network changed (coming or gone) or a stored one is isolated (or the table is to go)."""
+        network changed (coming or gone) or a stored one is isolated (or the table is to go).
+        Under the store's lock_all (the caller's, or taken here with lock), so the networks
+        read are those the table gets: two deletes at once leave neither one's rules."""
         from . import isolation
 
-        netconfs = [n["config"] for n in self.all().records
+        def netconfs():
+            return [n["config"] for n in self.all().records
                     if n["name"] != changed["name"]] + list(coming)
-        if any(isolation.mode(n) != "none" for n in [changed, *netconfs]):
-            isolation.sync(netconfs)
+
+        if not any(isolation.mode(n) != "none" for n in [changed, *netconfs()]):
+            return
+        with self.store.lock_all() if lock else contextlib.nullcontext():
+            isolation.sync(netconfs())
 
     def check_plugins(self, netconf: dict) -> None:
         """Every plugin of the chain exists and supports the config's cniVersion."""
@@ -275,11 +287,11 @@ class Networks:
                 os.unlink(self.listing_cache(name))
             self.store.remove(self.network_path(name))
             self.store.network_deleted(network)
-            self.isolate(network["config"])
             if malformed:
                 for path in self.store.records(self.store.path("intents", name)):
                     self.store.remove(path)
             self.remove_leftovers(network)
+        self.isolate(network["config"], lock=True)
         self.store.drop_lock("network", name)
         for module in told:
             for attachment in attached.records:

@@ -12,7 +12,7 @@ import os
 from circuit_common.validate import DNS_NAME_RE, NAME_RE
 
 from . import cni
-from .isolation import KEY as ISOLATE_KEY
+from .isolation import check_config as check_isolation
 
 
 def check_network(record: dict, path: str) -> None:
@@ -21,8 +21,7 @@ def check_network(record: dict, path: str) -> None:
     if not isinstance(record.get("name"), str) or not isinstance(record.get("config"), dict):
         raise ValueError("it needs a 'name' and a 'config' object")
     cni.check_netconf(record["config"])
-    if record["config"].get(ISOLATE_KEY, "normal") not in ("normal", "strict"):
-        raise ValueError(f"its {ISOLATE_KEY} must be normal or strict")
+    check_isolation(record["config"])
     if record["config"]["name"] != record["name"]:
         raise ValueError("its config names another network")
     if os.path.basename(path) != f"{record['name']}.json":

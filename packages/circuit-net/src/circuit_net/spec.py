@@ -52,6 +52,9 @@ class Flags:
         self.isolate = isolate or "none"
         if self.isolate not in MODES:
             raise UsageError(f"unknown --isolate {self.isolate!r}; use {', '.join(MODES)}")
+        if self.isolate != "none" and self.driver in ("macvlan", "ipvlan"):
+            raise UsageError(f"--isolate is for networks routed through this host (--driver "
+                             f"bridge or ptp); {self.driver} traffic leaves by --parent")
 
     def missing_families(self) -> list[int]:
         """The IP versions of the subnets to pick: IPv4 when no --subnet is given, IPv6 with
