@@ -6,9 +6,10 @@ import pytest
 from test_networks import NETWORK, nets  # noqa: F401 (a fixture)
 
 from circuit_common import nft
-from circuit_common.errors import InvalidInput, UsageError
+from circuit_common.errors import InvalidInput, PluginError, UsageError
 from circuit_net import isolation, spec
 from circuit_net.records import check_network
+from circuit_netlink import NLM_F_ACK, attributes, rtnl
 
 pytestmark = pytest.mark.unit
 
@@ -111,3 +112,46 @@ def test_drift_names_what_is_missing_and_what_is_extra(monkeypatch):
     monkeypatch.setattr(nft, "objects", lambda *what: [])
     assert isolation.drift(confs) == "table inet circuit_isolation is missing"
     assert isolation.drift([]) is None
+
+
+def test_no_icc_drops_within_the_network_in_name_order_however_read():
+    confs = [{**net("q", "none", "10.5.0.0/24", "fd05::/64"), isolation.NO_ICC_KEY: True},
+             net("o", "none", "10.6.0.0/24"), net("a", "strict", "10.7.0.0/24")]
+    comments = [r["comment"] for r in isolation.rules(confs)]
+    assert comments == ["a to o", "o to a", "a to q", "q to a", "q within", "q within"]
+    assert comments == [r["comment"] for r in isolation.rules(confs[::-1])]
+    six = isolation.rules(confs)[-1]["expr"]
+    fd05 = {"prefix": {"addr": "fd05::", "len": 64}}
+    assert [m["match"]["right"] for m in six[:2]] == [fd05, fd05]
+    assert isolation.isolated(confs[0]) and not isolation.isolated(confs[1])
+
+
+def test_no_icc_is_refused_where_its_traffic_passes_elsewhere_and_kept_in_the_config():
+    for flags in ({"driver": "macvlan", "parent": "eth9"}, {"overlay": "vxlan"}):
+        with pytest.raises(UsageError, match="--no-icc is for --driver bridge or ptp"):
+            spec.Flags("x", ["10.1.0.0/16"], icc=False, **flags)
+    assert not spec.Flags("x", ["10.1.0.0/24"], icc=False).icc
+    with pytest.raises(ValueError, match="circuitNoIcc must be true, or left out"):
+        isolation.check_config({isolation.NO_ICC_KEY: "yes"})
+
+
+def test_a_bridge_result_without_a_host_side_port_cannot_be_isolated():
+    conf = {**net("q", "none", "10.5.0.0/24"), isolation.NO_ICC_KEY: True}
+    with pytest.raises(PluginError, match="names no host-side port to isolate"):
+        isolation.isolate_ports(conf, {"interfaces": [{"name": "eth0", "sandbox": "/x"}]})
+
+
+def test_isolate_port_is_one_af_bridge_setlink_with_protinfo_isolated():
+    sent = []
+
+    class Batch:
+        def query_bytes(self, kind, body, flags=0):
+            sent.append((kind, body, flags))
+            return []
+
+    rtnl.isolate_port(Batch(), 7)
+    (kind, body, flags), = sent
+    assert kind == rtnl.RTM_SETLINK and flags == NLM_F_ACK
+    assert body[0] == rtnl.AF_BRIDGE and rtnl.IFINFOMSG.unpack_from(body)[2] == 7
+    protinfo = attributes(body, rtnl.IFINFOMSG.size)[rtnl.IFLA_PROTINFO]
+    assert attributes(protinfo) == {rtnl.IFLA_BRPORT_ISOLATED: b"\1"}

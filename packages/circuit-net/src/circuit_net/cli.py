@@ -5,11 +5,11 @@ Usage:
   circuit-net create NAME [--subnet CIDR]... [--ipv6] [--gateway IP] [--driver DRIVER]
                      [--bridge IF] [--parent IF] [--mtu N] [--internal] [--no-masquerade]
                      [--label KV]... [--overlay KIND [--vni N] [--host-subnet-size N]]
-                     [--dns | --no-dns] [--isolate MODE]
+                     [--dns | --no-dns] [--isolate MODE] [--no-icc]
   circuit-net spec [NAME (--subnet CIDR)... [--gateway IP] [--driver DRIVER] [--bridge IF]
                    [--parent IF] [--mtu N] [--internal] [--no-masquerade] [--label KV]...
                    [--overlay KIND [--vni N] [--host-subnet-size N]] [--dns | --no-dns]
-                   [--isolate MODE]]
+                   [--isolate MODE] [--no-icc]]
   circuit-net list [--format FMT] [-q] [--running]
   circuit-net inspect NAME [--format FMT]
   circuit-net connect TARGET NETWORK [--ifname IF] [--ip IP]... [--mac MAC] [--args ARGS]
@@ -77,6 +77,9 @@ Options:
                    containers off from every other isolated network's (both ways), strict
                    from every other circuit network's; published ports and LB VIPs still
                    reach them (table inet circuit_isolation, as netavark's isolate)
+  --no-icc         the network's containers do not reach each other (as Docker's
+                   icc=false: bridge ports isolated, and same-subnet drops in table inet
+                   circuit_isolation); they reach the gateway, published ports and LB VIPs
 
 Examples:
   circuit network create sandbox --subnet 10.100.10.0/24 --subnet fd00:100:10::/64
@@ -207,7 +210,7 @@ def flags(name: str, a: dict):
     wanted = Flags(name, subnets, a["--gateway"], a["--driver"], a["--bridge"], a["--parent"],
                    a["--mtu"], a["--internal"], not a["--no-masquerade"], a["--label"],
                    a["--overlay"], a["--vni"], a["--host-subnet-size"], dns, a["--ipv6"],
-                   a["--isolate"])
+                   a["--isolate"], not a["--no-icc"])
     if wanted.dns and extensions.provided("dns") is None:
         if dns:
             raise NotFound("--dns needs circuit-dns, which is not installed: install it, or "

@@ -61,7 +61,7 @@ def isolation_check(netconfs: list[dict]) -> Check:
 
     from . import isolation
 
-    used = any(isolation.mode(n) != "none" for n in netconfs)
+    used = any(isolation.isolated(n) for n in netconfs)
     if not used and machine.tool_version("nft", "--version") is None:
         return Check("isolation", True, False, "no isolated network", "", 0)
     try:
@@ -72,6 +72,6 @@ def isolation_check(netconfs: list[dict]) -> Check:
     if problem:
         return Check("isolation", False, used, problem, "circuit restore rebuilds it",
                      Conflict.exit_code)
-    count = sum(isolation.mode(n) != "none" for n in netconfs)
+    count = sum(isolation.isolated(n) for n in netconfs)
     return Check("isolation", True, used, f"table inet circuit_isolation matches {count} "
                  "isolated network(s)" if used else "no isolated network", "", 0)

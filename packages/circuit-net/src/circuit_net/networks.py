@@ -30,6 +30,7 @@ from circuit_common.validate import check_ifname, check_name
 
 from . import cni, runtime
 from .intents import Journal, owner_alive
+from .isolation import isolate_ports, no_icc
 from .records import check_attachment, check_intent, check_network, container_name
 from .target import Target
 
@@ -237,7 +238,7 @@ class Networks:
             return [n["config"] for n in self.all().records
                     if n["name"] != changed["name"]] + list(coming)
 
-        if not any(isolation.mode(n) != "none" for n in [changed, *netconfs()]):
+        if not any(isolation.isolated(n) for n in [changed, *netconfs()]):
             return
         with self.store.lock_all() if lock else contextlib.nullcontext():
             isolation.sync(netconfs())
@@ -514,6 +515,8 @@ class Networks:
         name = network["name"]
         try:
             record["result"] = cni.add_chain(self.plugins, network["config"], rt)
+            if no_icc(network["config"]):
+                isolate_ports(network["config"], record["result"])
             missing = unassigned(ips, cni.result_ips(record["result"]))
             if missing:
                 raise InvalidInput(f"network {name} did not assign the requested IP "

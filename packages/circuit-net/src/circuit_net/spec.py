@@ -11,7 +11,7 @@ from circuit_common.validate import ascii_number, check_ifname, check_name
 
 from . import cni
 from .isolation import KEY as ISOLATE_KEY
-from .isolation import MODES
+from .isolation import MODES, NO_ICC_KEY
 
 DRIVERS = ("bridge", "macvlan", "ipvlan", "ptp")
 DEFAULT_ROUTES = {4: "0.0.0.0/0", 6: "::/0"}
@@ -25,7 +25,8 @@ class Flags:
                  parent: str | None = None, mtu: str | None = None, internal: bool = False,
                  masquerade: bool = True, labels: list[str] = (), overlay: str | None = None,
                  vni: str | None = None, host_subnet_size: str | None = None,
-                 dns: bool | None = None, ipv6: bool = False, isolate: str | None = None):
+                 dns: bool | None = None, ipv6: bool = False, isolate: str | None = None,
+                 icc: bool = True):
         self.name = check_name(name, "network name")
         self.subnets = [parse_subnet(s) for s in subnets]
         self.ipv6 = ipv6
@@ -55,6 +56,11 @@ class Flags:
         if self.isolate != "none" and self.driver in ("macvlan", "ipvlan"):
             raise UsageError(f"--isolate is for networks routed through this host (--driver "
                              f"bridge or ptp); {self.driver} traffic leaves by --parent")
+        self.icc = icc
+        if not icc and (self.driver in ("macvlan", "ipvlan") or self.overlay):
+            raise UsageError("--no-icc is for --driver bridge or ptp networks of this host "
+                             "(not macvlan, ipvlan or an --overlay, whose traffic passes "
+                             "elsewhere)")
 
     def missing_families(self) -> list[int]:
         """The IP versions of the subnets to pick: IPv4 when no --subnet is given, IPv6 with
@@ -235,6 +241,8 @@ def conflist(flags: Flags, plugins: cni.Plugins, data_dir: str | None = None) ->
         conf["circuitLabels"] = flags.labels
     if flags.isolate != "none":
         conf[ISOLATE_KEY] = flags.isolate
+    if not flags.icc:
+        conf[NO_ICC_KEY] = True
     return conf
 
 

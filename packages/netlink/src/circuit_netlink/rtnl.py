@@ -1,6 +1,7 @@
 """The rtnetlink link and address messages circuit spells without pyroute2: link dumps and
-gets, deleting a link, setting one up, address dumps. What circuit-net needs (a bridge removed
-when nothing is plugged into it) and the overlay's lookups; sent through a Batch."""
+gets, deleting a link, setting one up, isolating a bridge port, address dumps. What circuit-net
+needs (a bridge removed when nothing is plugged into it, --no-icc's ports) and the overlay's
+lookups; sent through a Batch."""
 
 import _socket
 import errno
@@ -9,9 +10,11 @@ from collections import namedtuple
 
 from . import NLM_F_ACK, NLM_F_DUMP, Batch, NetlinkError, attribute, attributes
 
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_GETADDR = 22
-IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 3, 4, 10, 18
+IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_PROTINFO, IFLA_LINKINFO = 3, 4, 10, 12, 18
+IFLA_BRPORT_ISOLATED = 33
+AF_BRIDGE, NLA_F_NESTED = 7, 0x8000
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFA_ADDRESS = 1
 IFF_UP = 0x1
@@ -69,6 +72,14 @@ def delete_link(batch: Batch, name: str | None = None, index: int = 0) -> bool:
 def add_set_up(batch: Batch, index: int) -> None:
     """Queue setting link index up."""
     batch.add_request(RTM_NEWLINK, IFINFOMSG.pack(_socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP))
+
+
+def isolate_port(batch: Batch, index: int) -> None:
+    """Make bridge port index isolated now (IFLA_BRPORT_ISOLATED, Linux 4.18): the bridge
+    forwards nothing between it and another isolated port. NetlinkError when refused."""
+    body = IFINFOMSG.pack(AF_BRIDGE, 0, index, 0, 0) + attribute(
+        IFLA_PROTINFO | NLA_F_NESTED, attribute(IFLA_BRPORT_ISOLATED, b"\1"))
+    batch.query_bytes(RTM_SETLINK, body, NLM_F_ACK)
 
 
 def addresses(batch: Batch, family: int) -> list[tuple[int, str]]:
