@@ -24,7 +24,7 @@ Options:
   --textfile DIR      write DIR/circuit.prom (a temp file renamed over it), print nothing
   --listen ADDR:PORT  serve GET /metrics until stopped (127.0.0.1:9464, [::1]:9464, :9464)
   --once              one table, not a live view (no terminal needed)
-  --format FMT        table or json, with --once [default: table]
+  --format FMT        table or json [default: table] (with --once)
   --interval SEC      seconds between refreshes, and what --once measures over [default: 1]
 
 Examples:

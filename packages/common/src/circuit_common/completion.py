@@ -72,11 +72,14 @@ class Completer:
     """Candidates for the last word of a command line, from the usage texts.
 
     doc: the dispatcher's usage; groups: command words → the tool module that handles them
-    (as bin/circuit dispatches), e.g. ("network", "qos") → "circuit_qos.cli"."""
+    (as bin/circuit dispatches), e.g. ("network", "qos") → "circuit_qos.cli"; aliases: a
+    command word → the words it stands for, e.g. "top" → ("metrics", "top")."""
 
-    def __init__(self, doc: str, groups: dict[tuple[str, ...], str]):
+    def __init__(self, doc: str, groups: dict[tuple[str, ...], str],
+                 aliases: dict[str, tuple[str, ...]] | None = None):
         self.doc = doc
         self.groups = groups
+        self.aliases = aliases or {}
         self.global_options = parse_options(GLOBAL_HELP)
 
     def tool_doc(self, module: str) -> str:
@@ -88,6 +91,8 @@ class Completer:
         if typed and typed[-1] in value_options:
             return _for_placeholder(value_options[typed[-1]].value, {}, None)
         options, positional = split_global_options_leniently(typed, value_options)
+        if prog == "circuit":
+            positional = self.expand(positional)
         doc, positional, extra = self.doc_for(prog, positional)
         usage = Usage(doc)
         tool = usage.prog if usage.prog != "circuit" else None
@@ -114,6 +119,13 @@ class Completer:
         if FILES in found or DIRS in found:
             return [FILES if FILES in found else DIRS]
         return _matching(sorted(set(found)), cur)
+
+    def expand(self, positional: list[str]) -> list[str]:
+        """The words with the command word replaced by what it is an alias of."""
+        for i, word in enumerate(positional):
+            if not word.startswith("-"):
+                return [*positional[:i], *self.aliases.get(word, (word,)), *positional[i + 1:]]
+        return positional
 
     def doc_for(self, prog: str, positional: list[str]) -> tuple[str, list[str], list[str]]:
         """The usage text that governs the words, the words it sees, and sub-groups' words."""
@@ -204,11 +216,12 @@ def _matching(candidates: list[str], cur: str) -> list[str]:
     return [c for c in candidates if c.startswith(cur)]
 
 
-def main(argv: list[str], doc: str, groups: dict[tuple[str, ...], str]) -> int:
+def main(argv: list[str], doc: str, groups: dict[tuple[str, ...], str],
+         aliases: dict[str, tuple[str, ...]] | None = None) -> int:
     """`circuit completion bash|zsh`, and the scripts' `circuit completion words -- WORD...`."""
     def handle(rest: list[str], ctx: Context) -> int:
         if rest[:2] == ["words", "--"] and len(rest) > 2:
-            emit_names(Completer(doc, groups).candidates(rest[2:]))
+            emit_names(Completer(doc, groups, aliases).candidates(rest[2:]))
         elif len(rest) == 1:
             emit(script(rest[0], ["circuit", *map(tool_name, dict.fromkeys(groups.values()))]))
         else:

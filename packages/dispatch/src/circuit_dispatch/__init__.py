@@ -39,6 +39,7 @@ GROUPS = {
     ("dns",): "circuit_dns.cli",
     ("metrics",): "circuit_metrics.cli",
 }
+ALIASES = {"top": ("metrics", "top")}  # `circuit top …` is `circuit metrics top …` (completion too)
 
 
 def positional_indexes(argv: list[str]) -> list[int]:
@@ -108,15 +109,16 @@ def main(argv: list[str], in_fork_server: bool = False) -> int:
     rest = [a for i, a in enumerate(argv) if i != words[0]]
     if first in ("version", "doctor"):
         return tool_main("circuit_common.doctor")(argv)
-    if first == "top":
-        return tool_main("circuit_metrics.cli")(["top", *rest])
+    if first in ALIASES:
+        group, *words_ = ALIASES[first]
+        return tool_main(GROUPS[group,])([*words_, *rest])
     if first == "help":
         print(__doc__.strip())
         return 0
     if first == "completion":
         from circuit_common import completion
 
-        return completion.main(rest, __doc__, GROUPS)
+        return completion.main(rest, __doc__, GROUPS, ALIASES)
     if first == "manpages":
         from importlib import import_module
 
