@@ -50,10 +50,12 @@ def test_qos_lb_and_dns_register_and_load_with_their_parts_of_the_lifecycle():
     the hooks circuit-net, restore and the cluster's resync call: if qos, lb or dns vanished,
     or its module no longer loaded, this fails."""
     modules = dict(extensions.registered())
-    assert sorted(modules) == ["dns", "lb", "qos"]
+    assert sorted(modules) == ["dns", "isolation", "lb", "qos"]
     assert {name: m.__name__ for name, m in modules.items()} == {
-        name: f"circuit_{name}.extension" for name in modules}
+        name: "circuit_net.isolation" if name == "isolation" else f"circuit_{name}.extension"
+        for name in modules}
     hooks = {"qos": ("attached", "detached", "network_deleted", "restore", "resync"),
+             "isolation": ("restore",),
              "lb": ("restore", "resync"),
              "dns": ("attached", "detached", "network_created", "network_deleted",
                      "bundle_mounts", "restore")}

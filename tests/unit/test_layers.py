@@ -69,7 +69,7 @@ PACKAGE_LAYERS = [
     {"circuit-dispatch"},
 ]
 DIAGRAM_GROUPS = {  # group: the tools that fill it, as the diagram names them
-    "circuit.extensions": {"circuit-qos", "circuit-lb", "circuit-dns"},
+    "circuit.extensions": {"circuit-qos", "circuit-lb", "circuit-dns", "circuit-net"},
     "circuit.state_backends": {"circuit-cluster"},
     "circuit.doctor": {"circuit-net", "circuit-qos", "circuit-lb", "circuit-cluster"},
     "circuit.record_checks": {"circuit-net", "circuit-qos", "circuit-lb", "circuit-common"},
