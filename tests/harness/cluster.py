@@ -23,10 +23,11 @@ process of its own.
 
 Scope: everything is function-scoped: `lab` (and `cluster`, the same object seen as the
 cluster a test uses) builds the switch, the hosts and a fresh 3-member etcd per test and removes
-them on every path. The members' data dirs are on a tmpfs (/dev/shm, removed with the lab; the
-logs stay in the lab's temp dir): on disk, syncing a fresh member's WAL took 1-2 s of a lab's
-2.4 s here. Building a lab takes ≈ 0.4 s (etcd elects its first leader once its peers are
-connected), removing it ≈ 0.15 s; sharing one etcd between tests (and
+them on every path. The members start one after another, each once the one before serves its
+peers (started together, a member asking a peer that listened but did not serve yet waited
+etcd's 1 s bootstrap timeout for it: most of a lab's 2.4 s). Their data dirs are on a tmpfs
+(/dev/shm, removed with the lab; the logs stay in the lab's temp dir). Removing a lab takes
+≈ 0.15 s; sharing one etcd between tests (and
 hosts whose netns keep the previous test's bridges, VXLAN links and rules) would save little and
 could leak one test's kernel state into the next. Each lab still has its own etcd key prefix
 (`/ctest-<tag>`) and initial-cluster token.
@@ -173,6 +174,20 @@ class Member:
             self.popen = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=log, env=_clean_env())
 
+    def wait_serving_peers(self) -> None:
+        """Wait until this member serves its peer URL (its log says so). A fresh member first
+        asks every peer whether it was bootstrapped already; a peer that listens but does not
+        serve yet holds that question for etcd's bootstrap timeout (1 s): members started
+        together waited 1 s for each peer (2.4 s a lab), started in turn none does."""
+        deadline = time.monotonic() + HEALTHY_WITHIN
+        while b'"msg":"serving peer traffic"' not in self.log.read_bytes():
+            if not self.running:
+                raise AssertionError(f"etcd member {self.name} exited:\n{_tail(self.log)}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"etcd member {self.name} serves no peers within "
+                                     f"{HEALTHY_WITHIN:.0f} s:\n{_tail(self.log)}")
+            time.sleep(0.02)
+
     def stop(self) -> None:
         """SIGTERM by PID, SIGKILL after 3 s if etcd hangs."""
         if self.popen is not None and not _end(self.popen, ETCD_STOP_GRACE):
@@ -310,8 +325,9 @@ class Lab:
                 self.hosts.append(ClusterHost(tmp / f"h{i}", self, i))
             self.members = [Member(self, h) for h in self.hosts]
             self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-            for m in self.members:
+            for m in self.members:  # one after another: see Member.wait_serving_peers
                 m.start("new")
+                m.wait_serving_peers()
             self.wait_healthy()
         except BaseException:
             self.close()
