@@ -94,6 +94,9 @@ def main() -> int:
         server = ForkServer(Path(tmp))
         try:
             conf = one_address_conf(host)
+            # stored before the anchor's bridge plugin leaves cni0 and its route behind, which
+            # the hook's first create of the network would refuse as an overlapping host route
+            host.circuit("network", "create", conf)
             anchor_hooks = script_hooks(Path(tmp) / "anchor-hook", ANCHOR_HOOK.format(conf=conf))
             shaped_hooks = script_hooks(Path(tmp) / "shaped-anchor-hook",
                                         SHAPED_ANCHOR_HOOK.format(conf=conf))
