@@ -55,6 +55,8 @@ def test_round_robin_stats_removal_and_hairpin(host, tmp_path):
         assert counters["packets_in"] >= 40 and counters["packets_out"] >= 30  # ≥ 4 / 3 each
         assert counters["bytes_out"] > counters["bytes_in"] > 0  # answers outweigh the GETs
 
+    assert ["->", f"{ips['gamma']}:80", "masq", "weight", "1", "container", "gamma"] in [
+        line.split() for line in host.circuit("lb", "list", "--details").stdout.splitlines()]
     record = json.loads((host.state / "services" / "web.json").read_text())
     assert [t.get("container", {}).get("name") for t in record["targets"]
             if t["addr"] == ips["gamma"]] == ["gamma"]

@@ -247,13 +247,22 @@ def target_lines(targets: list[dict]) -> list[str]:
     for target in targets:
         addr, port = target["addr"], target["port"]
         where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-        lines.append(f"  -> {where:<22} {target['forward']:<7} weight {target['weight']}")
+        lines.append(f"  -> {where:<22} {target['forward']:<7} weight {target['weight']}"
+                     f"{added_as(target)}")
     return lines
+
+
+def added_as(target: dict) -> str:
+    """"  container NAME" for a target added as CONTAINER:PORT, else nothing."""
+    container = target.get("container")
+    return f"  container {container['name']}" if isinstance(container, dict) \
+        and isinstance(container.get("name"), str) else ""
 
 
 def target_line(target: dict, stats: dict | None, with_stats: bool) -> str:
     where = str(Endpoint(target["addr"], target["port"]))
-    line = f"  -> {where:<22} {target['forward']:<7} weight {target['weight']}"
+    line = (f"  -> {where:<22} {target['forward']:<7} weight {target['weight']}"
+            f"{added_as(target)}")
     if with_stats:
         counters = (stats or {}).get("targets", {}).get(where, {})
         line += "  conns {} inpkts {} outpkts {} inbytes {} outbytes {}".format(
