@@ -4,7 +4,6 @@ works, through tokens that expire and that a restart of the members invalidates
 (docs/cluster.md, "TLS and authentication")."""
 
 import json
-import time
 
 from test_cluster import SUBNET, create_overlay
 
@@ -145,7 +144,22 @@ def test_a_user_with_a_password_works_and_stale_tokens_are_taken_again(cluster, 
     h1.start_agent(*argv, env=env)
     mirrored = h1.state / "networks"
     assert wait_for(lambda: (mirrored / "blue.json").exists(), timeout=15), h1.agent_log.read_text()
-    time.sleep(AUTH_TOKEN_TTL * 4)  # two beats or more, each with an expired token
+
+    def last_seen() -> float | None:
+        """When h1 last beat: the lastSeen of its hosts/ record."""
+        value = lab.etcdctl("get", f"{lab.prefix}/hosts/h1", "--print-value-only").stdout
+        return json.loads(value).get("lastSeen")
+
+    def two_beats_more() -> bool:
+        if (at := last_seen()) not in (first, *beats):
+            beats.append(at)
+        return len(beats) >= 2
+
+    # two beats more of the agent (one every TTL/3 = 3.3 s), the second later than a token
+    # lives unused: polled instead of sleeping 4 token lives
+    first, beats = last_seen(), []
+    assert wait_for(two_beats_more, timeout=15, interval=0.2), h1.agent_log.read_text()
+    assert beats[1] - beats[0] > AUTH_TOKEN_TTL, beats
     as_user(h0, "network", "create", "green", "--subnet", "10.231.0.0/16")
     assert wait_for(lambda: (mirrored / "green.json").exists(), timeout=15)
 
