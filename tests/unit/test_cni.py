@@ -199,7 +199,8 @@ def test_missing_plugin(plugins):
 
 
 @pytest.mark.parametrize(("conf", "message"), [
-    ("{", "not valid JSON"),
+    ("{", r"not valid JSON \(.*\): make it a CNI network configuration"),
+    (" \n\t", "is empty: give it a CNI network configuration"),
     ("[]", "must hold a JSON object"),
     ('{"cniVersion": "0.3.0", "type": "bridge"}', "has no 'name'"),
     ('{"cniVersion": "0.2.0", "name": "n", "plugins": [{"type": "bridge"}, {"type": "tuning"}]}',

@@ -47,10 +47,13 @@ def pick_version(conf: dict) -> str:
 
 def load_netconf(data: bytes, source: str, name: str | None = None) -> dict:
     """A validated network config list from .conf or .conflist bytes (a .conf becomes a list)."""
+    what = "a CNI network configuration: one JSON object with cniVersion, name and plugins"
+    if not data.strip():
+        raise InvalidInput(f"{source} is empty: give it {what}")
     try:
         conf = json.loads(data)
     except (ValueError, RecursionError) as e:
-        raise InvalidInput(f"{source} is not valid JSON: {e}") from None
+        raise InvalidInput(f"{source} is not valid JSON ({e}): make it {what}") from None
     if not isinstance(conf, dict):
         raise InvalidInput(f"{source} must hold a JSON object, not {type(conf).__name__}")
     if "plugins" in conf:
