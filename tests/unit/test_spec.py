@@ -108,6 +108,25 @@ def test_overlaps_name_the_other_network_or_the_route(monkeypatch):
         spec.check_overlap(mine, [])
 
 
+def test_the_networks_own_subnet_left_on_its_own_bridge_is_no_overlap(monkeypatch):
+    """A cni0 left by plain CNI's run of the same network (its bridge keeps the route)."""
+    import ipaddress
+
+    mine = {"name": "sandbox", "plugins": [{"type": "bridge", "ipam": {"subnet": "10.1.0.0/24"}}]}
+    left = [(ipaddress.ip_network("10.1.0.0/24"), "cni0")]
+    monkeypatch.setattr(spec, "routes", lambda: left)
+    spec.check_overlap(mine, [])
+    with pytest.raises(Conflict, match=r"the host's route 10.1.0.0/24 \(dev cni0\)"):
+        spec.check_overlap({**mine, "plugins": [{**mine["plugins"][0], "bridge": "br1"}]}, [])
+    monkeypatch.setattr(spec, "routes", lambda: [(ipaddress.ip_network("10.1.0.0/16"), "cni0")])
+    with pytest.raises(Conflict, match=r"the host's route 10.1.0.0/16 \(dev cni0\)"):
+        spec.check_overlap(mine, [])
+    other = {"name": "other", "plugins": [{"type": "bridge", "ipam": {"subnet": "10.1.0.0/24"}}]}
+    monkeypatch.setattr(spec, "routes", lambda: left)
+    with pytest.raises(Conflict, match=r"overlaps 10.1.0.0/24 of network other"):
+        spec.check_overlap(mine, [other])
+
+
 def nets(*texts):
     import ipaddress
 

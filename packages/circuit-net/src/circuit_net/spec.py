@@ -272,24 +272,35 @@ def netconf_subnets(netconf: dict) -> list:
     return found
 
 
-def taken(others: list[dict]) -> list[tuple]:
+def taken(others: list[dict], own: set = frozenset()) -> list[tuple]:
     """What a new network's subnets must not overlap: each other network's subnets and each
-    route of circuit's netns but the default routes, as (subnet, whose: words naming it)."""
+    route of circuit's netns but the default routes and own (route, dev) pairs, as (subnet,
+    whose: words naming it)."""
     found = [(theirs, f"{theirs} of network {other['name']}")
              for other in others for theirs in netconf_subnets(other)]
     found += [(route, f"the host's route {route} (dev {dev})")
-              for route, dev in routes() if route.prefixlen]
+              for route, dev in routes() if route.prefixlen and (route, dev) not in own]
     return found
+
+
+def left_on_own_bridge(netconf: dict, subnets: list) -> set:
+    """The network's own subnets routed on its own bridge (the bridge plugin's, cni0 unless
+    named): what an earlier run of the same network, e.g. by plain CNI, leaves behind; the
+    bridge plugin takes that bridge and address over, so they are no overlap."""
+    bridges = {p.get("bridge") or "cni0" for p in netconf["plugins"]
+               if p.get("type") == "bridge" and isinstance(p.get("bridge", ""), str)}
+    return {(route, dev) for route, dev in routes() if dev in bridges and route in subnets}
 
 
 def check_overlap(netconf: dict, others: list[dict], source: str = "flags") -> None:
     """Refuse subnets that overlap another network's or a route of circuit's netns (the
     default routes aside), naming the other owner and what to change: --subnet, or for a
     network from a file (source: its path) the file's ipam subnet."""
-    held = taken(others)
+    mine = netconf_subnets(netconf)
+    held = taken(others, left_on_own_bridge(netconf, mine))
     remedy = ("choose another --subnet" if source == "flags" else
               f"edit the ipam subnet (or ranges) in {source} to a free one")
-    for subnet in netconf_subnets(netconf):
+    for subnet in mine:
         for theirs, whose in held:
             if subnet.version == theirs.version and subnet.overlaps(theirs):
                 raise Conflict(f"subnet {subnet} overlaps {whose}; {remedy}")
