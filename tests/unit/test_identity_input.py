@@ -252,7 +252,12 @@ def file_conf(**ipam) -> dict:
     ({"subnet": "10.85.0.0/24", "rangeStart": "x"}, "rangeStart 'x' of network f is not an IP"),
     ({"subnet": "10.85.0.0/24", "rangeStart": "10.85.0.200", "rangeEnd": "10.85.0.100"},
      "comes after its rangeEnd 10.85.0.100; swap them"),
-    ({"routes": []}, "the host-local ipam of network f has no subnet")])
+    ({"routes": []}, "the host-local ipam of network f has no subnet"),
+    ({"ranges": [[{"subnet": "10.86.0.0/24", "gateway": "10.86.0.255"}]]},
+     "gateway 10.86.0.255 is the broadcast address of 10.86.0.0/24; choose another"),
+    ({"ranges": [[{"subnet": "fd00::/64", "gateway": "fd00::"}]]},
+     "gateway fd00:: is the network address of fd00::/64; choose another, as fd00::1"),
+    ({"subnet": "fd00:5::/64", "gateway": "fd00:5::"}, "gateway fd00:5:: is the network")])
 def test_a_file_networks_host_local_that_fails_every_connect_is_refused(ipam, why):
     with pytest.raises(InvalidInput, match=re.escape(why)):
         check_usable(file_conf(**ipam), {})

@@ -87,6 +87,8 @@ def test_a_long_name_gets_a_short_bridge():
     ({"subnets": ["10.89.0.0/24"], "labels": ["nolabel"]}, InvalidInput, "bad --label"),
     ({"subnets": [], "gateway": "10.89.0.1"}, UsageError, "--gateway needs the --subnet"),
     ({"subnets": [], "overlay": "vxlan"}, InvalidInput, "takes one IPv4 --subnet"),
+    ({"subnets": ["fd00::/64"], "gateway": "fd00::"}, InvalidInput,
+     "gateway fd00:: is the network address of fd00::/64"),
 ])
 def test_bad_flags_are_refused_in_one_line(kwargs, error, words):
     with pytest.raises(error, match=words):

@@ -386,8 +386,11 @@ def check_subnet(subnet, text: str) -> None:
 
 
 def check_gateway(gateway, subnet) -> None:
-    """Refuse a gateway that is its subnet's network or broadcast address."""
-    if gateway in (subnet.network_address, subnet.broadcast_address) and subnet.version == 4:
+    """Refuse a gateway that is its subnet's network address (IPv6's: the subnet-router
+    anycast address, which the kernel answers on every router) or IPv4's broadcast address."""
+    refused = (subnet.network_address, subnet.broadcast_address) if subnet.version == 4 \
+        else (subnet.network_address,)
+    if gateway in refused:
         which = "network" if gateway == subnet.network_address else "broadcast"
         raise InvalidInput(f"gateway {gateway} is the {which} address of {subnet}; choose "
                            f"another, as {subnet[1]}")
