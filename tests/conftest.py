@@ -1,5 +1,7 @@
-"""Test-wide policy: markers by tier, and in CI a skipped test fails the run. The network
-harness's fixtures (host, runc, rootfs, leak_check) are plugins, available to every tier."""
+"""Test-wide policy: markers by tier, in CI a skipped test fails the run, and no tier may change
+the machine's own network namespace (checked after each module and at the end: harness.hostguard).
+The network harness's fixtures (host, runc, rootfs, leak_check) are plugins, available to every
+tier."""
 
 import os
 
@@ -28,3 +30,34 @@ def pytest_sessionfinish(session, exitstatus):
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped; a skipped test fails CI",
                             red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_netns_session():
+    """Root only (nothing else can change it): the machine's netns at the end is as it was at the
+    start, whatever a session fixture's teardown did."""
+    if os.geteuid() != 0:
+        yield
+        return
+    from harness import hostguard  # after register_assert_rewrite
+
+    before = hostguard.take()
+    yield
+    problem = hostguard.verdict("the session", before, hostguard.take())
+    if problem:
+        pytest.fail(problem, pytrace=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def machine_netns(request, machine_netns_session):
+    """The machine's netns after each test module is as it was before it; the module is named."""
+    if os.geteuid() != 0:
+        yield
+        return
+    from harness import hostguard
+
+    before = hostguard.take()
+    yield
+    problem = hostguard.verdict(request.node.nodeid, before, hostguard.take())
+    if problem:
+        pytest.fail(problem, pytrace=False)

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.netns import CIRCUIT, PREFIX, Host, sh
+from harness.netns import CIRCUIT, PREFIX, Host, add_netns, sh
 
 BRIDGE = "underlay0"
 SUBNET = "10.99.0"
@@ -316,7 +316,7 @@ class Lab:
         self.etcd_data = Path(tempfile.mkdtemp(prefix=f"{PREFIX}etcd-{self.tag}-",
                                                dir=SHM if SHM.is_dir() else tmp))
         try:
-            sh("ip", "netns", "add", self.switch)
+            add_netns(self.switch)
             self._switch_made = True
             sh("ip", "-n", self.switch, "link", "set", "lo", "up")
             sh("ip", "-n", self.switch, "link", "add", BRIDGE, "type", "bridge")
