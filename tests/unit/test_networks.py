@@ -17,7 +17,7 @@ from circuit_common.errors import (
     StateCorrupt,
 )
 from circuit_common.proc import process
-from circuit_net import networks
+from circuit_net import attach
 from circuit_net.networks import Networks
 from circuit_net.target import Target
 
@@ -47,8 +47,8 @@ class HeldExec(FakeExec):
 def nets(tmp_path, monkeypatch):
     """Networks over a temp store with network n, plugins that run nothing, and this test's
     own process standing in for a container in a netns of its own."""
-    monkeypatch.setattr(networks, "check_connectable", lambda target, host_netns=False: None)
-    monkeypatch.setattr(networks, "interfaces", lambda pid: set())
+    monkeypatch.setattr(attach, "check_connectable", lambda target, host_netns=False: None)
+    monkeypatch.setattr(attach, "interfaces", lambda pid: set())
     settings = Settings()
     settings.state_dir, settings.cni_cache_dir = str(tmp_path / "state"), str(tmp_path / "cni")
     nets = Networks(Context(settings))
@@ -234,7 +234,7 @@ def by_pid() -> Target:
 def test_a_pid_and_its_runc_id_are_one_container(nets, monkeypatch, first, second):
     nets.plugins.executor.go.set()
     assert nets.connect("n", first())["ifName"] == "eth0"
-    monkeypatch.setattr(networks, "interfaces", lambda pid: {"lo", "eth0"})
+    monkeypatch.setattr(attach, "interfaces", lambda pid: {"lo", "eth0"})
     before = sorted(os.listdir(nets.attachment_dir("n")))
     with pytest.raises(Conflict, match=rf"already connected to network n as {first().label} "
                                        r"\(eth0\); a PID and its runc id are one container"):

@@ -12,7 +12,8 @@ from circuit_common.cli import Context
 from circuit_common.config import Settings
 from circuit_common.errors import InvalidInput
 from circuit_net import networks
-from circuit_net.networks import Networks, check_connectable
+from circuit_net.attach import check_connectable
+from circuit_net.networks import Networks
 from circuit_net.target import Target, resolve
 
 NETWORK = {"cniVersion": "1.1.0", "name": "n",

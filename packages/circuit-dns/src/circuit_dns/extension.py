@@ -94,7 +94,8 @@ def check_servers(network: dict) -> None:
 def enable(ctx: Context, name: str) -> str:
     """DNS for a network that has none (one from a config file): marked, its files written,
     the names of its running containers stored and answered."""
-    from circuit_net.networks import Networks, as_attachment
+    from circuit_net.networks import Networks
+    from circuit_net.stored import as_attachment
 
     nets = Networks(ctx)
     with ctx.store.lock("network", name):
@@ -130,7 +131,8 @@ def disable(ctx: Context, name: str) -> str:
 def restore(ctx: Context) -> int:
     """Every DNS network's names again from its attachments whose containers run, its
     resolv.conf from the host's; the server started when a name is to be answered."""
-    from circuit_net.networks import Networks, as_attachment
+    from circuit_net.networks import Networks
+    from circuit_net.stored import as_attachment
 
     nets = Networks(ctx)
     restored = []

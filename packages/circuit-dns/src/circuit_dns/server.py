@@ -141,7 +141,7 @@ def read_view(store: Store, previous: View | None = None, exited=()) -> View:
     """The names stored now, of the networks that still exist; of previous's networks those
     whose files are as it read them are kept, but not those in exited (a container of theirs
     has exited: each process is looked at again)."""
-    from circuit_net.networks import check_network
+    from circuit_net.records import check_network
 
     kept = previous.networks if previous is not None else {}
     cluster_view = file_stamp(records.view_path(store))

@@ -72,7 +72,8 @@ from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import InvalidInput, NotFound
 from circuit_common.proc import process
 from circuit_common.validate import check_dns_name, check_name, check_once, check_pid
-from circuit_net.networks import Networks, check_connectable
+from circuit_net.attach import check_connectable
+from circuit_net.networks import Networks
 from circuit_net.runtime import check_declared, parse_publish_list
 from circuit_net.target import Target
 

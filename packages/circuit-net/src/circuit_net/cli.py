@@ -102,8 +102,9 @@ from circuit_common.validate import check_dns_domain, check_dns_name, check_mac
 
 from . import cni, runtime
 from .intents import owner_alive
-from .networks import Networks, attachment_netns
+from .networks import Networks
 from .records import container_name
+from .stored import attachment_netns
 from .target import resolve
 
 
@@ -248,7 +249,7 @@ def describe(attachment: dict, netns: str | None = None) -> dict:
     """An attachment as users see it: who, where, which addresses (netns: its container's,
     when the caller knows it already)."""
     from .cni import result_ips, result_mac
-    from .networks import attachment_netns
+    from .stored import attachment_netns
 
     meta = attachment["circuit"]
     return {"container_id": attachment["containerId"], "pid": meta["pid"],

@@ -4,7 +4,8 @@ network, and each running attachment's traffic as its host-side interface counts
 
 from circuit_common.metrics import COUNTER, GAUGE, Family
 
-from .networks import Networks, as_attachment, bridges
+from .networks import Networks, bridges
+from .stored import as_attachment
 
 LABELS = ("network", "container", "ifname", "direction")
 

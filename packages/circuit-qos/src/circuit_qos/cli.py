@@ -40,7 +40,8 @@ from circuit_common import cli, output
 from circuit_common.config import GLOBAL_HELP
 from circuit_common.errors import Conflict, InvalidInput, StateCorrupt
 from circuit_common.validate import ascii_number, check_ifname
-from circuit_net.networks import Networks, as_attachment
+from circuit_net.networks import Networks
+from circuit_net.stored import as_attachment
 from circuit_net.target import resolve
 
 from . import extension

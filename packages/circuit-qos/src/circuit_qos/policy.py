@@ -16,8 +16,9 @@ from circuit_common import extensions
 from circuit_common.errors import Conflict, InvalidInput, NotFound
 from circuit_common.extensions import Attachment
 from circuit_common.store import Store
-from circuit_net.networks import Networks, as_attachment
+from circuit_net.networks import Networks
 from circuit_net.records import container_name
+from circuit_net.stored import as_attachment
 
 from . import devices, plan
 from .shape import FIELDS
