@@ -21,11 +21,13 @@ def test_a_dual_stack_network_from_flags_carries_traffic(host):
     assert [p["type"] for p in config["plugins"]] == ["bridge", "portmap", "firewall"]
     assert config["cniVersion"] == "1.0.0" and config["circuitLabels"] == {"team": "net"}
     a, b = host.container(), host.container()
-    host.circuit("network", "connect", a.pid, "web")
+    # the bridge declares ips: --ip of each family reaches host-local (runtimeConfig)
+    host.circuit("network", "connect", a.pid, "web", "--ip", "10.100.40.9",
+                 "--ip", "fd00:100:40::9")
     host.circuit("network", "connect", b.pid, "web")
     ip_b = b.addresses()[0]
     assert ip_b.startswith("10.100.40.") and a.ping("10.100.40.1") and a.ping(ip_b)
-    assert a.addresses(version=6)[0].startswith("fd00:100:40::")
+    assert a.addresses() == ["10.100.40.9"] and a.addresses(version=6) == ["fd00:100:40::9"]
     assert wait_for(lambda: a.run("busybox", "ping6", "-c", "1", "-W", "1", "fd00:100:40::1",
                                   check=False).returncode == 0, timeout=10)
     assert "cni-web" in links(host)

@@ -266,3 +266,26 @@ def test_same_container_id_may_ask_for_a_second_interface_by_name(nets):
     with pytest.raises(Conflict, match="already connected"):
         nets.connect("n", me(), ifname="eth0")
     assert nets.connect("n", me(), ifname="eth1")["ifName"] == "eth1"
+
+
+@pytest.mark.parametrize("subnets", [["10.89.0.0/24"], []])
+def test_a_flags_network_stored_before_the_ips_capability_is_created_again_unchanged(
+        nets, monkeypatch, subnets):
+    """Flags networks declare ips now: the record an older circuit stored without it is the
+    same network (exit 0, 'exists, unchanged', kept as it is), given --subnet or picked."""
+    from test_spec import DEBIAN, VersionsOnly
+
+    from circuit_net import spec
+
+    monkeypatch.setattr(spec, "routes", lambda: [])
+    monkeypatch.setattr(spec, "interfaces_here", lambda: {})
+    nets.plugins.executor = VersionsOnly({k: DEBIAN for k in ("bridge", "portmap", "firewall")})
+    conf = spec.conflist(spec.Flags("web", ["10.89.0.0/24"]), nets.plugins, nets.ipam_dir())
+    old = {**conf, "plugins": [{k: v for k, v in conf["plugins"][0].items()
+                                if k != "capabilities"}, *conf["plugins"][1:]]}
+    nets.store.write(nets.network_path("web"), {"name": "web", "config": old,
+                                                "source": "flags", "created": "then"})
+    record, new = nets.create_from_flags(spec.Flags("web", subnets))
+    assert not new and record["config"] == old and record["created"] == "then"
+    with pytest.raises(Conflict, match="exists with a different config"):
+        nets.create_from_flags(spec.Flags("web", subnets, mtu="1400"))

@@ -32,8 +32,8 @@ def test_a_dual_stack_bridge_network():
                                     gateway="10.89.0.254", labels=["a=b"]), PLUGINS, "/d")
     assert conf == {"cniVersion": "1.0.0", "name": "web", "circuitLabels": {"a": "b"},
                     "plugins": [
-        {"type": "bridge", "bridge": "cni-web", "isGateway": True, "ipMasq": True,
-         "hairpinMode": True,
+        {"type": "bridge", "capabilities": {"ips": True}, "bridge": "cni-web",
+         "isGateway": True, "ipMasq": True, "hairpinMode": True,
          "dns": {"nameservers": ["10.89.0.254", "fd00:89::1"], "search": ["web"]}, "ipam": {
              "type": "host-local", "dataDir": "/d",
              "ranges": [[{"subnet": "10.89.0.0/24", "gateway": "10.89.0.254"}],
@@ -42,6 +42,31 @@ def test_a_dual_stack_bridge_network():
         {"type": "portmap", "capabilities": {"portMappings": True}},
         {"type": "firewall"}]}
     cni.check_netconf(conf)
+
+
+def test_every_driver_declares_the_ips_capability_so_each_family_gets_its_ip():
+    """--ip V4 --ip V6 goes to host-local as runtimeConfig "ips" (CNI_ARGS IP holds one)."""
+    from circuit_net import runtime
+
+    for kwargs in ({}, {"driver": "ptp"}, {"driver": "macvlan", "parent": "eth1"}):
+        conf = spec.conflist(spec.Flags("web", ["10.89.0.0/24", "fd00:89::/64"], **kwargs),
+                             PLUGINS)
+        assert conf["plugins"][0]["capabilities"] == {"ips": True}
+        assert runtime.runtime_args(conf, ["10.89.0.7", "fd00:89::7"], None, {}) == (
+            {"ips": ["10.89.0.7", "fd00:89::7"]}, [])
+
+
+def test_a_flags_network_stored_before_the_ips_capability_is_the_same_network():
+    conf = spec.conflist(spec.Flags("web", ["10.89.0.0/24"]), PLUGINS)
+    old = {**conf, "plugins": [{k: v for k, v in conf["plugins"][0].items()
+                                if k != "capabilities"}, *conf["plugins"][1:]]}
+    assert spec.same_network({"source": "flags", "config": old}, conf)
+    assert spec.same_network({"source": "flags", "config": conf}, conf)
+    # from a file, a capability added is another definition; so is any other change
+    assert not spec.same_network({"source": "/etc/cni/web.conflist", "config": old}, conf)
+    other = spec.conflist(spec.Flags("web", ["10.89.0.0/24"], mtu="1400"), PLUGINS)
+    assert not spec.same_network({"source": "flags", "config": old}, other)
+    assert not spec.same_network({"source": "flags", "config": conf}, old)
 
 
 def test_internal_means_no_masquerade_no_gateway_no_route():

@@ -57,7 +57,7 @@ class Networks(Attach):
             others = [n["config"] for n in self.all().records if n["name"] != flags.name]
             flags.subnets += spec.pick_subnets(flags, existing and existing["config"], others)
             netconf = spec.conflist(flags, self.plugins, ipam_dir)
-            if existing is None or existing["config"] != netconf:
+            if existing is None or not spec.same_network(existing, netconf):
                 self.check_new(netconf)
             return self.write_network(netconf, "flags", True, requested)
 
@@ -69,7 +69,8 @@ class Networks(Attach):
         backend's placing of a cluster network (overlay: as requested,
         spec.requested_overlay)."""
         existing = self.store.read(self.network_path(netconf["name"]), check=check_network)
-        if existing is not None and existing["config"] == netconf:
+        if existing is not None and (existing["config"] == netconf
+                                     or same_network(existing, netconf)):
             return existing, False  # every start of a hooked container comes here: keep it cheap
         self.check_new(netconf)
         lock = self.store.lock_all() if check_overlap else self.store.lock("network",
@@ -91,7 +92,7 @@ class Networks(Attach):
         path = self.network_path(netconf["name"])
         existing = self.store.read(path, check=check_network)
         if existing is not None:
-            if existing["config"] != netconf:
+            if not same_network(existing, netconf):
                 raise Conflict(f"network {netconf['name']!r} exists with a different config; "
                                "delete it first or choose another --name")
             return existing, False
@@ -287,3 +288,10 @@ def in_use(name: str, records: list[dict]) -> str:
     also = f" (and {len(exited)} exited: `circuit network gc` releases them)" if exited else ""
     return (f"network {name} is in use by {len(running)} container(s): {', '.join(running)}"
             f"{also}; disconnect them or use --force")
+
+
+def same_network(stored: dict, netconf: dict) -> bool:
+    """spec.same_network, imported only for a config that differs from the stored one."""
+    from .spec import same_network
+
+    return same_network(stored, netconf)

@@ -160,7 +160,8 @@ def cni_args_ip(netconf: dict, ips: list[str]) -> str:
     if len(ips) > 1:
         raise InvalidInput(f"network {netconf['name']} takes one --ip through CNI_ARGS; for "
                            "several, declare the ips capability on its main plugin "
-                           """("capabilities": {"ips": true}, host-local reads it)""")
+                           """("capabilities": {"ips": true}, host-local reads it; a network """
+                           "from flags of an older circuit: delete it and create it again)")
     return ips[0].split("/")[0]
 
 

@@ -204,8 +204,9 @@ def gateways(flags: Flags) -> list:
 
 
 def main_plugin(flags: Flags, data_dir: str | None) -> dict:
-    """The interface plugin of the chain, by driver."""
-    plugin: dict = {"type": flags.driver}
+    """The interface plugin of the chain, by driver; it declares the ips capability, so
+    --ip of each family reaches host-local (runtimeConfig "ips")."""
+    plugin: dict = {"type": flags.driver, "capabilities": dict(IPS_CAPABILITY)}
     if flags.driver == "bridge":
         # a DNS server listens on the gateway address, so an internal network with DNS has one
         plugin.update(bridge=flags.bridge or default_bridge(flags.name),
@@ -224,6 +225,22 @@ def main_plugin(flags: Flags, data_dir: str | None) -> dict:
         plugin["mtu"] = flags.mtu
     plugin["ipam"] = ipam(flags, data_dir)
     return plugin
+
+
+IPS_CAPABILITY = {"ips": True}
+
+
+def same_network(stored: dict, netconf: dict) -> bool:
+    """Whether a stored network record and a config asked for again are one network: the
+    same config, or a network from flags stored before flags declared the ips capability
+    and the config the same flags give now (its main plugin's only difference)."""
+    if stored["config"] == netconf:
+        return True
+    plugins = netconf.get("plugins") or [{}]
+    if stored.get("source") != "flags" or plugins[0].get("capabilities") != IPS_CAPABILITY:
+        return False
+    main = {k: v for k, v in plugins[0].items() if k != "capabilities"}
+    return stored["config"] == {**netconf, "plugins": [main, *plugins[1:]]}
 
 
 def conflist(flags: Flags, plugins: cni.Plugins, data_dir: str | None = None) -> dict:
