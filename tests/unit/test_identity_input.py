@@ -266,3 +266,26 @@ def test_a_file_networks_host_local_that_fails_every_connect_is_refused(ipam, wh
 def test_a_file_networks_range_inside_its_subnet_is_taken():
     check_usable(file_conf(subnet="10.85.0.0/24", rangeStart="10.85.0.10",
                            rangeEnd="10.85.0.20", gateway="10.85.0.1"), {})
+
+
+def test_the_hook_never_releases_another_running_containers_attachment(nets):  # noqa: F811
+    """Two containers under one id (other runc roots or runtimes): the second's start, or the
+    poststop of a stopped one, left the running one without its network."""
+    from circuit_common.proc import Process
+
+    nets.plugins.executor.go.set()
+    nets.connect("n", me())  # id c1, this process: running
+    path = nets.attachment_path("n", "c1", "eth0")
+    other = Process(os.getppid(), start_time(os.getppid()))
+    with pytest.raises(Conflict, match=re.escape(
+            f"container c1 (PID {other.pid}) not attached: eth0 on network n under id c1 "
+            f"belongs to running PID {os.getpid()}, another container under the same id")):
+        nets.detach_container("c1", hook=True, owner=other)
+    with pytest.raises(Conflict, match="container c1 stopped, but eth0 on network n .* left "
+                                       f"attached .`circuit network disconnect {os.getpid()} n`"):
+        nets.detach_container("c1", hook=True)
+    assert nets.store.read(path) is not None
+    assert ("bridge", "DEL") not in nets.plugins.executor.sequence()
+    mine = process(os.getpid())
+    assert [n for n, _ in nets.detach_container("c1", hook=True, owner=mine)] == ["n"]
+    assert nets.store.read(path) is None

@@ -153,7 +153,8 @@ def attach(nets: Networks, state: dict) -> None:
     configs = [nets.get(name)["config"] for name in names]  # all must exist before attaching
     check_declared(configs, caps)  # published ports must reach at least one network
     check_connectable(target)  # before any plugin runs ADD or DEL
-    nets.detach_container(target.container_id)  # a repeated start replaces, never duplicates
+    # a repeated start replaces, never duplicates; another running container's id: refused
+    nets.detach_container(target.container_id, hook=True, owner=proc)
     made = []
     try:
         for name in names:
@@ -184,7 +185,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     if a["attach"] or (not a["detach"] and not stopping):
         attach(nets, state)
     else:
-        nets.detach_container(state["id"])
+        nets.detach_container(state["id"], hook=not a["detach"])
     return 0
 
 

@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from circuit_common import extensions
 from circuit_common.errors import (
     CircuitError,
+    Conflict,
     EnvironmentFault,
     NotFound,
     PluginError,
     StateCorrupt,
 )
+from circuit_common.proc import Process
 
 from . import cni
 from .intents import owner_alive
@@ -63,14 +65,21 @@ class Detach(Stored):
             if stored is not None and stored["circuit"] == record["circuit"]:
                 self._detach(self.get(name), stored, best_effort=True)
 
-    def detach_container(self, container_id: str) -> list[tuple[str, dict]]:
+    def detach_container(self, container_id: str, hook: bool = False,
+                         owner: Process | None = None) -> list[tuple[str, dict]]:
         """Release every attachment of a container id on every network (netns may be gone),
         the DELs without the network's lock (intents cover a crash). Found by file name: the
         cost does not grow with other containers. StateCorrupt after the others when a record
-        could not be read."""
+        could not be read. For the hook (owner: the starting container's process, None at
+        poststop) an attachment whose process still runs and is not owner is another
+        container's under the same id (another runc root or runtime): never released, and
+        Conflict naming it (at a start before anything is released)."""
         released, errors = [], []
         listing = self.all()
         errors.extend(listing.errors)
+        foreign = self.running_elsewhere(container_id, listing.records, owner) if hook else []
+        if foreign and owner is not None:
+            raise running_under_the_same_id(container_id, foreign, owner)
         for network in map(self.here, listing.records):
             name = network["name"]
             prefix = f"{container_id}@"
@@ -88,7 +97,7 @@ class Detach(Stored):
                     except StateCorrupt as e:
                         errors.append(str(e))
                         continue
-                    if attachment is not None:
+                    if attachment is not None and path not in foreign:
                         self.journal.write("del", attachment)
                         mine.append(attachment)
             for attachment in mine:
@@ -101,7 +110,24 @@ class Detach(Stored):
         if errors:
             raise StateCorrupt(f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
                                                  if len(errors) > 1 else ""))
+        if foreign:
+            raise running_under_the_same_id(container_id, foreign)
         return released
+
+    def running_elsewhere(self, container_id: str, networks: list[dict],
+                          owner: Process | None) -> dict[str, tuple[str, dict]]:
+        """The attachments of container_id whose process runs and is not owner, by record
+        path, each with its network's name."""
+        found = {}
+        for name in (n["name"] for n in networks):
+            for path in self.store.records(self.attachment_dir(name), prefix=f"{container_id}@"):
+                with contextlib.suppress(StateCorrupt):  # the release pass reports it
+                    attachment = self.store.read(path, check=check_attachment)
+                    meta = attachment and attachment["circuit"]
+                    proc = meta and Process(meta["pid"], meta["start_time"])
+                    if proc and proc != owner and proc.alive():
+                        found[path] = (name, attachment)
+        return found
 
     def _detach(self, network: dict, attachment: dict, netns: str | None = None,
                 best_effort: bool = False) -> bool:
@@ -249,3 +275,18 @@ def unrepaired(network: str, failed: list[tuple[dict, CircuitError]]) -> Circuit
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
     return kind(f"could not release {attachment['containerId']} {attachment['ifName']} from "
                 f"network {network}: {error}; it is kept, and the next gc tries again{more}")
+
+
+def running_under_the_same_id(container_id: str, foreign: dict,
+                              owner: Process | None = None) -> Conflict:
+    """The hook's refusal to release another running container's attachments."""
+    name, attachment = next(iter(foreign.values()))
+    pid, ifname = attachment["circuit"]["pid"], attachment["ifName"]
+    whose = (f"{ifname} on network {name} under id {container_id} belongs to running PID "
+             f"{pid}, another container under the same id")
+    if owner is not None:
+        return Conflict(f"container {container_id} (PID {owner.pid}) not attached: {whose}; "
+                        "give containers ids unique across runc roots and runtimes, or "
+                        f"`circuit network disconnect {pid} {name}` first")
+    return Conflict(f"container {container_id} stopped, but {whose}: left attached "
+                    f"(`circuit network disconnect {pid} {name}` removes it)")
