@@ -257,7 +257,8 @@ def file_conf(**ipam) -> dict:
      "gateway 10.86.0.255 is the broadcast address of 10.86.0.0/24; choose another"),
     ({"ranges": [[{"subnet": "fd00::/64", "gateway": "fd00::"}]]},
      "gateway fd00:: is the network address of fd00::/64; choose another, as fd00::1"),
-    ({"subnet": "fd00:5::/64", "gateway": "fd00:5::"}, "gateway fd00:5:: is the network")])
+    ({"subnet": "fd00:5::/64", "gateway": "fd00:5::"}, "gateway fd00:5:: is the network"),
+    ({"ranges": [[{"subnet": "::ffff:10.5.0.0/120"}]]}, "subnet ::ffff:a05:0/120 is in ::/8")])
 def test_a_file_networks_host_local_that_fails_every_connect_is_refused(ipam, why):
     with pytest.raises(InvalidInput, match=re.escape(why)):
         check_usable(file_conf(**ipam), {})

@@ -114,6 +114,11 @@ def test_a_long_name_gets_a_short_bridge():
     ({"subnets": [], "overlay": "vxlan"}, InvalidInput, "takes one IPv4 --subnet"),
     ({"subnets": ["fd00::/64"], "gateway": "fd00::"}, InvalidInput,
      "gateway fd00:: is the network address of fd00::/64"),
+    # ::/8: the Debian plugins' ADD failed ('IPNet IP and Mask version mismatch', 'invalid
+    # IP address' from addresses that lost their leading zero bytes)
+    ({"subnets": ["::ffff:10.5.0.0/120"]}, InvalidInput, r"is in ::/8, which the IETF"),
+    ({"subnets": ["64:ff9b::/96"]}, InvalidInput, r"NAT64's 64:ff9b::/96.*as fd00:89::/64"),
+    ({"subnets": ["::1:0:0/96"]}, InvalidInput, r"is in ::/8"),
 ])
 def test_bad_flags_are_refused_in_one_line(kwargs, error, words):
     with pytest.raises(error, match=words):

@@ -382,6 +382,9 @@ def free_ipv6(held: list) -> ipaddress.IPv6Network | None:
     return None
 
 
+RESERVED_V6 = ipaddress.ip_network("::/8")
+
+
 def check_subnet(subnet, text: str) -> None:
     """Refuse a subnet no container could get an address from (text: as given)."""
     if "/" not in str(text):
@@ -392,11 +395,16 @@ def check_subnet(subnet, text: str) -> None:
                                   ("multicast", subnet.is_multicast),
                                   ("link-local (the kernel's own on every interface)",
                                    subnet.version == 6 and subnet.is_link_local),
-                                  ("unspecified", subnet.network_address.is_unspecified))
+                                  ("unspecified", subnet.network_address.is_unspecified),
+                                  ("in ::/8, which the IETF reserves (IPv4-mapped, "
+                                   "IPv4-compatible, NAT64's 64:ff9b::/96) and where the CNI "
+                                   "plugins cannot count addresses",
+                                   subnet.version == 6 and subnet.network_address in RESERVED_V6))
                  if bad), None)
     if kind:
+        example = "10.89.0.0/24" if subnet.version == 4 else "fd00:89::/64"
         raise InvalidInput(f"subnet {subnet} is {kind}: no container can use it; choose "
-                           "another subnet, as 10.89.0.0/24")
+                           f"another subnet, as {example}")
     if subnet.prefixlen > smallest:
         raise InvalidInput(f"subnet {subnet} is too small for a gateway and a container; give "
                            f"/{smallest} or shorter")
