@@ -289,3 +289,17 @@ def test_a_flags_network_stored_before_the_ips_capability_is_created_again_uncha
     assert not new and record["config"] == old and record["created"] == "then"
     with pytest.raises(Conflict, match="exists with a different config"):
         nets.create_from_flags(spec.Flags("web", subnets, mtu="1400"))
+
+
+def test_qos_and_dns_make_no_lock_file_for_a_network_never_created(nets):
+    """qos set/reset and dns enable/disable of a name never created left
+    locks/network.NAME.lock behind, one per name tried (issue 27)."""
+    from circuit_dns import extension as dns
+    from circuit_qos import cli as qos
+
+    for call in (lambda: qos.handle(["set", "--rate", "5mbit", "never"], nets.ctx),
+                 lambda: qos.handle(["reset", "never"], nets.ctx),
+                 lambda: dns.enable(nets.ctx, "never"), lambda: dns.disable(nets.ctx, "never")):
+        with pytest.raises(NotFound, match="no network named 'never'"):
+            call()
+    assert not os.path.exists(nets.store.path("locks", "network.never.lock"))

@@ -98,7 +98,7 @@ def enable(ctx: Context, name: str) -> str:
     from circuit_net.stored import as_attachment
 
     nets = Networks(ctx)
-    with ctx.store.lock("network", name):
+    with nets.network_lock(name):  # no lock file for a name never created
         network = nets.get(name)
         check_dns_domain(name)
         check_servers(network)
@@ -121,8 +121,9 @@ def disable(ctx: Context, name: str) -> str:
     """No DNS for the network any more: its marker, names and files gone, the server told."""
     from circuit_net.networks import Networks
 
-    with ctx.store.lock("network", name):
-        Networks(ctx).get(name)
+    nets = Networks(ctx)
+    with nets.network_lock(name):
+        nets.get(name)
         extensions.unmark(ctx.store, name, "dns")
         network_deleted(ctx, name)
     return name

@@ -97,7 +97,7 @@ def handle(argv: list[str], ctx: cli.Context) -> int:
     changes = changes_from(a) if a["set"] else None
     from .tc import Links  # pyroute2 (≈ 60 ms): only where tc is spoken
 
-    with nets.store.lock("network", name):
+    with nets.network_lock(name):  # no lock file for a name never created
         network = nets.get(name)
         if a["set"] and any(p.get("type") == "bandwidth" for p in network["config"]["plugins"]):
             raise Conflict(f"network {name}'s chain has the CNI bandwidth plugin, which shapes "
