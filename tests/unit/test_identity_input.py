@@ -290,3 +290,35 @@ def test_the_hook_never_releases_another_running_containers_attachment(nets):  #
     mine = process(os.getpid())
     assert [n for n, _ in nets.detach_container("c1", hook=True, owner=mine)] == ["n"]
     assert nets.store.read(path) is None
+
+
+@pytest.mark.parametrize(("plugin", "why"), [
+    ({"ipam": "host-local"}, "ipam 'host-local' of plugin bridge in network f is not an object"),
+    ({"capabilities": {"ips": "yes"}}, "capability ips 'yes' of plugin bridge in network f is "
+                                       "not true or false; fix it in the config"),
+    ({"ipam": {"type": "host-local", "subnet": "10.8.0.0/24", "routes": [{"dst": "garbage"}]}},
+     "route {'dst': 'garbage'} of plugin bridge"),
+    ({"ipam": {"type": "host-local", "subnet": "10.8.0.0/24",
+               "routes": [{"dst": "0.0.0.0/0", "gw": "x"}]}}, "route gw 'x'"),
+    ({"ipam": {"type": "static", "addresses": [{"address": "garbage"}]}}, "static address"),
+    ({"ipam": {"type": "static", "addresses": [{"address": "10.8.0.5"}]}}, "static address"),
+    ({"dns": {"nameservers": "1.1.1.1"}}, "dns {'nameservers': '1.1.1.1'} of plugin bridge"),
+])
+def test_a_file_network_the_plugins_cannot_load_is_refused_at_create(plugin, why):
+    """Each was stored and failed every connect in the bridge plugin (Go's unmarshalling or
+    CIDR parsing, exit 7), tried on the Debian plugins."""
+    conf = file_conf(subnet="10.8.0.0/24")
+    conf["plugins"][0] = {**conf["plugins"][0], **plugin}
+    with pytest.raises(InvalidInput, match=re.escape(why)):
+        check_usable(conf, {})
+
+
+def test_well_shaped_routes_static_addresses_and_dns_are_taken():
+    conf = file_conf(subnet="10.8.0.0/24", routes=[{"dst": "0.0.0.0/0", "gw": "10.8.0.1"},
+                                                   {"dst": "10.9.0.1/16"}])
+    conf["plugins"][0].update(dns={"nameservers": ["10.8.0.1"], "search": ["x"]},
+                              capabilities={"ips": True, "mac": False})
+    check_usable(conf, {})
+    check_usable({**conf, "plugins": [{"type": "bridge", "ipam": {
+        "type": "static", "addresses": [{"address": "10.8.0.5/24"}]}}]}, {})
+    check_usable({**conf, "plugins": [{"type": "loopback", "ipam": None}]}, {})

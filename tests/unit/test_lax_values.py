@@ -124,3 +124,24 @@ def test_hook_install_refuses_a_network_or_a_host_port_given_twice(tmp_path):
     with pytest.raises(InvalidInput, match="published twice"):  # the hook refused it at start
         install(nets, str(bundle), ["n1"], ["8080:80", "8080:81"], [])
     assert (bundle / "config.json").read_text() == before
+
+
+def test_a_fifo_given_as_a_file_is_refused_not_waited_on(tmp_path):
+    """network create FIFO, --config FIFO, CNI_CONF=FIFO hung in open() for a writer."""
+    import os
+
+    from circuit_common.config import read_small_file
+
+    fifo = tmp_path / "conf"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidInput, match=f"network config {fifo} is not a regular file"):
+        read_small_file(str(fifo), "network config")
+
+
+@pytest.mark.parametrize("plugin", [
+    {"type": "bridge", "bridge": 5}, {"type": "macvlan", "master": ["eth0"]}])
+def test_an_interface_name_that_is_no_string_is_a_bad_value(plugin):
+    """A config file's "bridge": 5 was an internal error (TypeError, exit 70)."""
+    conf = {"cniVersion": "1.0.0", "name": "d", "plugins": [plugin]}
+    with pytest.raises(InvalidInput, match="invalid interface name"):
+        spec.check_usable(conf, {"eth0": False})

@@ -437,7 +437,8 @@ def check_usable(netconf: dict, present: dict[str, bool]) -> None:
     interfaces, each with whether it is a bridge."""
     seen: list = []
     for plugin in netconf["plugins"]:
-        conf = plugin.get("ipam") if isinstance(plugin.get("ipam"), dict) else {}
+        check_shapes(netconf["name"], plugin)
+        conf = plugin.get("ipam") or {}
         for text, gateway in ipam_subnets(conf):
             try:
                 subnet = ipaddress.ip_network(text)
@@ -471,6 +472,57 @@ def check_usable(netconf: dict, present: dict[str, bool]) -> None:
                 raise InvalidInput(f"parent {parent} of {kind} is {what}; name a host "
                                    "interface such as eth0 (--parent)")
     check_mtus(netconf, seen)
+
+
+def check_shapes(name: str, plugin: dict) -> None:
+    """Refuse the keys every plugin reads (the CNI spec's and host-local's, static's) in a
+    shape the plugins cannot load, which failed every connect in the plugin (exit 7): an ipam
+    that is no object, capabilities that are not true/false, a route's dst or gw, a static
+    address, dns lists."""
+    kind = plugin.get("type")
+
+    def bad(what: str, value, should: str) -> InvalidInput:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "..."
+        return InvalidInput(f"{what} {shown} of plugin {kind} in network {name} is not "
+                            f"{should}; fix it in the config")
+
+    ipam = {} if plugin.get("ipam") is None else plugin["ipam"]
+    if not isinstance(ipam, dict):
+        raise bad("ipam", ipam, 'an object, as {"type": "host-local", "subnet": ...}')
+    for cap, on in (plugin.get("capabilities") or {}).items():
+        if type(on) is not bool:
+            raise bad(f"capability {cap}", on, "true or false")
+    for route in ipam.get("routes") or []:
+        if not isinstance(route, dict) or not is_cidr(route.get("dst"), strict=False):
+            raise bad("route", route, 'a {"dst": CIDR} object, as {"dst": "0.0.0.0/0"}')
+        if route.get("gw") is not None and not is_address(route["gw"]):
+            raise bad("route gw", route["gw"], "an IP address")
+    for entry in ipam.get("addresses") or [] if ipam.get("type") == "static" else []:
+        if not isinstance(entry, dict) or not is_cidr(entry.get("address"), strict=False) \
+                or "/" not in entry["address"]:
+            raise bad("static address", entry, 'an {"address": CIDR} object, as '
+                      '{"address": "10.89.0.5/24"}')
+    dns = {} if plugin.get("dns") is None else plugin["dns"]
+    if not isinstance(dns, dict) or not all(
+            isinstance(dns.get(k, []), list) and all(isinstance(v, str) for v in dns.get(k, []))
+            for k in ("nameservers", "search", "options")):
+        raise bad("dns", dns, "an object of string lists (nameservers, search, options)")
+
+
+def is_cidr(text, strict: bool = True) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=strict)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(text, str)
+
+
+def is_address(text) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(text, str)
 
 
 def check_host_local(name: str, ipam: dict) -> None:

@@ -112,8 +112,8 @@ CONFIG_KEYS = ("state", "state_dir", "local_state_dir", "cni_path", "lock_timeou
 def read_small_file(path: str, what: str) -> bytes:
     """The bytes of a regular file of at most 1 MiB (never /dev/zero or a FIFO), else
     InvalidInput naming what the file is."""
-    try:
-        with open(path, "rb") as f:
+    try:  # O_NONBLOCK: opening a FIFO waits for a writer otherwise (forever)
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise InvalidInput(f"{what} {path} is not a regular file")

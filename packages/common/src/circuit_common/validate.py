@@ -25,7 +25,7 @@ RESERVED_IFNAMES = ("all", "default")  # /proc/sys/net/*/conf/ names: no device 
 
 def check_ifname(value: str) -> str:
     """value if it is a usable interface name, else InvalidInput."""
-    if not IFNAME_RE.fullmatch(value or ""):
+    if not isinstance(value, str) or not IFNAME_RE.fullmatch(value):  # a config's 5 too
         raise InvalidInput(f"invalid interface name {value!r}: use 1-15 letters, digits, "
                            "'_', '.' or '-'")
     if value in RESERVED_IFNAMES:
