@@ -123,8 +123,10 @@ def reap(running: set[int]) -> None:
 
 
 class Agent:
-    def __init__(self, services: Services, log=sys.stderr):
-        self.services, self.log = services, log
+    def __init__(self, services: Services, log=None):
+        # sys.stderr when the agent starts, not at import: a process that imported circuit
+        # and then gave the agent other stdio (a fork) has it log there
+        self.services, self.log = services, sys.stderr if log is None else log
         self.targets: dict[tuple[str, str], Target] = {}
         self.due: list = []  # (monotonic time, seq, Target)
         self.deadlines: list = []  # (monotonic time, seq, Probe)
