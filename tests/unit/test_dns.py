@@ -229,3 +229,136 @@ def test_a_shared_name_answers_every_address_and_each_ptr_its_own_container(monk
     assert ask(srv, "web") == ask(srv, "web.red") == ("NOERROR", ["10.1.0.2", "10.1.0.4"])
     assert ask(srv, "4.0.1.10.in-addr.arpa", "PTR") == ("NOERROR", ["web.red."])
     assert ask(srv, "green-1") == ("NOERROR", ["10.1.0.4"])
+
+
+def red_server(entries):
+    import itertools
+
+    pids = itertools.count(1)
+    srv = server.Server(None, stay=True)
+    srv.view = server.View({"red": server.Network("red", NETCONF, {
+        key: {**entry, "pid": next(pids), "start_time": 1} for key, entry in entries.items()})})
+    return srv
+
+
+def test_a_udp_answer_too_long_keeps_what_fits_with_tc_and_edns_gets_its_size(monkeypatch):
+    """As dnsmasq 2.90 answers the same 60 names: 30 in 512 bytes with TC, all with EDNS."""
+    from dnslib import EDNS0, QTYPE
+
+    monkeypatch.setattr(server.Process, "alive", lambda self: True)
+    srv = red_server({f"r{i}@eth0": {"names": ["many"], "ips": [f"10.1.0.{i + 2}"]}
+                      for i in range(60)})
+    query = DNSRecord.question("many", "A")
+    udp = DNSRecord.parse(srv.answer(bytes(query.pack()), "10.1.0.200", "red"))
+    assert len(udp.pack()) <= 512 and udp.header.tc == 1 and len(udp.rr) == 30
+    tcp = DNSRecord.parse(srv.answer(bytes(query.pack()), "10.1.0.200", "red", tcp=True))
+    assert tcp.header.tc == 0 and len(tcp.rr) == 60  # kept apart from the UDP answer
+    query.add_ar(EDNS0(udp_len=4096))
+    packed = srv.answer(bytes(query.pack()), "10.1.0.200", "red")
+    edns = DNSRecord.parse(packed)
+    assert edns.header.tc == 0 and len(edns.rr) == 60 and len(packed) <= 1232
+    assert [(rr.rtype, rr.rclass) for rr in edns.ar] == [(QTYPE.OPT, 1232)]
+
+
+def test_no_question_the_network_itself_and_the_root(monkeypatch):
+    monkeypatch.setattr(server.Process, "alive", lambda self: True)
+    srv = red_server({"web@eth0": {"names": ["web"], "ips": ["10.1.0.2"]}})
+    srv.upstreams = ["192.0.2.53"]
+    empty = DNSRecord.parse(srv.answer(bytes.fromhex("1234" "0100" + "0000" * 4), "10.1.0.3",
+                                       "red"))
+    assert RCODE.get(empty.header.rcode) == "FORMERR" and empty.questions == []
+    assert ask(srv, "red") == ask(srv, "RED.", "AAAA") == ("NOERROR", [])  # as dnsmasq's
+    assert ask(srv, ".", "NS") == "forward"  # the root is no single-label name
+
+
+def test_a_flood_of_forwarded_questions_is_bounded_and_never_ends_the_server(monkeypatch):
+    """Questions for the host's resolvers, which do not answer: at most MAX_FORWARDS wait,
+    the others are SERVFAIL at once, and out of descriptors is SERVFAIL too, not a crash."""
+    import os
+    import resource
+    import socket
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a resolver that never answers
+    silent.bind(("127.0.0.1", 0))
+    monkeypatch.setattr(server, "PORT", silent.getsockname()[1])
+    srv = red_server({})
+    srv.upstreams = ["127.0.0.1"]
+    replies = []
+    query = bytes(DNSRecord.question("www.example.com").pack())
+    try:
+        for _ in range(server.MAX_FORWARDS + 10):
+            srv.forward(query, replies.append)
+        assert len(srv.forwards) == server.MAX_FORWARDS
+        assert len(replies) == 10 and {DNSRecord.parse(r).header.rcode for r in replies} == {
+            RCODE.SERVFAIL}
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.dup(0)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # none left
+        try:
+            srv.forwards.clear()  # room under the cap, but no descriptor left
+            srv.forward(query, replies.append)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert len(replies) == 11
+    finally:
+        silent.close()
+        for sock in list(srv.selector.get_map().values()):
+            sock.fileobj.close()
+
+
+def test_tcp_connections_beyond_max_tcp_are_closed_at_once(monkeypatch):
+    import socket
+
+    srv = red_server({})
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    started = []
+    monkeypatch.setattr(server.Server, "serve_tcp", lambda self, conn, *_: started.append(conn))
+    monkeypatch.setattr(server, "MAX_TCP", 2)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+    try:
+        for _ in clients:
+            srv.on_tcp(listener, "red")
+        assert len(started) == 2 and srv.tcp_threads == 2
+        clients[2].settimeout(2)
+        assert clients[2].recv(1) == b""  # the third: closed, not queued behind a thread
+    finally:
+        for sock in (listener, *clients, *started):
+            sock.close()
+
+
+def test_a_tcp_answer_racing_a_reload_never_keeps_the_answer_of_the_view_before(monkeypatch):
+    """A TCP thread that resolved from the old view while the main loop swaps in the new one:
+    its answer is either not kept or dropped with the swap, so UDP never answers the removed
+    name afterwards."""
+    import threading
+
+    monkeypatch.setattr(server.Process, "alive", lambda self: True)
+    srv = red_server({"web@eth0": {"names": ["web"], "ips": ["10.1.0.2"]}})
+    old_view = srv.view
+    new_view = server.View({"red": server.Network("red", NETCONF, {})})
+    in_window, go_on = threading.Event(), threading.Event()
+
+    class Cache(dict):
+        def __len__(self):  # between the check that the view is current and the write
+            in_window.set()
+            go_on.wait(5)
+            return dict.__len__(self)
+
+    srv.cache = Cache()
+    query = bytes(DNSRecord.question("web").pack())
+    tcp = threading.Thread(target=srv.answer, args=(query, "10.1.0.9", "red", True))
+    tcp.start()
+    assert in_window.wait(5)
+    swap = threading.Thread(target=srv.use, args=(new_view,))
+    swap.start()
+    swap.join(0.3)  # without the lock the swap is done here, inside the thread's window
+    go_on.set()
+    tcp.join(5)
+    swap.join(5)
+    assert srv.view is new_view and old_view is not new_view
+    answer = DNSRecord.parse(srv.answer(query, "10.1.0.9", "red", True))
+    assert RCODE.get(answer.header.rcode) == "NXDOMAIN"

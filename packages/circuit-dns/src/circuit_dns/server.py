@@ -9,6 +9,12 @@ gateway address (UDP and TCP, port 53), in the network namespace it runs in.
   (whatever the other networks hold); other names go to
   the host's resolvers (at most 3, 1 s each, never this server's own addresses), except from
   internal networks (REFUSED).
+- Over UDP an answer is at most 512 bytes, or the size the question's EDNS offers (up to
+  1232): one longer keeps the records that fit and has TC set, for the client to ask again
+  over TCP.
+- Bounded under a flood: at most MAX_FORWARDS questions wait on the host's resolvers and
+  MAX_TCP connections are served at once; beyond that a question is SERVFAIL and a
+  connection closed at once, never the server's end.
 - A cluster network's names also come from the other hosts' attachments (the cluster agent's
   view of etcd, records.peer_entries).
 - `reload` on the control socket (control.py), and a change of the dns/ directory or of the
@@ -35,7 +41,7 @@ import sys
 import threading
 import time
 
-from dnslib import AAAA, PTR, QTYPE, RCODE, RR, A, DNSError, DNSRecord
+from dnslib import AAAA, EDNS0, PTR, QTYPE, RCODE, RR, A, DNSError, DNSRecord
 
 from circuit_common.proc import Process, process
 from circuit_common.store import Store
@@ -48,6 +54,10 @@ TICK = 1.0  # seconds between looks at the state and the host's resolv.conf
 IDLE_EXIT = 3.0
 UPSTREAM_TIMEOUT = 1.0
 MAX_CACHE = 20000
+MAX_FORWARDS = 256  # questions waiting on the host's resolvers (dnsmasq's dns-forward-max: 150)
+MAX_TCP = 32  # connections served at once, a thread each
+UDP_SIZE = 512  # an answer over UDP without EDNS
+EDNS_SIZE = 1232  # the most this server sends over UDP to an EDNS question (DNS flag day 2020)
 FORWARD = object()  # answer(): the question goes to the host's resolvers
 IP_FREEBIND = 15  # bind the gateway address while the bridge still brings it up
 IPV6_FREEBIND = 78
@@ -226,6 +236,8 @@ class Server:
         self.dns_stamp = None
         self.idle_since: float | None = None
         self.errors: dict[str, str] = {}
+        self.lock = threading.Lock()  # a TCP thread's kept answer against a reload's swap
+        self.tcp_threads = 0
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -336,10 +348,17 @@ class Server:
         for network in errors:  # all of a network's sockets or none
             for key in [k for k, (_, n) in self.sockets.items() if n == network]:
                 self.close(key)
-        self.view, old, self.errors = view, self.view, errors
-        self.forget(changed_names(old, view))
+        self.errors = errors
+        self.use(view)
         self.read_upstreams(force=True)
         gc.freeze()  # what is here now is not traversed by each collection: fewer slow answers
+
+    def use(self, view: View) -> None:
+        """Answer from view from now on, with the kept answers it changes dropped: under the
+        lock, so no TCP thread keeps an answer of the view before once this returns."""
+        with self.lock:
+            self.view, old = view, self.view
+            self.forget(changed_names(old, view))
 
     def forget(self, names) -> None:
         """Drop the kept answers to questions for names (every one when None)."""
@@ -406,8 +425,9 @@ class Server:
         mine = {ip for net in self.view.networks.values() for ip in net.servers}
         upstreams = [ip for ip in records.host_resolvers(path)[0] if ip not in mine]
         if upstreams != self.upstreams:
-            self.upstreams = upstreams
-            self.forget(None)  # a kept SERVFAIL (no resolver) may have an answer now
+            with self.lock:
+                self.upstreams = upstreams
+                self.forget(None)  # a kept SERVFAIL (no resolver) may have an answer now
 
     # -- questions -----------------------------------------------------------------------
 
@@ -426,11 +446,12 @@ class Server:
                 with contextlib.suppress(OSError):
                     sock.sendto(answer, client)
 
-    def answer(self, data: bytes, source: str, network: str):
-        """The answer to one question (bytes), FORWARD, or None for what is no question."""
+    def answer(self, data: bytes, source: str, network: str, tcp: bool = False):
+        """The answer to one question (bytes), FORWARD, or None for what is no question; over
+        UDP (not tcp) truncated to what the question allows."""
         view = self.view
         scope = view.scope.get(source) or (network,)
-        key = (scope, data[2:])
+        key = (scope, data[2:], tcp)
         cached = self.cache.get(key)
         if cached is not None:
             return data[:2] + cached
@@ -444,18 +465,26 @@ class Server:
                              view.suffixes)
         if reply is FORWARD:
             return FORWARD
-        packed = reply.pack()
-        if self.view is view:  # not one a reload (a TCP question's) has made stale
-            if len(self.cache) >= MAX_CACHE:
-                self.forget(None)
-            name = str(query.questions[0].qname).rstrip(".").lower() if query.questions else ""
-            self.cache[key] = bytes(packed[2:])
-            self.cached.setdefault(name, []).append(key)
+        packed = reply.pack() if tcp else fit(reply, query)
+        with self.lock:
+            if self.view is view:  # not one a reload (a TCP question's) has made stale
+                if len(self.cache) >= MAX_CACHE:
+                    self.forget(None)
+                name = str(query.questions[0].qname).rstrip(".").lower() \
+                    if query.questions else ""
+                self.cache[key] = bytes(packed[2:])
+                self.cached.setdefault(name, []).append(key)
         return packed
 
     def resolve(self, query: DNSRecord, scope: list[Network], suffixes: tuple[str, ...]):
         reply = query.reply()
-        if query.header.opcode != 0 or len(query.questions) != 1:
+        if any(rr.rtype == QTYPE.OPT for rr in query.ar):
+            reply.add_ar(EDNS0(udp_len=EDNS_SIZE))
+        if len(query.questions) != 1:
+            reply.questions = []  # not the empty one dnslib makes up
+            reply.header.rcode = RCODE.FORMERR
+            return reply
+        if query.header.opcode != 0:
             reply.header.rcode = RCODE.NOTIMP
             return reply
         question = query.q
@@ -482,7 +511,10 @@ class Server:
                 elif ":" not in ip and qtype in (QTYPE.A, QTYPE.ANY):
                     reply.add_answer(RR(question.qname, QTYPE.A, rdata=A(ip), ttl=TTL))
             return reply  # no address of that family: NOERROR without answers
-        if "." not in name or name.endswith(suffixes):  # never asked of the host's
+        if any(name == net.suffix[1:] for net in scope):
+            return reply  # the network's own name: it has names below it (NXDOMAIN would
+            # deny them all to a resolver that follows RFC 8020)
+        if name and ("." not in name or name.endswith(suffixes)):  # never asked of the host's
             reply.header.rcode = RCODE.NXDOMAIN
             return reply
         return self.forwarded(reply, scope)
@@ -501,13 +533,18 @@ class Server:
     # -- the host's resolvers ------------------------------------------------------------
 
     def forward(self, query: bytes, reply) -> None:
-        self.send_upstream(Forward(query, reply, list(self.upstreams)))
+        """Send query on (SERVFAIL at once when MAX_FORWARDS already wait)."""
+        self.send_upstream(Forward(query, reply, list(self.upstreams)
+                                   if len(self.forwards) < MAX_FORWARDS else []))
 
     def send_upstream(self, forward: Forward) -> None:
         while forward.upstreams:
             upstream = forward.upstreams.pop(0)
-            sock = socket.socket(socket.AF_INET6 if ":" in upstream else socket.AF_INET,
-                                 socket.SOCK_DGRAM)
+            try:
+                sock = socket.socket(socket.AF_INET6 if ":" in upstream else socket.AF_INET,
+                                     socket.SOCK_DGRAM)
+            except OSError:  # out of descriptors
+                continue
             sock.setblocking(False)
             try:
                 sock.connect((upstream, PORT))
@@ -519,10 +556,10 @@ class Server:
             self.forwards[sock] = forward
             self.selector.register(sock, selectors.EVENT_READ, self.on_upstream)
             return
-        with contextlib.suppress(Exception):
-            failed = DNSRecord.parse(forward.query).reply()
-            failed.header.rcode = RCODE.SERVFAIL
-            forward.reply(failed.pack())
+        failed = servfail(forward.query)
+        if failed is not None:
+            with contextlib.suppress(OSError):
+                forward.reply(failed)
 
     def on_upstream(self, sock: socket.socket) -> None:
         forward = self.forwards.pop(sock)
@@ -549,13 +586,33 @@ class Server:
     # -- TCP: a thread per connection (questions over TCP are rare) -------------------------
 
     def on_tcp(self, listener: socket.socket, network: str) -> None:
-        with contextlib.suppress(BlockingIOError):
+        try:
             conn, client = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as e:  # out of descriptors: the connection waits in the backlog
+            log(f"network {network}: cannot take a TCP connection: {e.strerror}")
+            return
+        with self.lock:
+            full = self.tcp_threads >= MAX_TCP
+            self.tcp_threads += not full
+        if full:
+            conn.close()
+            return
+        try:
             threading.Thread(target=self.serve_tcp, args=(conn, client[0], network),
                              daemon=True).start()
+        except RuntimeError:  # no thread to be had
+            self.tcp_done()
+            conn.close()
+
+    def tcp_done(self) -> None:
+        with self.lock:
+            self.tcp_threads -= 1
 
     def serve_tcp(self, conn: socket.socket, source: str, network: str) -> None:
-        with conn:
+        with conn, contextlib.ExitStack() as done:
+            done.callback(self.tcp_done)
             conn.settimeout(10)
             try:
                 while True:
@@ -565,9 +622,9 @@ class Server:
                     query = recv_exactly(conn, int.from_bytes(size, "big"))
                     if query is None:
                         return
-                    answer = self.answer(query, source, network)
+                    answer = self.answer(query, source, network, tcp=True)
                     if answer is FORWARD:
-                        answer = self.ask_upstreams(query)
+                        answer = self.ask_upstreams(query) or servfail(query)
                     if answer is None:
                         return
                     conn.sendall(len(answer).to_bytes(2, "big") + answer)
@@ -595,6 +652,31 @@ class Server:
             except OSError:
                 continue
         return None
+
+
+def fit(reply: DNSRecord, query: DNSRecord) -> bytes:
+    """reply packed for UDP: the answers that fit in what query allows (512 bytes, or its
+    EDNS size up to EDNS_SIZE), TC set when some did not."""
+    limit = max([UDP_SIZE] + [min(rr.rclass, EDNS_SIZE) for rr in query.ar
+                              if rr.rtype == QTYPE.OPT])
+    packed = reply.pack()
+    if len(packed) <= limit:
+        return packed
+    reply.header.tc = 1
+    while reply.rr and len(packed) > limit:
+        reply.rr.pop()
+        packed = reply.pack()
+    return packed
+
+
+def servfail(query: bytes) -> bytes | None:
+    """SERVFAIL to query (None when it is no question)."""
+    try:
+        failed = DNSRecord.parse(query).reply()
+    except Exception:
+        return None
+    failed.header.rcode = RCODE.SERVFAIL
+    return bytes(failed.pack())
 
 
 def recv_exactly(conn: socket.socket, size: int) -> bytes | None:
