@@ -1,5 +1,7 @@
 """Parsing what a connect asks of the plugins: --publish, --cap, --ip, and where each goes."""
 
+import re
+
 import pytest
 
 from circuit_common.errors import InvalidInput, UsageError
@@ -46,6 +48,25 @@ def test_caps_are_json_and_given_once():
         runtime.capabilities([], ["bandwidth"])
     with pytest.raises(UsageError, match="given twice"):
         runtime.capabilities([runtime.parse_publish("1:1")], ['portMappings=[]'])
+
+
+@pytest.mark.parametrize("cap, why", [
+    ('ips=["10.1.0.1"]', "give addresses with --ip, not --cap ips: circuit checks it"),
+    ('mac="02:00:00:00:00:01"', "give the MAC with --mac, not --cap mac"),
+    ('portMappings="junk"', "bad --cap portMappings: not a list"),
+    ('portMappings=[{"hostPort": 0, "containerPort": 80}]', "hostPort 0 is not a port"),
+    ('portMappings=[{"hostPort": "8080", "containerPort": 80}]', "hostPort '8080' is not"),
+    ('portMappings=[{"hostPort": 8080, "containerPort": true}]', "containerPort True is not"),
+    ('portMappings=[{"hostPort": 1, "containerPort": 1, "protocol": "icmp"}]', "protocol 'icmp'"),
+    ('portMappings=[{"hostPort": 1, "containerPort": 1, "hostIP": "x"}]', "hostIP 'x' is not"),
+    ('portMappings=[{"hostPort": 8080, "containerPort": 80}, '
+     '{"hostPort": 8080, "containerPort": 81}]', "host port 8080/tcp is published twice"),
+])
+def test_a_cap_that_bypasses_circuits_checks_is_refused(cap, why):
+    """--cap ips/mac skipped --ip's and --mac's checks; --cap portMappings -p's (one host port
+    mapped twice was connected, exit 0; the rest failed in portmap, exit 7)."""
+    with pytest.raises(InvalidInput, match=re.escape(why)):
+        runtime.capabilities([], [cap])
 
 
 def test_an_undeclared_capability_is_refused_naming_the_plugins():

@@ -65,7 +65,8 @@ def check_published(mappings: list[dict]) -> list[dict]:
         for other in mappings[:i]:
             if same_host_port(mapping, other):
                 both = " and ".join(describe_ports([other, mapping]))
-                raise InvalidInput(f"host port {mapping['hostPort']}/{mapping['protocol']} is "
+                raise InvalidInput(f"host port {mapping['hostPort']}/"
+                                   f"{mapping.get('protocol', 'tcp')} is "
                                    f"published twice ({both}); publish each host port once")
     return mappings
 
@@ -113,11 +114,48 @@ def capabilities(publish: list[dict], caps: list[str]) -> dict:
     """The capability args asked for on a command line or by a hook: --publish and --cap."""
     wanted: dict = {"portMappings": check_published(publish)} if publish else {}
     for name, value in map(parse_cap, caps):
+        if name in OWN_OPTIONS:
+            raise InvalidInput(f"give {OWN_OPTIONS[name]}, not --cap {name}: circuit checks "
+                               "it against the network before any plugin runs")
+        if name == "portMappings":
+            value = check_published(check_mappings(value))
         if name in wanted:
             raise UsageError(f"capability {name} given twice (--cap {name}, or --publish with "
                              "--cap portMappings); give it once")
         wanted[name] = value
     return wanted
+
+
+OWN_OPTIONS = {"ips": "addresses with --ip", "mac": "the MAC with --mac"}
+
+
+def check_mappings(value) -> list[dict]:
+    """--cap portMappings=JSON in the shape portmap loads: a list of {hostPort, containerPort
+    (1-65535), protocol (tcp, udp, sctp), hostIP (an address)} objects."""
+    import ipaddress
+
+    def bad(why: str) -> InvalidInput:
+        return InvalidInput(f"bad --cap portMappings: {why}; give a list of objects as "
+                            '[{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}], '
+                            "or -p 8080:80")
+
+    if not isinstance(value, list):
+        raise bad("not a list")
+    for entry in value:
+        if not isinstance(entry, dict):
+            raise bad(f"{entry!r} is not an object")
+        for key in ("hostPort", "containerPort"):
+            port = entry.get(key)
+            if type(port) is not int or not 0 < port < 65536:
+                raise bad(f"{key} {port!r} is not a port from 1 to 65535")
+        if entry.get("protocol", "tcp") not in PROTOCOLS:
+            raise bad(f"protocol {entry['protocol']!r} is not one of {', '.join(PROTOCOLS)}")
+        if entry.get("hostIP"):
+            try:
+                ipaddress.ip_address(entry["hostIP"])
+            except (TypeError, ValueError):
+                raise bad(f"hostIP {entry['hostIP']!r} is not an IP address") from None
+    return value
 
 
 def check_declared(netconfs: list[dict], wanted: dict) -> None:
