@@ -145,3 +145,28 @@ def test_an_interface_name_that_is_no_string_is_a_bad_value(plugin):
     conf = {"cniVersion": "1.0.0", "name": "d", "plugins": [plugin]}
     with pytest.raises(InvalidInput, match="invalid interface name"):
         spec.check_usable(conf, {"eth0": False})
+
+
+@pytest.mark.parametrize("env, annotation, where", [
+    ({}, " , ", "annotation circuit.networks ' , ' names no network"),
+    ({"CIRCUIT_NETWORK": ","}, None, "CIRCUIT_NETWORK ',' names no network")])
+def test_the_hook_refuses_networks_that_name_none(monkeypatch, env, annotation, where):
+    """circuit.networks=' , ' attached nothing and exited 0 (the container started offline)."""
+    from circuit_hook.cli import wanted_networks
+
+    monkeypatch.delenv("CNI_CONF", raising=False)
+    monkeypatch.delenv("CIRCUIT_NETWORK", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(InvalidInput, match=where):
+        wanted_networks(None, {"annotations": {"circuit.networks": annotation}})
+
+
+def test_hook_annotations_that_are_no_object_are_refused_as_such():
+    import io
+
+    from circuit_hook.cli import read_state
+
+    with pytest.raises(InvalidInput, match="annotations in the OCI state must map strings"):
+        read_state(io.TextIOWrapper(io.BytesIO(b'{"id": "c", "annotations": []}')))
+    assert read_state(io.TextIOWrapper(io.BytesIO(b'{"id": "c", "annotations": null}')))

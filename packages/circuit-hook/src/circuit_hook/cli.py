@@ -100,7 +100,7 @@ def read_state(stream) -> dict:
         check_pid(pid, "pid in the OCI state")
     if not isinstance(state.get("status", ""), str):
         raise InvalidInput(f"status in the OCI state is {state['status']!r}, not a string")
-    annotations = state.get("annotations") or {}
+    annotations = {} if state.get("annotations") is None else state["annotations"]
     if not isinstance(annotations, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()):
         raise InvalidInput("annotations in the OCI state must map strings to strings")
@@ -115,8 +115,12 @@ def wanted_networks(nets: Networks, state: dict, env=os.environ) -> list[str]:
     if not names:
         raise InvalidInput("no network for the hook: set CNI_CONF or CIRCUIT_NETWORK in the "
                            "hook's env, or the annotation circuit.networks")
-    return check_once([check_name(n.strip(), "network name") for n in names.split(",")
-                       if n.strip()], "network")
+    found = check_once([check_name(n.strip(), "network name") for n in names.split(",")
+                        if n.strip()], "network")
+    if not found:  # " , " attached nothing and said 0
+        where = "CIRCUIT_NETWORK" if env.get("CIRCUIT_NETWORK") else "annotation circuit.networks"
+        raise InvalidInput(f"{where} {names!r} names no network; give NAME[,NAME...]")
+    return found
 
 
 def wanted_capabilities(state: dict, env=os.environ) -> dict:
