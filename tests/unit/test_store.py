@@ -39,6 +39,15 @@ def test_write_is_private_and_readable(tmp_path):
     assert [Path(p).name for p in store.records(path.parent)] == ["a.json"]
 
 
+def test_a_relative_root_in_the_working_directory_is_made(tmp_path, monkeypatch):
+    """--state rel (relative: the working directory's) failed 'cannot write state rel: No
+    such file or directory' (exit 10): its parent is '', which makedirs refuses."""
+    monkeypatch.chdir(tmp_path)
+    store = Store("rel")
+    store.write(store.path("networks", "a.json"), {"name": "a"})
+    assert stat.S_IMODE(os.stat(tmp_path / "rel").st_mode) == 0o700
+
+
 def test_twenty_processes_updating_one_record_lose_no_update(tmp_path):
     store = Store(tmp_path)
     path = Path(store.path("networks", "counter.json"))

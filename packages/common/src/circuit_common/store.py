@@ -105,7 +105,7 @@ class Store:
         try:
             if directory != self.root and directory.startswith(self.root + os.sep):
                 self._ensure_dir(parent)
-            else:
+            elif parent:  # a relative root in the working directory ('rel') has none
                 os.makedirs(parent, exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.mkdir(directory, 0o700)
