@@ -57,7 +57,8 @@ def cni_jumps(host: Host, objects: list[dict] | None = None) -> list[str]:
 
 
 def records(host: Host) -> list[str]:
-    return sorted(p for p in snapshot(host.state) if p.startswith(("attachments", "intents")))
+    return sorted(p for p in snapshot(host.state)
+                  if p.startswith(("attachments", "intents", "processes")))
 
 
 def intents(host: Host) -> list[dict]:

@@ -235,15 +235,39 @@ def test_a_pid_and_its_runc_id_are_one_container(nets, monkeypatch, first, secon
     nets.plugins.executor.go.set()
     assert nets.connect("n", first())["ifName"] == "eth0"
     monkeypatch.setattr(attach, "interfaces", lambda pid: {"lo", "eth0"})
+    # found by file name (issue 26): never by reading the network's listing
+    monkeypatch.setattr(nets, "attachments_listed", lambda name: pytest.fail("listed"))
+    monkeypatch.setattr(nets, "attachments", lambda name: pytest.fail("listed"))
     before = sorted(os.listdir(nets.attachment_dir("n")))
     with pytest.raises(Conflict, match=rf"already connected to network n as {first().label} "
                                        r"\(eth0\); a PID and its runc id are one container"):
         nets.connect("n", second())
     assert sorted(os.listdir(nets.attachment_dir("n"))) == before
     assert nets.connect("n", second(), ifname="eth1")["ifName"] == "eth1"  # asked for
+    assert len(os.listdir(nets.process_dir("n"))) == 1  # the runc id's attachment
     gone = nets.disconnect("n", second())  # either name takes both
     assert sorted(a["ifName"] for a in gone) == ["eth0", "eth1"]
-    assert nets.attachments("n").records == []
+    assert os.listdir(nets.attachment_dir("n")) == os.listdir(nets.process_dir("n")) == []
+
+
+def test_the_process_index_is_made_whole_by_gc_and_goes_with_the_network(nets):
+    """An entry left by a kill between record and entry goes at gc; one missing (a record
+    older than the index) is written for a record gc keeps; delete removes what is left."""
+    nets.plugins.executor.go.set()
+    record = nets.connect("n", me())
+    entry = nets.process_entry(record)
+    assert os.path.basename(entry) == f"{by_pid().container_id}@c1@eth0"
+    os.unlink(entry)
+    gone = nets.disconnect("n", by_pid())  # no entry: the listing finds it
+    assert [(a["containerId"], a["ifName"]) for a in gone] == [("c1", "eth0")]
+    stale = os.path.join(nets.process_dir("n"), f"{by_pid().container_id}@c9@eth0")
+    open(stale, "w").close()
+    list(nets.gc())
+    assert os.listdir(nets.process_dir("n")) == []
+    nets.reindex("n", [record])
+    assert os.listdir(nets.process_dir("n")) == [os.path.basename(entry)]
+    nets.delete("n")
+    assert not os.path.exists(nets.process_dir("n"))
 
 
 def test_a_connect_under_way_under_the_other_name_is_refused(nets):

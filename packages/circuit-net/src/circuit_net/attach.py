@@ -142,7 +142,7 @@ class Attach(Detach):
         not explain (the hook's first connect of a container has none)."""
         under_way = [i["attachment"] for i in self.journal.listing(name).records
                      if owner_alive(i)]
-        found = under_way + (self.attachments_listed(name).records if unexplained else [])
+        found = under_way + (self.attached_otherwise(name, target) if unexplained else [])
         for other in found:
             if other["containerId"] != target.container_id and target.matches(other):
                 raise Conflict(f"container {target.label} is already connected to network "
@@ -190,6 +190,7 @@ class Attach(Detach):
                                    f"{missing[0]}; its IPAM must accept a requested address")
             with self.store.lock("network", name):
                 self.get(name)  # not deleted meanwhile (delete waits for no intent under way)
+                self.index_process(record)
                 self.store.write(self.record_path(record), record)
                 self.cni_cache.write(self.cache_path(record), record)
                 self._notify("attached", network, record)

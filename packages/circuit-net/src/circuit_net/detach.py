@@ -178,7 +178,26 @@ class Detach(Stored):
                 raise
         self.store.remove(self.record_path(attachment))
         self.cni_cache.remove(self.cache_path(attachment))
+        self.unindex_process(attachment)
         self.journal.done(attachment)
+
+    def reindex(self, name: str, kept: list[dict]) -> None:
+        """gc's part of the process index (under the network's lock): an entry whose record is
+        gone (a kill between the two) is removed, one missing for a record kept (a record
+        older than the index) is written."""
+        directory = self.process_dir(name)
+        try:
+            entries = os.listdir(directory)
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            stem = entry.partition("@")[2]
+            if not entry.startswith(".") and not os.path.exists(
+                    os.path.join(self.attachment_dir(name), f"{stem}.json")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, entry))
+        for attachment in kept:
+            self.index_process(attachment)
 
     def _notify(self, event: str, network: dict, attachment: dict) -> None:
         """Tell the extensions that marked the network (none: no import, no scan)."""
@@ -254,6 +273,7 @@ class Detach(Stored):
                         kept.append(attachment)
                         continue
                     yield name, attachment
+                self.reindex(name, kept)
                 if cni.at_least(network["config"]["cniVersion"], "1.1.0") \
                         and not network["config"].get("disableGC") and not attached.errors:
                     # an attach under way has no record yet: its address is not garbage

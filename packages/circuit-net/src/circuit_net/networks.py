@@ -184,8 +184,8 @@ class Networks(Attach):
 
     def remove_leftovers(self, network: dict) -> None:
         """After a network's record went: the bridges circuit's plugins created for it that no
-        other network names and nothing is plugged into, host-local's directories for it, and
-        its empty state directories."""
+        other network names and nothing is plugged into, host-local's directories for it, its
+        process index, and its empty state directories."""
         from .link import delete_unused_bridge
 
         name = network["name"]
@@ -199,8 +199,11 @@ class Networks(Attach):
                                        f"stays: {e.strerror}") from None
         for directory in ipam_dirs(network):
             remove_ipam_dir(directory)
+        with contextlib.suppress(FileNotFoundError):  # left by kills: every record is gone
+            for entry in os.listdir(self.process_dir(name)):
+                os.unlink(os.path.join(self.process_dir(name), entry))
         for directory in (self.attachment_dir(name), self.store.path("intents", name),
-                          extensions.marker_dir(self.store, name)):
+                          self.process_dir(name), extensions.marker_dir(self.store, name)):
             with contextlib.suppress(OSError):  # absent, or not empty
                 os.rmdir(directory)
 

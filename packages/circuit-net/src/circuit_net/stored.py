@@ -2,6 +2,7 @@
 reads of networks and of a target's attachments, the attachment as extensions and `network
 list` see it (records.py: the schemas; state layout: docs/architecture.md)."""
 
+import contextlib
 import os
 import time
 from functools import cached_property
@@ -12,12 +13,12 @@ from circuit_common.config import DEFAULT_CNI_CACHE_DIR
 from circuit_common.errors import NotFound, StateCorrupt
 from circuit_common.proc import Process
 from circuit_common.store import Listing, Store
-from circuit_common.validate import check_name
+from circuit_common.validate import IFNAME_RE, NAME_RE, check_name
 
 from . import cni, runtime
 from .intents import Journal
 from .records import check_attachment, check_network
-from .target import Target
+from .target import Target, pid_container_id
 
 
 def now() -> str:
@@ -92,14 +93,16 @@ class Stored:
     def attachments_of(self, name: str, target: Target) -> list[dict]:
         """The target's attachments on a network: NotFound when there are none, StateCorrupt
         when there are none but a record could not be read (it may be the target's). Found by
-        file name when the container id names them; by reading every record only when not (a
-        PID whose process is gone, or one attached under its runc id)."""
+        file name, a running target's under its other name too (attached_otherwise); by
+        reading every record only when neither finds one (a PID whose process is gone, or a
+        record older than the process index)."""
         if target.container_id:
             mine = [record for path in self.store.records(
                         self.attachment_dir(name), prefix=f"{target.container_id}@")
                     if (record := self.store.read(path, check=check_attachment)) is not None]
+            mine += self.attached_otherwise(name, target)
             if mine:
-                return mine + self.attached_otherwise(name, target)
+                return mine
         listing = self.attachments(name)
         mine = [a for a in listing.records if target.matches(a)]
         if not mine and listing.errors:
@@ -109,14 +112,67 @@ class Stored:
         return mine
 
     def attached_otherwise(self, name: str, target: Target) -> list[dict]:
-        """The running target's attachments on a network under its other name (its PID when
-        it is named by its runc id, or the other way round), found in the listing's cache."""
+        """The running target's attachments on a network under another name of its process,
+        found by file name, never by reading the network's listing: those made by its PID
+        (attachments/<network>/pid<pid>-<start>@…) and those its process index names (made
+        by a runc id)."""
         if target.process is None:
             return []
-        return [record for a in self.attachments_listed(name).records
-                if a["containerId"] != target.container_id and target.matches(a)
-                and (record := self.store.read(self.record_path({**a, "networkName": name}),
-                                               check=check_attachment)) is not None]
+        by_pid = pid_container_id(target.process)
+        paths = [] if by_pid == target.container_id else list(
+            self.store.records(self.attachment_dir(name), prefix=f"{by_pid}@"))
+        paths += [os.path.join(self.attachment_dir(name), f"{stem}.json")
+                  for stem in self.indexed(name, by_pid)
+                  if not stem.startswith(f"{target.container_id}@")]
+        return [record for path in paths
+                if (record := self.store.read(path, check=check_attachment)) is not None
+                and target.matches(record)]
+
+    # -- the process index: which attachments a process has under a name not its PID's ------
+
+    def process_dir(self, name: str) -> str:
+        return self.store.path("processes", check_name(name, "network name"))
+
+    def process_entry(self, attachment: dict) -> str | None:
+        """processes/<network>/pid<pid>-<start>@<cid>@<ifname>, an empty file: the attachment
+        <cid>@<ifname> is that process's. None for one made by its PID (its file name says
+        so already)."""
+        meta = attachment["circuit"]
+        by_pid = pid_container_id(Process(meta["pid"], meta["start_time"]))
+        if attachment["containerId"] == by_pid:
+            return None
+        return os.path.join(self.process_dir(attachment["networkName"]),
+                            f"{by_pid}@{attachment['containerId']}@{attachment['ifName']}")
+
+    def index_process(self, attachment: dict) -> None:
+        """Enter the attachment in its process's index, before its record is written (under
+        the network's lock): a record never lacks its entry. Not fsynced: only a running
+        process is looked up by it, and none outlives a power loss."""
+        entry = self.process_entry(attachment)
+        if entry is not None and not os.path.exists(entry):
+            self.store.write_bytes(entry, b"", durable=False)
+
+    def unindex_process(self, attachment: dict) -> None:
+        """Remove the attachment's entry from its process's index (after its record went)."""
+        entry = self.process_entry(attachment)
+        if entry is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry)
+
+    def indexed(self, name: str, by_pid: str) -> list[str]:
+        """The <cid>@<ifname> of the attachments that the process named by_pid has on the
+        network under a runc id, as its index says (a name not of that form is skipped)."""
+        try:
+            names = os.listdir(self.process_dir(name))
+        except FileNotFoundError:
+            return []
+        stems = []
+        for entry in names:
+            cid, _, ifname = entry[len(by_pid) + 1:].partition("@")
+            if entry.startswith(f"{by_pid}@") and NAME_RE.fullmatch(cid) \
+                    and IFNAME_RE.fullmatch(ifname):
+                stems.append(f"{cid}@{ifname}")
+        return stems
 
     def ipam_dir(self) -> str | None:
         """host-local's dataDir for networks from flags: under the CNI cache dir when it is not
