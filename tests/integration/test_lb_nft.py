@@ -6,6 +6,8 @@ from collections import Counter
 
 import pytest
 
+from circuit_common.store import Store
+
 from harness import (
     answered_by,
     bridge_conf,
@@ -38,8 +40,8 @@ def test_round_robin_stats_removal_and_hairpin(host, tmp_path):
     gamma = httpd(host, tmp_path, "gamma", "sandbox", "--name", "gamma")
     ips["gamma"] = gamma.addresses()[0]
     assert host.circuit("lb", "create", "web", f"{VIP}:80").stdout == "service web created\n"
-    out = host.circuit("lb", "add", "web", f"{ips['alpha']}:80", f"{ips['beta']}:80",
-                       "gamma:80")  # gamma by its name: its address on sandbox
+    out = host.circuit("lb", "add", "web", f"{ips['alpha']}:80", f"{ips['beta']}:80", "-",
+                       input="gamma:80\n")  # gamma by its name, on stdin: its sandbox address
     assert out.stdout == "service web updated\n"
     assert answered_by(host.netns, VIP, 30) == {"alpha": 10, "beta": 10, "gamma": 10}
 
@@ -66,8 +68,18 @@ def test_round_robin_stats_removal_and_hairpin(host, tmp_path):
     assert answered_by(host.netns, VIP, 10) == {"alpha": 5, "beta": 5}  # none to gamma
 
     client = host.container()  # on the same bridge as the backends: the hairpin case
-    host.circuit("network", "connect", client.pid, "sandbox")
+    hook = {"ociVersion": "1.0.2", "id": "client", "pid": client.pid, "status": "creating",
+            "annotations": {"circuit.networks": "sandbox"}}  # attached by runc's hook
+    host.circuit("hook", input=json.dumps(hook))
     assert answered_by(client.netns, VIP, 4) == {"alpha": 2, "beta": 2}
+    host.circuit("lb", "add", "web", "client:81")  # its poststop hook takes the target out
+    assert "container client" in host.circuit("lb", "list", "--details").stdout
+    client.kill()  # the container stops: runc's poststop hook
+    host.circuit("hook", input=json.dumps({"ociVersion": "1.0.2", "id": "client",
+                                           "status": "stopped"}))
+    assert [t["addr"] for t in json.loads(host.circuit("lb", "list", "--format", "json")
+                                          .stdout)[0]["targets"]] == sorted(
+        [ips["alpha"], ips["beta"]])
 
     assert host.circuit("lb", "delete", "web").stdout == "service web removed\n"
     assert table(host) == {}
@@ -150,7 +162,15 @@ def test_drift_after_the_table_is_deleted_and_restore(host, tmp_path):
         assert len(changed.stderr.splitlines()) == 1 and changed.stdout == "", change
         assert snapshot(host.state) == stored and table(host) == {}, change
 
+    # a target whose container left while the kill of a circuit kept it: restore drops it
+    services = Store(host.state)
+    record = services.read(services.path("services", "web.json"))
+    services.write(services.path("services", "web.json"), {**record, "targets": [
+        *record["targets"], {"addr": "10.100.10.98", "port": 80, "weight": 1, "forward": "masq",
+                             "container": {"name": "c9", "id": "c9", "network": "sandbox",
+                                           "ifname": "eth0"}}]})
     assert "service web restored" in host.circuit("restore").stdout
+    assert services.read(services.path("services", "web.json")) == record
     assert table(host) == made and host.circuit("lb", "list").stderr == ""
     assert answered_by(host.netns, VIP, 4) == {"alpha": 2, "beta": 2}
 

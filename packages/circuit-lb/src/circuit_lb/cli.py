@@ -82,7 +82,7 @@ PLAIN_LINE = (rf"^[ \t]*({OCTET}(?:\.{OCTET}){{3}}):([1-9][0-9]{{0,4}})"
 
 def read_targets(words: list[str]) -> list[tuple[Endpoint | Named, int | None]]:
     """TARGET words (ADDR:PORT, CONTAINER:PORT), with `-` standing for `TARGET [WEIGHT]`
-    lines on stdin (addresses)."""
+    lines on stdin (either form)."""
     targets = []
     for word in words:
         if word == "-":
@@ -101,8 +101,9 @@ def read_targets(words: list[str]) -> list[tuple[Endpoint | Named, int | None]]:
     return targets
 
 
-def read_stdin_targets(text: str) -> list[tuple[Endpoint, int | None]]:
-    """The `TARGET [WEIGHT]` lines of text (stdin's), in order."""
+def read_stdin_targets(text: str) -> list[tuple[Endpoint | Named, int | None]]:
+    """The `TARGET [WEIGHT]` lines of text (stdin's), in order: ADDR:PORT or
+    CONTAINER:PORT, as TARGET words."""
     found = re.findall(PLAIN_LINE, text, re.MULTILINE) if text else []
     # a match per line (it spans one, from ^ to $) when each line is a plain one
     if found and len(found) == text.count("\n") + (not text.endswith("\n")):
@@ -127,7 +128,7 @@ def read_stdin_targets(text: str) -> list[tuple[Endpoint, int | None]]:
             weight = check_weight(fields[1]) if len(fields) == 2 else None
         except InvalidInput as e:
             raise InvalidInput(f"stdin line {number}: {e}") from None
-        targets.append((parse_endpoint(fields[0], f"target on stdin line {number}"), weight))
+        targets.append((parse_target(fields[0], f"target on stdin line {number}"), weight))
     return targets
 
 

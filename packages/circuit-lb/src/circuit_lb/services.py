@@ -248,7 +248,8 @@ class Services:
                     targets[i] = (Endpoint(found.ip, where.port), own_weight)
                     origins[(found.ip, where.port)] = {
                         "name": where.name, "id": found.container_id,
-                        "network": found.network, "ifname": found.ifname}
+                        "network": found.network, "ifname": found.ifname,
+                        **({"host": here} if (here := self.store.host_name()) else {})}
                     # circuit-net then tells lb when that attachment goes (released)
                     extensions.mark(self.store, found.network, "lb", "circuit_lb.extension")
             if len(set(map(itemgetter(0), targets))) != len(targets):
@@ -306,7 +307,23 @@ class Services:
                     changed.append(record["name"])
         return changed
 
+    def gone(self, targets) -> list[dict]:
+        """The targets added as a container of this host (CONTAINER:PORT) whose attachment is
+        no more: left by a circuit killed between the detach and extension.released. Those of
+        another host's containers are that host's to tell (released there)."""
+        found = [t for t in targets if "container" in t]
+        if not found:
+            return []
+        here = self.store.host_name()
+        return [t for t in found if isinstance(t["container"], dict)
+                and t["container"].get("host") == here and not containers.attached(
+                    self.store, *(t["container"].get(k) for k in ("network", "id", "ifname")))]
+
     def _change_targets(self, record: dict, wanted: dict) -> dict:
+        """Take the service to the targets wanted ({(addr, port): target}), but for those
+        gone with their container (gone)."""
+        for target in self.gone(wanted.values()):
+            del wanted[(target["addr"], target["port"])]
         new = {**record, "targets": [wanted[k] for k in sorted(wanted)]}
         backend = self.backends.of(record)
         backend.check(new)
@@ -463,11 +480,19 @@ class Services:
 
     def restore(self) -> list[str]:
         """Make the kernel match the stored services again (after a reboot, ipvsadm -C or
-        `nft delete table`): services, targets, VIPs and table circuit_lb."""
+        `nft delete table`): services, targets, VIPs and table circuit_lb; targets gone with
+        their container (gone) are dropped from the records first."""
         from . import nft, table, vip
 
         with self.store.lock_all():
-            records = self.live(self.all()[0])
+            stored = self.all()[0]
+            for i, record in enumerate(stored):
+                gone = self.gone(record["targets"])
+                if gone:  # the kernel is made to match the record below
+                    stored[i] = {**record, "targets": [t for t in record["targets"]
+                                                       if t not in gone]}
+                    self.store.write(self.path(record["name"]), stored[i])
+            records = self.live(stored)
             if not records:
                 return []
             for backend in {self.backends.of(r) for r in records}:

@@ -9,6 +9,7 @@ from collections import namedtuple
 
 from .errors import StateCorrupt
 from .proc import Process
+from .validate import IFNAME_RE, NAME_RE
 
 
 class Address(namedtuple("Address", "network container_id ifname ip pid start_time")):
@@ -56,3 +57,12 @@ def _names(record: dict, name: str) -> bool:
     meta = record.get("circuit") if isinstance(record.get("circuit"), dict) else {}
     return name in (record.get("containerId"), meta.get("target"), str(meta.get("pid"))) \
         or name in (meta.get("aliases") or ())
+
+
+def attached(store, network: str, container_id: str, ifname: str) -> bool:
+    """Whether that attachment is still recorded on this host (its record file is there); a
+    name that no attachment could have counts as attached (nothing to tell)."""
+    if not all(isinstance(v, str) and NAME_RE.fullmatch(v) for v in (network, container_id)) \
+            or not isinstance(ifname, str) or not IFNAME_RE.fullmatch(ifname):
+        return True
+    return os.path.exists(store.path("attachments", network, f"{container_id}@{ifname}.json"))
